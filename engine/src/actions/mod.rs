@@ -1,0 +1,135 @@
+//! What a step does, executed on a pilot. Each action takes the rendered
+//! [`TaskSpec`] and returns outputs or an error; timing and the result message
+//! are built here once for all of them.
+
+mod kernel;
+mod publish;
+mod shell;
+mod transfer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::flow::ActionKind;
+use crate::protocol::{Outcome, TaskResult, TaskSpec};
+use crate::site::TransferPolicy;
+use crate::util::now_us;
+
+/// Tells a running action to stop: async actions await it, blocking ones
+/// (kernels, transfers) poll the flag.
+#[derive(Clone)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Cancel {
+            flag: Arc::default(),
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.tx.send_replace(true);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+    pub async fn cancelled(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// What the pilot grants an attempt.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub cpus: u32,
+    pub gpus: Vec<u32>,
+}
+
+/// Why an action failed.
+pub enum Failure {
+    Failed { error: String, exit_code: Option<i32>, outputs: Value },
+    Cancelled,
+}
+
+impl Failure {
+    pub fn msg(e: impl Into<String>) -> Self {
+        Failure::Failed {
+            error: e.into(),
+            exit_code: None,
+            outputs: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Runs one attempt to the end and reports how it went.
+pub async fn execute(spec: &TaskSpec, grant: &Grant, policy: &TransferPolicy, cancel: &Cancel) -> TaskResult {
+    let started = now_us();
+    let task_dir = PathBuf::from(&spec.task_dir);
+    let result = match std::fs::create_dir_all(&task_dir) {
+        Err(e) => Err(Failure::msg(format!("{}: cannot create task directory: {e}", task_dir.display()))),
+        Ok(()) => {
+            let fut = async {
+                match spec.action {
+                    ActionKind::Shell => shell::run(spec, grant, cancel).await,
+                    ActionKind::Transfer => transfer::run(spec, policy, cancel).await,
+                    ActionKind::Publish => publish::run(spec).await,
+                    ActionKind::Kernel => kernel::run(spec, grant, cancel).await,
+                }
+            };
+            match spec.timeout_s {
+                None => fut.await,
+                Some(t) => match tokio::time::timeout(std::time::Duration::from_secs_f64(t), fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Dropping the future kills a shell's process group; kernels
+                        // and transfers see the flag at their next check.
+                        cancel.cancel();
+                        Err(Failure::msg(format!("timed out after {}", crate::util::fmt_secs(t))))
+                    }
+                },
+            }
+        }
+    };
+    let finished = now_us();
+    let (outcome, outputs, error, exit_code) = match result {
+        Ok(out) => {
+            let code = out.get("exit_code").and_then(|c| c.as_i64()).map(|c| c as i32);
+            (Outcome::Succeeded, out, None, code)
+        }
+        Err(Failure::Cancelled) => (Outcome::Cancelled, Value::Object(Default::default()), Some("cancelled".to_string()), None),
+        Err(Failure::Failed { error, exit_code, outputs }) => (Outcome::Failed, outputs, Some(error), exit_code),
+    };
+    TaskResult {
+        attempt: spec.attempt,
+        outcome,
+        outputs,
+        error,
+        exit_code,
+        started_us: started,
+        finished_us: finished,
+    }
+}
+
+/// A string parameter, or a clear error naming it.
+fn str_param<'a>(spec: &'a TaskSpec, name: &str) -> Result<&'a str, Failure> {
+    match spec.params.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(Failure::msg(format!("params.{name}: expected a string, got {other}"))),
+        None => Err(Failure::msg(format!("params.{name} is required"))),
+    }
+}

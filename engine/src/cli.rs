@@ -1,0 +1,621 @@
+//! The `beamflow` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::Table;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::store::{CatalogRow, Durability, FlowRow, PilotRow, RunDetail, RunRow};
+use crate::util::{default_home, fmt_secs, fmt_ts};
+
+#[derive(Parser)]
+#[command(name = "beamflow", version, about = "Flows from instruments to supercomputers, on pilot jobs")]
+struct Cli {
+    /// State directory (store, token, server.json, runs).
+    #[arg(long, global = true, env = "BEAMFLOW_HOME")]
+    home: Option<PathBuf>,
+    /// Server URL (default: read from HOME/server.json).
+    #[arg(long, global = true, env = "BEAMFLOW_URL")]
+    url: Option<String>,
+    /// API token (default: read from HOME/token).
+    #[arg(long, global = true, env = "BEAMFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server: HTTP API, pilot connections, durable store.
+    Server(ServerArgs),
+    /// Run a pilot that executes tasks pushed by the server.
+    Pilot(PilotArgs),
+    /// Register, list, show and validate flows.
+    #[command(subcommand)]
+    Flow(FlowCmd),
+    /// Start a run of a flow (a registered name or a .toml file).
+    Run(RunArgs),
+    /// List, show, cancel, retry and wait for runs.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// Search the catalog of published records.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// List pilots the server knows.
+    Pilots,
+    /// List the native kernels flows can use.
+    #[command(subcommand)]
+    Kernel(KernelCmd),
+    /// Server and pilot in one process, a generated dataset, a real flow end to end.
+    Demo {
+        /// Keep the demo's state in this directory instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Benchmarks: `engine` measures the engine itself.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    bind: std::net::SocketAddr,
+    /// SQLite file (default HOME/beamflow.db).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Where run directories go (default HOME/runs); must be visible to pilots.
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Site config (site-configs/NAME.toml); default: this machine, no limits.
+    #[arg(long)]
+    site: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "normal")]
+    durability: Durability,
+    /// A pilot silent or disconnected this long is lost and its tasks requeued.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pilot_timeout: Duration,
+    /// How often pilots send heartbeats.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    heartbeat: Duration,
+}
+
+#[derive(Args)]
+struct PilotArgs {
+    #[arg(long)]
+    name: Option<String>,
+    /// Cores to offer (default: all usable).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// GPU indices to offer, e.g. 0,1,2,3 (default: detected; "" for none).
+    #[arg(long, value_delimiter = ',')]
+    gpus: Option<Vec<String>>,
+    /// Memory to offer, e.g. 64GB (default: all).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Targets served (default: cpu, edge, realtime, and gpu when GPUs exist).
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Tasks accepted beyond free resources (default: 2 per core).
+    #[arg(long)]
+    prefetch: Option<u32>,
+    /// Leave after this long without work ("0s": never).
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Allocation length when the batch system does not say.
+    #[arg(long, value_parser = duration)]
+    walltime: Option<Duration>,
+    /// Take no new work this long before the walltime ends.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    drain_margin: Duration,
+    /// Give up when the server stays unreachable this long.
+    #[arg(long, default_value = "30m", value_parser = duration)]
+    server_lost_timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum FlowCmd {
+    /// Validate and store flow files (a changed flow needs a new version).
+    Register { files: Vec<PathBuf> },
+    /// Registered flows.
+    List,
+    /// One flow's definition.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Check flow files without a server.
+    Validate {
+        files: Vec<PathBuf>,
+        /// Also check targets, limits and site.* variables against a site.
+        #[arg(long)]
+        site: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Flow name, or a path to a flow file (registered first).
+    flow: String,
+    /// Input as a JSON file.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Input values, KEY=VALUE (repeatable; typed by the flow's input schema).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    #[arg(long)]
+    version: Option<u32>,
+    /// Wait for the run to finish and print its timing table.
+    #[arg(long)]
+    wait: bool,
+    /// Server and pilot in this process: no server needed.
+    #[arg(long)]
+    local: bool,
+}
+
+#[derive(Subcommand)]
+enum RunsCmd {
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// A run's steps, attempts and timing table.
+    Show { id: u64 },
+    Cancel { id: u64 },
+    /// Re-run the failed or cancelled steps of a run.
+    Retry { id: u64 },
+    /// Wait until runs finish (exit 1 if any did not succeed).
+    Wait {
+        ids: Vec<u64>,
+        #[arg(long, value_parser = duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCmd {
+    /// Records matching every word of TEXT and every --field KEY=VALUE.
+    Search {
+        text: Option<String>,
+        /// Dotted path into the record, e.g. fields.sample=silica or input.src=/data/x.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCmd {
+    List,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(value_parser = ["engine"])]
+    name: String,
+    /// noop kernel tasks in the throughput burst.
+    #[arg(long, default_value_t = 20000)]
+    tasks: usize,
+    /// `shell true` tasks in the throughput burst.
+    #[arg(long, default_value_t = 3000)]
+    shell_tasks: usize,
+    /// Sequential 4-step runs for the latency figures.
+    #[arg(long, default_value_t = 200)]
+    latency_runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pilots: usize,
+    #[arg(long)]
+    prefetch: Option<u32>,
+    #[arg(long, value_enum, default_value = "normal")]
+    durability: Durability,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::flow::parse_duration(s).map(Duration::from_secs_f64)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header.to_vec());
+    t
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let client = || Client::discover(&home, cli.url.clone(), cli.token.clone());
+    match cli.cmd {
+        Cmd::Server(a) => {
+            let site = match &a.site {
+                Some(p) => crate::site::SiteConfig::load(p)?,
+                None => crate::site::SiteConfig::local(),
+            };
+            let running = crate::server::start(crate::server::ServerOptions {
+                home: home.clone(),
+                bind: a.bind,
+                store: a.store,
+                runs_dir: a.runs_dir,
+                site,
+                durability: a.durability,
+                pilot_timeout: a.pilot_timeout,
+                heartbeat: a.heartbeat,
+            })
+            .await?;
+            eprintln!("beamflow server listening on {} (home {})", running.url, home.display());
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = running.shutdown.send(());
+            running.task.await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pilot(a) => {
+            let c = client()?;
+            let token = cli.token.clone().map(Ok).unwrap_or_else(|| crate::pilot::read_token(&home.join("token")))?;
+            let gpus = match a.gpus {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| s.trim().parse::<u32>().map_err(|_| anyhow::anyhow!("--gpus: `{s}` is not a GPU index")))
+                        .collect::<anyhow::Result<Vec<_>>>()?,
+                ),
+            };
+            let memory_mb = a.memory.as_deref().map(crate::flow::parse_memory_mb).transpose().map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+            crate::pilot::run(crate::pilot::PilotOptions {
+                url: c.url.clone(),
+                token,
+                name: a.name,
+                cpus: a.cpus,
+                gpus,
+                memory_mb,
+                targets: a.targets,
+                prefetch: a.prefetch,
+                idle_timeout: (!a.idle_timeout.is_zero()).then_some(a.idle_timeout),
+                walltime: a.walltime,
+                drain_margin: a.drain_margin,
+                server_lost_timeout: a.server_lost_timeout,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Flow(f) => flow_cmd(f, &client, cli.json).await,
+        Cmd::Run(a) => run_cmd(a, &client, cli.json, &home).await,
+        Cmd::Runs(r) => runs_cmd(r, &client()?, cli.json).await,
+        Cmd::Catalog(CatalogCmd::Search { text, fields, limit }) => {
+            let mut q: Vec<(String, String)> = vec![("limit".into(), limit.to_string())];
+            if let Some(t) = text {
+                q.push(("q".into(), t));
+            }
+            for f in fields {
+                q.push(("field".into(), f));
+            }
+            let qs = form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
+            let rows: Vec<CatalogRow> = client()?.get(&format!("/api/catalog?{qs}")).await?;
+            if cli.json {
+                print_json(&rows);
+            } else {
+                let mut t = table(&["record", "run", "flow", "created", "title", "outputs"]);
+                for r in &rows {
+                    t.add_row(vec![
+                        r.id.to_string(),
+                        r.run_id.to_string(),
+                        r.flow.clone(),
+                        fmt_ts(r.created_us),
+                        r.record["title"].as_str().unwrap_or("").to_string(),
+                        r.record["outputs"].to_string(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pilots => {
+            let rows: Vec<PilotRow> = client()?.get("/api/pilots").await?;
+            if cli.json {
+                print_json(&rows);
+            } else {
+                let mut t = table(&["id", "name", "host", "state", "resources", "targets", "batch job", "last seen"]);
+                for p in &rows {
+                    let info: crate::protocol::PilotInfo = serde_json::from_value(p.info.clone()).context("pilot info")?;
+                    t.add_row(vec![
+                        p.id.to_string(),
+                        p.name.clone(),
+                        p.host.clone(),
+                        p.state.clone(),
+                        info.resources.to_string(),
+                        info.targets.join(","),
+                        info.batch_job.unwrap_or_default(),
+                        fmt_ts(p.last_seen_us),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kernel(KernelCmd::List) => {
+            let ks: Vec<Value> = beamflow_kernels::kernels()
+                .iter()
+                .map(|k| json!({ "name": k.name(), "summary": k.summary(), "params": k.params(), "outputs": k.outputs() }))
+                .collect();
+            if cli.json {
+                print_json(&ks);
+            } else {
+                let mut t = table(&["kernel", "params", "outputs", "summary"]);
+                for k in beamflow_kernels::kernels() {
+                    t.add_row(vec![k.name().to_string(), k.params().join(", "), k.outputs().join(", "), k.summary().to_string()]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { keep } => {
+            crate::demo::run(keep.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) => {
+            let out = crate::bench::engine(crate::bench::EngineBench {
+                noop_tasks: b.tasks,
+                shell_tasks: b.shell_tasks,
+                latency_runs: b.latency_runs,
+                pilots: b.pilots,
+                prefetch: b.prefetch,
+                durability: b.durability,
+            })
+            .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                let mut t = table(&["figure", "value"]);
+                for k in [
+                    "noop_tasks_per_s",
+                    "shell_true_tasks_per_s",
+                    "overhead_p50_ms",
+                    "overhead_p99_ms",
+                    "dispatch_latency_p50_ms",
+                    "dispatch_latency_p99_ms",
+                    "ready_to_started_p50_ms",
+                    "ready_to_started_p99_ms",
+                ] {
+                    let v = out[k].as_f64().map(|x| format!("{x:.2}")).unwrap_or_default();
+                    t.add_row(vec![k.to_string(), v]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn flow_cmd(f: FlowCmd, client: &dyn Fn() -> anyhow::Result<Client>, as_json: bool) -> anyhow::Result<ExitCode> {
+    match f {
+        FlowCmd::Validate { files, site } => {
+            let site = site.as_deref().map(crate::site::SiteConfig::load).transpose()?;
+            let mut bad = false;
+            for path in &files {
+                let src = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+                match crate::flow::parse(&src, &path.display().to_string(), site.as_ref()) {
+                    Ok(spec) => println!("{}: ok (flow {} v{}, {} steps)", path.display(), spec.name, spec.version, spec.steps.len()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad = true;
+                    }
+                }
+            }
+            Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        FlowCmd::Register { files } => {
+            let c = client()?;
+            for path in &files {
+                let (name, version, changed) = c.register(path).await?;
+                println!("{}: flow {name} v{version} {}", path.display(), if changed { "registered" } else { "unchanged" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FlowCmd::List => {
+            let rows: Vec<FlowRow> = client()?.get("/api/flows").await?;
+            if as_json {
+                print_json(&rows);
+            } else {
+                let mut t = table(&["flow", "version", "steps", "registered", "description"]);
+                for r in &rows {
+                    let steps: Vec<&str> = r.spec.steps.iter().map(|s| s.name.as_str()).collect();
+                    t.add_row(vec![r.name.clone(), r.version.to_string(), steps.join(" → "), fmt_ts(r.registered_us), r.spec.description.clone()]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FlowCmd::Show { name, version } => {
+            let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let row: FlowRow = client()?.get(&format!("/api/flows/{name}{q}")).await?;
+            if as_json {
+                print_json(&row);
+            } else {
+                println!("# {} v{} ({})", row.name, row.version, row.path);
+                println!("{}", row.source.unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_input(a: &RunArgs) -> anyhow::Result<Value> {
+    let mut input = match &a.input {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            serde_json::from_str::<Value>(&text).with_context(|| format!("{}: not valid JSON", p.display()))?
+        }
+        None => json!({}),
+    };
+    let sets = crate::flow::parse_set(&a.set).map_err(anyhow::Error::msg)?;
+    let obj = input.as_object_mut().ok_or_else(|| anyhow::anyhow!("--input must hold a JSON object"))?;
+    obj.extend(sets);
+    Ok(input)
+}
+
+async fn run_cmd(a: RunArgs, client: &dyn Fn() -> anyhow::Result<Client>, as_json: bool, home: &Path) -> anyhow::Result<ExitCode> {
+    let input = run_input(&a)?;
+    let is_file = a.flow.ends_with(".toml") || Path::new(&a.flow).is_file();
+    if a.local {
+        anyhow::ensure!(is_file, "--local needs a flow file (a .toml path), got `{}`", a.flow);
+        let local = crate::local::Local::start(crate::local::LocalOptions {
+            home: None,
+            pilots: 1,
+            cpus: None,
+            prefetch: None,
+            durability: Durability::Normal,
+            site: crate::site::SiteConfig::local(),
+        })
+        .await?;
+        let res = submit_and_report(&local.client, &a, input, true, as_json, is_file).await;
+        local.stop().await?;
+        return res;
+    }
+    let _ = home;
+    submit_and_report(&client()?, &a, input, a.wait, as_json, is_file).await
+}
+
+async fn submit_and_report(c: &Client, a: &RunArgs, input: Value, wait: bool, as_json: bool, is_file: bool) -> anyhow::Result<ExitCode> {
+    let name = if is_file {
+        let (name, version, changed) = c.register(Path::new(&a.flow)).await?;
+        if changed && !as_json {
+            eprintln!("registered flow {name} v{version}");
+        }
+        name
+    } else {
+        a.flow.clone()
+    };
+    let ids = c.submit(&name, a.version, vec![input]).await?;
+    let id = ids[0];
+    if !wait {
+        if as_json {
+            print_json(&json!({ "run": id }));
+        } else {
+            println!("run {id} queued (beamflow runs wait {id})");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runs = c.wait(&ids, !as_json, None).await?;
+    show_run(c, id, as_json).await?;
+    Ok(if runs.iter().all(|r| r.state == "succeeded") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn show_run(c: &Client, id: u64, as_json: bool) -> anyhow::Result<()> {
+    let d: RunDetail = c.get(&format!("/api/runs/{id}")).await?;
+    let t = crate::report::timing(&d);
+    if as_json {
+        print_json(&json!({ "run": d.run, "attempts": d.attempts, "events": d.events, "timing": t }));
+        return Ok(());
+    }
+    let r = &d.run;
+    println!("run {} · flow {} v{} · {}", r.id, r.flow, r.flow_version, r.state);
+    println!("created {} · dir {}", fmt_ts(r.created_us), r.dir);
+    println!("input {}", r.input);
+    if let Some(e) = &r.error {
+        println!("error: {e}");
+    }
+    println!("{}", crate::report::table(&t));
+    let failed: Vec<_> = d.attempts.iter().filter(|a| a.error.is_some()).collect();
+    if !failed.is_empty() {
+        println!("attempts with errors:");
+        for a in failed {
+            println!("  {} #{} (attempt {}): {} — {}", a.step, a.number, a.id, a.state, a.error.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+async fn runs_cmd(r: RunsCmd, c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
+    match r {
+        RunsCmd::List { state, flow, limit } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            if let Some(s) = &state {
+                q.append_pair("state", s);
+            }
+            if let Some(f) = &flow {
+                q.append_pair("flow", f);
+            }
+            let rows: Vec<RunRow> = c.get(&format!("/api/runs?{}", q.finish())).await?;
+            if as_json {
+                print_json(&rows);
+            } else {
+                let mut t = table(&["run", "flow", "state", "created", "duration", "error"]);
+                for r in &rows {
+                    let dur = match (r.finished_us, r.created_us) {
+                        (Some(f), c) => fmt_secs((f - c) as f64 / 1e6),
+                        _ => "-".into(),
+                    };
+                    t.add_row(vec![r.id.to_string(), format!("{} v{}", r.flow, r.flow_version), r.state.clone(), fmt_ts(r.created_us), dur, r.error.clone().unwrap_or_default()]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Show { id } => {
+            show_run(c, id, as_json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Cancel { id } => {
+            let v: Value = c.post(&format!("/api/runs/{id}/cancel"), &json!({})).await?;
+            println!("{}", v["message"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Retry { id } => {
+            let v: Value = c.post(&format!("/api/runs/{id}/retry"), &json!({})).await?;
+            println!("{}", v["message"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Wait { ids, timeout } => {
+            anyhow::ensure!(!ids.is_empty(), "name at least one run");
+            let runs = c.wait(&ids, !as_json, timeout).await?;
+            if as_json {
+                print_json(&runs);
+            } else {
+                for r in &runs {
+                    println!("run {} {}{}", r.id, r.state, r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+                }
+            }
+            Ok(if runs.iter().all(|r| r.state == "succeeded") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! HTTP client for the CLI: finds the server, sends the token, turns error
+//! bodies into messages, and waits on runs through the server's event stream.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::server::core::RunUpdate;
+use crate::store::RunRow;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub url: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(url: &str, token: &str) -> Self {
+        Client {
+            http: reqwest::Client::builder().no_proxy().build().expect("http client"),
+            url: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// `--url`/`BEAMFLOW_URL`, else `HOME/server.json`; `--token`/
+    /// `BEAMFLOW_TOKEN`, else `HOME/token`.
+    pub fn discover(home: &Path, url: Option<String>, token: Option<String>) -> anyhow::Result<Self> {
+        let url = match url {
+            Some(u) => u,
+            None => {
+                let p = home.join("server.json");
+                let text = std::fs::read_to_string(&p).with_context(|| {
+                    format!("no server found: {} is missing (start `beamflow server`, or pass --url / BEAMFLOW_URL)", p.display())
+                })?;
+                let a: crate::server::Access = serde_json::from_str(&text).with_context(|| format!("{}: not valid", p.display()))?;
+                a.url
+            }
+        };
+        let token = match token {
+            Some(t) => t,
+            None => crate::pilot::read_token(&home.join("token")).context("pass --token / BEAMFLOW_TOKEN, or use the server's BEAMFLOW_HOME")?,
+        };
+        Ok(Client::new(&url, &token))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!("cannot reach the beamflow server at {} (is `beamflow server` running?)", self.url)
+            } else {
+                anyhow!("request to {} failed: {e}", self.url)
+            }
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+            return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
+        }
+        serde_json::from_value(body).context("unexpected response from the server")
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.url))).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.url)).json(body)).await
+    }
+
+    /// Registers a flow file; returns (name, version, changed).
+    pub async fn register(&self, path: &Path) -> anyhow::Result<(String, u32, bool)> {
+        let source = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let r: Value = self
+            .post("/api/flows", &serde_json::json!({ "source": source, "path": path.display().to_string() }))
+            .await?;
+        Ok((
+            r["name"].as_str().unwrap_or_default().to_string(),
+            r["version"].as_u64().unwrap_or(0) as u32,
+            r["changed"].as_bool().unwrap_or(false),
+        ))
+    }
+
+    pub async fn submit(&self, flow: &str, version: Option<u32>, inputs: Vec<Value>) -> anyhow::Result<Vec<u64>> {
+        let body = serde_json::json!({ "flow": flow, "version": version, "inputs": inputs });
+        let r: Value = self.post("/api/runs", &body).await?;
+        Ok(r["runs"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default())
+    }
+
+    /// Waits until every run in `ids` has finished. Subscribes to the event
+    /// stream first and reads the current state second, so no change is lost.
+    pub async fn wait(&self, ids: &[u64], progress: bool, timeout: Option<Duration>) -> anyhow::Result<Vec<RunRow>> {
+        let work = self.wait_inner(ids, progress);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, work).await.map_err(|_| anyhow!("timed out after {t:?} waiting for runs"))?,
+            None => work.await,
+        }
+    }
+
+    async fn wait_inner(&self, ids: &[u64], progress: bool) -> anyhow::Result<Vec<RunRow>> {
+        let want: HashSet<u64> = ids.iter().copied().collect();
+        let filter = if ids.len() <= 200 {
+            format!("?runs={}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        } else {
+            String::new()
+        };
+        let resp = self
+            .http
+            .get(format!("{}/api/events{filter}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the beamflow server at {}", self.url))?;
+        if !resp.status().is_success() {
+            return Err(anyhow!("event stream refused (HTTP {})", resp.status().as_u16()));
+        }
+        let mut stream = resp.bytes_stream();
+        let bar = progress.then(|| progress_bar(ids.len()));
+        let mut done: HashMap<u64, RunRow> = HashMap::new();
+        let mut steps: HashMap<u64, (usize, usize)> = HashMap::new();
+        self.refresh(&want, &mut done).await?;
+        let mut buf = String::new();
+        loop {
+            if let Some(b) = &bar {
+                update_bar(b, ids.len(), &done, &steps);
+            }
+            if done.len() == want.len() {
+                break;
+            }
+            let Some(chunk) = stream.next().await else {
+                return Err(anyhow!("the server closed the event stream"));
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk.context("event stream broke")?));
+            let mut refresh = false;
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let kind = event.lines().find_map(|l| l.strip_prefix("event:")).map(str::trim).unwrap_or("");
+                let data: String = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+                match kind {
+                    "run" => {
+                        let Ok(u) = serde_json::from_str::<RunUpdate>(&data) else { continue };
+                        if !want.contains(&u.run) {
+                            continue;
+                        }
+                        steps.insert(u.run, (u.steps_done, u.steps_total));
+                        if matches!(u.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                            refresh = true;
+                        }
+                    }
+                    "lagged" => refresh = true,
+                    _ => {}
+                }
+            }
+            if refresh {
+                self.refresh(&want, &mut done).await?;
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let mut out: Vec<RunRow> = done.into_values().collect();
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Reads the runs in `want` and records those that have finished.
+    async fn refresh(&self, want: &HashSet<u64>, done: &mut HashMap<u64, RunRow>) -> anyhow::Result<()> {
+        let lo = want.iter().min().copied().unwrap_or(0);
+        let hi = want.iter().max().copied().unwrap_or(0);
+        let rows: Vec<RunRow> = self
+            .get(&format!("/api/runs?since={lo}&until={hi}&limit={}", hi - lo + 1))
+            .await?;
+        for r in rows {
+            if want.contains(&r.id) && matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                done.insert(r.id, r);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(n: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = if n == 1 {
+        "{spinner} run {msg} [{bar:30}] {pos}/{len} steps {elapsed}"
+    } else {
+        "{spinner} {msg} [{bar:30}] {pos}/{len} runs {elapsed} ({per_sec})"
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(style).expect("template").progress_chars("=> "));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn update_bar(bar: &indicatif::ProgressBar, n: usize, done: &HashMap<u64, RunRow>, steps: &HashMap<u64, (usize, usize)>) {
+    if n == 1 {
+        let (d, t) = steps.values().next().copied().unwrap_or((0, 0));
+        let finished = !done.is_empty();
+        bar.set_length(t.max(1) as u64);
+        bar.set_position(if finished { t.max(1) } else { d } as u64);
+    } else {
+        bar.set_length(n as u64);
+        bar.set_position(done.len() as u64);
+        let failed = done.values().filter(|r| r.state != "succeeded").count();
+        if failed > 0 {
+            bar.set_message(format!("{failed} failed"));
+        }
+    }
+}

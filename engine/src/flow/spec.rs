@@ -1,0 +1,254 @@
+//! The validated, serialisable form of a flow.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A validated flow definition. Stored as JSON next to its TOML source.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowSpec {
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    pub inputs: Vec<InputSpec>,
+    /// In file order; `after` edges refer to these by name.
+    pub steps: Vec<StepSpec>,
+}
+
+impl FlowSpec {
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}
+
+/// One declared input of a flow.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub ty: InputType,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub description: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    Path,
+    String,
+    Int,
+    Float,
+    Bool,
+    List,
+}
+
+impl InputType {
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "path" => Self::Path,
+            "string" => Self::String,
+            "int" => Self::Int,
+            "float" => Self::Float,
+            "bool" => Self::Bool,
+            "list" => Self::List,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Path => "path",
+            Self::String => "string",
+            Self::Int => "int",
+            Self::Float => "float",
+            Self::Bool => "bool",
+            Self::List => "list",
+        }
+    }
+}
+
+/// What a step does.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Shell,
+    Transfer,
+    Publish,
+    Kernel,
+}
+
+impl ActionKind {
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "shell" => Self::Shell,
+            "transfer" => Self::Transfer,
+            "publish" => Self::Publish,
+            "kernel" => Self::Kernel,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shell => "shell",
+            Self::Transfer => "transfer",
+            Self::Publish => "publish",
+            Self::Kernel => "kernel",
+        }
+    }
+    /// Parameters the action accepts (kernels declare their own).
+    pub fn params(self) -> &'static [&'static str] {
+        match self {
+            Self::Shell => &["argv", "script", "env", "cwd"],
+            Self::Transfer => &["src", "dst", "verify"],
+            Self::Publish => &["title", "fields", "files", "outputs"],
+            Self::Kernel => &[],
+        }
+    }
+    /// Output keys every attempt of the action reports.
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            Self::Shell => &["exit_code", "stdout", "stderr"],
+            Self::Transfer => &["dst", "files", "bytes", "copied", "skipped"],
+            Self::Publish => &["record_id", "record"],
+            Self::Kernel => &[],
+        }
+    }
+    /// Column of the timing table the action's time is counted in.
+    pub fn category(self) -> &'static str {
+        match self {
+            Self::Transfer => "transfer",
+            Self::Publish => "publish",
+            Self::Shell | Self::Kernel => "compute",
+        }
+    }
+}
+
+/// One step of a flow.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepSpec {
+    pub name: String,
+    pub action: ActionKind,
+    /// Set exactly when `action` is `kernel`.
+    pub kernel: Option<String>,
+    /// A JSON object whose strings are templates, rendered when the step is ready.
+    pub params: Value,
+    pub after: Vec<String>,
+    /// A template expression; the step is skipped when it is false.
+    pub when: Option<String>,
+    pub retry: RetryPolicy,
+    pub timeout_s: Option<f64>,
+    pub resources: ResourceRequest,
+    /// Logical target (`cpu`, `gpu`, `edge`, `realtime`, or a site's own).
+    pub on: String,
+    /// Output keys the step promises beyond the action's own (shell steps
+    /// write them as JSON to `$BEAMFLOW_OUTPUTS`).
+    pub outputs: Vec<String>,
+}
+
+impl StepSpec {
+    /// Every output key a later step may reference.
+    pub fn output_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.action.outputs().iter().map(|s| s.to_string()).collect();
+        if let Some(k) = self.kernel.as_deref().and_then(beamflow_kernels::find) {
+            keys.extend(k.outputs().iter().map(|s| s.to_string()));
+        }
+        keys.extend(self.outputs.iter().cloned());
+        keys
+    }
+}
+
+/// How often and how patiently a failed step is tried again.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt; 0 means one attempt only.
+    pub count: u32,
+    /// Delay before the first retry; doubled for each further retry.
+    pub backoff_s: f64,
+    pub max_backoff_s: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            count: 0,
+            backoff_s: 1.0,
+            max_backoff_s: 300.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `n` (1-based).
+    pub fn delay_s(&self, n: u32) -> f64 {
+        let factor = 2f64.powi(n.saturating_sub(1).min(30) as i32);
+        (self.backoff_s * factor).min(self.max_backoff_s)
+    }
+}
+
+/// A resource request: one or more alternatives, the first that fits wins.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct ResourceRequest {
+    pub variants: Vec<Resources>,
+}
+
+impl Default for ResourceRequest {
+    fn default() -> Self {
+        ResourceRequest {
+            variants: vec![Resources::default()],
+        }
+    }
+}
+
+/// Amounts of each resource kind.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct Resources {
+    pub cpus: u32,
+    pub gpus: u32,
+    pub memory_mb: u64,
+    pub nodes: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 1,
+            gpus: 0,
+            memory_mb: 0,
+            nodes: 1,
+        }
+    }
+}
+
+impl Resources {
+    /// True when `self` fits inside `avail` (node count aside).
+    pub fn fits(&self, avail: &Resources) -> bool {
+        self.cpus <= avail.cpus && self.gpus <= avail.gpus && self.memory_mb <= avail.memory_mb
+    }
+    pub fn add(&mut self, o: &Resources) {
+        self.cpus += o.cpus;
+        self.gpus += o.gpus;
+        self.memory_mb += o.memory_mb;
+    }
+    pub fn sub(&mut self, o: &Resources) {
+        self.cpus = self.cpus.saturating_sub(o.cpus);
+        self.gpus = self.gpus.saturating_sub(o.gpus);
+        self.memory_mb = self.memory_mb.saturating_sub(o.memory_mb);
+    }
+}
+
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} cpus", self.cpus)?;
+        if self.gpus > 0 {
+            write!(f, " + {} gpus", self.gpus)?;
+        }
+        if self.memory_mb > 0 {
+            write!(f, " + {} MB", self.memory_mb)?;
+        }
+        if self.nodes > 1 {
+            write!(f, " on {} nodes", self.nodes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Targets every site understands; site configs may add their own.
+pub const STANDARD_TARGETS: &[&str] = &["cpu", "gpu", "edge", "realtime"];

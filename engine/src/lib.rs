@@ -1,0 +1,21 @@
+//! beamflow: runs flows (transfer → compute → publish) from instruments on
+//! pilot jobs at HPC facilities.
+//!
+//! Crate map: [`flow`] parses and validates flow files; [`store`] keeps durable
+//! state; [`server`] schedules and serves the API; [`pilot`] executes
+//! [`actions`] on compute nodes; [`client`] and [`cli`] are the user's side.
+
+pub mod actions;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod flow;
+pub mod local;
+pub mod pilot;
+pub mod protocol;
+pub mod report;
+pub mod server;
+pub mod site;
+pub mod store;
+pub mod util;

@@ -1,0 +1,481 @@
+//! `beamflow pilot`: the worker inside a batch allocation (or on a laptop).
+//!
+//! One task owns the pilot's state: the queue of prefetched tasks, the running
+//! ones, and results the server has not acknowledged yet. A connection task
+//! keeps one WebSocket to the server and reconnects with backoff when it
+//! drops; tasks keep running meanwhile and their results are sent again after
+//! the reconnect, so a server restart loses nothing and runs nothing twice.
+
+pub mod resources;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::actions::{self, Cancel, Grant};
+use crate::flow::Resources;
+use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot, PROTOCOL_VERSION};
+use crate::site::TransferPolicy;
+use crate::util::now_us;
+
+#[derive(Clone, Debug)]
+pub struct PilotOptions {
+    pub url: String,
+    pub token: String,
+    pub name: Option<String>,
+    pub cpus: Option<u32>,
+    pub gpus: Option<Vec<u32>>,
+    pub memory_mb: Option<u64>,
+    pub targets: Option<Vec<String>>,
+    /// Tasks accepted beyond free resources, so the next starts without a round trip.
+    pub prefetch: Option<u32>,
+    /// Exit after this long with nothing to do.
+    pub idle_timeout: Option<Duration>,
+    /// Length of the allocation, when not learned from the batch system.
+    pub walltime: Option<Duration>,
+    /// Stop taking work this long before the walltime ends.
+    pub drain_margin: Duration,
+    /// Give up when the server stays unreachable this long.
+    pub server_lost_timeout: Duration,
+}
+
+enum Ev {
+    Connected(mpsc::UnboundedSender<Vec<FromPilot>>),
+    Disconnected,
+    Frame(Vec<ToPilot>),
+    Done { variant: Resources, gpus: Vec<u32>, result: TaskResult },
+    Fatal(String),
+}
+
+struct Running {
+    cancel: Cancel,
+}
+
+struct Pilot {
+    opts: PilotOptions,
+    info: PilotInfo,
+    id: Option<u64>,
+    out: Option<mpsc::UnboundedSender<Vec<FromPilot>>>,
+    ev: mpsc::UnboundedSender<Ev>,
+    queue: VecDeque<TaskSpec>,
+    running: HashMap<u64, Running>,
+    unacked: BTreeMap<u64, TaskResult>,
+    free: Resources,
+    free_gpus: Vec<u32>,
+    policy: TransferPolicy,
+    heartbeat: Duration,
+    last_heartbeat: Instant,
+    idle_since: Instant,
+    disconnected_since: Option<Instant>,
+    draining: bool,
+    done: u64,
+}
+
+fn ws_url(url: &str) -> String {
+    let base = url.trim_end_matches('/');
+    let base = base
+        .strip_prefix("https://")
+        .map(|r| format!("wss://{r}"))
+        .or_else(|| base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+        .unwrap_or_else(|| base.to_string());
+    format!("{base}/api/pilot")
+}
+
+/// Runs a pilot until it is idle, drained, told to stop, or loses the server.
+pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
+    let started = now_us();
+    let gpus = opts.gpus.clone().unwrap_or_else(resources::gpus);
+    let res = Resources {
+        cpus: opts.cpus.unwrap_or_else(resources::cpus),
+        gpus: gpus.len() as u32,
+        memory_mb: opts.memory_mb.unwrap_or_else(resources::memory_mb),
+        nodes: 1,
+    };
+    let targets = opts.targets.clone().unwrap_or_else(|| {
+        let mut t = vec!["cpu".to_string(), "edge".to_string(), "realtime".to_string()];
+        if !gpus.is_empty() {
+            t.push("gpu".to_string());
+        }
+        t
+    });
+    let host = resources::hostname();
+    let info = PilotInfo {
+        name: opts.name.clone().unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        host,
+        resources: res,
+        gpu_ids: gpus.clone(),
+        targets,
+        walltime_end_us: resources::walltime_end_us(opts.walltime, started),
+        batch_job: resources::batch_job(),
+        prefetch: opts.prefetch.unwrap_or((2 * res.cpus).max(2)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    tracing::info!(
+        "pilot {} offers {} (gpus {:?}) for targets {:?}",
+        info.name,
+        res,
+        gpus,
+        info.targets
+    );
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let conn = tokio::spawn(connection(ws_url(&opts.url), opts.token.clone(), ev_tx.clone()));
+    let mut p = Pilot {
+        opts,
+        info,
+        id: None,
+        out: None,
+        ev: ev_tx,
+        queue: VecDeque::new(),
+        running: HashMap::new(),
+        unacked: BTreeMap::new(),
+        free: res,
+        free_gpus: gpus,
+        policy: TransferPolicy::default(),
+        heartbeat: Duration::from_secs(2),
+        last_heartbeat: Instant::now(),
+        idle_since: Instant::now(),
+        disconnected_since: Some(Instant::now()),
+        draining: false,
+        done: 0,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = loop {
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                Some(Ev::Fatal(msg)) => break Err(anyhow::anyhow!(msg)),
+                Some(ev) => p.handle(ev),
+                None => break Ok(()),
+            },
+            _ = tick.tick() => {
+                if let Some(r) = p.tick() {
+                    break r;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break p.shutdown("interrupted").await,
+            _ = sigterm.recv() => break p.shutdown("terminated").await,
+        }
+    };
+    conn.abort();
+    tracing::info!("pilot exits after {} tasks", p.done);
+    result
+}
+
+impl Pilot {
+    fn send(&self, msgs: Vec<FromPilot>) {
+        if let Some(out) = &self.out {
+            let _ = out.send(msgs);
+        }
+    }
+
+    fn held(&self) -> Vec<u64> {
+        self.queue
+            .iter()
+            .map(|t| t.attempt)
+            .chain(self.running.keys().copied())
+            .chain(self.unacked.keys().copied())
+            .collect()
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Connected(out) => {
+                let mut msgs = vec![FromPilot::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    pilot_id: self.id,
+                    info: self.info.clone(),
+                    held: self.held(),
+                }];
+                msgs.extend(self.unacked.values().cloned().map(FromPilot::Finished));
+                if self.draining {
+                    msgs.push(FromPilot::Draining { reason: "walltime ending".into() });
+                }
+                let _ = out.send(msgs);
+                self.out = Some(out);
+                self.disconnected_since = None;
+            }
+            Ev::Disconnected => {
+                if self.out.take().is_some() {
+                    tracing::warn!("lost the server; {} tasks keep running, reconnecting", self.running.len());
+                }
+                self.disconnected_since.get_or_insert_with(Instant::now);
+            }
+            Ev::Frame(msgs) => {
+                for m in msgs {
+                    self.server_msg(m);
+                }
+                self.try_start();
+            }
+            Ev::Done { variant, gpus, result } => {
+                self.running.remove(&result.attempt);
+                self.free.add(&variant);
+                self.free_gpus.extend(gpus);
+                self.done += 1;
+                self.unacked.insert(result.attempt, result.clone());
+                self.send(vec![FromPilot::Finished(result)]);
+                self.try_start();
+                if self.queue.is_empty() && self.running.is_empty() {
+                    self.idle_since = Instant::now();
+                }
+            }
+            Ev::Fatal(_) => {}
+        }
+    }
+
+    fn server_msg(&mut self, m: ToPilot) {
+        match m {
+            ToPilot::Welcome { pilot_id, heartbeat_s, transfer, .. } => {
+                if self.id != Some(pilot_id) {
+                    tracing::info!("registered as pilot {pilot_id}");
+                }
+                self.id = Some(pilot_id);
+                self.heartbeat = Duration::from_secs_f64(heartbeat_s.max(0.1));
+                self.policy = transfer;
+            }
+            ToPilot::Tasks { tasks } => {
+                if self.draining {
+                    let ids = tasks.iter().map(|t| t.attempt).collect();
+                    self.send(vec![FromPilot::Returned { attempts: ids }]);
+                } else {
+                    self.queue.extend(tasks);
+                }
+            }
+            ToPilot::Cancel { attempts } => {
+                for a in attempts {
+                    if let Some(pos) = self.queue.iter().position(|t| t.attempt == a) {
+                        self.queue.remove(pos);
+                        let now = now_us();
+                        let r = TaskResult {
+                            attempt: a,
+                            outcome: Outcome::Cancelled,
+                            outputs: serde_json::json!({}),
+                            error: Some("cancelled before it started".into()),
+                            exit_code: None,
+                            started_us: now,
+                            finished_us: now,
+                        };
+                        self.unacked.insert(a, r.clone());
+                        self.send(vec![FromPilot::Finished(r)]);
+                    } else if let Some(r) = self.running.get(&a) {
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            ToPilot::Ack { attempts } => {
+                for a in attempts {
+                    self.unacked.remove(&a);
+                }
+            }
+            ToPilot::Refused { reason } => {
+                if reason.starts_with("declared lost") {
+                    // The server gave our work to others: stop it and start afresh.
+                    tracing::warn!("server {reason}; dropping held work and registering anew");
+                    for r in self.running.values() {
+                        r.cancel.cancel();
+                    }
+                    self.queue.clear();
+                    self.unacked.clear();
+                    self.id = None;
+                } else {
+                    let _ = self.ev.send(Ev::Fatal(format!("server refused this pilot: {reason}")));
+                }
+            }
+        }
+    }
+
+    /// Starts queued tasks, in order, while a variant of the head fits.
+    fn try_start(&mut self) {
+        while let Some(front) = self.queue.front() {
+            let Some(variant) = front.resources.variants.iter().find(|v| v.fits(&self.free) && v.gpus as usize <= self.free_gpus.len()).copied() else {
+                break;
+            };
+            let spec = self.queue.pop_front().expect("front exists");
+            self.free.sub(&variant);
+            let gpus: Vec<u32> = self.free_gpus.drain(..variant.gpus as usize).collect();
+            let cancel = Cancel::default();
+            self.running.insert(spec.attempt, Running { cancel: cancel.clone() });
+            self.send(vec![FromPilot::Started { attempt: spec.attempt, at_us: now_us() }]);
+            let grant = Grant { cpus: variant.cpus, gpus: gpus.clone() };
+            let policy = self.policy.clone();
+            let ev = self.ev.clone();
+            tokio::spawn(async move {
+                let result = actions::execute(&spec, &grant, &policy, &cancel).await;
+                let _ = ev.send(Ev::Done { variant, gpus, result });
+            });
+        }
+    }
+
+    /// Periodic duties; `Some` ends the pilot.
+    fn tick(&mut self) -> Option<anyhow::Result<()>> {
+        let now = Instant::now();
+        if self.out.is_some() && now.duration_since(self.last_heartbeat) >= self.heartbeat {
+            self.last_heartbeat = now;
+            self.send(vec![FromPilot::Heartbeat]);
+        }
+        if let Some(since) = self.disconnected_since {
+            if now.duration_since(since) >= self.opts.server_lost_timeout {
+                for r in self.running.values() {
+                    r.cancel.cancel();
+                }
+                return Some(Err(anyhow::anyhow!(
+                    "the server at {} was unreachable for {:?}; giving up",
+                    self.opts.url,
+                    self.opts.server_lost_timeout
+                )));
+            }
+        }
+        let busy = !self.queue.is_empty() || !self.running.is_empty();
+        if let Some(end) = self.info.walltime_end_us {
+            let left = end - now_us();
+            if !self.draining && left <= self.opts.drain_margin.as_micros() as i64 {
+                self.draining = true;
+                tracing::info!("walltime ends in {}s: draining", left / 1_000_000);
+                let returned: Vec<u64> = self.queue.drain(..).map(|t| t.attempt).collect();
+                self.send(vec![
+                    FromPilot::Draining { reason: "walltime ending".into() },
+                    FromPilot::Returned { attempts: returned },
+                ]);
+            }
+            if self.draining && self.running.is_empty() && (self.unacked.is_empty() || left <= 0) {
+                self.send(vec![FromPilot::Bye { reason: "walltime reached".into() }]);
+                return Some(Ok(()));
+            }
+        }
+        if let Some(idle) = self.opts.idle_timeout {
+            if !busy && self.unacked.is_empty() && self.out.is_some() && now.duration_since(self.idle_since) >= idle {
+                tracing::info!("idle for {idle:?}: leaving");
+                self.send(vec![FromPilot::Bye { reason: format!("idle for {}s", idle.as_secs()) }]);
+                return Some(Ok(()));
+            }
+        }
+        if busy {
+            self.idle_since = now;
+        }
+        None
+    }
+
+    /// Stops on a signal: queued work goes back, running work is cancelled and
+    /// reported (the server requeues it without counting a try).
+    async fn shutdown(&mut self, why: &str) -> anyhow::Result<()> {
+        tracing::info!("{why}: returning queued tasks and stopping running ones");
+        let returned: Vec<u64> = self.queue.drain(..).map(|t| t.attempt).collect();
+        self.send(vec![
+            FromPilot::Draining { reason: why.to_string() },
+            FromPilot::Returned { attempts: returned },
+        ]);
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+        self.send(vec![FromPilot::Bye { reason: why.to_string() }]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+}
+
+/// Keeps one WebSocket open, reconnecting with backoff (0.1 s doubling to 2 s).
+async fn connection(url: String, token: String, ev: mpsc::UnboundedSender<Ev>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match connect(&url, &token).await {
+            Ok(ws) => {
+                backoff = Duration::from_millis(100);
+                warned = false;
+                let (mut sink, mut stream) = ws.split();
+                let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<FromPilot>>();
+                if ev.send(Ev::Connected(out_tx)).is_err() {
+                    return;
+                }
+                let writer = tokio::spawn(async move {
+                    while let Some(mut batch) = out_rx.recv().await {
+                        while let Ok(more) = out_rx.try_recv() {
+                            batch.extend(more);
+                        }
+                        coalesce(&mut batch);
+                        let Ok(text) = serde_json::to_string(&batch) else { break };
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sink.close().await;
+                });
+                while let Some(frame) = stream.next().await {
+                    match frame {
+                        Ok(Message::Text(t)) => match serde_json::from_str::<Vec<ToPilot>>(&t) {
+                            Ok(msgs) => {
+                                if ev.send(Ev::Frame(msgs)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => tracing::warn!("dropping malformed frame from server: {e}"),
+                        },
+                        Ok(Message::Close(_)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                writer.abort();
+                if ev.send(Ev::Disconnected).is_err() {
+                    return;
+                }
+            }
+            Err(ConnectError::Fatal(msg)) => {
+                let _ = ev.send(Ev::Fatal(msg));
+                return;
+            }
+            Err(ConnectError::Retry(msg)) => {
+                if !warned {
+                    tracing::warn!("cannot reach the server ({msg}); retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A task that started and finished within one frame needs no `started`.
+fn coalesce(batch: &mut Vec<FromPilot>) {
+    let finished: std::collections::HashSet<u64> = batch
+        .iter()
+        .filter_map(|m| match m {
+            FromPilot::Finished(r) => Some(r.attempt),
+            _ => None,
+        })
+        .collect();
+    if !finished.is_empty() {
+        batch.retain(|m| !matches!(m, FromPilot::Started { attempt, .. } if finished.contains(attempt)));
+    }
+}
+
+enum ConnectError {
+    Retry(String),
+    Fatal(String),
+}
+
+async fn connect(url: &str, token: &str) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, ConnectError> {
+    let mut req = url.into_client_request().map_err(|e| ConnectError::Fatal(format!("bad server url {url}: {e}")))?;
+    let auth = format!("Bearer {token}").parse().map_err(|_| ConnectError::Fatal("the token is not a valid header value".into()))?;
+    req.headers_mut().insert("authorization", auth);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(256 << 20));
+    match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
+            Err(ConnectError::Fatal(format!("the server at {url} rejected the token (401)")))
+        }
+        Err(e) => Err(ConnectError::Retry(e.to_string())),
+    }
+}
+
+/// Reads `token` from a file or the environment for `beamflow pilot`.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read token", path.display()))?
+        .trim()
+        .to_string())
+}

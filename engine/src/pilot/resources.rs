@@ -1,0 +1,64 @@
+//! What this node offers: cores, GPUs, memory, batch job and walltime.
+
+use std::time::Duration;
+
+/// Usable cores (cgroup and affinity aware, through the standard library).
+pub fn cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+/// Total memory in MB from /proc/meminfo.
+pub fn memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+/// GPU indices: `CUDA_VISIBLE_DEVICES` / `ROCR_VISIBLE_DEVICES` when the batch
+/// system set them, else the devices the NVIDIA driver lists. Device
+/// discovery through the CUDA driver comes with the kernels that use it.
+pub fn gpus() -> Vec<u32> {
+    for var in ["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"] {
+        if let Ok(v) = std::env::var(var) {
+            let ids: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            if !ids.is_empty() || v.trim().is_empty() {
+                return ids;
+            }
+        }
+    }
+    match std::fs::read_dir("/proc/driver/nvidia/gpus") {
+        Ok(rd) => (0..rd.count() as u32).collect(),
+        Err(_) => vec![],
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// The batch job this pilot runs in, if any.
+pub fn batch_job() -> Option<String> {
+    ["SLURM_JOB_ID", "PBS_JOBID"].iter().find_map(|v| std::env::var(v).ok())
+}
+
+/// When the allocation ends (µs since epoch): an explicit walltime wins, then
+/// Slurm's `SLURM_JOB_END_TIME` (Unix seconds).
+pub fn walltime_end_us(explicit: Option<Duration>, started_us: i64) -> Option<i64> {
+    if let Some(w) = explicit {
+        return Some(started_us + w.as_micros() as i64);
+    }
+    std::env::var("SLURM_JOB_END_TIME")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|&t| t > 0)
+        .map(|t| t * 1_000_000)
+}

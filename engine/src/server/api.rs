@@ -1,0 +1,261 @@
+//! The HTTP API. Every route but `/health` needs `Authorization: Bearer TOKEN`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::core::{ApiError, CoreMsg, Reply};
+use super::App;
+use crate::store;
+
+pub(crate) fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/api/flows", post(register_flow).get(list_flows))
+        .route("/api/flows/{name}", get(show_flow))
+        .route("/api/runs", post(submit_runs).get(list_runs))
+        .route("/api/runs/{id}", get(show_run))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/runs/{id}/retry", post(retry_run))
+        .route("/api/events", get(events))
+        .route("/api/pilots", get(list_pilots))
+        .route("/api/catalog", get(search_catalog))
+        .route("/api/pilot", get(super::pilot_conn::upgrade))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new().route("/health", get(health)).merge(api).with_state(app)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(500, e.to_string())
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same(t.trim().as_bytes(), app.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(401, "invalid token").into_response(),
+        None => ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)").into_response(),
+    }
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "schema": store::Store::schema_version() }))
+}
+
+async fn ask<T>(app: &App, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    app.core.send(make(tx)).map_err(|_| ApiError::new(503, "server is shutting down"))?;
+    rx.await.map_err(|_| ApiError::new(503, "server is shutting down"))?
+}
+
+async fn read<T: Send + 'static>(app: &App, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T, ApiError> {
+    let st = app.store.clone();
+    tokio::task::spawn_blocking(move || st.read(f)).await.map_err(internal)?.map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    source: String,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+async fn register_flow(State(app): State<App>, Json(b): Json<RegisterBody>) -> Result<Json<Value>, ApiError> {
+    let path = b.path.unwrap_or_else(|| "<api>".to_string());
+    let spec = crate::flow::parse(&b.source, &path, Some(&app.site)).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let r = ask(&app, |reply| CoreMsg::Register {
+        spec,
+        source: b.source,
+        path,
+        reply,
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(r).map_err(internal)?))
+}
+
+async fn list_flows(State(app): State<App>) -> Result<Json<Value>, ApiError> {
+    let flows = read(&app, store::flows).await?;
+    Ok(Json(serde_json::to_value(flows).map_err(internal)?))
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+async fn show_flow(State(app): State<App>, Path(name): Path<String>, Query(q): Query<VersionQuery>) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    let f = read(&app, move |c| store::flow(c, &n, q.version)).await?;
+    match f {
+        Some(f) => Ok(Json(serde_json::to_value(f).map_err(internal)?)),
+        None => Err(ApiError::new(404, format!("flow `{name}` is not registered"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    flow: String,
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    input: Option<Value>,
+    /// Many runs of the same flow in one request (all accepted or none).
+    #[serde(default)]
+    inputs: Option<Vec<Value>>,
+}
+
+async fn submit_runs(State(app): State<App>, Json(b): Json<SubmitBody>) -> Result<Json<Value>, ApiError> {
+    let inputs = match (b.inputs, b.input) {
+        (Some(_), Some(_)) => return Err(ApiError::new(400, "give `input` or `inputs`, not both")),
+        (Some(v), None) if v.is_empty() => return Err(ApiError::new(400, "`inputs` is empty")),
+        (Some(v), None) => v,
+        (None, i) => vec![i.unwrap_or(Value::Null)],
+    };
+    let ids = ask(&app, |reply| CoreMsg::Submit {
+        flow: b.flow,
+        version: b.version,
+        inputs,
+        reply,
+    })
+    .await?;
+    Ok(Json(json!({ "runs": ids })))
+}
+
+async fn list_runs(State(app): State<App>, Query(f): Query<store::RunFilter>) -> Result<Json<Value>, ApiError> {
+    let runs = read(&app, move |c| store::runs(c, &f)).await?;
+    Ok(Json(serde_json::to_value(runs).map_err(internal)?))
+}
+
+async fn show_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    match read(&app, move |c| store::run(c, id)).await? {
+        Some(d) => Ok(Json(serde_json::to_value(d).map_err(internal)?)),
+        None => Err(ApiError::new(404, format!("no run {id}"))),
+    }
+}
+
+async fn cancel_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let msg = ask(&app, |reply| CoreMsg::Cancel { run: id, reply }).await?;
+    Ok(Json(json!({ "message": msg })))
+}
+
+async fn retry_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let msg = ask(&app, |reply| CoreMsg::Retry { run: id, reply }).await?;
+    Ok(Json(json!({ "message": msg })))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Comma-separated run ids; all runs when absent.
+    runs: Option<String>,
+}
+
+/// Server-sent events: one `run` event per change of a watched run. Clients
+/// subscribe first, then read the current state, so nothing is missed.
+async fn events(State(app): State<App>, Query(q): Query<EventsQuery>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter: Option<HashSet<u64>> = match q.runs {
+        None => None,
+        Some(s) => Some(
+            s.split(',')
+                .filter(|x| !x.trim().is_empty())
+                .map(|x| x.trim().parse::<u64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| ApiError::new(400, "runs: expected comma-separated run ids"))?,
+        ),
+    };
+    let rx = app.updates.subscribe();
+    let stream = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(u) => {
+                    if filter.as_ref().is_some_and(|f| !f.contains(&u.run)) {
+                        continue;
+                    }
+                    let ev = Event::default().event("run").json_data(&u).unwrap_or_default();
+                    return Some((Ok(ev), (rx, filter)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // The client fell behind; tell it to re-read state.
+                    let ev = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(ev), (rx, filter)));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn list_pilots(State(app): State<App>) -> Result<Json<Value>, ApiError> {
+    let p = read(&app, store::pilots).await?;
+    Ok(Json(serde_json::to_value(p).map_err(internal)?))
+}
+
+/// `?q=TEXT&field=KEY=VALUE&field=…&limit=N`
+struct CatalogQuery {
+    q: Option<String>,
+    field: Vec<String>,
+    limit: Option<usize>,
+}
+
+async fn search_catalog(State(app): State<App>, raw: axum::extract::RawQuery) -> Result<Json<Value>, ApiError> {
+    let raw = raw.0.unwrap_or_default();
+    let q: CatalogQuery = parse_catalog_query(&raw)?;
+    let mut fields = Vec::new();
+    for f in &q.field {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| ApiError::new(400, format!("field `{f}`: expected KEY=VALUE")))?;
+        if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') || k.is_empty() {
+            return Err(ApiError::new(400, format!("field `{k}`: use a dotted path such as input.path")));
+        }
+        fields.push((k.to_string(), v.to_string()));
+    }
+    let limit = q.limit.unwrap_or(50);
+    let text = q.q.clone();
+    let rows = read(&app, move |c| store::catalog_search(c, text.as_deref(), &fields, limit)).await?;
+    Ok(Json(serde_json::to_value(rows).map_err(internal)?))
+}
+
+/// `field` may repeat, which serde's query parser does not collect into a Vec.
+fn parse_catalog_query(raw: &str) -> Result<CatalogQuery, ApiError> {
+    let mut q = CatalogQuery { q: None, field: vec![], limit: None };
+    for (k, v) in url_pairs(raw) {
+        match k.as_str() {
+            "q" => q.q = Some(v),
+            "field" => q.field.push(v),
+            "limit" => q.limit = Some(v.parse().map_err(|_| ApiError::new(400, "limit: expected a number"))?),
+            other => return Err(ApiError::new(400, format!("unknown query parameter `{other}`"))),
+        }
+    }
+    Ok(q)
+}
+
+fn url_pairs(raw: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+}

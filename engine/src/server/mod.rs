@@ -1,0 +1,167 @@
+//! `beamflow server`: HTTP API for clients, WebSocket for pilots, SQLite store.
+
+mod api;
+pub mod core;
+mod pilot_conn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::site::SiteConfig;
+use crate::store::{Durability, Store};
+use self::core::{Core, CoreConfig, CoreMsg, RunUpdate};
+
+/// Everything `beamflow server` can be told.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// State directory: store, token, `server.json`, runs.
+    pub home: PathBuf,
+    pub bind: SocketAddr,
+    pub store: Option<PathBuf>,
+    pub runs_dir: Option<PathBuf>,
+    pub site: SiteConfig,
+    pub durability: Durability,
+    pub pilot_timeout: Duration,
+    pub heartbeat: Duration,
+}
+
+/// How clients find a running server: written to `HOME/server.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Access {
+    pub url: String,
+    pub pid: u32,
+    pub store: String,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub core: mpsc::UnboundedSender<CoreMsg>,
+    pub store: Store,
+    pub updates: broadcast::Sender<RunUpdate>,
+    pub token: Arc<String>,
+    pub site: Arc<SiteConfig>,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// A server running inside this process (for `demo`, `run --local`, `bench`).
+pub struct Running {
+    pub url: String,
+    pub token: String,
+    pub store: Store,
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Reads the API token, creating it (mode 0600) the first time.
+pub fn ensure_token(home: &Path) -> anyhow::Result<String> {
+    let path = home.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    std::fs::create_dir_all(home).with_context(|| format!("{}: cannot create", home.display()))?;
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = home.join("token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot write token", tmp.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
+/// Binds, loads the store, resumes unfinished runs and serves until `shutdown`.
+pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
+    let home = opts.home.clone();
+    std::fs::create_dir_all(&home).with_context(|| format!("{}: cannot create beamflow home", home.display()))?;
+    let token = ensure_token(&home)?;
+    let store_path = opts.store.clone().unwrap_or_else(|| home.join("beamflow.db"));
+    let store = Store::open(&store_path, opts.durability)?;
+    let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| home.join("runs"));
+    let (core_tx, core_rx) = mpsc::unbounded_channel();
+    let (updates, _) = broadcast::channel(65536);
+    let cfg = CoreConfig {
+        pilot_timeout: opts.pilot_timeout,
+        heartbeat: opts.heartbeat,
+        runs_dir: runs_dir.display().to_string(),
+        site: opts.site.clone(),
+    };
+    let core = Core::load(cfg, store.clone(), core_tx.clone(), updates.clone())?;
+    tokio::spawn(core.run(core_rx));
+    {
+        let tx = core_tx.clone();
+        let period = (opts.pilot_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            loop {
+                iv.tick().await;
+                if tx.send(CoreMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let app = App {
+        core: core_tx,
+        store: store.clone(),
+        updates,
+        token: Arc::new(token.clone()),
+        site: Arc::new(opts.site.clone()),
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.bind))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let access = Access {
+        url: url.clone(),
+        pid: std::process::id(),
+        store: store_path.display().to_string(),
+    };
+    let access_path = home.join("server.json");
+    std::fs::write(&access_path, serde_json::to_string_pretty(&access)?)
+        .with_context(|| format!("{}: cannot write", access_path.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = api::router(app);
+    let flush_store = store.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await?;
+        flush_store.flush().await;
+        let _ = std::fs::remove_file(&access_path);
+        Ok(())
+    });
+    tracing::info!("beamflow server on {url} (store {})", store_path.display());
+    Ok(Running {
+        url,
+        token,
+        store,
+        shutdown: stop_tx,
+        task,
+    })
+}

@@ -1,0 +1,368 @@
+//! Durable state in SQLite.
+//!
+//! One writer thread owns the only writing connection. The server core hands it
+//! [`Batch`]es of operations, each with closures to run once the batch is
+//! committed. The writer takes every batch waiting in its queue, applies them in
+//! one transaction (group commit) and only then runs their closures: a pilot
+//! is told its result is safe, a task is sent out, a client gets its run id —
+//! never before the fact is on disk. Reads use separate connections (WAL lets
+//! them proceed while the writer commits).
+
+mod query;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OpenFlags};
+
+pub use query::*;
+
+/// A change to the store.
+#[derive(Debug)]
+pub enum Op {
+    PutFlow {
+        name: String,
+        version: u32,
+        source: String,
+        path: String,
+        spec: String,
+        at: i64,
+    },
+    InsertRun {
+        id: u64,
+        flow: String,
+        version: u32,
+        input: String,
+        dir: String,
+        state: &'static str,
+        at: i64,
+    },
+    RunState {
+        id: u64,
+        state: &'static str,
+        error: Option<String>,
+        at: i64,
+    },
+    InsertAttempt(Box<NewAttempt>),
+    Dispatched {
+        id: u64,
+        pilot: u64,
+        at: i64,
+    },
+    Started {
+        id: u64,
+        at: i64,
+    },
+    /// The attempt ended; `recorded_us` is stamped by the writer.
+    Finished {
+        id: u64,
+        state: &'static str,
+        outputs: Option<String>,
+        error: Option<String>,
+        exit_code: Option<i32>,
+        started: i64,
+        finished: i64,
+        counts_retry: bool,
+    },
+    /// The attempt ended without running to completion (lost, cancelled,
+    /// returned): no outputs.
+    AttemptState {
+        id: u64,
+        state: &'static str,
+        error: Option<String>,
+        at: i64,
+    },
+    /// A user retried the run: this attempt no longer counts toward the step's
+    /// state or retry budget (its record stays).
+    Supersede {
+        id: u64,
+    },
+    Event {
+        at: i64,
+        run: Option<u64>,
+        attempt: Option<u64>,
+        pilot: Option<u64>,
+        kind: &'static str,
+        detail: Option<String>,
+    },
+    PutPilot {
+        id: u64,
+        name: String,
+        host: String,
+        info: String,
+        state: &'static str,
+        at: i64,
+    },
+    PilotState {
+        id: u64,
+        state: &'static str,
+        reason: Option<String>,
+        at: i64,
+    },
+    Catalog {
+        run: u64,
+        attempt: u64,
+        flow: String,
+        record: String,
+        body: String,
+        at: i64,
+    },
+}
+
+#[derive(Debug)]
+pub struct NewAttempt {
+    pub id: u64,
+    pub run: u64,
+    pub step: String,
+    pub step_index: usize,
+    pub number: u32,
+    pub action: &'static str,
+    pub state: &'static str,
+    pub params: Option<String>,
+    pub ready_us: i64,
+    pub error: Option<String>,
+    pub finished_us: Option<i64>,
+}
+
+pub type Effect = Box<dyn FnOnce() + Send>;
+
+/// Operations committed together, and what to do once they are.
+#[derive(Default)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    pub effects: Vec<Effect>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.effects.is_empty()
+    }
+}
+
+/// How hard each commit pushes to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync the WAL on every commit: survives power loss.
+    Full,
+    /// Commit to the WAL without fsync: survives any process crash, and
+    /// loses at most the last commits on power loss or kernel panic.
+    Normal,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    tx: mpsc::Sender<Batch>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store at `path` and starts
+    /// its writer thread.
+    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("{}: cannot create store directory: {e}", dir.display()))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open store: {e}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (tx, rx) = mpsc::channel::<Batch>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(conn, rx))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            tx,
+            readers: Arc::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a batch; its effects run after it is committed.
+    pub fn submit(&self, batch: Batch) {
+        if self.tx.send(batch).is_err() {
+            tracing::error!("store writer has stopped; exiting rather than losing state");
+            std::process::exit(70);
+        }
+    }
+
+    /// Runs `f` with a read connection (call from a blocking context).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        let conn = match self.readers.lock().unwrap().pop() {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
+            }
+        };
+        let out = f(&conn);
+        self.readers.lock().unwrap().push(conn);
+        Ok(out?)
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Batch {
+            ops: vec![],
+            effects: vec![Box::new(move || {
+                let _ = tx.send(());
+            })],
+        });
+        let _ = rx.await;
+    }
+
+    pub fn schema_version() -> usize {
+        schema::version()
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(b) = rx.try_recv() {
+            batches.push(b);
+        }
+        let mut tries = 0;
+        loop {
+            match apply(&mut conn, &batches) {
+                Ok(()) => break,
+                Err(e) => {
+                    tries += 1;
+                    tracing::error!("store commit failed (try {tries}): {e}");
+                    if tries >= 5 {
+                        tracing::error!("giving up: the store cannot be written; exiting without acknowledging anything further");
+                        std::process::exit(70);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200 * tries));
+                }
+            }
+        }
+        for b in batches {
+            for effect in b.effects {
+                effect();
+            }
+        }
+    }
+}
+
+fn apply(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()> {
+    if batches.iter().all(|b| b.ops.is_empty()) {
+        return Ok(());
+    }
+    let recorded = crate::util::now_us();
+    let tx = conn.transaction()?;
+    for op in batches.iter().flat_map(|b| &b.ops) {
+        apply_op(&tx, op, recorded)?;
+    }
+    tx.commit()
+}
+
+fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Result<()> {
+    match op {
+        Op::PutFlow { name, version, source, path, spec, at } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO flows(name, version, source, path, spec, registered_us) VALUES (?1,?2,?3,?4,?5,?6)")?
+                .execute(params![name, version, source, path, spec, at])?;
+        }
+        Op::InsertRun { id, flow, version, input, dir, state, at } => {
+            tx.prepare_cached("INSERT INTO runs(id, flow, flow_version, input, dir, state, created_us) VALUES (?1,?2,?3,?4,?5,?6,?7)")?
+                .execute(params![*id as i64, flow, version, input, dir, state, at])?;
+        }
+        Op::RunState { id, state, error, at } => {
+            let terminal = matches!(*state, "succeeded" | "failed" | "cancelled");
+            tx.prepare_cached(
+                "UPDATE runs SET state = ?2, error = ?3,
+                   started_us = CASE WHEN ?2 = 'running' THEN COALESCE(started_us, ?4) ELSE started_us END,
+                   finished_us = CASE WHEN ?5 THEN ?4 ELSE NULL END
+                 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, state, error, at, terminal])?;
+        }
+        Op::InsertAttempt(a) => {
+            tx.prepare_cached(
+                "INSERT INTO attempts(id, run_id, step, step_index, number, action, state, params, ready_us, error, finished_us, recorded_us)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11, CASE WHEN ?11 IS NULL THEN NULL ELSE ?12 END)",
+            )?
+            .execute(params![
+                a.id as i64,
+                a.run as i64,
+                a.step,
+                a.step_index as i64,
+                a.number,
+                a.action,
+                a.state,
+                a.params,
+                a.ready_us,
+                a.error,
+                a.finished_us,
+                recorded
+            ])?;
+        }
+        Op::Dispatched { id, pilot, at } => {
+            tx.prepare_cached("UPDATE attempts SET state = 'dispatched', pilot_id = ?2, dispatched_us = ?3 WHERE id = ?1")?
+                .execute(params![*id as i64, *pilot as i64, at])?;
+        }
+        Op::Started { id, at } => {
+            tx.prepare_cached("UPDATE attempts SET state = 'running', started_us = ?2 WHERE id = ?1 AND state IN ('dispatched', 'running')")?
+                .execute(params![*id as i64, at])?;
+        }
+        Op::Finished { id, state, outputs, error, exit_code, started, finished, counts_retry } => {
+            tx.prepare_cached(
+                "UPDATE attempts SET state = ?2, outputs = ?3, error = ?4, exit_code = ?5, started_us = ?6,
+                   finished_us = ?7, recorded_us = ?8, counts_retry = ?9 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, state, outputs, error, exit_code, started, finished, recorded, counts_retry])?;
+        }
+        Op::AttemptState { id, state, error, at } => {
+            tx.prepare_cached("UPDATE attempts SET state = ?2, error = ?3, finished_us = COALESCE(finished_us, ?4), recorded_us = ?5 WHERE id = ?1")?
+                .execute(params![*id as i64, state, error, at, recorded])?;
+        }
+        Op::Supersede { id } => {
+            tx.prepare_cached("UPDATE attempts SET state = 'superseded', counts_retry = 0 WHERE id = ?1")?
+                .execute(params![*id as i64])?;
+        }
+        Op::Event { at, run, attempt, pilot, kind, detail } => {
+            tx.prepare_cached("INSERT INTO events(ts_us, run_id, attempt_id, pilot_id, kind, detail) VALUES (?1,?2,?3,?4,?5,?6)")?
+                .execute(params![at, run.map(|x| x as i64), attempt.map(|x| x as i64), pilot.map(|x| x as i64), kind, detail])?;
+        }
+        Op::PutPilot { id, name, host, info, state, at } => {
+            tx.prepare_cached(
+                "INSERT INTO pilots(id, name, host, info, state, connected_us, last_seen_us) VALUES (?1,?2,?3,?4,?5,?6,?6)
+                 ON CONFLICT(id) DO UPDATE SET info = ?4, state = ?5, connected_us = ?6, last_seen_us = ?6, reason = NULL",
+            )?
+            .execute(params![*id as i64, name, host, info, state, at])?;
+        }
+        Op::PilotState { id, state, reason, at } => {
+            tx.prepare_cached("UPDATE pilots SET state = ?2, reason = ?3, last_seen_us = ?4 WHERE id = ?1")?
+                .execute(params![*id as i64, state, reason, at])?;
+        }
+        Op::Catalog { run, attempt, flow, record, body, at } => {
+            let n = tx
+                .prepare_cached("INSERT OR IGNORE INTO catalog(run_id, attempt_id, flow, created_us, record) VALUES (?1,?2,?3,?4,?5)")?
+                .execute(params![*run as i64, *attempt as i64, flow, at, record])?;
+            if n == 1 {
+                let rowid = tx.last_insert_rowid();
+                tx.prepare_cached("INSERT INTO catalog_text(rowid, body) VALUES (?1, ?2)")?
+                    .execute(params![rowid, body])?;
+            }
+        }
+    }
+    Ok(())
+}

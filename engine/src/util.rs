@@ -1,0 +1,62 @@
+//! Small shared helpers: clocks and the beamflow home directory.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch: the unit of every timestamp beamflow stores.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `~/.beamflow`, or `$BEAMFLOW_HOME` when set.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("BEAMFLOW_HOME") {
+        return PathBuf::from(h);
+    }
+    crate::site::expand_home("~/.beamflow")
+}
+
+/// RFC 3339 (seconds) of a timestamp in microseconds.
+pub fn fmt_ts(us: i64) -> String {
+    if us <= 0 {
+        return "-".to_string();
+    }
+    let t = UNIX_EPOCH + std::time::Duration::from_micros(us as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Seconds, printed to a precision that suits their size.
+pub fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() {
+        "-".to_string()
+    } else if s < 0.001 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else if s < 120.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.1} min", s / 60.0)
+    }
+}
+
+/// What the benchmark ran on: enough to compare numbers across machines.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_default();
+    serde_json::json!({
+        "host": crate::pilot::resources::hostname(),
+        "cpu_model": cpu,
+        "cpus": crate::pilot::resources::cpus(),
+        "memory_mb": crate::pilot::resources::memory_mb(),
+        "gpus": crate::pilot::resources::gpus().len(),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "beamflow": env!("CARGO_PKG_VERSION"),
+    })
+}

@@ -1,0 +1,16 @@
+//! Native scientific kernels for beamflow.
+//!
+//! Every kernel is a plain library function with typed parameters and a typed
+//! result. The engine reaches them through one door, the [`registry`]: a flow step
+//! with `action = "kernel"` names a kernel, the engine validates the name and the
+//! declared outputs when the flow is registered, and a pilot calls
+//! [`Kernel::run`] on a blocking thread when the step executes.
+//!
+//! Kernels receive JSON parameters (already templated by the engine) and return a
+//! JSON object of outputs, so that later steps can reference
+//! `steps.NAME.outputs.KEY` without the engine knowing the kernel's types.
+
+pub mod builtin;
+pub mod registry;
+
+pub use registry::{find, kernels, Kernel, KernelContext, KernelError};
