@@ -712,7 +712,6 @@ impl Core {
                         state: AttemptState::Ready,
                         pilot: None,
                         spec,
-                        shape: shape.clone(),
                     },
                 );
                 self.ready.entry(shape).or_default().push_back(attempt);

@@ -1,0 +1,30 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# scripts/setup.sh installs what is missing (fast when nothing is) and writes
+# .cache/env.sh, which every target sources.
+SHELL := /bin/bash
+ENV := source .cache/env.sh
+CARGO_FLAGS := --release --locked
+
+.PHONY: setup build demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	@$(ENV) && cargo build $(CARGO_FLAGS) --workspace
+
+demo: build
+	@$(ENV) && ./target/release/beamflow demo
+
+lint: setup
+	@$(ENV) && cargo fmt --all -- --check
+	@$(ENV) && cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+test: setup lint
+	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace
+
+bench: build
+	@$(ENV) && ./target/release/beamflow bench engine --json
+
+clean:
+	cargo clean
