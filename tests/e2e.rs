@@ -1,0 +1,416 @@
+//! End to end, with real processes: a `beamflow server` and `beamflow pilot`s
+//! started from the built binary, driven through the HTTP API.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use beamflow::client::Client;
+use beamflow::store::RunDetail;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beamflow");
+
+/// Kills the process (and reaps it) when dropped, so a failing test leaves nothing behind.
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Env {
+    home: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let tmp = tempfile::Builder::new().prefix("beamflow-e2e-").tempdir().unwrap();
+        Env {
+            home: tmp.path().join("home"),
+            _tmp: tmp,
+        }
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::create_dir_all(&self.home).unwrap();
+        std::fs::File::create(self.home.join(format!("{name}.log"))).unwrap()
+    }
+
+    /// Starts a server and waits until it answers; `bind` keeps the port across restarts.
+    fn server(&self, bind: &str, extra: &[&str]) -> (Proc, Client) {
+        let _ = std::fs::remove_file(self.home.join("server.json"));
+        let child = Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap(), "server", "--bind", bind])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(self.log("server"))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.home.join("server.json")) {
+                if let Ok(a) = serde_json::from_str::<Value>(&text) {
+                    let token = std::fs::read_to_string(self.home.join("token")).unwrap();
+                    return (Proc(child), Client::new(a["url"].as_str().unwrap(), token.trim()));
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pilot(&self, name: &str, cpus: u32) -> Proc {
+        let child = Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap(), "pilot", "--name", name, "--cpus", &cpus.to_string(), "--idle-timeout", "0s"])
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("pilot-{name}")))
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    fn flow(&self, name: &str, src: &str) -> PathBuf {
+        let p = self.home.join(format!("{name}.toml"));
+        std::fs::create_dir_all(&self.home).unwrap();
+        std::fs::write(&p, src).unwrap();
+        p
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+async fn wait_pilots(c: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        if p.iter().filter(|x| x["state"] == "connected").count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pilots did not connect: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn detail(c: &Client, id: u64) -> RunDetail {
+    c.get(&format!("/api/runs/{id}")).await.unwrap()
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+const FOUR_STEPS: &str = r#"
+name = "four"
+version = 1
+[input.n]
+type = "int"
+[[steps]]
+name = "make"
+action = "shell"
+outputs = ["value"]
+params = { script = "echo {{ input.n }} >> {{ run.dir }}/make.count; printf '{\"value\": %d}' $(( {{ input.n }} * 2 )) > $BEAMFLOW_OUTPUTS" }
+[[steps]]
+name = "think"
+action = "kernel"
+kernel = "noop"
+[[steps]]
+name = "check"
+action = "shell"
+params = { script = "test {{ steps.make.outputs.value }} -eq $(( {{ input.n }} * 2 )) && echo ok >> {{ run.dir }}/check.count" }
+[[steps]]
+name = "publish"
+action = "publish"
+params = { title = "n={{ input.n }}", fields = { n = "{{ input.n }}" }, outputs = { value = "{{ steps.make.outputs.value }}" } }
+"#;
+
+#[test]
+fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _p1 = env.pilot("a", 2);
+    let _p2 = env.pilot("b", 2);
+    let flow = env.flow("four", FOUR_STEPS);
+    rt().block_on(async {
+        wait_pilots(&c, 2).await;
+        c.register(&flow).await.unwrap();
+        let inputs: Vec<Value> = (0..200).map(|n| json!({ "n": n })).collect();
+        let ids = c.submit("four", None, inputs).await.unwrap();
+        assert_eq!(ids.len(), 200);
+        let runs = c.wait(&ids, false, Some(Duration::from_secs(240))).await.unwrap();
+        let bad: Vec<_> = runs.iter().filter(|r| r.state != "succeeded").collect();
+        assert!(bad.is_empty(), "runs not succeeded: {bad:?}");
+        for r in &runs {
+            let dir = Path::new(&r.dir);
+            assert_eq!(lines(&dir.join("make.count")), 1, "run {}", r.id);
+            assert_eq!(lines(&dir.join("check.count")), 1, "run {}", r.id);
+        }
+        // Each run published exactly one record carrying its own computed value.
+        let recs: Vec<Value> = c.get("/api/catalog?limit=1000").await.unwrap();
+        assert_eq!(recs.len(), 200);
+        let hit: Vec<Value> = c.get("/api/catalog?field=fields.n=17").await.unwrap();
+        assert_eq!(hit.len(), 1);
+        assert_eq!(hit[0]["record"]["outputs"]["value"], json!(34));
+        assert_eq!(hit[0]["record"]["input"]["n"], json!(17));
+        // The timing table's facts are recorded for every step.
+        let d = detail(&c, ids[0]).await;
+        assert_eq!(d.attempts.len(), 4);
+        for a in &d.attempts {
+            assert!(a.ready_us.unwrap() <= a.dispatched_us.unwrap());
+            assert!(a.started_us.unwrap() <= a.finished_us.unwrap());
+            assert!(a.finished_us.unwrap() <= a.recorded_us.unwrap());
+        }
+    });
+}
+
+#[test]
+fn killed_pilot_tasks_finish_on_the_other_without_spending_retries() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &["--pilot-timeout", "2s", "--heartbeat", "0.5s"]);
+    let mut victim = env.pilot("victim", 2);
+    let flow = env.flow(
+        "slow",
+        r#"
+name = "slow"
+version = 1
+[[steps]]
+name = "work"
+action = "shell"
+params = { script = "sleep 2; echo {{ task.attempt }} >> {{ run.dir }}/done" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let ids = c.submit("slow", None, vec![json!({}); 4]).await.unwrap();
+        // Wait until the victim runs something, then kill it outright.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let d = detail(&c, ids[0]).await;
+            if d.attempts.iter().any(|a| a.state == "running") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nothing started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        victim.kill9();
+        let _rescuer = env.pilot("rescuer", 2);
+        let runs = c.wait(&ids, false, Some(Duration::from_secs(60))).await.unwrap();
+        assert!(runs.iter().all(|r| r.state == "succeeded"), "{runs:?}");
+        let mut lost = 0;
+        for id in &ids {
+            let d = detail(&c, *id).await;
+            lost += d.attempts.iter().filter(|a| a.state == "lost").count();
+            assert!(d.attempts.iter().all(|a| !a.counts_retry), "a lost pilot must not cost a retry");
+            let last = d.attempts.last().unwrap();
+            assert_eq!(last.state, "succeeded");
+        }
+        assert!(lost >= 1, "the killed pilot held attempts; they must be recorded as lost");
+    });
+}
+
+#[test]
+fn server_killed_mid_burst_restarts_and_runs_everything_exactly_once() {
+    let env = Env::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bind = format!("127.0.0.1:{port}");
+    let (mut server, c) = env.server(&bind, &[]);
+    let _p1 = env.pilot("a", 2);
+    let _p2 = env.pilot("b", 2);
+    let flow = env.flow(
+        "count",
+        r#"
+name = "count"
+version = 1
+[[steps]]
+name = "one"
+action = "shell"
+params = { script = "echo x >> {{ run.dir }}/one; sleep 0.05" }
+[[steps]]
+name = "two"
+action = "shell"
+params = { script = "echo x >> {{ run.dir }}/two; sleep 0.05" }
+"#,
+    );
+    let rt = rt();
+    let ids = rt.block_on(async {
+        wait_pilots(&c, 2).await;
+        c.register(&flow).await.unwrap();
+        let ids = c.submit("count", None, vec![json!({}); 120]).await.unwrap();
+        // Let part of the burst finish, then pull the plug.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done: Vec<Value> = c.get("/api/runs?state=succeeded&limit=1000").await.unwrap();
+            if done.len() >= 10 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nothing finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ids
+    });
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_server2, c2) = env.server(&bind, &[]);
+    rt.block_on(async {
+        let runs = c2.wait(&ids, false, Some(Duration::from_secs(120))).await.unwrap();
+        assert_eq!(runs.len(), 120);
+        assert!(runs.iter().all(|r| r.state == "succeeded"), "{:?}", runs.iter().filter(|r| r.state != "succeeded").collect::<Vec<_>>());
+        for r in &runs {
+            let dir = Path::new(&r.dir);
+            assert_eq!(lines(&dir.join("one")), 1, "run {}: step one ran {} times", r.id, lines(&dir.join("one")));
+            assert_eq!(lines(&dir.join("two")), 1, "run {}: step two ran {} times", r.id, lines(&dir.join("two")));
+        }
+    });
+}
+
+#[test]
+fn requests_without_the_token_are_refused() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    rt().block_on(async {
+        let http = reqwest::Client::new();
+        let health = http.get(format!("{}/health", c.url)).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        for path in ["/api/runs", "/api/flows", "/api/pilots", "/api/catalog", "/api/pilot"] {
+            let r = http.get(format!("{}{path}", c.url)).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} without token");
+            let r = http.get(format!("{}{path}", c.url)).bearer_auth("wrong").send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} with a wrong token");
+        }
+        let r = http.post(format!("{}/api/runs", c.url)).json(&json!({"flow": "x"})).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("missing token"));
+        // And the right token works.
+        let ok: Vec<Value> = c.get("/api/runs").await.unwrap();
+        assert!(ok.is_empty());
+    });
+    let mode = std::fs::metadata(env.home.join("token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie waits for its parent to reap it: it no longer runs.
+        Ok(stat) => stat.rsplit(')').next().map(|s| s.trim_start().chars().next() != Some('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn cancel_kills_the_running_shell_step_and_its_children() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _p = env.pilot("a", 2);
+    let flow = env.flow(
+        "hang",
+        r#"
+name = "hang"
+version = 1
+[[steps]]
+name = "hang"
+action = "shell"
+params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
+        let d = detail(&c, id).await;
+        let task_dir = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (shell, child) = loop {
+            let s = std::fs::read_to_string(task_dir.join("shell.pid")).ok().and_then(|t| t.trim().parse::<i32>().ok());
+            let k = std::fs::read_to_string(task_dir.join("child.pid")).ok().and_then(|t| t.trim().parse::<i32>().ok());
+            if let (Some(s), Some(k)) = (s, k) {
+                break (s, k);
+            }
+            assert!(Instant::now() < deadline, "the step did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(alive(shell) && alive(child));
+        let _: Value = c.post(&format!("/api/runs/{id}/cancel"), &json!({})).await.unwrap();
+        let runs = c.wait(&[id], false, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(runs[0].state, "cancelled");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(shell) || alive(child) {
+            assert!(Instant::now() < deadline, "cancelled processes still alive: shell {} child {}", alive(shell), alive(child));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The pilot reports the attempt as cancelled.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = detail(&c, id).await;
+            if d.attempts[0].state == "cancelled" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "attempt state {}", d.attempts[0].state);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A second cancel is refused clearly.
+        let err = c.post::<Value>(&format!("/api/runs/{id}/cancel"), &json!({})).await.unwrap_err();
+        assert!(err.to_string().contains("already cancelled"), "{err}");
+    });
+}
+
+#[test]
+fn failing_step_retries_then_fails_the_run_and_retry_resumes_it() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _p = env.pilot("a", 2);
+    let flow = env.flow(
+        "flaky",
+        r#"
+name = "flaky"
+version = 1
+[input.gate]
+type = "path"
+[[steps]]
+name = "first"
+action = "shell"
+params = { script = "echo x >> {{ run.dir }}/first" }
+[[steps]]
+name = "gate"
+action = "shell"
+retries = { count = 2, backoff = "0.1s" }
+params = { script = "echo try >> {{ run.dir }}/gate; test -e {{ input.gate }} || { echo 'gate closed' >&2; exit 3; }" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let gate = env.home.join("gate-open");
+        let id = c.submit("flaky", None, vec![json!({ "gate": gate })]).await.unwrap()[0];
+        let runs = c.wait(&[id], false, Some(Duration::from_secs(30))).await.unwrap();
+        assert_eq!(runs[0].state, "failed");
+        let err = runs[0].error.clone().unwrap();
+        assert!(err.contains("step `gate` failed after 3 tries: exit code 3"), "{err}");
+        assert!(err.contains("gate closed"), "{err}");
+        let dir = PathBuf::from(&runs[0].dir);
+        assert_eq!(lines(&dir.join("gate")), 3);
+        // Open the gate and retry: only the failed step runs again.
+        std::fs::write(&gate, "").unwrap();
+        let _: Value = c.post(&format!("/api/runs/{id}/retry"), &json!({})).await.unwrap();
+        let runs = c.wait(&[id], false, Some(Duration::from_secs(30))).await.unwrap();
+        assert_eq!(runs[0].state, "succeeded");
+        assert_eq!(lines(&dir.join("first")), 1);
+        assert_eq!(lines(&dir.join("gate")), 4);
+    });
+}

@@ -1337,7 +1337,7 @@ fn spec_target(flow: &FlowSpec, step: usize) -> String {
 
 /// Directory of one attempt: retries never write over each other.
 pub fn task_dir(run_dir: &str, step: &str, number: u32) -> String {
-    format!("{run_dir}/{step}/attempt-{number}")
+    format!("{run_dir}/steps/{step}/attempt-{number}")
 }
 
 /// All strings and numbers of a record, for full-text search.
