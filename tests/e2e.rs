@@ -34,7 +34,10 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let tmp = tempfile::Builder::new().prefix("beamflow-e2e-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("beamflow-e2e-")
+            .tempdir()
+            .unwrap();
         Env {
             home: tmp.path().join("home"),
             _tmp: tmp,
@@ -49,19 +52,27 @@ impl Env {
     /// Starts a server and waits until it answers; `bind` keeps the port across restarts.
     fn server(&self, bind: &str, extra: &[&str]) -> (Proc, Client) {
         let _ = std::fs::remove_file(self.home.join("server.json"));
-        let child = Command::new(BIN)
-            .args(["--home", self.home.to_str().unwrap(), "server", "--bind", bind])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(self.log("server"))
-            .spawn()
-            .unwrap();
+        let child = Proc(
+            Command::new(BIN)
+                .args([
+                    "--home",
+                    self.home.to_str().unwrap(),
+                    "server",
+                    "--bind",
+                    bind,
+                ])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(self.log("server"))
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(self.home.join("server.json")) {
                 if let Ok(a) = serde_json::from_str::<Value>(&text) {
                     let token = std::fs::read_to_string(self.home.join("token")).unwrap();
-                    return (Proc(child), Client::new(a["url"].as_str().unwrap(), token.trim()));
+                    return (child, Client::new(a["url"].as_str().unwrap(), token.trim()));
                 }
             }
             assert!(Instant::now() < deadline, "server did not start");
@@ -71,7 +82,17 @@ impl Env {
 
     fn pilot(&self, name: &str, cpus: u32) -> Proc {
         let child = Command::new(BIN)
-            .args(["--home", self.home.to_str().unwrap(), "pilot", "--name", name, "--cpus", &cpus.to_string(), "--idle-timeout", "0s"])
+            .args([
+                "--home",
+                self.home.to_str().unwrap(),
+                "pilot",
+                "--name",
+                name,
+                "--cpus",
+                &cpus.to_string(),
+                "--idle-timeout",
+                "0s",
+            ])
             .stdout(Stdio::null())
             .stderr(self.log(&format!("pilot-{name}")))
             .spawn()
@@ -88,7 +109,10 @@ impl Env {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn wait_pilots(c: &Client, n: usize) {
@@ -108,7 +132,9 @@ async fn detail(c: &Client, id: u64) -> RunDetail {
 }
 
 fn lines(p: &Path) -> usize {
-    std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(p)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 const FOUR_STEPS: &str = r#"
@@ -148,7 +174,10 @@ fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
         let inputs: Vec<Value> = (0..200).map(|n| json!({ "n": n })).collect();
         let ids = c.submit("four", None, inputs).await.unwrap();
         assert_eq!(ids.len(), 200);
-        let runs = c.wait(&ids, false, Some(Duration::from_secs(240))).await.unwrap();
+        let runs = c
+            .wait(&ids, false, Some(Duration::from_secs(240)))
+            .await
+            .unwrap();
         let bad: Vec<_> = runs.iter().filter(|r| r.state != "succeeded").collect();
         assert!(bad.is_empty(), "runs not succeeded: {bad:?}");
         for r in &runs {
@@ -177,7 +206,10 @@ fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
 #[test]
 fn killed_pilot_tasks_finish_on_the_other_without_spending_retries() {
     let env = Env::new();
-    let (_server, c) = env.server("127.0.0.1:0", &["--pilot-timeout", "2s", "--heartbeat", "0.5s"]);
+    let (_server, c) = env.server(
+        "127.0.0.1:0",
+        &["--pilot-timeout", "2s", "--heartbeat", "0.5s"],
+    );
     let mut victim = env.pilot("victim", 2);
     let flow = env.flow(
         "slow",
@@ -206,17 +238,26 @@ params = { script = "sleep 2; echo {{ task.attempt }} >> {{ run.dir }}/done" }
         }
         victim.kill9();
         let _rescuer = env.pilot("rescuer", 2);
-        let runs = c.wait(&ids, false, Some(Duration::from_secs(60))).await.unwrap();
+        let runs = c
+            .wait(&ids, false, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
         assert!(runs.iter().all(|r| r.state == "succeeded"), "{runs:?}");
         let mut lost = 0;
         for id in &ids {
             let d = detail(&c, *id).await;
             lost += d.attempts.iter().filter(|a| a.state == "lost").count();
-            assert!(d.attempts.iter().all(|a| !a.counts_retry), "a lost pilot must not cost a retry");
+            assert!(
+                d.attempts.iter().all(|a| !a.counts_retry),
+                "a lost pilot must not cost a retry"
+            );
             let last = d.attempts.last().unwrap();
             assert_eq!(last.state, "succeeded");
         }
-        assert!(lost >= 1, "the killed pilot held attempts; they must be recorded as lost");
+        assert!(
+            lost >= 1,
+            "the killed pilot held attempts; they must be recorded as lost"
+        );
     });
 }
 
@@ -267,13 +308,34 @@ params = { script = "echo x >> {{ run.dir }}/two; sleep 0.05" }
     std::thread::sleep(Duration::from_millis(500));
     let (_server2, c2) = env.server(&bind, &[]);
     rt.block_on(async {
-        let runs = c2.wait(&ids, false, Some(Duration::from_secs(120))).await.unwrap();
+        let runs = c2
+            .wait(&ids, false, Some(Duration::from_secs(120)))
+            .await
+            .unwrap();
         assert_eq!(runs.len(), 120);
-        assert!(runs.iter().all(|r| r.state == "succeeded"), "{:?}", runs.iter().filter(|r| r.state != "succeeded").collect::<Vec<_>>());
+        assert!(
+            runs.iter().all(|r| r.state == "succeeded"),
+            "{:?}",
+            runs.iter()
+                .filter(|r| r.state != "succeeded")
+                .collect::<Vec<_>>()
+        );
         for r in &runs {
             let dir = Path::new(&r.dir);
-            assert_eq!(lines(&dir.join("one")), 1, "run {}: step one ran {} times", r.id, lines(&dir.join("one")));
-            assert_eq!(lines(&dir.join("two")), 1, "run {}: step two ran {} times", r.id, lines(&dir.join("two")));
+            assert_eq!(
+                lines(&dir.join("one")),
+                1,
+                "run {}: step one ran {} times",
+                r.id,
+                lines(&dir.join("one"))
+            );
+            assert_eq!(
+                lines(&dir.join("two")),
+                1,
+                "run {}: step two ran {} times",
+                r.id,
+                lines(&dir.join("two"))
+            );
         }
     });
 }
@@ -286,13 +348,29 @@ fn requests_without_the_token_are_refused() {
         let http = reqwest::Client::new();
         let health = http.get(format!("{}/health", c.url)).send().await.unwrap();
         assert_eq!(health.status(), 200);
-        for path in ["/api/runs", "/api/flows", "/api/pilots", "/api/catalog", "/api/pilot"] {
+        for path in [
+            "/api/runs",
+            "/api/flows",
+            "/api/pilots",
+            "/api/catalog",
+            "/api/pilot",
+        ] {
             let r = http.get(format!("{}{path}", c.url)).send().await.unwrap();
             assert_eq!(r.status(), 401, "{path} without token");
-            let r = http.get(format!("{}{path}", c.url)).bearer_auth("wrong").send().await.unwrap();
+            let r = http
+                .get(format!("{}{path}", c.url))
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 401, "{path} with a wrong token");
         }
-        let r = http.post(format!("{}/api/runs", c.url)).json(&json!({"flow": "x"})).send().await.unwrap();
+        let r = http
+            .post(format!("{}/api/runs", c.url))
+            .json(&json!({"flow": "x"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
         let body: Value = r.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains("missing token"));
@@ -308,7 +386,11 @@ fn requests_without_the_token_are_refused() {
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie waits for its parent to reap it: it no longer runs.
-        Ok(stat) => stat.rsplit(')').next().map(|s| s.trim_start().chars().next() != Some('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|s| !s.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -337,8 +419,12 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
         let task_dir = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1");
         let deadline = Instant::now() + Duration::from_secs(20);
         let (shell, child) = loop {
-            let s = std::fs::read_to_string(task_dir.join("shell.pid")).ok().and_then(|t| t.trim().parse::<i32>().ok());
-            let k = std::fs::read_to_string(task_dir.join("child.pid")).ok().and_then(|t| t.trim().parse::<i32>().ok());
+            let s = std::fs::read_to_string(task_dir.join("shell.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            let k = std::fs::read_to_string(task_dir.join("child.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
             if let (Some(s), Some(k)) = (s, k) {
                 break (s, k);
             }
@@ -346,12 +432,23 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(alive(shell) && alive(child));
-        let _: Value = c.post(&format!("/api/runs/{id}/cancel"), &json!({})).await.unwrap();
-        let runs = c.wait(&[id], false, Some(Duration::from_secs(10))).await.unwrap();
+        let _: Value = c
+            .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+            .await
+            .unwrap();
+        let runs = c
+            .wait(&[id], false, Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
         assert_eq!(runs[0].state, "cancelled");
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive(shell) || alive(child) {
-            assert!(Instant::now() < deadline, "cancelled processes still alive: shell {} child {}", alive(shell), alive(child));
+            assert!(
+                Instant::now() < deadline,
+                "cancelled processes still alive: shell {} child {}",
+                alive(shell),
+                alive(child)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The pilot reports the attempt as cancelled.
@@ -361,11 +458,18 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
             if d.attempts[0].state == "cancelled" {
                 break;
             }
-            assert!(Instant::now() < deadline, "attempt state {}", d.attempts[0].state);
+            assert!(
+                Instant::now() < deadline,
+                "attempt state {}",
+                d.attempts[0].state
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // A second cancel is refused clearly.
-        let err = c.post::<Value>(&format!("/api/runs/{id}/cancel"), &json!({})).await.unwrap_err();
+        let err = c
+            .post::<Value>(&format!("/api/runs/{id}/cancel"), &json!({}))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("already cancelled"), "{err}");
     });
 }
@@ -397,18 +501,33 @@ params = { script = "echo try >> {{ run.dir }}/gate; test -e {{ input.gate }} ||
         wait_pilots(&c, 1).await;
         c.register(&flow).await.unwrap();
         let gate = env.home.join("gate-open");
-        let id = c.submit("flaky", None, vec![json!({ "gate": gate })]).await.unwrap()[0];
-        let runs = c.wait(&[id], false, Some(Duration::from_secs(30))).await.unwrap();
+        let id = c
+            .submit("flaky", None, vec![json!({ "gate": gate })])
+            .await
+            .unwrap()[0];
+        let runs = c
+            .wait(&[id], false, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert_eq!(runs[0].state, "failed");
         let err = runs[0].error.clone().unwrap();
-        assert!(err.contains("step `gate` failed after 3 tries: exit code 3"), "{err}");
+        assert!(
+            err.contains("step `gate` failed after 3 tries: exit code 3"),
+            "{err}"
+        );
         assert!(err.contains("gate closed"), "{err}");
         let dir = PathBuf::from(&runs[0].dir);
         assert_eq!(lines(&dir.join("gate")), 3);
         // Open the gate and retry: only the failed step runs again.
         std::fs::write(&gate, "").unwrap();
-        let _: Value = c.post(&format!("/api/runs/{id}/retry"), &json!({})).await.unwrap();
-        let runs = c.wait(&[id], false, Some(Duration::from_secs(30))).await.unwrap();
+        let _: Value = c
+            .post(&format!("/api/runs/{id}/retry"), &json!({}))
+            .await
+            .unwrap();
+        let runs = c
+            .wait(&[id], false, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert_eq!(runs[0].state, "succeeded");
         assert_eq!(lines(&dir.join("first")), 1);
         assert_eq!(lines(&dir.join("gate")), 4);

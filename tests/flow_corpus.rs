@@ -11,7 +11,10 @@ fn root() -> &'static Path {
 fn bad_flows_fail_with_their_expected_message() {
     let dir = root().join("tests/flows/bad");
     let mut n = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let src = std::fs::read_to_string(&path).unwrap();
@@ -19,10 +22,17 @@ fn bad_flows_fail_with_their_expected_message() {
             .lines()
             .next()
             .and_then(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: MESSAGE`", path.display()));
+            .unwrap_or_else(|| {
+                panic!("{}: first line must be `# expect: MESSAGE`", path.display())
+            });
         let name = path.file_name().unwrap().to_str().unwrap();
-        let err = beamflow::flow::parse(&src, name, None).expect_err(name).to_string();
-        assert!(err.contains(expect), "{name}:\n  expected: {expect}\n  got:      {err}");
+        let err = beamflow::flow::parse(&src, name, None)
+            .expect_err(name)
+            .to_string();
+        assert!(
+            err.contains(expect),
+            "{name}:\n  expected: {expect}\n  got:      {err}"
+        );
         n += 1;
     }
     assert!(n >= 15, "only {n} bad flows found in {}", dir.display());

@@ -38,8 +38,17 @@ struct Quantiles {
 
 fn quantiles(mut v: Vec<f64>) -> Quantiles {
     v.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| if v.is_empty() { f64::NAN } else { v[((v.len() - 1) as f64 * p).round() as usize] };
-    Quantiles { p50_ms: q(0.5), p99_ms: q(0.99) }
+    let q = |p: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    Quantiles {
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+    }
 }
 
 struct Row {
@@ -109,7 +118,10 @@ pub async fn engine(b: EngineBench) -> anyhow::Result<Value> {
     })
     .await?;
     for src in [NOOP, SHELL, CHAIN] {
-        local.client.post::<Value>("/api/flows", &json!({ "source": src, "path": "<bench>" })).await?;
+        local
+            .client
+            .post::<Value>("/api/flows", &json!({ "source": src, "path": "<bench>" }))
+            .await?;
     }
     // Let the pilots register before the clock starts.
     for _ in 0..100 {
@@ -123,7 +135,10 @@ pub async fn engine(b: EngineBench) -> anyhow::Result<Value> {
     let shell = burst(&local, "bench-shell", b.shell_tasks).await?;
 
     for _ in 0..b.latency_runs {
-        let ids = local.client.submit("bench-chain", None, vec![json!({})]).await?;
+        let ids = local
+            .client
+            .submit("bench-chain", None, vec![json!({})])
+            .await?;
         local.client.wait(&ids, false, None).await?;
     }
     let chain = rows(&local, "bench-chain")?;
@@ -133,8 +148,18 @@ pub async fn engine(b: EngineBench) -> anyhow::Result<Value> {
             .map(|r| ((r.recorded - r.ready) - (r.finished - r.started)) as f64 / 1e3)
             .collect(),
     );
-    let dispatch = quantiles(chain.iter().map(|r| (r.dispatched - r.ready) as f64 / 1e3).collect());
-    let start_lat = quantiles(chain.iter().map(|r| (r.started - r.ready) as f64 / 1e3).collect());
+    let dispatch = quantiles(
+        chain
+            .iter()
+            .map(|r| (r.dispatched - r.ready) as f64 / 1e3)
+            .collect(),
+    );
+    let start_lat = quantiles(
+        chain
+            .iter()
+            .map(|r| (r.started - r.ready) as f64 / 1e3)
+            .collect(),
+    );
     local.stop().await?;
 
     Ok(json!({

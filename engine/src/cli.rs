@@ -15,7 +15,11 @@ use crate::store::{CatalogRow, Durability, FlowRow, PilotRow, RunDetail, RunRow}
 use crate::util::{default_home, fmt_secs, fmt_ts};
 
 #[derive(Parser)]
-#[command(name = "beamflow", version, about = "Flows from instruments to supercomputers, on pilot jobs")]
+#[command(
+    name = "beamflow",
+    version,
+    about = "Flows from instruments to supercomputers, on pilot jobs"
+)]
 struct Cli {
     /// State directory (store, token, server.json, runs).
     #[arg(long, global = true, env = "BEAMFLOW_HOME")]
@@ -104,7 +108,7 @@ struct PilotArgs {
     /// Targets served (default: cpu, edge, realtime, and gpu when GPUs exist).
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
-    /// Tasks accepted beyond free resources (default: 2 per core).
+    /// Tasks accepted beyond free resources (default: 16).
     #[arg(long)]
     prefetch: Option<u32>,
     /// Leave after this long without work ("0s": never).
@@ -173,10 +177,16 @@ enum RunsCmd {
         limit: usize,
     },
     /// A run's steps, attempts and timing table.
-    Show { id: u64 },
-    Cancel { id: u64 },
+    Show {
+        id: u64,
+    },
+    Cancel {
+        id: u64,
+    },
     /// Re-run the failed or cancelled steps of a run.
-    Retry { id: u64 },
+    Retry {
+        id: u64,
+    },
     /// Wait until runs finish (exit 1 if any did not succeed).
     Wait {
         ids: Vec<u64>,
@@ -232,11 +242,21 @@ fn duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) { "info" } else { "warn" };
+        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) {
+            "info"
+        } else {
+            "warn"
+        };
         tracing_subscriber::EnvFilter::new(default)
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -277,8 +297,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat: a.heartbeat,
             })
             .await?;
-            eprintln!("beamflow server listening on {} (home {})", running.url, home.display());
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            eprintln!(
+                "beamflow server listening on {} (home {})",
+                running.url,
+                home.display()
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -289,17 +314,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Pilot(a) => {
             let c = client()?;
-            let token = cli.token.clone().map(Ok).unwrap_or_else(|| crate::pilot::read_token(&home.join("token")))?;
+            let token = cli
+                .token
+                .clone()
+                .map(Ok)
+                .unwrap_or_else(|| crate::pilot::read_token(&home.join("token")))?;
             let gpus = match a.gpus {
                 None => None,
                 Some(list) => Some(
                     list.iter()
                         .filter(|s| !s.trim().is_empty())
-                        .map(|s| s.trim().parse::<u32>().map_err(|_| anyhow::anyhow!("--gpus: `{s}` is not a GPU index")))
+                        .map(|s| {
+                            s.trim()
+                                .parse::<u32>()
+                                .map_err(|_| anyhow::anyhow!("--gpus: `{s}` is not a GPU index"))
+                        })
                         .collect::<anyhow::Result<Vec<_>>>()?,
                 ),
             };
-            let memory_mb = a.memory.as_deref().map(crate::flow::parse_memory_mb).transpose().map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+            let memory_mb = a
+                .memory
+                .as_deref()
+                .map(crate::flow::parse_memory_mb)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
             crate::pilot::run(crate::pilot::PilotOptions {
                 url: c.url.clone(),
                 token,
@@ -320,7 +358,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Flow(f) => flow_cmd(f, &client, cli.json).await,
         Cmd::Run(a) => run_cmd(a, &client, cli.json, &home).await,
         Cmd::Runs(r) => runs_cmd(r, &client()?, cli.json).await,
-        Cmd::Catalog(CatalogCmd::Search { text, fields, limit }) => {
+        Cmd::Catalog(CatalogCmd::Search {
+            text,
+            fields,
+            limit,
+        }) => {
             let mut q: Vec<(String, String)> = vec![("limit".into(), limit.to_string())];
             if let Some(t) = text {
                 q.push(("q".into(), t));
@@ -328,7 +370,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             for f in fields {
                 q.push(("field".into(), f));
             }
-            let qs = form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
+            let qs = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(q)
+                .finish();
             let rows: Vec<CatalogRow> = client()?.get(&format!("/api/catalog?{qs}")).await?;
             if cli.json {
                 print_json(&rows);
@@ -353,9 +397,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&rows);
             } else {
-                let mut t = table(&["id", "name", "host", "state", "resources", "targets", "batch job", "last seen"]);
+                let mut t = table(&[
+                    "id",
+                    "name",
+                    "host",
+                    "state",
+                    "resources",
+                    "targets",
+                    "batch job",
+                    "last seen",
+                ]);
                 for p in &rows {
-                    let info: crate::protocol::PilotInfo = serde_json::from_value(p.info.clone()).context("pilot info")?;
+                    let info: crate::protocol::PilotInfo =
+                        serde_json::from_value(p.info.clone()).context("pilot info")?;
                     t.add_row(vec![
                         p.id.to_string(),
                         p.name.clone(),
@@ -381,7 +435,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let mut t = table(&["kernel", "params", "outputs", "summary"]);
                 for k in beamflow_kernels::kernels() {
-                    t.add_row(vec![k.name().to_string(), k.params().join(", "), k.outputs().join(", "), k.summary().to_string()]);
+                    t.add_row(vec![
+                        k.name().to_string(),
+                        k.params().join(", "),
+                        k.outputs().join(", "),
+                        k.summary().to_string(),
+                    ]);
                 }
                 println!("{t}");
             }
@@ -415,7 +474,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "ready_to_started_p50_ms",
                     "ready_to_started_p99_ms",
                 ] {
-                    let v = out[k].as_f64().map(|x| format!("{x:.2}")).unwrap_or_default();
+                    let v = out[k]
+                        .as_f64()
+                        .map(|x| format!("{x:.2}"))
+                        .unwrap_or_default();
                     t.add_row(vec![k.to_string(), v]);
                 }
                 println!("{t}");
@@ -425,28 +487,50 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn flow_cmd(f: FlowCmd, client: &dyn Fn() -> anyhow::Result<Client>, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn flow_cmd(
+    f: FlowCmd,
+    client: &dyn Fn() -> anyhow::Result<Client>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     match f {
         FlowCmd::Validate { files, site } => {
-            let site = site.as_deref().map(crate::site::SiteConfig::load).transpose()?;
+            let site = site
+                .as_deref()
+                .map(crate::site::SiteConfig::load)
+                .transpose()?;
             let mut bad = false;
             for path in &files {
-                let src = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+                let src = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
                 match crate::flow::parse(&src, &path.display().to_string(), site.as_ref()) {
-                    Ok(spec) => println!("{}: ok (flow {} v{}, {} steps)", path.display(), spec.name, spec.version, spec.steps.len()),
+                    Ok(spec) => println!(
+                        "{}: ok (flow {} v{}, {} steps)",
+                        path.display(),
+                        spec.name,
+                        spec.version,
+                        spec.steps.len()
+                    ),
                     Err(e) => {
                         eprintln!("{e}");
                         bad = true;
                     }
                 }
             }
-            Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if bad {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         FlowCmd::Register { files } => {
             let c = client()?;
             for path in &files {
                 let (name, version, changed) = c.register(path).await?;
-                println!("{}: flow {name} v{version} {}", path.display(), if changed { "registered" } else { "unchanged" });
+                println!(
+                    "{}: flow {name} v{version} {}",
+                    path.display(),
+                    if changed { "registered" } else { "unchanged" }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -458,7 +542,13 @@ async fn flow_cmd(f: FlowCmd, client: &dyn Fn() -> anyhow::Result<Client>, as_js
                 let mut t = table(&["flow", "version", "steps", "registered", "description"]);
                 for r in &rows {
                     let steps: Vec<&str> = r.spec.steps.iter().map(|s| s.name.as_str()).collect();
-                    t.add_row(vec![r.name.clone(), r.version.to_string(), steps.join(" → "), fmt_ts(r.registered_us), r.spec.description.clone()]);
+                    t.add_row(vec![
+                        r.name.clone(),
+                        r.version.to_string(),
+                        steps.join(" → "),
+                        fmt_ts(r.registered_us),
+                        r.spec.description.clone(),
+                    ]);
                 }
                 println!("{t}");
             }
@@ -481,22 +571,35 @@ async fn flow_cmd(f: FlowCmd, client: &dyn Fn() -> anyhow::Result<Client>, as_js
 fn run_input(a: &RunArgs) -> anyhow::Result<Value> {
     let mut input = match &a.input {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            serde_json::from_str::<Value>(&text).with_context(|| format!("{}: not valid JSON", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("{}: not valid JSON", p.display()))?
         }
         None => json!({}),
     };
     let sets = crate::flow::parse_set(&a.set).map_err(anyhow::Error::msg)?;
-    let obj = input.as_object_mut().ok_or_else(|| anyhow::anyhow!("--input must hold a JSON object"))?;
+    let obj = input
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("--input must hold a JSON object"))?;
     obj.extend(sets);
     Ok(input)
 }
 
-async fn run_cmd(a: RunArgs, client: &dyn Fn() -> anyhow::Result<Client>, as_json: bool, home: &Path) -> anyhow::Result<ExitCode> {
+async fn run_cmd(
+    a: RunArgs,
+    client: &dyn Fn() -> anyhow::Result<Client>,
+    as_json: bool,
+    home: &Path,
+) -> anyhow::Result<ExitCode> {
     let input = run_input(&a)?;
     let is_file = a.flow.ends_with(".toml") || Path::new(&a.flow).is_file();
     if a.local {
-        anyhow::ensure!(is_file, "--local needs a flow file (a .toml path), got `{}`", a.flow);
+        anyhow::ensure!(
+            is_file,
+            "--local needs a flow file (a .toml path), got `{}`",
+            a.flow
+        );
         let local = crate::local::Local::start(crate::local::LocalOptions {
             home: None,
             pilots: 1,
@@ -514,7 +617,14 @@ async fn run_cmd(a: RunArgs, client: &dyn Fn() -> anyhow::Result<Client>, as_jso
     submit_and_report(&client()?, &a, input, a.wait, as_json, is_file).await
 }
 
-async fn submit_and_report(c: &Client, a: &RunArgs, input: Value, wait: bool, as_json: bool, is_file: bool) -> anyhow::Result<ExitCode> {
+async fn submit_and_report(
+    c: &Client,
+    a: &RunArgs,
+    input: Value,
+    wait: bool,
+    as_json: bool,
+    is_file: bool,
+) -> anyhow::Result<ExitCode> {
     let name = if is_file {
         let (name, version, changed) = c.register(Path::new(&a.flow)).await?;
         if changed && !as_json {
@@ -536,18 +646,27 @@ async fn submit_and_report(c: &Client, a: &RunArgs, input: Value, wait: bool, as
     }
     let runs = c.wait(&ids, !as_json, None).await?;
     show_run(c, id, as_json).await?;
-    Ok(if runs.iter().all(|r| r.state == "succeeded") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if runs.iter().all(|r| r.state == "succeeded") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn show_run(c: &Client, id: u64, as_json: bool) -> anyhow::Result<()> {
     let d: RunDetail = c.get(&format!("/api/runs/{id}")).await?;
     let t = crate::report::timing(&d);
     if as_json {
-        print_json(&json!({ "run": d.run, "attempts": d.attempts, "events": d.events, "timing": t }));
+        print_json(
+            &json!({ "run": d.run, "attempts": d.attempts, "events": d.events, "timing": t }),
+        );
         return Ok(());
     }
     let r = &d.run;
-    println!("run {} · flow {} v{} · {}", r.id, r.flow, r.flow_version, r.state);
+    println!(
+        "run {} · flow {} v{} · {}",
+        r.id, r.flow, r.flow_version, r.state
+    );
     println!("created {} · dir {}", fmt_ts(r.created_us), r.dir);
     println!("input {}", r.input);
     if let Some(e) = &r.error {
@@ -558,7 +677,14 @@ async fn show_run(c: &Client, id: u64, as_json: bool) -> anyhow::Result<()> {
     if !failed.is_empty() {
         println!("attempts with errors:");
         for a in failed {
-            println!("  {} #{} (attempt {}): {} — {}", a.step, a.number, a.id, a.state, a.error.as_deref().unwrap_or(""));
+            println!(
+                "  {} #{} (attempt {}): {} — {}",
+                a.step,
+                a.number,
+                a.id,
+                a.state,
+                a.error.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(())
@@ -585,7 +711,14 @@ async fn runs_cmd(r: RunsCmd, c: &Client, as_json: bool) -> anyhow::Result<ExitC
                         (Some(f), c) => fmt_secs((f - c) as f64 / 1e6),
                         _ => "-".into(),
                     };
-                    t.add_row(vec![r.id.to_string(), format!("{} v{}", r.flow, r.flow_version), r.state.clone(), fmt_ts(r.created_us), dur, r.error.clone().unwrap_or_default()]);
+                    t.add_row(vec![
+                        r.id.to_string(),
+                        format!("{} v{}", r.flow, r.flow_version),
+                        r.state.clone(),
+                        fmt_ts(r.created_us),
+                        dur,
+                        r.error.clone().unwrap_or_default(),
+                    ]);
                 }
                 println!("{t}");
             }
@@ -596,7 +729,9 @@ async fn runs_cmd(r: RunsCmd, c: &Client, as_json: bool) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Cancel { id } => {
-            let v: Value = c.post(&format!("/api/runs/{id}/cancel"), &json!({})).await?;
+            let v: Value = c
+                .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+                .await?;
             println!("{}", v["message"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)
         }
@@ -612,10 +747,22 @@ async fn runs_cmd(r: RunsCmd, c: &Client, as_json: bool) -> anyhow::Result<ExitC
                 print_json(&runs);
             } else {
                 for r in &runs {
-                    println!("run {} {}{}", r.id, r.state, r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+                    println!(
+                        "run {} {}{}",
+                        r.id,
+                        r.state,
+                        r.error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
                 }
             }
-            Ok(if runs.iter().all(|r| r.state == "succeeded") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if runs.iter().all(|r| r.state == "succeeded") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

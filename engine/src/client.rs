@@ -23,7 +23,10 @@ pub struct Client {
 impl Client {
     pub fn new(url: &str, token: &str) -> Self {
         Client {
-            http: reqwest::Client::builder().no_proxy().build().expect("http client"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
         }
@@ -31,7 +34,11 @@ impl Client {
 
     /// `--url`/`BEAMFLOW_URL`, else `HOME/server.json`; `--token`/
     /// `BEAMFLOW_TOKEN`, else `HOME/token`.
-    pub fn discover(home: &Path, url: Option<String>, token: Option<String>) -> anyhow::Result<Self> {
+    pub fn discover(
+        home: &Path,
+        url: Option<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
         let url = match url {
             Some(u) => u,
             None => {
@@ -39,13 +46,15 @@ impl Client {
                 let text = std::fs::read_to_string(&p).with_context(|| {
                     format!("no server found: {} is missing (start `beamflow server`, or pass --url / BEAMFLOW_URL)", p.display())
                 })?;
-                let a: crate::server::Access = serde_json::from_str(&text).with_context(|| format!("{}: not valid", p.display()))?;
+                let a: crate::server::Access = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid", p.display()))?;
                 a.url
             }
         };
         let token = match token {
             Some(t) => t,
-            None => crate::pilot::read_token(&home.join("token")).context("pass --token / BEAMFLOW_TOKEN, or use the server's BEAMFLOW_HOME")?,
+            None => crate::pilot::read_token(&home.join("token"))
+                .context("pass --token / BEAMFLOW_TOKEN, or use the server's BEAMFLOW_HOME")?,
         };
         Ok(Client::new(&url, &token))
     }
@@ -53,7 +62,10 @@ impl Client {
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow!("cannot reach the beamflow server at {} (is `beamflow server` running?)", self.url)
+                anyhow!(
+                    "cannot reach the beamflow server at {} (is `beamflow server` running?)",
+                    self.url
+                )
             } else {
                 anyhow!("request to {} failed: {e}", self.url)
             }
@@ -61,25 +73,34 @@ impl Client {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no details");
             return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
         }
         serde_json::from_value(body).context("unexpected response from the server")
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.url))).await
+        self.send(self.http.get(format!("{}{path}", self.url)))
+            .await
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.url)).json(body)).await
+        self.send(self.http.post(format!("{}{path}", self.url)).json(body))
+            .await
     }
 
     /// Registers a flow file; returns (name, version, changed).
     pub async fn register(&self, path: &Path) -> anyhow::Result<(String, u32, bool)> {
-        let source = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         let r: Value = self
-            .post("/api/flows", &serde_json::json!({ "source": source, "path": path.display().to_string() }))
+            .post(
+                "/api/flows",
+                &serde_json::json!({ "source": source, "path": path.display().to_string() }),
+            )
             .await?;
         Ok((
             r["name"].as_str().unwrap_or_default().to_string(),
@@ -88,18 +109,33 @@ impl Client {
         ))
     }
 
-    pub async fn submit(&self, flow: &str, version: Option<u32>, inputs: Vec<Value>) -> anyhow::Result<Vec<u64>> {
+    pub async fn submit(
+        &self,
+        flow: &str,
+        version: Option<u32>,
+        inputs: Vec<Value>,
+    ) -> anyhow::Result<Vec<u64>> {
         let body = serde_json::json!({ "flow": flow, "version": version, "inputs": inputs });
         let r: Value = self.post("/api/runs", &body).await?;
-        Ok(r["runs"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default())
+        Ok(r["runs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default())
     }
 
     /// Waits until every run in `ids` has finished. Subscribes to the event
     /// stream first and reads the current state second, so no change is lost.
-    pub async fn wait(&self, ids: &[u64], progress: bool, timeout: Option<Duration>) -> anyhow::Result<Vec<RunRow>> {
+    pub async fn wait(
+        &self,
+        ids: &[u64],
+        progress: bool,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Vec<RunRow>> {
         let work = self.wait_inner(ids, progress);
         match timeout {
-            Some(t) => tokio::time::timeout(t, work).await.map_err(|_| anyhow!("timed out after {t:?} waiting for runs"))?,
+            Some(t) => tokio::time::timeout(t, work)
+                .await
+                .map_err(|_| anyhow!("timed out after {t:?} waiting for runs"))?,
             None => work.await,
         }
     }
@@ -107,7 +143,13 @@ impl Client {
     async fn wait_inner(&self, ids: &[u64], progress: bool) -> anyhow::Result<Vec<RunRow>> {
         let want: HashSet<u64> = ids.iter().copied().collect();
         let filter = if ids.len() <= 200 {
-            format!("?runs={}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+            format!(
+                "?runs={}",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         } else {
             String::new()
         };
@@ -119,7 +161,10 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the beamflow server at {}", self.url))?;
         if !resp.status().is_success() {
-            return Err(anyhow!("event stream refused (HTTP {})", resp.status().as_u16()));
+            return Err(anyhow!(
+                "event stream refused (HTTP {})",
+                resp.status().as_u16()
+            ));
         }
         let mut stream = resp.bytes_stream();
         let bar = progress.then(|| progress_bar(ids.len()));
@@ -137,15 +182,27 @@ impl Client {
             let Some(chunk) = stream.next().await else {
                 return Err(anyhow!("the server closed the event stream"));
             };
-            buf.push_str(&String::from_utf8_lossy(&chunk.context("event stream broke")?));
+            buf.push_str(&String::from_utf8_lossy(
+                &chunk.context("event stream broke")?,
+            ));
             let mut refresh = false;
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
-                let kind = event.lines().find_map(|l| l.strip_prefix("event:")).map(str::trim).unwrap_or("");
-                let data: String = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+                let kind = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event:"))
+                    .map(str::trim)
+                    .unwrap_or("");
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
                 match kind {
                     "run" => {
-                        let Ok(u) = serde_json::from_str::<RunUpdate>(&data) else { continue };
+                        let Ok(u) = serde_json::from_str::<RunUpdate>(&data) else {
+                            continue;
+                        };
                         if !want.contains(&u.run) {
                             continue;
                         }
@@ -171,14 +228,23 @@ impl Client {
     }
 
     /// Reads the runs in `want` and records those that have finished.
-    async fn refresh(&self, want: &HashSet<u64>, done: &mut HashMap<u64, RunRow>) -> anyhow::Result<()> {
+    async fn refresh(
+        &self,
+        want: &HashSet<u64>,
+        done: &mut HashMap<u64, RunRow>,
+    ) -> anyhow::Result<()> {
         let lo = want.iter().min().copied().unwrap_or(0);
         let hi = want.iter().max().copied().unwrap_or(0);
         let rows: Vec<RunRow> = self
-            .get(&format!("/api/runs?since={lo}&until={hi}&limit={}", hi - lo + 1))
+            .get(&format!(
+                "/api/runs?since={lo}&until={hi}&limit={}",
+                hi - lo + 1
+            ))
             .await?;
         for r in rows {
-            if want.contains(&r.id) && matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            if want.contains(&r.id)
+                && matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled")
+            {
                 done.insert(r.id, r);
             }
         }
@@ -193,12 +259,21 @@ fn progress_bar(n: usize) -> indicatif::ProgressBar {
     } else {
         "{spinner} {msg} [{bar:30}] {pos}/{len} runs {elapsed} ({per_sec})"
     };
-    bar.set_style(indicatif::ProgressStyle::with_template(style).expect("template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(style)
+            .expect("template")
+            .progress_chars("=> "),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
 
-fn update_bar(bar: &indicatif::ProgressBar, n: usize, done: &HashMap<u64, RunRow>, steps: &HashMap<u64, (usize, usize)>) {
+fn update_bar(
+    bar: &indicatif::ProgressBar,
+    n: usize,
+    done: &HashMap<u64, RunRow>,
+    steps: &HashMap<u64, (usize, usize)>,
+) {
     if n == 1 {
         let (d, t) = steps.values().next().copied().unwrap_or((0, 0));
         let finished = !done.is_empty();

@@ -42,7 +42,11 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         site: SiteConfig::local(),
     })
     .await?;
-    println!("beamflow demo: server at {} with one local pilot (state in {})", local.client.url, local.home.display());
+    println!(
+        "beamflow demo: server at {} with one local pilot (state in {})",
+        local.client.url,
+        local.home.display()
+    );
     let data = local.home.join("demo-data");
     generate_frames(&data, 16, 256 * 1024)?;
     println!("generated 16 detector frames (4 MiB) in {}", data.display());
@@ -52,22 +56,43 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     println!("registered flow {name} v{version}: stage (transfer) → summarise (shell) → publish");
     let ids = local
         .client
-        .submit(&name, None, vec![json!({ "src": data.display().to_string(), "sample": "silica-demo" })])
+        .submit(
+            &name,
+            None,
+            vec![json!({ "src": data.display().to_string(), "sample": "silica-demo" })],
+        )
         .await?;
-    let runs = local.client.wait(&ids, true, Some(std::time::Duration::from_secs(300))).await?;
+    let runs = local
+        .client
+        .wait(&ids, true, Some(std::time::Duration::from_secs(300)))
+        .await?;
     let d: RunDetail = local.client.get(&format!("/api/runs/{}", ids[0])).await?;
     let t = crate::report::timing(&d);
-    println!("\nrun {} {}:\n{}", ids[0], runs[0].state, crate::report::table(&t));
+    println!(
+        "\nrun {} {}:\n{}",
+        ids[0],
+        runs[0].state,
+        crate::report::table(&t)
+    );
     if let Some(err) = &runs[0].error {
         println!("error: {err}");
     }
     let hits: Vec<Value> = local.client.get("/api/catalog?q=silica").await?;
     if let Some(h) = hits.first() {
         let r = &h["record"];
-        println!("\ncatalog record {}: {}", h["id"], r["title"].as_str().unwrap_or(""));
+        println!(
+            "\ncatalog record {}: {}",
+            h["id"],
+            r["title"].as_str().unwrap_or("")
+        );
         println!("  outputs: {}", r["outputs"]);
         for f in r["files"].as_array().into_iter().flatten() {
-            println!("  file: {} ({} bytes, blake3 {})", f["path"].as_str().unwrap_or(""), f["bytes"], f["blake3"].as_str().unwrap_or("").get(..16).unwrap_or(""));
+            println!(
+                "  file: {} ({} bytes, blake3 {})",
+                f["path"].as_str().unwrap_or(""),
+                f["bytes"],
+                f["blake3"].as_str().unwrap_or("").get(..16).unwrap_or("")
+            );
         }
     }
     let ok = runs.iter().all(|r| r.state == "succeeded");

@@ -76,16 +76,28 @@ pub fn timing(d: &RunDetail) -> RunTiming {
             action: last.action.clone(),
             category: category(&last.action).to_string(),
             state: last.state.clone(),
-            tries: atts.iter().filter(|a| !matches!(a.state.as_str(), "skipped")).count(),
+            tries: atts
+                .iter()
+                .filter(|a| !matches!(a.state.as_str(), "skipped"))
+                .count(),
             queued_s: secs(last.ready_us, last.dispatched_us),
             action_s,
             overhead_s: (total_s - action_s).max(0.0),
             total_s,
         });
     }
-    let sum = |c: &str| steps.iter().filter(|s| s.category == c).map(|s| s.action_s).sum::<f64>();
+    let sum = |c: &str| {
+        steps
+            .iter()
+            .filter(|s| s.category == c)
+            .map(|s| s.action_s)
+            .sum::<f64>()
+    };
     let (transfer_s, compute_s, publish_s) = (sum("transfer"), sum("compute"), sum("publish"));
-    let end = d.run.finished_us.or_else(|| d.attempts.iter().filter_map(|a| a.recorded_us).max());
+    let end = d
+        .run
+        .finished_us
+        .or_else(|| d.attempts.iter().filter_map(|a| a.recorded_us).max());
     let total_s = secs(Some(d.run.created_us), end);
     let overhead_s = (total_s - transfer_s - compute_s - publish_s).max(0.0);
     RunTiming {
@@ -98,7 +110,11 @@ pub fn timing(d: &RunDetail) -> RunTiming {
         publish_s,
         overhead_s,
         total_s,
-        overhead_pct: if total_s > 0.0 { 100.0 * overhead_s / total_s } else { 0.0 },
+        overhead_pct: if total_s > 0.0 {
+            100.0 * overhead_s / total_s
+        } else {
+            0.0
+        },
     }
 }
 
@@ -113,8 +129,25 @@ fn pct(part: f64, total: f64) -> String {
 pub fn table(t: &RunTiming) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["step", "action", "state", "tries", "queued", "transfer", "compute", "publish", "overhead", "% overhead"]);
-    let time_in = |s: &StepTiming, c: &str| if s.category == c { fmt_secs(s.action_s) } else { String::new() };
+    table.set_header(vec![
+        "step",
+        "action",
+        "state",
+        "tries",
+        "queued",
+        "transfer",
+        "compute",
+        "publish",
+        "overhead",
+        "% overhead",
+    ]);
+    let time_in = |s: &StepTiming, c: &str| {
+        if s.category == c {
+            fmt_secs(s.action_s)
+        } else {
+            String::new()
+        }
+    };
     for s in &t.steps {
         table.add_row(vec![
             Cell::new(&s.step),

@@ -64,7 +64,11 @@ pub struct TargetLimits {
 
 impl TargetLimits {
     pub fn admits(&self, r: &Resources) -> bool {
-        let mem_ok = match self.memory_per_node.as_deref().map(crate::flow::parse_memory_mb) {
+        let mem_ok = match self
+            .memory_per_node
+            .as_deref()
+            .map(crate::flow::parse_memory_mb)
+        {
             Some(Ok(mb)) => r.memory_mb <= mb,
             _ => true,
         };

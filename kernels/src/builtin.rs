@@ -93,7 +93,9 @@ mod tests {
     #[test]
     fn sleep_stops_when_cancelled() {
         let cancel = Arc::new(AtomicBool::new(true));
-        let err = Sleep.run(&json!({"seconds": 30}), &ctx(cancel)).unwrap_err();
+        let err = Sleep
+            .run(&json!({"seconds": 30}), &ctx(cancel))
+            .unwrap_err();
         assert!(matches!(err, KernelError::Cancelled));
     }
 

@@ -33,7 +33,8 @@ impl KernelError {
 #[derive(Clone, Debug)]
 pub struct KernelContext {
     /// Directory private to this attempt: outputs written here never clobber
-    /// those of another attempt of the same step.
+    /// those of another attempt of the same step. It does not exist until
+    /// [`KernelContext::ensure_work_dir`] creates it.
     pub work_dir: PathBuf,
     /// CPU cores granted to this attempt; a kernel sizes its thread pool by it.
     pub cpus: usize,
@@ -50,6 +51,14 @@ impl KernelContext {
             gpus,
             cancel,
         }
+    }
+
+    /// Creates the attempt's directory (and parents) and returns it.
+    pub fn ensure_work_dir(&self) -> Result<&std::path::Path, KernelError> {
+        std::fs::create_dir_all(&self.work_dir).map_err(|e| {
+            KernelError::Failed(format!("{}: cannot create: {e}", self.work_dir.display()))
+        })?;
+        Ok(&self.work_dir)
     }
 
     /// True once the engine asked this attempt to stop. Long kernels check it

@@ -62,7 +62,11 @@ pub struct Grant {
 
 /// Why an action failed.
 pub enum Failure {
-    Failed { error: String, exit_code: Option<i32>, outputs: Value },
+    Failed {
+        error: String,
+        exit_code: Option<i32>,
+        outputs: Value,
+    },
     Cancelled,
 }
 
@@ -77,11 +81,25 @@ impl Failure {
 }
 
 /// Runs one attempt to the end and reports how it went.
-pub async fn execute(spec: &TaskSpec, grant: &Grant, policy: &TransferPolicy, cancel: &Cancel) -> TaskResult {
+pub async fn execute(
+    spec: &TaskSpec,
+    grant: &Grant,
+    policy: &TransferPolicy,
+    cancel: &Cancel,
+) -> TaskResult {
     let started = now_us();
     let task_dir = PathBuf::from(&spec.task_dir);
-    let result = match std::fs::create_dir_all(&task_dir) {
-        Err(e) => Err(Failure::msg(format!("{}: cannot create task directory: {e}", task_dir.display()))),
+    // Kernels create their directory only if they write to it (see
+    // KernelContext::work_dir): a `noop` costs no filesystem call.
+    let prepared = match spec.action {
+        ActionKind::Kernel => Ok(()),
+        _ => std::fs::create_dir_all(&task_dir),
+    };
+    let result = match prepared {
+        Err(e) => Err(Failure::msg(format!(
+            "{}: cannot create task directory: {e}",
+            task_dir.display()
+        ))),
         Ok(()) => {
             let fut = async {
                 match spec.action {
@@ -93,26 +111,43 @@ pub async fn execute(spec: &TaskSpec, grant: &Grant, policy: &TransferPolicy, ca
             };
             match spec.timeout_s {
                 None => fut.await,
-                Some(t) => match tokio::time::timeout(std::time::Duration::from_secs_f64(t), fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // Dropping the future kills a shell's process group; kernels
-                        // and transfers see the flag at their next check.
-                        cancel.cancel();
-                        Err(Failure::msg(format!("timed out after {}", crate::util::fmt_secs(t))))
+                Some(t) => {
+                    match tokio::time::timeout(std::time::Duration::from_secs_f64(t), fut).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // Dropping the future kills a shell's process group; kernels
+                            // and transfers see the flag at their next check.
+                            cancel.cancel();
+                            Err(Failure::msg(format!(
+                                "timed out after {}",
+                                crate::util::fmt_secs(t)
+                            )))
+                        }
                     }
-                },
+                }
             }
         }
     };
     let finished = now_us();
     let (outcome, outputs, error, exit_code) = match result {
         Ok(out) => {
-            let code = out.get("exit_code").and_then(|c| c.as_i64()).map(|c| c as i32);
+            let code = out
+                .get("exit_code")
+                .and_then(|c| c.as_i64())
+                .map(|c| c as i32);
             (Outcome::Succeeded, out, None, code)
         }
-        Err(Failure::Cancelled) => (Outcome::Cancelled, Value::Object(Default::default()), Some("cancelled".to_string()), None),
-        Err(Failure::Failed { error, exit_code, outputs }) => (Outcome::Failed, outputs, Some(error), exit_code),
+        Err(Failure::Cancelled) => (
+            Outcome::Cancelled,
+            Value::Object(Default::default()),
+            Some("cancelled".to_string()),
+            None,
+        ),
+        Err(Failure::Failed {
+            error,
+            exit_code,
+            outputs,
+        }) => (Outcome::Failed, outputs, Some(error), exit_code),
     };
     TaskResult {
         attempt: spec.attempt,
@@ -129,7 +164,9 @@ pub async fn execute(spec: &TaskSpec, grant: &Grant, policy: &TransferPolicy, ca
 fn str_param<'a>(spec: &'a TaskSpec, name: &str) -> Result<&'a str, Failure> {
     match spec.params.get(name) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(Failure::msg(format!("params.{name}: expected a string, got {other}"))),
+        Some(other) => Err(Failure::msg(format!(
+            "params.{name}: expected a string, got {other}"
+        ))),
         None => Err(Failure::msg(format!("params.{name} is required"))),
     }
 }

@@ -17,20 +17,44 @@ pub async fn run(spec: &TaskSpec) -> Result<Value, Failure> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| Failure::msg(format!("params.files: expected paths, got {x}"))))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Failure::msg(format!("params.files: expected paths, got {x}")))
+            })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(Failure::msg(format!("params.files: expected a path or a list of paths, got {other}"))),
+        Some(other) => {
+            return Err(Failure::msg(format!(
+                "params.files: expected a path or a list of paths, got {other}"
+            )))
+        }
     };
     let fields = match p.get("fields") {
         None => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(other) => return Err(Failure::msg(format!("params.fields: expected a table, got {other}"))),
+        Some(other) => {
+            return Err(Failure::msg(format!(
+                "params.fields: expected a table, got {other}"
+            )))
+        }
     };
-    let outputs = p.get("outputs").cloned().unwrap_or(Value::Object(Map::new()));
-    let title = p.get("title").and_then(|t| t.as_str()).map(str::to_string).unwrap_or_else(|| format!("{} run {}", spec.flow, spec.run));
-    let described = tokio::task::spawn_blocking(move || files.iter().map(|f| describe(Path::new(f))).collect::<Result<Vec<_>, _>>())
-        .await
-        .map_err(|e| Failure::msg(format!("publish panicked: {e}")))??;
+    let outputs = p
+        .get("outputs")
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
+    let title = p
+        .get("title")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{} run {}", spec.flow, spec.run));
+    let described = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .map(|f| describe(Path::new(f)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| Failure::msg(format!("publish panicked: {e}")))??;
     let record = json!({
         "title": title,
         "flow": spec.flow,
@@ -46,7 +70,8 @@ pub async fn run(spec: &TaskSpec) -> Result<Value, Failure> {
 }
 
 fn describe(path: &Path) -> Result<Value, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| Failure::msg(format!("{}: cannot publish: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::msg(format!("{}: cannot publish: {e}", path.display())))?;
     if meta.is_dir() {
         return Ok(json!({ "path": path.display().to_string(), "kind": "directory" }));
     }

@@ -51,13 +51,19 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
             c.arg("-euo").arg("pipefail").arg("-c").arg(script);
             c
         }
-        _ => return Err(Failure::msg("params: a shell step needs `argv` (list) or `script` (string)")),
+        _ => {
+            return Err(Failure::msg(
+                "params: a shell step needs `argv` (list) or `script` (string)",
+            ))
+        }
     };
     let dir = std::path::Path::new(&spec.task_dir);
     let stdout_path = dir.join("stdout");
     let stderr_path = dir.join("stderr");
     let outputs_path = dir.join("outputs.json");
-    let open = |path: &std::path::Path| std::fs::File::create(path).map_err(|e| Failure::msg(format!("{}: {e}", path.display())));
+    let open = |path: &std::path::Path| {
+        std::fs::File::create(path).map_err(|e| Failure::msg(format!("{}: {e}", path.display())))
+    };
     cmd.stdout(Stdio::from(open(&stdout_path)?))
         .stderr(Stdio::from(open(&stderr_path)?))
         .stdin(Stdio::null())
@@ -76,7 +82,12 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
     }
     if let Some(Value::Object(env)) = p.get("env") {
         for (k, v) in env {
-            cmd.env(k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            cmd.env(
+                k,
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            );
         }
     }
     match p.get("cwd") {
@@ -88,7 +99,11 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
         }
     }
     let mut child = cmd.spawn().map_err(|e| {
-        let what = p.get("argv").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("/bin/bash");
+        let what = p
+            .get("argv")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .unwrap_or("/bin/bash");
         Failure::msg(format!("cannot start `{what}`: {e}"))
     })?;
     let _guard = GroupGuard(child.id().map(|id| id as i32));
@@ -120,15 +135,27 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
     if let Ok(text) = std::fs::read_to_string(&outputs_path) {
         match serde_json::from_str::<Value>(&text) {
             Ok(Value::Object(extra)) => outputs.extend(extra),
-            Ok(_) => return Err(Failure::msg(format!("{}: expected a JSON object", outputs_path.display()))),
-            Err(e) => return Err(Failure::msg(format!("{}: not valid JSON: {e}", outputs_path.display()))),
+            Ok(_) => {
+                return Err(Failure::msg(format!(
+                    "{}: expected a JSON object",
+                    outputs_path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Failure::msg(format!(
+                    "{}: not valid JSON: {e}",
+                    outputs_path.display()
+                )))
+            }
         }
     }
     Ok(Value::Object(outputs))
 }
 
 fn tail_lines(path: &std::path::Path, n: usize) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

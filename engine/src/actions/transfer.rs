@@ -13,18 +13,34 @@ use super::{Cancel, Failure};
 use crate::protocol::TaskSpec;
 use crate::site::TransferPolicy;
 
-pub async fn run(spec: &TaskSpec, policy: &TransferPolicy, cancel: &Cancel) -> Result<Value, Failure> {
+pub async fn run(
+    spec: &TaskSpec,
+    policy: &TransferPolicy,
+    cancel: &Cancel,
+) -> Result<Value, Failure> {
     let srcs: Vec<PathBuf> = match spec.params.get("src") {
         Some(Value::String(s)) => vec![PathBuf::from(s)],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(PathBuf::from).ok_or_else(|| Failure::msg(format!("params.src: expected paths, got {x}"))))
+            .map(|x| {
+                x.as_str()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| Failure::msg(format!("params.src: expected paths, got {x}")))
+            })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(Failure::msg(format!("params.src: expected a path or a list of paths, got {other}"))),
+        Some(other) => {
+            return Err(Failure::msg(format!(
+                "params.src: expected a path or a list of paths, got {other}"
+            )))
+        }
         None => return Err(Failure::msg("params.src is required")),
     };
     let dst = PathBuf::from(super::str_param(spec, "dst")?);
-    let verify = spec.params.get("verify").and_then(|v| v.as_bool()).unwrap_or(true);
+    let verify = spec
+        .params
+        .get("verify")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
     let roots = policy.roots();
     let cancel = cancel.clone();
     tokio::task::spawn_blocking(move || copy_all(&srcs, &dst, verify, &roots, &cancel))
@@ -40,17 +56,28 @@ struct Tally {
     skipped: u64,
 }
 
-fn copy_all(srcs: &[PathBuf], dst: &Path, verify: bool, roots: &[PathBuf], cancel: &Cancel) -> Result<Value, Failure> {
+fn copy_all(
+    srcs: &[PathBuf],
+    dst: &Path,
+    verify: bool,
+    roots: &[PathBuf],
+    cancel: &Cancel,
+) -> Result<Value, Failure> {
     if srcs.is_empty() {
         return Err(Failure::msg("params.src: nothing to transfer"));
     }
     let into_dir = srcs.len() > 1 || dst.is_dir() || dst.to_string_lossy().ends_with('/');
     let mut plan: Vec<(PathBuf, PathBuf)> = Vec::new();
     for src in srcs {
-        let meta = std::fs::metadata(src).map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?;
+        let meta =
+            std::fs::metadata(src).map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?;
         check_root(src, roots, "source")?;
         let name = src.file_name().map(PathBuf::from).unwrap_or_default();
-        let target = if into_dir { dst.join(&name) } else { dst.to_path_buf() };
+        let target = if into_dir {
+            dst.join(&name)
+        } else {
+            dst.to_path_buf()
+        };
         if meta.is_dir() {
             walk(src, &target, &mut plan)?;
         } else {
@@ -63,14 +90,21 @@ fn copy_all(srcs: &[PathBuf], dst: &Path, verify: bool, roots: &[PathBuf], cance
             return Err(Failure::Cancelled);
         }
         if let Some(parent) = d.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Failure::msg(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::msg(format!("{}: {e}", parent.display())))?;
         }
         check_root(d, roots, "destination")?;
         let n = copy_one(s, d, verify, cancel, &mut t)?;
         t.bytes += n;
         t.files.push(d.display().to_string());
     }
-    let final_dst = if into_dir || srcs.len() > 1 { dst.to_path_buf() } else { plan.first().map(|p| p.1.clone()).unwrap_or(dst.to_path_buf()) };
+    let final_dst = if into_dir || srcs.len() > 1 {
+        dst.to_path_buf()
+    } else {
+        plan.first()
+            .map(|p| p.1.clone())
+            .unwrap_or(dst.to_path_buf())
+    };
     Ok(json!({
         "dst": final_dst.display().to_string(),
         "files": t.files,
@@ -88,7 +122,9 @@ fn walk(src: &Path, dst: &Path, plan: &mut Vec<(PathBuf, PathBuf)>) -> Result<()
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
-        let ft = e.file_type().map_err(|e| Failure::msg(format!("{}: {e}", p.display())))?;
+        let ft = e
+            .file_type()
+            .map_err(|e| Failure::msg(format!("{}: {e}", p.display())))?;
         if ft.is_dir() {
             walk(&p, &dst.join(e.file_name()), plan)?;
         } else if ft.is_file() {
@@ -113,11 +149,17 @@ fn check_root(path: &Path, roots: &[PathBuf], what: &str) -> Result<(), Failure>
             Ok(c) => break c.join(&rest),
             Err(_) => {
                 let Some(name) = probe.file_name().map(PathBuf::from) else {
-                    return Err(Failure::msg(format!("{}: cannot resolve {what} path", path.display())));
+                    return Err(Failure::msg(format!(
+                        "{}: cannot resolve {what} path",
+                        path.display()
+                    )));
                 };
                 rest = name.join(&rest);
                 if !probe.pop() {
-                    return Err(Failure::msg(format!("{}: cannot resolve {what} path", path.display())));
+                    return Err(Failure::msg(format!(
+                        "{}: cannot resolve {what} path",
+                        path.display()
+                    )));
                 }
             }
         }
@@ -147,7 +189,9 @@ fn hash_file(path: &Path, cancel: &Cancel) -> Result<(blake3::Hash, u64), Failur
         if cancel.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        let k = f.read(&mut buf).map_err(|e| Failure::msg(format!("{}: {e}", path.display())))?;
+        let k = f
+            .read(&mut buf)
+            .map_err(|e| Failure::msg(format!("{}: {e}", path.display())))?;
         if k == 0 {
             break;
         }
@@ -157,8 +201,16 @@ fn hash_file(path: &Path, cancel: &Cancel) -> Result<(blake3::Hash, u64), Failur
     Ok((h.finalize(), n))
 }
 
-fn copy_one(src: &Path, dst: &Path, verify: bool, cancel: &Cancel, t: &mut Tally) -> Result<u64, Failure> {
-    let src_len = std::fs::metadata(src).map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?.len();
+fn copy_one(
+    src: &Path,
+    dst: &Path,
+    verify: bool,
+    cancel: &Cancel,
+    t: &mut Tally,
+) -> Result<u64, Failure> {
+    let src_len = std::fs::metadata(src)
+        .map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?
+        .len();
     if let Ok(m) = std::fs::metadata(dst) {
         if m.is_file() && m.len() == src_len {
             let (a, _) = hash_file(src, cancel)?;
@@ -175,7 +227,8 @@ fn copy_one(src: &Path, dst: &Path, verify: bool, cancel: &Cancel, t: &mut Tally
         PathBuf::from(s)
     };
     let mut input = File::open(src).map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?;
-    let mut out = File::create(&part).map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
+    let mut out =
+        File::create(&part).map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -184,21 +237,29 @@ fn copy_one(src: &Path, dst: &Path, verify: bool, cancel: &Cancel, t: &mut Tally
             let _ = std::fs::remove_file(&part);
             return Err(Failure::Cancelled);
         }
-        let k = input.read(&mut buf).map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?;
+        let k = input
+            .read(&mut buf)
+            .map_err(|e| Failure::msg(format!("{}: {e}", src.display())))?;
         if k == 0 {
             break;
         }
         h.update(&buf[..k]);
-        out.write_all(&buf[..k]).map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
+        out.write_all(&buf[..k])
+            .map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
         n += k as u64;
     }
-    out.sync_all().map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
+    out.sync_all()
+        .map_err(|e| Failure::msg(format!("{}: {e}", part.display())))?;
     drop(out);
     if verify {
         let (written, _) = hash_file(&part, cancel)?;
         if written != h.finalize() {
             let _ = std::fs::remove_file(&part);
-            return Err(Failure::msg(format!("{}: checksum mismatch after copy from {}", dst.display(), src.display())));
+            return Err(Failure::msg(format!(
+                "{}: checksum mismatch after copy from {}",
+                dst.display(),
+                src.display()
+            )));
         }
     }
     std::fs::rename(&part, dst).map_err(|e| Failure::msg(format!("{}: {e}", dst.display())))?;

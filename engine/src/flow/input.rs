@@ -11,9 +11,13 @@ pub(crate) fn coerce_value(ty: InputType, v: &Value) -> Result<Value, String> {
     Ok(match (ty, v) {
         (InputType::Path | InputType::String, Value::String(_)) => v.clone(),
         (InputType::Int, Value::Number(n)) if n.is_i64() || n.is_u64() => v.clone(),
-        (InputType::Int, Value::String(s)) => Value::from(s.trim().parse::<i64>().map_err(|_| bad())?),
+        (InputType::Int, Value::String(s)) => {
+            Value::from(s.trim().parse::<i64>().map_err(|_| bad())?)
+        }
         (InputType::Float, Value::Number(n)) => Value::from(n.as_f64().ok_or_else(bad)?),
-        (InputType::Float, Value::String(s)) => Value::from(s.trim().parse::<f64>().map_err(|_| bad())?),
+        (InputType::Float, Value::String(s)) => {
+            Value::from(s.trim().parse::<f64>().map_err(|_| bad())?)
+        }
         (InputType::Bool, Value::Bool(_)) => v.clone(),
         (InputType::Bool, Value::String(s)) => match s.trim() {
             "true" | "yes" | "1" => Value::Bool(true),
@@ -28,7 +32,11 @@ pub(crate) fn coerce_value(ty: InputType, v: &Value) -> Result<Value, String> {
             } else if t.is_empty() {
                 Value::Array(vec![])
             } else {
-                Value::Array(t.split(',').map(|x| Value::String(x.trim().to_string())).collect())
+                Value::Array(
+                    t.split(',')
+                        .map(|x| Value::String(x.trim().to_string()))
+                        .collect(),
+                )
             }
         }
         _ => return Err(bad()),
@@ -51,7 +59,11 @@ pub fn coerce_inputs(flow: &FlowSpec, input: &Value) -> Result<Value, String> {
             errors.push(format!(
                 "input `{k}`: flow `{}` has no such input (it takes: {})",
                 flow.name,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ));
         }
     }
@@ -67,7 +79,11 @@ pub fn coerce_inputs(flow: &FlowSpec, input: &Value) -> Result<Value, String> {
             (None, Some(d)) => {
                 out.insert(spec.name.clone(), d.clone());
             }
-            (None, None) if spec.required => errors.push(format!("input `{}` ({}) is required", spec.name, spec.ty.name())),
+            (None, None) if spec.required => errors.push(format!(
+                "input `{}` ({}) is required",
+                spec.name,
+                spec.ty.name()
+            )),
             (None, None) => {}
         }
     }

@@ -27,7 +27,11 @@ impl fmt::Display for FlowError {
         if self.key.is_empty() {
             write!(f, "{}:{}: {}", self.file, self.line, self.message)
         } else {
-            write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.key, self.message
+            )
         }
     }
 }
@@ -215,7 +219,11 @@ fn build(cx: &mut Ctx, raw: RawFlow, site: Option<&SiteConfig>) -> FlowSpec {
     }
     let version = *raw.version.get_ref();
     if !(1..=i64::from(u32::MAX)).contains(&version) {
-        cx.err(raw.version.span(), "version", format!("must be a positive integer, got {version}"));
+        cx.err(
+            raw.version.span(),
+            "version",
+            format!("must be a positive integer, got {version}"),
+        );
     }
 
     let inputs = build_inputs(cx, &raw.input);
@@ -261,13 +269,20 @@ fn is_flow_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn build_inputs(cx: &mut Ctx, raw: &BTreeMap<Spanned<String>, Spanned<RawInput>>) -> Vec<InputSpec> {
+fn build_inputs(
+    cx: &mut Ctx,
+    raw: &BTreeMap<Spanned<String>, Spanned<RawInput>>,
+) -> Vec<InputSpec> {
     let mut out = Vec::new();
     for (k, v) in raw {
         let name = k.get_ref().clone();
         let key = format!("input.{name}");
         if !is_ident(&name) {
-            cx.err(k.span(), key.clone(), "input names are lower-case identifiers (letters, digits, `_`)");
+            cx.err(
+                k.span(),
+                key.clone(),
+                "input names are lower-case identifiers (letters, digits, `_`)",
+            );
         }
         let ri = v.get_ref();
         let ty = match InputType::from_name(ri.ty.get_ref()) {
@@ -276,7 +291,10 @@ fn build_inputs(cx: &mut Ctx, raw: &BTreeMap<Spanned<String>, Spanned<RawInput>>
                 cx.err(
                     ri.ty.span(),
                     format!("{key}.type"),
-                    format!("unknown type `{}` (expected path, string, int, float, bool or list)", ri.ty.get_ref()),
+                    format!(
+                        "unknown type `{}` (expected path, string, int, float, bool or list)",
+                        ri.ty.get_ref()
+                    ),
                 );
                 InputType::String
             }
@@ -293,7 +311,11 @@ fn build_inputs(cx: &mut Ctx, raw: &BTreeMap<Spanned<String>, Spanned<RawInput>>
         });
         let required = ri.required.unwrap_or(default.is_none());
         if required && default.is_some() {
-            cx.err(v.span(), key.clone(), "a required input cannot have a default");
+            cx.err(
+                v.span(),
+                key.clone(),
+                "a required input cannot have a default",
+            );
         }
         out.push(InputSpec {
             name,
@@ -320,7 +342,10 @@ fn build_step(
             cx.err(
                 s.action.span(),
                 format!("{key}.action"),
-                format!("unknown action `{}` (expected shell, transfer, publish or kernel)", s.action.get_ref()),
+                format!(
+                    "unknown action `{}` (expected shell, transfer, publish or kernel)",
+                    s.action.get_ref()
+                ),
             );
             ActionKind::Shell
         }
@@ -333,21 +358,36 @@ fn build_step(
                 Some(k.get_ref().clone())
             }
             None => {
-                let known: Vec<&str> = beamflow_kernels::kernels().iter().map(|k| k.name()).collect();
+                let known: Vec<&str> = beamflow_kernels::kernels()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect();
                 cx.err(
                     k.span(),
                     format!("{key}.kernel"),
-                    format!("unknown kernel `{}` (known: {})", k.get_ref(), known.join(", ")),
+                    format!(
+                        "unknown kernel `{}` (known: {})",
+                        k.get_ref(),
+                        known.join(", ")
+                    ),
                 );
                 None
             }
         },
         (None, ActionKind::Kernel) => {
-            cx.err(s.action.span(), format!("{key}.kernel"), "an action = \"kernel\" step must name its kernel");
+            cx.err(
+                s.action.span(),
+                format!("{key}.kernel"),
+                "an action = \"kernel\" step must name its kernel",
+            );
             None
         }
         (Some(k), _) => {
-            cx.err(k.span(), format!("{key}.kernel"), "only action = \"kernel\" steps take a kernel");
+            cx.err(
+                k.span(),
+                format!("{key}.kernel"),
+                "only action = \"kernel\" steps take a kernel",
+            );
             None
         }
         (None, _) => None,
@@ -359,9 +399,20 @@ fn build_step(
             for k in p.get_ref().keys() {
                 if !allowed_params.contains(&k.as_str()) {
                     let span = cx.find(p.span(), k);
-                    let what = kernel.as_deref().map(|k| format!("kernel `{k}`")).unwrap_or_else(|| format!("action `{}`", action.name()));
-                    let expected = if allowed_params.is_empty() { "none".to_string() } else { allowed_params.join(", ") };
-                    cx.err(span, format!("{key}.params.{k}"), format!("unknown parameter for {what} (expected: {expected})"));
+                    let what = kernel
+                        .as_deref()
+                        .map(|k| format!("kernel `{k}`"))
+                        .unwrap_or_else(|| format!("action `{}`", action.name()));
+                    let expected = if allowed_params.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed_params.join(", ")
+                    };
+                    cx.err(
+                        span,
+                        format!("{key}.params.{k}"),
+                        format!("unknown parameter for {what} (expected: {expected})"),
+                    );
                 }
             }
             toml_to_json(&toml::Value::Table(p.get_ref().clone()))
@@ -400,29 +451,46 @@ fn build_step(
                 }
             };
             if !(0..=1000).contains(&count) {
-                cx.err(span, format!("{key}.retries"), format!("count must be between 0 and 1000, got {count}"));
+                cx.err(
+                    span,
+                    format!("{key}.retries"),
+                    format!("count must be between 0 and 1000, got {count}"),
+                );
             }
             p.count = count.clamp(0, 1000) as u32;
             p
         }
     };
 
-    let timeout_s = s.timeout.as_ref().and_then(|t| match parse_duration(t.get_ref()) {
-        Ok(d) if d > 0.0 => Some(d),
-        Ok(_) => {
-            cx.err(t.span(), format!("{key}.timeout"), "must be longer than zero");
-            None
-        }
-        Err(m) => {
-            cx.err(t.span(), format!("{key}.timeout"), m);
-            None
-        }
-    });
+    let timeout_s = s
+        .timeout
+        .as_ref()
+        .and_then(|t| match parse_duration(t.get_ref()) {
+            Ok(d) if d > 0.0 => Some(d),
+            Ok(_) => {
+                cx.err(
+                    t.span(),
+                    format!("{key}.timeout"),
+                    "must be longer than zero",
+                );
+                None
+            }
+            Err(m) => {
+                cx.err(t.span(), format!("{key}.timeout"), m);
+                None
+            }
+        });
 
-    let on = s.on.as_ref().map(|o| o.get_ref().clone()).unwrap_or_else(|| "cpu".to_string());
+    let on =
+        s.on.as_ref()
+            .map(|o| o.get_ref().clone())
+            .unwrap_or_else(|| "cpu".to_string());
     let on_span = s.on.as_ref().map(|o| o.span()).unwrap_or(s.name.span());
     let known_target = match site {
-        Some(site) => site.targets.contains_key(&on) || (site.targets.is_empty() && STANDARD_TARGETS.contains(&on.as_str())),
+        Some(site) => {
+            site.targets.contains_key(&on)
+                || (site.targets.is_empty() && STANDARD_TARGETS.contains(&on.as_str()))
+        }
         None => STANDARD_TARGETS.contains(&on.as_str()),
     };
     if !known_target {
@@ -430,7 +498,11 @@ fn build_step(
             Some(site) if !site.targets.is_empty() => site.targets.keys().cloned().collect(),
             _ => STANDARD_TARGETS.iter().map(|s| s.to_string()).collect(),
         };
-        cx.err(on_span.clone(), format!("{key}.on"), format!("unknown target `{on}` (known: {})", known.join(", ")));
+        cx.err(
+            on_span.clone(),
+            format!("{key}.on"),
+            format!("unknown target `{on}` (known: {})", known.join(", ")),
+        );
     }
 
     let resources = match &s.resources {
@@ -443,20 +515,36 @@ fn build_step(
             cx.err(
                 span,
                 format!("{key}.resources"),
-                format!("no variant fits target `{on}` of site `{}` ({})", site.map(|s| s.name.as_str()).unwrap_or(""), limits.describe()),
+                format!(
+                    "no variant fits target `{on}` of site `{}` ({})",
+                    site.map(|s| s.name.as_str()).unwrap_or(""),
+                    limits.describe()
+                ),
             );
         }
     }
 
-    let outputs = s.outputs.as_ref().map(|o| o.get_ref().clone()).unwrap_or_default();
+    let outputs = s
+        .outputs
+        .as_ref()
+        .map(|o| o.get_ref().clone())
+        .unwrap_or_default();
     if let Some(o) = &s.outputs {
         for name in o.get_ref() {
             if !is_ident(name) {
-                cx.err(o.span(), format!("{key}.outputs"), format!("`{name}` is not an identifier"));
+                cx.err(
+                    o.span(),
+                    format!("{key}.outputs"),
+                    format!("`{name}` is not an identifier"),
+                );
             }
         }
         if action != ActionKind::Shell {
-            cx.err(o.span(), format!("{key}.outputs"), "only shell steps declare extra outputs");
+            cx.err(
+                o.span(),
+                format!("{key}.outputs"),
+                "only shell steps declare extra outputs",
+            );
         }
     }
 
@@ -475,29 +563,51 @@ fn build_step(
     }
 }
 
-fn check_action_params(cx: &mut Ctx, action: ActionKind, params: &Value, span: Range<usize>, key: &str) {
+fn check_action_params(
+    cx: &mut Ctx,
+    action: ActionKind,
+    params: &Value,
+    span: Range<usize>,
+    key: &str,
+) {
     let has = |k: &str| params.get(k).is_some();
     match action {
         ActionKind::Shell => {
             if has("argv") == has("script") {
-                cx.err(span.clone(), format!("{key}.params"), "a shell step needs exactly one of `argv` (list) or `script` (string)");
+                cx.err(
+                    span.clone(),
+                    format!("{key}.params"),
+                    "a shell step needs exactly one of `argv` (list) or `script` (string)",
+                );
             }
             if let Some(a) = params.get("argv") {
                 let ok = matches!(a, Value::Array(v) if !v.is_empty()) || a.is_string();
                 if !ok {
-                    cx.err(span.clone(), format!("{key}.params.argv"), "must be a non-empty list of strings");
+                    cx.err(
+                        span.clone(),
+                        format!("{key}.params.argv"),
+                        "must be a non-empty list of strings",
+                    );
                 }
             }
             if let Some(e) = params.get("env") {
                 if !e.is_object() {
-                    cx.err(span, format!("{key}.params.env"), "must be a table of strings");
+                    cx.err(
+                        span,
+                        format!("{key}.params.env"),
+                        "must be a table of strings",
+                    );
                 }
             }
         }
         ActionKind::Transfer => {
             for k in ["src", "dst"] {
                 if !has(k) {
-                    cx.err(span.clone(), format!("{key}.params"), format!("a transfer step needs `{k}`"));
+                    cx.err(
+                        span.clone(),
+                        format!("{key}.params"),
+                        format!("a transfer step needs `{k}`"),
+                    );
                 }
             }
         }
@@ -513,7 +623,11 @@ fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> Resour
         let int = |cx: &mut Ctx, v: Option<i64>, what: &str, min: i64| -> Option<u32> {
             let v = v?;
             if v < min || v > 1_000_000 {
-                cx.err(span.clone(), format!("{key}.resources.{what}"), format!("must be between {min} and 1000000, got {v}"));
+                cx.err(
+                    span.clone(),
+                    format!("{key}.resources.{what}"),
+                    format!("must be between {min} and 1000000, got {v}"),
+                );
                 return None;
             }
             Some(v as u32)
@@ -539,7 +653,11 @@ fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> Resour
     let variants = match &raw.variants {
         None => vec![base],
         Some(vs) if vs.is_empty() => {
-            cx.err(span.clone(), format!("{key}.resources.variants"), "must list at least one variant");
+            cx.err(
+                span.clone(),
+                format!("{key}.resources.variants"),
+                "must list at least one variant",
+            );
             vec![base]
         }
         // Keys given beside `variants` are defaults each variant may override.
@@ -556,7 +674,11 @@ fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> Resour
     };
     for v in &variants {
         if v.cpus == 0 && v.gpus == 0 {
-            cx.err(span.clone(), format!("{key}.resources"), "a variant must ask for at least one cpu or gpu");
+            cx.err(
+                span.clone(),
+                format!("{key}.resources"),
+                "a variant must ask for at least one cpu or gpu",
+            );
         }
     }
     ResourceRequest { variants }
@@ -566,12 +688,25 @@ fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> Resour
 fn check_edges(cx: &mut Ctx, raw: &RawFlow, spec: &FlowSpec) {
     let names: HashSet<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
     for (rs, s) in raw.steps.iter().zip(&spec.steps) {
-        let span = rs.get_ref().after.as_ref().map(|a| a.span()).unwrap_or(rs.get_ref().name.span());
+        let span = rs
+            .get_ref()
+            .after
+            .as_ref()
+            .map(|a| a.span())
+            .unwrap_or(rs.get_ref().name.span());
         for dep in &s.after {
             if !names.contains(dep.as_str()) {
-                cx.err(span.clone(), format!("steps.{}.after", s.name), format!("unknown step `{dep}`"));
+                cx.err(
+                    span.clone(),
+                    format!("steps.{}.after", s.name),
+                    format!("unknown step `{dep}`"),
+                );
             } else if dep == &s.name {
-                cx.err(span.clone(), format!("steps.{}.after", s.name), "a step cannot wait for itself");
+                cx.err(
+                    span.clone(),
+                    format!("steps.{}.after", s.name),
+                    "a step cannot wait for itself",
+                );
             }
         }
     }
@@ -582,8 +717,16 @@ fn check_edges(cx: &mut Ctx, raw: &RawFlow, spec: &FlowSpec) {
         let first = &cycle[0];
         let idx = spec.step_index(first).unwrap_or(0);
         let rs = raw.steps[idx].get_ref();
-        let span = rs.after.as_ref().map(|a| a.span()).unwrap_or(rs.name.span());
-        cx.err(span, format!("steps.{first}.after"), format!("cycle: {}", cycle.join(" -> ")));
+        let span = rs
+            .after
+            .as_ref()
+            .map(|a| a.span())
+            .unwrap_or(rs.name.span());
+        cx.err(
+            span,
+            format!("steps.{first}.after"),
+            format!("cycle: {}", cycle.join(" -> ")),
+        );
     }
 }
 
@@ -598,7 +741,12 @@ fn find_cycle(spec: &FlowSpec) -> Option<Vec<String>> {
     let n = spec.steps.len();
     let mut mark = vec![Mark::New; n];
     let mut stack: Vec<usize> = Vec::new();
-    fn visit(i: usize, spec: &FlowSpec, mark: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<String>> {
+    fn visit(
+        i: usize,
+        spec: &FlowSpec,
+        mark: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
         mark[i] = Mark::Active;
         stack.push(i);
         for dep in &spec.steps[i].after {
@@ -606,7 +754,10 @@ fn find_cycle(spec: &FlowSpec) -> Option<Vec<String>> {
             match mark[j] {
                 Mark::Active => {
                     let pos = stack.iter().position(|&k| k == j).unwrap_or(0);
-                    let mut path: Vec<String> = stack[pos..].iter().map(|&k| spec.steps[k].name.clone()).collect();
+                    let mut path: Vec<String> = stack[pos..]
+                        .iter()
+                        .map(|&k| spec.steps[k].name.clone())
+                        .collect();
                     path.push(spec.steps[j].name.clone());
                     return Some(path);
                 }
@@ -656,12 +807,21 @@ fn check_templates(cx: &mut Ctx, raw: &RawFlow, spec: &FlowSpec, site: Option<&S
         let before = ancestors(spec, i);
         let key = format!("steps.{}", s.name);
         let mut strings: Vec<(String, String, Range<usize>)> = Vec::new();
-        let pspan = rs.get_ref().params.as_ref().map(|p| p.span()).unwrap_or(rs.span());
+        let pspan = rs
+            .get_ref()
+            .params
+            .as_ref()
+            .map(|p| p.span())
+            .unwrap_or(rs.span());
         template::collect_strings(&s.params, &format!("{key}.params"), &mut |path, text| {
             strings.push((path.to_string(), text.to_string(), pspan.clone()));
         });
         if let Some(w) = &rs.get_ref().when {
-            strings.push((format!("{key}.when"), format!("{{{{ {} }}}}", w.get_ref()), w.span()));
+            strings.push((
+                format!("{key}.when"),
+                format!("{{{{ {} }}}}", w.get_ref()),
+                w.span(),
+            ));
         }
         for (path, text, span) in strings {
             let vars = match template::variables(&text) {
@@ -699,27 +859,38 @@ fn check_variable(
         },
         "run" => match parts.get(1) {
             None | Some(&"id") | Some(&"dir") | Some(&"flow") => Ok(()),
-            Some(n) => Err(format!("`{var}`: unknown run variable `{n}` (known: id, dir, flow)")),
+            Some(n) => Err(format!(
+                "`{var}`: unknown run variable `{n}` (known: id, dir, flow)"
+            )),
         },
         "task" => match parts.get(1) {
             None | Some(&"id") | Some(&"dir") | Some(&"attempt") => Ok(()),
-            Some(n) => Err(format!("`{var}`: unknown task variable `{n}` (known: id, dir, attempt)")),
+            Some(n) => Err(format!(
+                "`{var}`: unknown task variable `{n}` (known: id, dir, attempt)"
+            )),
         },
         "site" => match (parts.get(1), site) {
             (None, _) | (Some(_), None) => Ok(()),
             (Some(&"name"), Some(_)) => Ok(()),
             (Some(n), Some(site)) if site.vars.contains_key(*n) => Ok(()),
-            (Some(n), Some(site)) => Err(format!("`{var}`: site `{}` defines no variable `{n}`", site.name)),
+            (Some(n), Some(site)) => Err(format!(
+                "`{var}`: site `{}` defines no variable `{n}`",
+                site.name
+            )),
         },
         "steps" => {
             let Some(step) = parts.get(1) else {
-                return Err(format!("`{var}`: name a step, as in steps.NAME.outputs.KEY"));
+                return Err(format!(
+                    "`{var}`: name a step, as in steps.NAME.outputs.KEY"
+                ));
             };
             let Some(idx) = spec.step_index(step) else {
                 return Err(format!("`{var}`: unknown step `{step}`"));
             };
             if !before.contains(*step) {
-                return Err(format!("`{var}`: step `{step}` does not run before this one (add it to `after`)"));
+                return Err(format!(
+                    "`{var}`: step `{step}` does not run before this one (add it to `after`)"
+                ));
             }
             match (parts.get(2), parts.get(3)) {
                 (None, _) | (Some(&"outputs"), None) => Ok(()),
@@ -730,14 +901,22 @@ fn check_variable(
                     } else {
                         Err(format!(
                             "`{var}`: step `{step}` has no output `{k}` (it has: {})",
-                            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+                            if keys.is_empty() {
+                                "none".to_string()
+                            } else {
+                                keys.join(", ")
+                            }
                         ))
                     }
                 }
-                (Some(other), _) => Err(format!("`{var}`: unknown field `{other}` (use steps.{step}.outputs.KEY)")),
+                (Some(other), _) => Err(format!(
+                    "`{var}`: unknown field `{other}` (use steps.{step}.outputs.KEY)"
+                )),
             }
         }
-        other => Err(format!("unknown variable `{other}` (known: input, run, task, site, steps)")),
+        other => Err(format!(
+            "unknown variable `{other}` (known: input, run, task, site, steps)"
+        )),
     }
 }
 
@@ -757,15 +936,23 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
 /// `"512MB"`, `"4GB"`, `"1.5 GiB"`, or a bare number of megabytes.
 pub fn parse_memory_mb(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let x: f64 = num.parse().map_err(|_| format!("`{s}` is not an amount of memory; write e.g. \"512MB\" or \"4GB\""))?;
+    let x: f64 = num.parse().map_err(|_| {
+        format!("`{s}` is not an amount of memory; write e.g. \"512MB\" or \"4GB\"")
+    })?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => 1.0,
         "g" | "gb" | "gib" => 1024.0,
         "t" | "tb" | "tib" => 1024.0 * 1024.0,
         "k" | "kb" | "kib" => 1.0 / 1024.0,
-        other => return Err(format!("`{s}`: unknown memory unit `{other}` (use MB, GB or TB)")),
+        other => {
+            return Err(format!(
+                "`{s}`: unknown memory unit `{other}` (use MB, GB or TB)"
+            ))
+        }
     };
     Ok((x * mult).ceil() as u64)
 }
@@ -774,11 +961,17 @@ pub(crate) fn toml_to_json(v: &toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -852,7 +1045,8 @@ resources = { memory = "2GB", variants = [{ gpus = 1, cpus = 4 }, { cpus = 8 }] 
 
     #[test]
     fn reference_to_later_step_is_rejected() {
-        let e = errs(r#"
+        let e = errs(
+            r#"
 name = "x"
 version = 1
 [[steps]]
@@ -863,7 +1057,8 @@ params = { argv = ["echo", "{{ steps.b.outputs.exit_code }}"] }
 name = "b"
 action = "shell"
 params = { argv = ["true"] }
-"#);
+"#,
+        );
         assert!(e.contains("t.toml:7: steps.a.params.argv[1]: `steps.b.outputs.exit_code`: step `b` does not run before this one"), "{e}");
     }
 

@@ -146,7 +146,12 @@ pub struct StepSpec {
 impl StepSpec {
     /// Every output key a later step may reference.
     pub fn output_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.action.outputs().iter().map(|s| s.to_string()).collect();
+        let mut keys: Vec<String> = self
+            .action
+            .outputs()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if let Some(k) = self.kernel.as_deref().and_then(beamflow_kernels::find) {
             keys.extend(k.outputs().iter().map(|s| s.to_string()));
         }

@@ -29,7 +29,13 @@ fn sole_expression(text: &str) -> Option<&str> {
     if inner.contains("{{") || inner.contains("}}") || t.contains("{%") {
         return None;
     }
-    Some(inner.trim().trim_start_matches('-').trim_end_matches('-').trim())
+    Some(
+        inner
+            .trim()
+            .trim_start_matches('-')
+            .trim_end_matches('-')
+            .trim(),
+    )
 }
 
 /// Dotted variable paths a template reads, e.g. `steps.stage.outputs.files`.
@@ -90,7 +96,10 @@ fn render_string(s: &str, ctx: &Value) -> Result<Value, String> {
         let v = eval(expr, ctx)?;
         return Ok(v);
     }
-    env().render_str(s, ctx).map(Value::String).map_err(|e| describe(&e))
+    env()
+        .render_str(s, ctx)
+        .map(Value::String)
+        .map_err(|e| describe(&e))
 }
 
 /// Evaluates one expression to JSON.
@@ -133,7 +142,11 @@ mod tests {
 
     #[test]
     fn undefined_is_an_error_naming_the_path() {
-        let err = render(&json!({"argv": ["echo", "{{ input.nope }}"]}), &json!({"input": {}})).unwrap_err();
+        let err = render(
+            &json!({"argv": ["echo", "{{ input.nope }}"]}),
+            &json!({"input": {}}),
+        )
+        .unwrap_err();
         assert!(err.starts_with("params.argv[1]: "), "{err}");
         assert!(err.contains("undefined"), "{err}");
     }

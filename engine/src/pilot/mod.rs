@@ -19,9 +19,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::actions::{self, Cancel, Grant};
 use crate::flow::Resources;
-use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot, PROTOCOL_VERSION};
+use crate::protocol::{
+    FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot, PROTOCOL_VERSION,
+};
 use crate::site::TransferPolicy;
 use crate::util::now_us;
+
+/// Tasks a pilot holds beyond its free resources. Enough that short tasks never
+/// wait for a round trip to the server; few enough that long tasks do not pile
+/// up on one pilot while another idles.
+pub const DEFAULT_PREFETCH: u32 = 16;
 
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
@@ -48,7 +55,11 @@ enum Ev {
     Connected(mpsc::UnboundedSender<Vec<FromPilot>>),
     Disconnected,
     Frame(Vec<ToPilot>),
-    Done { variant: Resources, gpus: Vec<u32>, result: TaskResult },
+    Done {
+        variant: Resources,
+        gpus: Vec<u32>,
+        result: TaskResult,
+    },
     Fatal(String),
 }
 
@@ -97,7 +108,11 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         nodes: 1,
     };
     let targets = opts.targets.clone().unwrap_or_else(|| {
-        let mut t = vec!["cpu".to_string(), "edge".to_string(), "realtime".to_string()];
+        let mut t = vec![
+            "cpu".to_string(),
+            "edge".to_string(),
+            "realtime".to_string(),
+        ];
         if !gpus.is_empty() {
             t.push("gpu".to_string());
         }
@@ -105,14 +120,17 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     });
     let host = resources::hostname();
     let info = PilotInfo {
-        name: opts.name.clone().unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        name: opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         host,
         resources: res,
         gpu_ids: gpus.clone(),
         targets,
         walltime_end_us: resources::walltime_end_us(opts.walltime, started),
         batch_job: resources::batch_job(),
-        prefetch: opts.prefetch.unwrap_or((2 * res.cpus).max(2)),
+        prefetch: opts.prefetch.unwrap_or(DEFAULT_PREFETCH),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     tracing::info!(
@@ -123,7 +141,11 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         info.targets
     );
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let conn = tokio::spawn(connection(ws_url(&opts.url), opts.token.clone(), ev_tx.clone()));
+    let conn = tokio::spawn(connection(
+        ws_url(&opts.url),
+        opts.token.clone(),
+        ev_tx.clone(),
+    ));
     let mut p = Pilot {
         opts,
         info,
@@ -193,7 +215,9 @@ impl Pilot {
                 }];
                 msgs.extend(self.unacked.values().cloned().map(FromPilot::Finished));
                 if self.draining {
-                    msgs.push(FromPilot::Draining { reason: "walltime ending".into() });
+                    msgs.push(FromPilot::Draining {
+                        reason: "walltime ending".into(),
+                    });
                 }
                 let _ = out.send(msgs);
                 self.out = Some(out);
@@ -201,7 +225,10 @@ impl Pilot {
             }
             Ev::Disconnected => {
                 if self.out.take().is_some() {
-                    tracing::warn!("lost the server; {} tasks keep running, reconnecting", self.running.len());
+                    tracing::warn!(
+                        "lost the server; {} tasks keep running, reconnecting",
+                        self.running.len()
+                    );
                 }
                 self.disconnected_since.get_or_insert_with(Instant::now);
             }
@@ -211,7 +238,11 @@ impl Pilot {
                 }
                 self.try_start();
             }
-            Ev::Done { variant, gpus, result } => {
+            Ev::Done {
+                variant,
+                gpus,
+                result,
+            } => {
                 self.running.remove(&result.attempt);
                 self.free.add(&variant);
                 self.free_gpus.extend(gpus);
@@ -229,7 +260,12 @@ impl Pilot {
 
     fn server_msg(&mut self, m: ToPilot) {
         match m {
-            ToPilot::Welcome { pilot_id, heartbeat_s, transfer, .. } => {
+            ToPilot::Welcome {
+                pilot_id,
+                heartbeat_s,
+                transfer,
+                ..
+            } => {
                 if self.id != Some(pilot_id) {
                     tracing::info!("registered as pilot {pilot_id}");
                 }
@@ -282,7 +318,9 @@ impl Pilot {
                     self.unacked.clear();
                     self.id = None;
                 } else {
-                    let _ = self.ev.send(Ev::Fatal(format!("server refused this pilot: {reason}")));
+                    let _ = self
+                        .ev
+                        .send(Ev::Fatal(format!("server refused this pilot: {reason}")));
                 }
             }
         }
@@ -291,21 +329,42 @@ impl Pilot {
     /// Starts queued tasks, in order, while a variant of the head fits.
     fn try_start(&mut self) {
         while let Some(front) = self.queue.front() {
-            let Some(variant) = front.resources.variants.iter().find(|v| v.fits(&self.free) && v.gpus as usize <= self.free_gpus.len()).copied() else {
+            let Some(variant) = front
+                .resources
+                .variants
+                .iter()
+                .find(|v| v.fits(&self.free) && v.gpus as usize <= self.free_gpus.len())
+                .copied()
+            else {
                 break;
             };
             let spec = self.queue.pop_front().expect("front exists");
             self.free.sub(&variant);
             let gpus: Vec<u32> = self.free_gpus.drain(..variant.gpus as usize).collect();
             let cancel = Cancel::default();
-            self.running.insert(spec.attempt, Running { cancel: cancel.clone() });
-            self.send(vec![FromPilot::Started { attempt: spec.attempt, at_us: now_us() }]);
-            let grant = Grant { cpus: variant.cpus, gpus: gpus.clone() };
+            self.running.insert(
+                spec.attempt,
+                Running {
+                    cancel: cancel.clone(),
+                },
+            );
+            self.send(vec![FromPilot::Started {
+                attempt: spec.attempt,
+                at_us: now_us(),
+            }]);
+            let grant = Grant {
+                cpus: variant.cpus,
+                gpus: gpus.clone(),
+            };
             let policy = self.policy.clone();
             let ev = self.ev.clone();
             tokio::spawn(async move {
                 let result = actions::execute(&spec, &grant, &policy, &cancel).await;
-                let _ = ev.send(Ev::Done { variant, gpus, result });
+                let _ = ev.send(Ev::Done {
+                    variant,
+                    gpus,
+                    result,
+                });
             });
         }
     }
@@ -337,19 +396,29 @@ impl Pilot {
                 tracing::info!("walltime ends in {}s: draining", left / 1_000_000);
                 let returned: Vec<u64> = self.queue.drain(..).map(|t| t.attempt).collect();
                 self.send(vec![
-                    FromPilot::Draining { reason: "walltime ending".into() },
+                    FromPilot::Draining {
+                        reason: "walltime ending".into(),
+                    },
                     FromPilot::Returned { attempts: returned },
                 ]);
             }
             if self.draining && self.running.is_empty() && (self.unacked.is_empty() || left <= 0) {
-                self.send(vec![FromPilot::Bye { reason: "walltime reached".into() }]);
+                self.send(vec![FromPilot::Bye {
+                    reason: "walltime reached".into(),
+                }]);
                 return Some(Ok(()));
             }
         }
         if let Some(idle) = self.opts.idle_timeout {
-            if !busy && self.unacked.is_empty() && self.out.is_some() && now.duration_since(self.idle_since) >= idle {
+            if !busy
+                && self.unacked.is_empty()
+                && self.out.is_some()
+                && now.duration_since(self.idle_since) >= idle
+            {
                 tracing::info!("idle for {idle:?}: leaving");
-                self.send(vec![FromPilot::Bye { reason: format!("idle for {}s", idle.as_secs()) }]);
+                self.send(vec![FromPilot::Bye {
+                    reason: format!("idle for {}s", idle.as_secs()),
+                }]);
                 return Some(Ok(()));
             }
         }
@@ -365,13 +434,17 @@ impl Pilot {
         tracing::info!("{why}: returning queued tasks and stopping running ones");
         let returned: Vec<u64> = self.queue.drain(..).map(|t| t.attempt).collect();
         self.send(vec![
-            FromPilot::Draining { reason: why.to_string() },
+            FromPilot::Draining {
+                reason: why.to_string(),
+            },
             FromPilot::Returned { attempts: returned },
         ]);
         for r in self.running.values() {
             r.cancel.cancel();
         }
-        self.send(vec![FromPilot::Bye { reason: why.to_string() }]);
+        self.send(vec![FromPilot::Bye {
+            reason: why.to_string(),
+        }]);
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(())
     }
@@ -397,7 +470,9 @@ async fn connection(url: String, token: String, ev: mpsc::UnboundedSender<Ev>) {
                             batch.extend(more);
                         }
                         coalesce(&mut batch);
-                        let Ok(text) = serde_json::to_string(&batch) else { break };
+                        let Ok(text) = serde_json::to_string(&batch) else {
+                            break;
+                        };
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             break;
                         }
@@ -449,7 +524,9 @@ fn coalesce(batch: &mut Vec<FromPilot>) {
         })
         .collect();
     if !finished.is_empty() {
-        batch.retain(|m| !matches!(m, FromPilot::Started { attempt, .. } if finished.contains(attempt)));
+        batch.retain(
+            |m| !matches!(m, FromPilot::Started { attempt, .. } if finished.contains(attempt)),
+        );
     }
 }
 
@@ -458,16 +535,27 @@ enum ConnectError {
     Fatal(String),
 }
 
-async fn connect(url: &str, token: &str) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, ConnectError> {
-    let mut req = url.into_client_request().map_err(|e| ConnectError::Fatal(format!("bad server url {url}: {e}")))?;
-    let auth = format!("Bearer {token}").parse().map_err(|_| ConnectError::Fatal("the token is not a valid header value".into()))?;
+async fn connect(
+    url: &str,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ConnectError,
+> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Fatal(format!("bad server url {url}: {e}")))?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ConnectError::Fatal("the token is not a valid header value".into()))?;
     req.headers_mut().insert("authorization", auth);
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(256 << 20));
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(256 << 20));
     match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
         Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
-            Err(ConnectError::Fatal(format!("the server at {url} rejected the token (401)")))
-        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => Err(
+            ConnectError::Fatal(format!("the server at {url} rejected the token (401)")),
+        ),
         Err(e) => Err(ConnectError::Retry(e.to_string())),
     }
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 /// Usable cores (cgroup and affinity aware, through the standard library).
 pub fn cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 /// Total memory in MB from /proc/meminfo.
@@ -47,7 +49,9 @@ pub fn hostname() -> String {
 
 /// The batch job this pilot runs in, if any.
 pub fn batch_job() -> Option<String> {
-    ["SLURM_JOB_ID", "PBS_JOBID"].iter().find_map(|v| std::env::var(v).ok())
+    ["SLURM_JOB_ID", "PBS_JOBID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
 }
 
 /// When the allocation ends (µs since epoch): an explicit walltime wins, then

@@ -32,7 +32,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/catalog", get(search_catalog))
         .route("/api/pilot", get(super::pilot_conn::upgrade))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
-    Router::new().route("/health", get(health)).merge(api).with_state(app)
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .with_state(app)
 }
 
 impl IntoResponse for ApiError {
@@ -65,18 +68,29 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
 }
 
 async fn health() -> Json<Value> {
-    Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "schema": store::Store::schema_version() }))
+    Json(
+        json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "schema": store::Store::schema_version() }),
+    )
 }
 
 async fn ask<T>(app: &App, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
-    app.core.send(make(tx)).map_err(|_| ApiError::new(503, "server is shutting down"))?;
-    rx.await.map_err(|_| ApiError::new(503, "server is shutting down"))?
+    app.core
+        .send(make(tx))
+        .map_err(|_| ApiError::new(503, "server is shutting down"))?;
+    rx.await
+        .map_err(|_| ApiError::new(503, "server is shutting down"))?
 }
 
-async fn read<T: Send + 'static>(app: &App, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T, ApiError> {
+async fn read<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
     let st = app.store.clone();
-    tokio::task::spawn_blocking(move || st.read(f)).await.map_err(internal)?.map_err(internal)
+    tokio::task::spawn_blocking(move || st.read(f))
+        .await
+        .map_err(internal)?
+        .map_err(internal)
 }
 
 #[derive(Deserialize)]
@@ -86,9 +100,13 @@ struct RegisterBody {
     path: Option<String>,
 }
 
-async fn register_flow(State(app): State<App>, Json(b): Json<RegisterBody>) -> Result<Json<Value>, ApiError> {
+async fn register_flow(
+    State(app): State<App>,
+    Json(b): Json<RegisterBody>,
+) -> Result<Json<Value>, ApiError> {
     let path = b.path.unwrap_or_else(|| "<api>".to_string());
-    let spec = crate::flow::parse(&b.source, &path, Some(&app.site)).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let spec = crate::flow::parse(&b.source, &path, Some(&app.site))
+        .map_err(|e| ApiError::new(400, e.to_string()))?;
     let r = ask(&app, |reply| CoreMsg::Register {
         spec,
         source: b.source,
@@ -109,12 +127,19 @@ struct VersionQuery {
     version: Option<u32>,
 }
 
-async fn show_flow(State(app): State<App>, Path(name): Path<String>, Query(q): Query<VersionQuery>) -> Result<Json<Value>, ApiError> {
+async fn show_flow(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
     let f = read(&app, move |c| store::flow(c, &n, q.version)).await?;
     match f {
         Some(f) => Ok(Json(serde_json::to_value(f).map_err(internal)?)),
-        None => Err(ApiError::new(404, format!("flow `{name}` is not registered"))),
+        None => Err(ApiError::new(
+            404,
+            format!("flow `{name}` is not registered"),
+        )),
     }
 }
 
@@ -130,7 +155,10 @@ struct SubmitBody {
     inputs: Option<Vec<Value>>,
 }
 
-async fn submit_runs(State(app): State<App>, Json(b): Json<SubmitBody>) -> Result<Json<Value>, ApiError> {
+async fn submit_runs(
+    State(app): State<App>,
+    Json(b): Json<SubmitBody>,
+) -> Result<Json<Value>, ApiError> {
     let inputs = match (b.inputs, b.input) {
         (Some(_), Some(_)) => return Err(ApiError::new(400, "give `input` or `inputs`, not both")),
         (Some(v), None) if v.is_empty() => return Err(ApiError::new(400, "`inputs` is empty")),
@@ -147,7 +175,10 @@ async fn submit_runs(State(app): State<App>, Json(b): Json<SubmitBody>) -> Resul
     Ok(Json(json!({ "runs": ids })))
 }
 
-async fn list_runs(State(app): State<App>, Query(f): Query<store::RunFilter>) -> Result<Json<Value>, ApiError> {
+async fn list_runs(
+    State(app): State<App>,
+    Query(f): Query<store::RunFilter>,
+) -> Result<Json<Value>, ApiError> {
     let runs = read(&app, move |c| store::runs(c, &f)).await?;
     Ok(Json(serde_json::to_value(runs).map_err(internal)?))
 }
@@ -177,7 +208,10 @@ struct EventsQuery {
 
 /// Server-sent events: one `run` event per change of a watched run. Clients
 /// subscribe first, then read the current state, so nothing is missed.
-async fn events(State(app): State<App>, Query(q): Query<EventsQuery>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+async fn events(
+    State(app): State<App>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter: Option<HashSet<u64>> = match q.runs {
         None => None,
         Some(s) => Some(
@@ -196,7 +230,10 @@ async fn events(State(app): State<App>, Query(q): Query<EventsQuery>) -> Result<
                     if filter.as_ref().is_some_and(|f| !f.contains(&u.run)) {
                         continue;
                     }
-                    let ev = Event::default().event("run").json_data(&u).unwrap_or_default();
+                    let ev = Event::default()
+                        .event("run")
+                        .json_data(&u)
+                        .unwrap_or_default();
                     return Some((Ok(ev), (rx, filter)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -223,7 +260,10 @@ struct CatalogQuery {
     limit: Option<usize>,
 }
 
-async fn search_catalog(State(app): State<App>, raw: axum::extract::RawQuery) -> Result<Json<Value>, ApiError> {
+async fn search_catalog(
+    State(app): State<App>,
+    raw: axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let raw = raw.0.unwrap_or_default();
     let q: CatalogQuery = parse_catalog_query(&raw)?;
     let mut fields = Vec::new();
@@ -231,31 +271,57 @@ async fn search_catalog(State(app): State<App>, raw: axum::extract::RawQuery) ->
         let (k, v) = f
             .split_once('=')
             .ok_or_else(|| ApiError::new(400, format!("field `{f}`: expected KEY=VALUE")))?;
-        if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') || k.is_empty() {
-            return Err(ApiError::new(400, format!("field `{k}`: use a dotted path such as input.path")));
+        if !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            || k.is_empty()
+        {
+            return Err(ApiError::new(
+                400,
+                format!("field `{k}`: use a dotted path such as input.path"),
+            ));
         }
         fields.push((k.to_string(), v.to_string()));
     }
     let limit = q.limit.unwrap_or(50);
     let text = q.q.clone();
-    let rows = read(&app, move |c| store::catalog_search(c, text.as_deref(), &fields, limit)).await?;
+    let rows = read(&app, move |c| {
+        store::catalog_search(c, text.as_deref(), &fields, limit)
+    })
+    .await?;
     Ok(Json(serde_json::to_value(rows).map_err(internal)?))
 }
 
 /// `field` may repeat, which serde's query parser does not collect into a Vec.
 fn parse_catalog_query(raw: &str) -> Result<CatalogQuery, ApiError> {
-    let mut q = CatalogQuery { q: None, field: vec![], limit: None };
+    let mut q = CatalogQuery {
+        q: None,
+        field: vec![],
+        limit: None,
+    };
     for (k, v) in url_pairs(raw) {
         match k.as_str() {
             "q" => q.q = Some(v),
             "field" => q.field.push(v),
-            "limit" => q.limit = Some(v.parse().map_err(|_| ApiError::new(400, "limit: expected a number"))?),
-            other => return Err(ApiError::new(400, format!("unknown query parameter `{other}`"))),
+            "limit" => {
+                q.limit = Some(
+                    v.parse()
+                        .map_err(|_| ApiError::new(400, "limit: expected a number"))?,
+                )
+            }
+            other => {
+                return Err(ApiError::new(
+                    400,
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
         }
     }
     Ok(q)
 }
 
 fn url_pairs(raw: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect()
 }

@@ -213,7 +213,10 @@ impl Pilot {
             self.prefetched.remove(pos);
         }
         while let Some(&next) = self.prefetched.front() {
-            let Some(v) = requests.get(&next).and_then(|req| self.fitting_variant(req)) else {
+            let Some(v) = requests
+                .get(&next)
+                .and_then(|req| self.fitting_variant(req))
+            else {
                 break;
             };
             self.prefetched.pop_front();
@@ -262,7 +265,12 @@ impl Core {
         let snap = store.read(store::snapshot)?;
         let sources = store.read(|c| {
             let mut st = c.prepare("SELECT name, version, source FROM flows")?;
-            let rows = st.query_map([], |r| Ok(((r.get::<_, String>(0)?, r.get::<_, u32>(1)?), r.get::<_, String>(2)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, u32>(1)?),
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
             rows.collect::<rusqlite::Result<HashMap<_, _>>>()
         })?;
         let mut core = Core {
@@ -285,7 +293,10 @@ impl Core {
             updated_runs: HashSet::new(),
         };
         for f in snap.flows {
-            core.flows.entry(f.name.clone()).or_default().push(Arc::new(f.spec));
+            core.flows
+                .entry(f.name.clone())
+                .or_default()
+                .push(Arc::new(f.spec));
         }
         for v in core.flows.values_mut() {
             v.sort_by_key(|f| f.version);
@@ -295,7 +306,10 @@ impl Core {
             core.resume(row, atts);
         }
         if n > 0 {
-            tracing::info!("resumed {n} unfinished runs; waiting up to {:?} for their pilots", core.cfg.pilot_timeout);
+            tracing::info!(
+                "resumed {n} unfinished runs; waiting up to {:?} for their pilots",
+                core.cfg.pilot_timeout
+            );
         }
         core.flush();
         Ok(core)
@@ -311,7 +325,12 @@ impl Core {
 
     fn resume(&mut self, row: store::RunRow, atts: Vec<AttemptRow>) {
         let Some(flow) = self.flow_spec(&row.flow, Some(row.flow_version)) else {
-            tracing::error!("run {}: flow {} v{} is missing from the store; failing the run", row.id, row.flow, row.flow_version);
+            tracing::error!(
+                "run {}: flow {} v{} is missing from the store; failing the run",
+                row.id,
+                row.flow,
+                row.flow_version
+            );
             self.batch.ops.push(Op::RunState {
                 id: row.id,
                 state: "failed",
@@ -340,7 +359,9 @@ impl Core {
         };
         let mut live: Vec<AttemptRow> = Vec::new();
         for a in atts {
-            let Some(step) = run.steps.get_mut(a.step_index) else { continue };
+            let Some(step) = run.steps.get_mut(a.step_index) else {
+                continue;
+            };
             step.attempts = step.attempts.max(a.number);
             if a.counts_retry && a.state == "failed" {
                 step.failures += 1;
@@ -376,8 +397,17 @@ impl Core {
         }
         self.runs.insert(id, run);
         for a in live {
-            let spec = self.task_spec(id, a.step_index, a.id, a.number, a.params.clone().unwrap_or(Value::Null));
-            let shape = (spec_target(&flow, a.step_index), flow.steps[a.step_index].resources.clone());
+            let spec = self.task_spec(
+                id,
+                a.step_index,
+                a.id,
+                a.number,
+                a.params.clone().unwrap_or(Value::Null),
+            );
+            let shape = (
+                spec_target(&flow, a.step_index),
+                flow.steps[a.step_index].resources.clone(),
+            );
             let state = match a.state.as_str() {
                 "ready" => AttemptState::Ready,
                 "dispatched" => AttemptState::Dispatched,
@@ -395,14 +425,21 @@ impl Core {
                 },
             );
             match (state, a.pilot_id) {
-                (AttemptState::Ready, _) | (_, None) => self.ready.entry(shape).or_default().push_back(a.id),
+                (AttemptState::Ready, _) | (_, None) => {
+                    self.ready.entry(shape).or_default().push_back(a.id)
+                }
                 (_, Some(p)) => {
                     // Placeholder until the pilot reconnects or its grace runs out.
                     let pilot = self.pilots.entry(p).or_insert_with(|| Pilot {
                         info: PilotInfo {
                             name: format!("pilot-{p}"),
                             host: String::new(),
-                            resources: Resources { cpus: 0, gpus: 0, memory_mb: 0, nodes: 1 },
+                            resources: Resources {
+                                cpus: 0,
+                                gpus: 0,
+                                memory_mb: 0,
+                                nodes: 1,
+                            },
                             gpu_ids: vec![],
                             targets: vec![],
                             walltime_end_us: None,
@@ -415,11 +452,24 @@ impl Core {
                         last_seen: Instant::now(),
                         disconnected_at: Some(Instant::now()),
                         draining: false,
-                        used: Resources { cpus: 0, gpus: 0, memory_mb: 0, nodes: 1 },
+                        used: Resources {
+                            cpus: 0,
+                            gpus: 0,
+                            memory_mb: 0,
+                            nodes: 1,
+                        },
                         in_capacity: HashMap::new(),
                         prefetched: VecDeque::new(),
                     });
-                    pilot.in_capacity.insert(a.id, Resources { cpus: 0, gpus: 0, memory_mb: 0, nodes: 1 });
+                    pilot.in_capacity.insert(
+                        a.id,
+                        Resources {
+                            cpus: 0,
+                            gpus: 0,
+                            memory_mb: 0,
+                            nodes: 1,
+                        },
+                    );
                 }
             }
         }
@@ -445,11 +495,21 @@ impl Core {
 
     fn handle(&mut self, msg: CoreMsg) {
         match msg {
-            CoreMsg::Register { spec, source, path, reply } => {
+            CoreMsg::Register {
+                spec,
+                source,
+                path,
+                reply,
+            } => {
                 let r = self.register(spec, source, path);
                 self.reply(reply, r);
             }
-            CoreMsg::Submit { flow, version, inputs, reply } => {
+            CoreMsg::Submit {
+                flow,
+                version,
+                inputs,
+                reply,
+            } => {
                 let r = self.submit(&flow, version, inputs);
                 self.reply(reply, r);
             }
@@ -461,9 +521,18 @@ impl Core {
                 let r = self.retry_run(run);
                 self.reply(reply, r);
             }
-            CoreMsg::PilotHello { conn, pilot_id, info, held, tx, reply } => self.hello(conn, pilot_id, info, held, tx, reply),
+            CoreMsg::PilotHello {
+                conn,
+                pilot_id,
+                info,
+                held,
+                tx,
+                reply,
+            } => self.hello(conn, pilot_id, info, held, tx, reply),
             CoreMsg::PilotMsgs { pilot, conn, msgs } => {
-                let Some(p) = self.pilots.get_mut(&pilot) else { return };
+                let Some(p) = self.pilots.get_mut(&pilot) else {
+                    return;
+                };
                 if p.conn != conn {
                     return;
                 }
@@ -475,7 +544,10 @@ impl Core {
             CoreMsg::PilotGone { pilot, conn } => {
                 if let Some(p) = self.pilots.get_mut(&pilot) {
                     if p.conn == conn && p.tx.is_some() {
-                        tracing::info!("pilot {pilot} disconnected; waiting {:?} for it to come back", self.cfg.pilot_timeout);
+                        tracing::info!(
+                            "pilot {pilot} disconnected; waiting {:?} for it to come back",
+                            self.cfg.pilot_timeout
+                        );
                         p.tx = None;
                         p.disconnected_at = Some(Instant::now());
                         self.batch.ops.push(Op::PilotState {
@@ -498,7 +570,12 @@ impl Core {
         }));
     }
 
-    fn register(&mut self, spec: FlowSpec, source: String, path: String) -> Result<Registered, ApiError> {
+    fn register(
+        &mut self,
+        spec: FlowSpec,
+        source: String,
+        path: String,
+    ) -> Result<Registered, ApiError> {
         let key = (spec.name.clone(), spec.version);
         if let Some(old) = self.sources.get(&key) {
             if old == &source {
@@ -537,10 +614,18 @@ impl Core {
         Ok(out)
     }
 
-    fn submit(&mut self, name: &str, version: Option<u32>, inputs: Vec<Value>) -> Result<Vec<u64>, ApiError> {
+    fn submit(
+        &mut self,
+        name: &str,
+        version: Option<u32>,
+        inputs: Vec<Value>,
+    ) -> Result<Vec<u64>, ApiError> {
         let flow = self.flow_spec(name, version).ok_or_else(|| match version {
             Some(v) => ApiError::new(404, format!("flow `{name}` version {v} is not registered")),
-            None => ApiError::new(404, format!("flow `{name}` is not registered (beamflow flow register FILE)")),
+            None => ApiError::new(
+                404,
+                format!("flow `{name}` is not registered (beamflow flow register FILE)"),
+            ),
         })?;
         // Check every input before creating any run: a batch is all or nothing.
         let inputs = inputs
@@ -548,7 +633,11 @@ impl Core {
             .enumerate()
             .map(|(i, inp)| {
                 flow::coerce_inputs(&flow, inp).map_err(|e| {
-                    let which = if inputs.len() > 1 { format!("input #{i}: ") } else { String::new() };
+                    let which = if inputs.len() > 1 {
+                        format!("input #{i}: ")
+                    } else {
+                        String::new()
+                    };
                     ApiError::new(400, format!("{which}{e}"))
                 })
             })
@@ -558,7 +647,12 @@ impl Core {
         for input in inputs {
             let id = self.next_run;
             self.next_run += 1;
-            let dir = format!("{}/{}/{}", self.cfg.runs_dir.trim_end_matches('/'), flow.name, id);
+            let dir = format!(
+                "{}/{}/{}",
+                self.cfg.runs_dir.trim_end_matches('/'),
+                flow.name,
+                id
+            );
             self.batch.ops.push(Op::InsertRun {
                 id,
                 flow: flow.name.clone(),
@@ -613,7 +707,14 @@ impl Core {
         })
     }
 
-    fn task_spec(&self, run_id: u64, step: usize, attempt: u64, number: u32, params: Value) -> TaskSpec {
+    fn task_spec(
+        &self,
+        run_id: u64,
+        step: usize,
+        attempt: u64,
+        number: u32,
+        params: Value,
+    ) -> TaskSpec {
         let run = &self.runs[&run_id];
         let s = &run.flow.steps[step];
         TaskSpec {
@@ -635,16 +736,21 @@ impl Core {
     /// nothing is left to do.
     fn advance(&mut self, run_id: u64) {
         loop {
-            let Some(run) = self.runs.get(&run_id) else { return };
+            let Some(run) = self.runs.get(&run_id) else {
+                return;
+            };
             let mut next = None;
             for (i, s) in run.flow.steps.iter().enumerate() {
                 if run.steps[i].state != StepState::Pending {
                     continue;
                 }
                 let deps_done = s.after.iter().all(|d| {
-                    run.flow
-                        .step_index(d)
-                        .is_some_and(|j| matches!(run.steps[j].state, StepState::Succeeded | StepState::Skipped))
+                    run.flow.step_index(d).is_some_and(|j| {
+                        matches!(
+                            run.steps[j].state,
+                            StepState::Succeeded | StepState::Skipped
+                        )
+                    })
                 });
                 if deps_done {
                     next = Some(i);
@@ -672,14 +778,25 @@ impl Core {
             Some(w) => flow::template::eval_bool(w, &ctx).map_err(|e| format!("when: {e}")),
             None => Ok(true),
         };
-        let rendered = when.and_then(|go| if go { flow::template::render(&spec.params, &ctx).map(Some) } else { Ok(None) });
+        let rendered = when.and_then(|go| {
+            if go {
+                flow::template::render(&spec.params, &ctx).map(Some)
+            } else {
+                Ok(None)
+            }
+        });
         let action = spec.action.name();
         let step_name = spec.name.clone();
         let shape: Shape = (spec.on.clone(), spec.resources.clone());
         let (state, params, error, step_state) = match &rendered {
             Ok(Some(p)) => ("ready", Some(p.to_string()), None, StepState::Active),
             Ok(None) => ("skipped", None, None, StepState::Skipped),
-            Err(e) => ("failed", None, Some(format!("step `{step_name}`: {e}")), StepState::Failed),
+            Err(e) => (
+                "failed",
+                None,
+                Some(format!("step `{step_name}`: {e}")),
+                StepState::Failed,
+            ),
         };
         self.batch.ops.push(Op::InsertAttempt(Box::new(NewAttempt {
             id: attempt,
@@ -727,9 +844,14 @@ impl Core {
 
     /// Finishes the run if every step is done, or fails it if a step failed.
     fn settle(&mut self, run_id: u64) {
-        let Some(run) = self.runs.get(&run_id) else { return };
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
         let failed = run.steps.iter().position(|s| s.state == StepState::Failed);
-        let all_done = run.steps.iter().all(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped));
+        let all_done = run
+            .steps
+            .iter()
+            .all(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped));
         if let Some(i) = failed {
             let name = run.flow.steps[i].name.clone();
             let err = format!("step `{name}` failed");
@@ -740,14 +862,19 @@ impl Core {
     }
 
     fn finish_run(&mut self, run_id: u64, state: &'static str, error: Option<String>) {
-        let Some(mut run) = self.runs.remove(&run_id) else { return };
+        let Some(mut run) = self.runs.remove(&run_id) else {
+            return;
+        };
         // Stop whatever else of this run is still queued or running.
         let live: Vec<u64> = run.steps.iter().filter_map(|s| s.current).collect();
         for a in live {
             self.stop_attempt(a);
         }
         for s in &mut run.steps {
-            if matches!(s.state, StepState::Pending | StepState::Waiting | StepState::Active) {
+            if matches!(
+                s.state,
+                StepState::Pending | StepState::Waiting | StepState::Active
+            ) {
                 s.state = StepState::Cancelled;
             }
         }
@@ -758,13 +885,23 @@ impl Core {
             error: error.clone(),
             at: now,
         });
-        self.event(Some(run_id), None, None, match state {
-            "succeeded" => "run_succeeded",
-            "failed" => "run_failed",
-            _ => "run_cancelled",
-        }, error.clone());
+        self.event(
+            Some(run_id),
+            None,
+            None,
+            match state {
+                "succeeded" => "run_succeeded",
+                "failed" => "run_failed",
+                _ => "run_cancelled",
+            },
+            error.clone(),
+        );
         self.updated_runs.remove(&run_id);
-        let done = run.steps.iter().filter(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped)).count();
+        let done = run
+            .steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped))
+            .count();
         self.publish_update(RunUpdate {
             run: run_id,
             state: state.to_string(),
@@ -776,7 +913,9 @@ impl Core {
 
     /// Withdraws an attempt: unqueued if ready, cancelled on its pilot otherwise.
     fn stop_attempt(&mut self, attempt: u64) {
-        let Some(a) = self.attempts.get(&attempt) else { return };
+        let Some(a) = self.attempts.get(&attempt) else {
+            return;
+        };
         match (a.state, a.pilot) {
             (AttemptState::Ready, _) | (_, None) => {
                 self.attempts.remove(&attempt);
@@ -802,7 +941,14 @@ impl Core {
         }));
     }
 
-    fn event(&mut self, run: Option<u64>, attempt: Option<u64>, pilot: Option<u64>, kind: &'static str, detail: Option<String>) {
+    fn event(
+        &mut self,
+        run: Option<u64>,
+        attempt: Option<u64>,
+        pilot: Option<u64>,
+        kind: &'static str,
+        detail: Option<String>,
+    ) {
         self.batch.ops.push(Op::Event {
             at: now_us(),
             run,
@@ -840,10 +986,20 @@ impl Core {
             .map_err(|e| ApiError::new(500, e.to_string()))?
             .ok_or_else(|| ApiError::new(404, format!("no run {run_id}")))?;
         if detail.run.state == "succeeded" {
-            return Err(ApiError::new(409, format!("run {run_id} already succeeded")));
+            return Err(ApiError::new(
+                409,
+                format!("run {run_id} already succeeded"),
+            ));
         }
-        if detail.attempts.iter().any(|a| matches!(a.state.as_str(), "dispatched" | "running")) {
-            return Err(ApiError::new(409, format!("run {run_id} is still stopping; try again in a moment")));
+        if detail
+            .attempts
+            .iter()
+            .any(|a| matches!(a.state.as_str(), "dispatched" | "running"))
+        {
+            return Err(ApiError::new(
+                409,
+                format!("run {run_id} is still stopping; try again in a moment"),
+            ));
         }
         let mut row = detail.run;
         row.state = "queued".into();
@@ -874,7 +1030,9 @@ impl Core {
     }
 
     fn retry_due(&mut self, run_id: u64, step: usize) {
-        let Some(run) = self.runs.get_mut(&run_id) else { return };
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
         if run.steps.get(step).map(|s| s.state) != Some(StepState::Waiting) {
             return;
         }
@@ -910,17 +1068,30 @@ impl Core {
         let host = info.host.clone();
         match self.pilots.get_mut(&id).filter(|_| known.is_some()) {
             Some(p) => {
-                tracing::info!("pilot {id} ({name}) reconnected with {} attempts", running.len());
+                tracing::info!(
+                    "pilot {id} ({name}) reconnected with {} attempts",
+                    running.len()
+                );
                 p.info = info;
                 p.conn = conn;
                 p.tx = Some(tx.clone());
                 p.disconnected_at = None;
                 p.last_seen = Instant::now();
                 // Re-charge resources from the attempts the pilot really holds.
-                let held: Vec<u64> = p.in_capacity.keys().chain(p.prefetched.iter()).copied().collect();
+                let held: Vec<u64> = p
+                    .in_capacity
+                    .keys()
+                    .chain(p.prefetched.iter())
+                    .copied()
+                    .collect();
                 p.in_capacity.clear();
                 p.prefetched.clear();
-                p.used = Resources { cpus: 0, gpus: 0, memory_mb: 0, nodes: 1 };
+                p.used = Resources {
+                    cpus: 0,
+                    gpus: 0,
+                    memory_mb: 0,
+                    nodes: 1,
+                };
                 for a in held {
                     if running.contains(&a) {
                         let req = self.requests.get(&a).cloned().unwrap_or_default();
@@ -949,7 +1120,12 @@ impl Core {
                         last_seen: Instant::now(),
                         disconnected_at: None,
                         draining: false,
-                        used: Resources { cpus: 0, gpus: 0, memory_mb: 0, nodes: 1 },
+                        used: Resources {
+                            cpus: 0,
+                            gpus: 0,
+                            memory_mb: 0,
+                            nodes: 1,
+                        },
                         in_capacity: HashMap::new(),
                         prefetched: VecDeque::new(),
                     },
@@ -993,13 +1169,18 @@ impl Core {
     fn pilot_msg(&mut self, pilot: u64, m: FromPilot) {
         match m {
             FromPilot::Started { attempt, at_us } => {
-                let Some(a) = self.attempts.get_mut(&attempt) else { return };
+                let Some(a) = self.attempts.get_mut(&attempt) else {
+                    return;
+                };
                 if a.pilot != Some(pilot) {
                     return;
                 }
                 a.state = AttemptState::Running;
                 let run = a.run;
-                self.batch.ops.push(Op::Started { id: attempt, at: at_us });
+                self.batch.ops.push(Op::Started {
+                    id: attempt,
+                    at: at_us,
+                });
                 self.mark_running(run);
             }
             FromPilot::Finished(r) => self.finished(pilot, r),
@@ -1048,7 +1229,10 @@ impl Core {
     fn finished(&mut self, pilot: u64, r: TaskResult) {
         let id = r.attempt;
         self.outbox.entry(pilot).or_default().acks.push(id);
-        let owned = self.attempts.get(&id).is_some_and(|a| a.pilot == Some(pilot));
+        let owned = self
+            .attempts
+            .get(&id)
+            .is_some_and(|a| a.pilot == Some(pilot));
         if !owned {
             // A duplicate (resent after a reconnect) or an attempt that was
             // already given up on: acknowledge, record nothing.
@@ -1110,7 +1294,12 @@ impl Core {
                         Some(id),
                         Some(pilot),
                         "retry_scheduled",
-                        Some(format!("try {} of {} in {:.1}s after: {err}", failures + 1, spec.retry.count + 1, delay)),
+                        Some(format!(
+                            "try {} of {} in {:.1}s after: {err}",
+                            failures + 1,
+                            spec.retry.count + 1,
+                            delay
+                        )),
                     );
                     let me = self.me.clone();
                     let step = a.step;
@@ -1121,8 +1310,18 @@ impl Core {
                 } else {
                     st.state = StepState::Failed;
                     let tries = failures;
-                    let msg = format!("step `{}` failed after {tries} {}: {err}", spec.name, if tries == 1 { "try" } else { "tries" });
-                    self.event(Some(run_id), Some(id), Some(pilot), "step_failed", Some(msg.clone()));
+                    let msg = format!(
+                        "step `{}` failed after {tries} {}: {err}",
+                        spec.name,
+                        if tries == 1 { "try" } else { "tries" }
+                    );
+                    self.event(
+                        Some(run_id),
+                        Some(id),
+                        Some(pilot),
+                        "step_failed",
+                        Some(msg.clone()),
+                    );
                     self.finish_run(run_id, "failed", Some(msg));
                 }
             }
@@ -1131,8 +1330,12 @@ impl Core {
 
     /// A publish step's record goes into the catalog in the same commit as its result.
     fn catalog(&mut self, run_id: u64, attempt: u64, outputs: &Value) {
-        let Some(Value::Object(rec)) = outputs.get("record") else { return };
-        let Some(run) = self.runs.get(&run_id) else { return };
+        let Some(Value::Object(rec)) = outputs.get("record") else {
+            return;
+        };
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
         let mut rec = rec.clone();
         rec.insert("input".into(), run.input.clone());
         rec.insert("flow_version".into(), json!(run.flow.version));
@@ -1153,7 +1356,9 @@ impl Core {
     /// Puts a step back in the queue as a new attempt after an infrastructure
     /// failure; the step's retry budget is untouched.
     fn requeue(&mut self, attempt: u64, state: &'static str, why: &str) {
-        let Some(a) = self.attempts.remove(&attempt) else { return };
+        let Some(a) = self.attempts.remove(&attempt) else {
+            return;
+        };
         if let Some(p) = a.pilot.and_then(|p| self.pilots.get_mut(&p)) {
             p.release(attempt, &self.requests);
         }
@@ -1168,8 +1373,16 @@ impl Core {
             error: Some(why.to_string()),
             at: now_us(),
         });
-        self.event(Some(a.run), Some(attempt), a.pilot, "attempt_requeued", Some(why.to_string()));
-        let Some(run) = self.runs.get_mut(&a.run) else { return };
+        self.event(
+            Some(a.run),
+            Some(attempt),
+            a.pilot,
+            "attempt_requeued",
+            Some(why.to_string()),
+        );
+        let Some(run) = self.runs.get_mut(&a.run) else {
+            return;
+        };
         let st = &mut run.steps[a.step];
         if st.current == Some(attempt) {
             st.state = StepState::Pending;
@@ -1181,21 +1394,43 @@ impl Core {
 
     /// The pilot is gone for good: everything it held goes back to the queue.
     fn lose_pilot(&mut self, pilot: u64, state: &'static str, why: &str) {
-        let Some(p) = self.pilots.remove(&pilot) else { return };
-        let held: Vec<u64> = p.in_capacity.keys().chain(p.prefetched.iter()).copied().collect();
+        let Some(p) = self.pilots.remove(&pilot) else {
+            return;
+        };
+        let held: Vec<u64> = p
+            .in_capacity
+            .keys()
+            .chain(p.prefetched.iter())
+            .copied()
+            .collect();
         self.batch.ops.push(Op::PilotState {
             id: pilot,
             state,
             reason: Some(why.to_string()),
             at: now_us(),
         });
-        self.event(None, None, Some(pilot), if state == "lost" { "pilot_lost" } else { "pilot_left" }, Some(why.to_string()));
+        self.event(
+            None,
+            None,
+            Some(pilot),
+            if state == "lost" {
+                "pilot_lost"
+            } else {
+                "pilot_left"
+            },
+            Some(why.to_string()),
+        );
         let mut sorted = held;
         sorted.sort_unstable();
         for a in sorted {
-            let Some(att) = self.attempts.remove(&a) else { continue };
+            let Some(att) = self.attempts.remove(&a) else {
+                continue;
+            };
             self.requests.remove(&a);
-            let reason = format!("pilot {pilot} {}: {why}", if state == "lost" { "lost" } else { "left" });
+            let reason = format!(
+                "pilot {pilot} {}: {why}",
+                if state == "lost" { "lost" } else { "left" }
+            );
             if self.runs.contains_key(&att.run) {
                 self.requeue_removed(att, a, "lost", &reason);
             } else {
@@ -1215,8 +1450,12 @@ impl Core {
         let mut lost = Vec::new();
         for (id, p) in &self.pilots {
             match p.disconnected_at {
-                Some(t) if now.duration_since(t) >= timeout => lost.push((*id, "did not reconnect")),
-                None if now.duration_since(p.last_seen) >= timeout => lost.push((*id, "heartbeat timed out")),
+                Some(t) if now.duration_since(t) >= timeout => {
+                    lost.push((*id, "did not reconnect"))
+                }
+                None if now.duration_since(p.last_seen) >= timeout => {
+                    lost.push((*id, "heartbeat timed out"))
+                }
                 _ => {}
             }
         }
@@ -1241,8 +1480,7 @@ impl Core {
         let mut shapes: Vec<Shape> = self.ready.keys().cloned().collect();
         shapes.sort_by_key(|s| self.ready[s].front().copied().unwrap_or(u64::MAX));
         for shape in shapes {
-            loop {
-                let Some(&aid) = self.ready.get(&shape).and_then(|q| q.front()) else { break };
+            while let Some(&aid) = self.ready.get(&shape).and_then(|q| q.front()) {
                 let Some(a) = self.attempts.get(&aid) else {
                     self.ready.get_mut(&shape).map(|q| q.pop_front());
                     continue;
@@ -1265,7 +1503,10 @@ impl Core {
                     // Prefer a pilot with free resources, then the least loaded.
                     let better = match &best {
                         None => true,
-                        Some((_, bfit, bload)) => (fit.is_some() && bfit.is_none()) || (fit.is_some() == bfit.is_some() && p.load() < *bload),
+                        Some((_, bfit, bload)) => {
+                            (fit.is_some() && bfit.is_none())
+                                || (fit.is_some() == bfit.is_some() && p.load() < *bload)
+                        }
                     };
                     if better {
                         best = Some((*pid, fit, p.load()));
@@ -1285,8 +1526,16 @@ impl Core {
                 a.state = AttemptState::Dispatched;
                 a.pilot = Some(pid);
                 let run = a.run;
-                self.batch.ops.push(Op::Dispatched { id: aid, pilot: pid, at: now });
-                self.outbox.entry(pid).or_default().tasks.push(a.spec.clone());
+                self.batch.ops.push(Op::Dispatched {
+                    id: aid,
+                    pilot: pid,
+                    at: now,
+                });
+                self.outbox
+                    .entry(pid)
+                    .or_default()
+                    .tasks
+                    .push(a.spec.clone());
                 self.mark_running(run);
             }
         }
@@ -1297,7 +1546,11 @@ impl Core {
     fn flush(&mut self) {
         for run_id in std::mem::take(&mut self.updated_runs) {
             if let Some(run) = self.runs.get(&run_id) {
-                let done = run.steps.iter().filter(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped)).count();
+                let done = run
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped))
+                    .count();
                 let u = RunUpdate {
                     run: run_id,
                     state: if run.running { "running" } else { "queued" }.to_string(),
@@ -1309,13 +1562,17 @@ impl Core {
             }
         }
         for (pid, out) in std::mem::take(&mut self.outbox) {
-            let Some(tx) = self.pilots.get(&pid).and_then(|p| p.tx.clone()) else { continue };
+            let Some(tx) = self.pilots.get(&pid).and_then(|p| p.tx.clone()) else {
+                continue;
+            };
             let mut msgs = Vec::new();
             if !out.acks.is_empty() {
                 msgs.push(ToPilot::Ack { attempts: out.acks });
             }
             if !out.cancels.is_empty() {
-                msgs.push(ToPilot::Cancel { attempts: out.cancels });
+                msgs.push(ToPilot::Cancel {
+                    attempts: out.cancels,
+                });
             }
             if !out.tasks.is_empty() {
                 msgs.push(ToPilot::Tasks { tasks: out.tasks });

@@ -14,9 +14,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
+use self::core::{Core, CoreConfig, CoreMsg, RunUpdate};
 use crate::site::SiteConfig;
 use crate::store::{Durability, Store};
-use self::core::{Core, CoreConfig, CoreMsg, RunUpdate};
 
 /// Everything `beamflow server` can be told.
 #[derive(Clone, Debug)]
@@ -94,9 +94,13 @@ pub fn ensure_token(home: &Path) -> anyhow::Result<String> {
 /// Binds, loads the store, resumes unfinished runs and serves until `shutdown`.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let home = opts.home.clone();
-    std::fs::create_dir_all(&home).with_context(|| format!("{}: cannot create beamflow home", home.display()))?;
+    std::fs::create_dir_all(&home)
+        .with_context(|| format!("{}: cannot create beamflow home", home.display()))?;
     let token = ensure_token(&home)?;
-    let store_path = opts.store.clone().unwrap_or_else(|| home.join("beamflow.db"));
+    let store_path = opts
+        .store
+        .clone()
+        .unwrap_or_else(|| home.join("beamflow.db"));
     let store = Store::open(&store_path, opts.durability)?;
     let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| home.join("runs"));
     let (core_tx, core_rx) = mpsc::unbounded_channel();
@@ -111,7 +115,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     tokio::spawn(core.run(core_rx));
     {
         let tx = core_tx.clone();
-        let period = (opts.pilot_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let period =
+            (opts.pilot_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(period);
             loop {

@@ -15,7 +15,8 @@ use super::App;
 use crate::protocol::{FromPilot, ToPilot, PROTOCOL_VERSION};
 
 pub(crate) async fn upgrade(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(256 << 20).on_upgrade(move |socket| serve(socket, app))
+    ws.max_message_size(256 << 20)
+        .on_upgrade(move |socket| serve(socket, app))
 }
 
 async fn refuse(socket: &mut WebSocket, reason: String) {
@@ -37,7 +38,13 @@ async fn serve(mut socket: WebSocket, app: App) {
     if msgs.is_empty() {
         return refuse(&mut socket, "empty hello frame".into()).await;
     }
-    let FromPilot::Hello { protocol, pilot_id, info, held } = msgs.remove(0) else {
+    let FromPilot::Hello {
+        protocol,
+        pilot_id,
+        info,
+        held,
+    } = msgs.remove(0)
+    else {
         return refuse(&mut socket, "the first message must be hello".into()).await;
     };
     if protocol != PROTOCOL_VERSION {
@@ -48,7 +55,14 @@ async fn serve(mut socket: WebSocket, app: App) {
     let (id_tx, id_rx) = oneshot::channel();
     if app
         .core
-        .send(CoreMsg::PilotHello { conn, pilot_id, info, held, tx, reply: id_tx })
+        .send(CoreMsg::PilotHello {
+            conn,
+            pilot_id,
+            info,
+            held,
+            tx,
+            reply: id_tx,
+        })
         .is_err()
     {
         return;
@@ -60,7 +74,9 @@ async fn serve(mut socket: WebSocket, app: App) {
                 batch.extend(more);
             }
             let refused = batch.iter().any(|m| matches!(m, ToPilot::Refused { .. }));
-            let Ok(text) = serde_json::to_string(&batch) else { break };
+            let Ok(text) = serde_json::to_string(&batch) else {
+                break;
+            };
             if sink.send(Message::Text(text.into())).await.is_err() {
                 break;
             }
@@ -85,7 +101,11 @@ async fn serve(mut socket: WebSocket, app: App) {
         };
         match serde_json::from_str::<Vec<FromPilot>>(&text) {
             Ok(msgs) => {
-                if app.core.send(CoreMsg::PilotMsgs { pilot, conn, msgs }).is_err() {
+                if app
+                    .core
+                    .send(CoreMsg::PilotMsgs { pilot, conn, msgs })
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -163,10 +163,12 @@ impl Store {
     /// its writer thread.
     pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("{}: cannot create store directory: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("{}: cannot create store directory: {e}", dir.display())
+            })?;
         }
-        let mut conn = Connection::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open store: {e}", path.display()))?;
+        let mut conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot open store: {e}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -207,7 +209,10 @@ impl Store {
         let conn = match self.readers.lock().unwrap().pop() {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
                 c
             }
@@ -277,15 +282,35 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()> {
 
 fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Result<()> {
     match op {
-        Op::PutFlow { name, version, source, path, spec, at } => {
+        Op::PutFlow {
+            name,
+            version,
+            source,
+            path,
+            spec,
+            at,
+        } => {
             tx.prepare_cached("INSERT OR REPLACE INTO flows(name, version, source, path, spec, registered_us) VALUES (?1,?2,?3,?4,?5,?6)")?
                 .execute(params![name, version, source, path, spec, at])?;
         }
-        Op::InsertRun { id, flow, version, input, dir, state, at } => {
+        Op::InsertRun {
+            id,
+            flow,
+            version,
+            input,
+            dir,
+            state,
+            at,
+        } => {
             tx.prepare_cached("INSERT INTO runs(id, flow, flow_version, input, dir, state, created_us) VALUES (?1,?2,?3,?4,?5,?6,?7)")?
                 .execute(params![*id as i64, flow, version, input, dir, state, at])?;
         }
-        Op::RunState { id, state, error, at } => {
+        Op::RunState {
+            id,
+            state,
+            error,
+            at,
+        } => {
             let terminal = matches!(*state, "succeeded" | "failed" | "cancelled");
             tx.prepare_cached(
                 "UPDATE runs SET state = ?2, error = ?3,
@@ -323,37 +348,81 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             tx.prepare_cached("UPDATE attempts SET state = 'running', started_us = ?2 WHERE id = ?1 AND state IN ('dispatched', 'running')")?
                 .execute(params![*id as i64, at])?;
         }
-        Op::Finished { id, state, outputs, error, exit_code, started, finished, counts_retry } => {
+        Op::Finished {
+            id,
+            state,
+            outputs,
+            error,
+            exit_code,
+            started,
+            finished,
+            counts_retry,
+        } => {
             tx.prepare_cached(
                 "UPDATE attempts SET state = ?2, outputs = ?3, error = ?4, exit_code = ?5, started_us = ?6,
                    finished_us = ?7, recorded_us = ?8, counts_retry = ?9 WHERE id = ?1",
             )?
             .execute(params![*id as i64, state, outputs, error, exit_code, started, finished, recorded, counts_retry])?;
         }
-        Op::AttemptState { id, state, error, at } => {
+        Op::AttemptState {
+            id,
+            state,
+            error,
+            at,
+        } => {
             tx.prepare_cached("UPDATE attempts SET state = ?2, error = ?3, finished_us = COALESCE(finished_us, ?4), recorded_us = ?5 WHERE id = ?1")?
                 .execute(params![*id as i64, state, error, at, recorded])?;
         }
         Op::Supersede { id } => {
-            tx.prepare_cached("UPDATE attempts SET state = 'superseded', counts_retry = 0 WHERE id = ?1")?
-                .execute(params![*id as i64])?;
+            tx.prepare_cached(
+                "UPDATE attempts SET state = 'superseded', counts_retry = 0 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64])?;
         }
-        Op::Event { at, run, attempt, pilot, kind, detail } => {
+        Op::Event {
+            at,
+            run,
+            attempt,
+            pilot,
+            kind,
+            detail,
+        } => {
             tx.prepare_cached("INSERT INTO events(ts_us, run_id, attempt_id, pilot_id, kind, detail) VALUES (?1,?2,?3,?4,?5,?6)")?
                 .execute(params![at, run.map(|x| x as i64), attempt.map(|x| x as i64), pilot.map(|x| x as i64), kind, detail])?;
         }
-        Op::PutPilot { id, name, host, info, state, at } => {
+        Op::PutPilot {
+            id,
+            name,
+            host,
+            info,
+            state,
+            at,
+        } => {
             tx.prepare_cached(
                 "INSERT INTO pilots(id, name, host, info, state, connected_us, last_seen_us) VALUES (?1,?2,?3,?4,?5,?6,?6)
                  ON CONFLICT(id) DO UPDATE SET info = ?4, state = ?5, connected_us = ?6, last_seen_us = ?6, reason = NULL",
             )?
             .execute(params![*id as i64, name, host, info, state, at])?;
         }
-        Op::PilotState { id, state, reason, at } => {
-            tx.prepare_cached("UPDATE pilots SET state = ?2, reason = ?3, last_seen_us = ?4 WHERE id = ?1")?
-                .execute(params![*id as i64, state, reason, at])?;
+        Op::PilotState {
+            id,
+            state,
+            reason,
+            at,
+        } => {
+            tx.prepare_cached(
+                "UPDATE pilots SET state = ?2, reason = ?3, last_seen_us = ?4 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, state, reason, at])?;
         }
-        Op::Catalog { run, attempt, flow, record, body, at } => {
+        Op::Catalog {
+            run,
+            attempt,
+            flow,
+            record,
+            body,
+            at,
+        } => {
             let n = tx
                 .prepare_cached("INSERT OR IGNORE INTO catalog(run_id, attempt_id, flow, created_us, record) VALUES (?1,?2,?3,?4,?5)")?
                 .execute(params![*run as i64, *attempt as i64, flow, at, record])?;

@@ -114,8 +114,14 @@ fn flow_row(r: &Row, with_source: bool) -> rusqlite::Result<FlowRow> {
         version: r.get("version")?,
         path: r.get("path")?,
         registered_us: r.get("registered_us")?,
-        spec: serde_json::from_str(&spec).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
-        source: if with_source { Some(r.get("source")?) } else { None },
+        spec: serde_json::from_str(&spec).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        source: if with_source {
+            Some(r.get("source")?)
+        } else {
+            None
+        },
     })
 }
 
@@ -168,10 +174,18 @@ pub fn flows(c: &Connection) -> rusqlite::Result<Vec<FlowRow>> {
 pub fn flow(c: &Connection, name: &str, version: Option<u32>) -> rusqlite::Result<Option<FlowRow>> {
     match version {
         Some(v) => c
-            .query_row("SELECT * FROM flows WHERE name = ?1 AND version = ?2", params![name, v], |r| flow_row(r, true))
+            .query_row(
+                "SELECT * FROM flows WHERE name = ?1 AND version = ?2",
+                params![name, v],
+                |r| flow_row(r, true),
+            )
             .optional(),
         None => c
-            .query_row("SELECT * FROM flows WHERE name = ?1 ORDER BY version DESC LIMIT 1", params![name], |r| flow_row(r, true))
+            .query_row(
+                "SELECT * FROM flows WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                params![name],
+                |r| flow_row(r, true),
+            )
             .optional(),
     }
 }
@@ -183,14 +197,27 @@ pub fn runs(c: &Connection, f: &RunFilter) -> rusqlite::Result<Vec<RunRow>> {
     )?;
     let limit = f.limit.unwrap_or(100).min(1_000_000) as i64;
     let rows = st.query_map(
-        params![f.state, f.flow, limit, f.since.map(|x| x as i64), f.until.map(|x| x as i64)],
+        params![
+            f.state,
+            f.flow,
+            limit,
+            f.since.map(|x| x as i64),
+            f.until.map(|x| x as i64)
+        ],
         run_row,
     )?;
     rows.collect()
 }
 
 pub fn run(c: &Connection, id: u64) -> rusqlite::Result<Option<RunDetail>> {
-    let Some(run) = c.query_row("SELECT * FROM runs WHERE id = ?1", params![id as i64], run_row).optional()? else {
+    let Some(run) = c
+        .query_row(
+            "SELECT * FROM runs WHERE id = ?1",
+            params![id as i64],
+            run_row,
+        )
+        .optional()?
+    else {
         return Ok(None);
     };
     let attempts = c
@@ -210,11 +237,19 @@ pub fn run(c: &Connection, id: u64) -> rusqlite::Result<Option<RunDetail>> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Some(RunDetail { run, attempts, events }))
+    Ok(Some(RunDetail {
+        run,
+        attempts,
+        events,
+    }))
 }
 
 /// Attempts of many runs at once (for reports over many runs).
-pub fn attempts_of_flow(c: &Connection, flow: &str, limit_runs: usize) -> rusqlite::Result<Vec<AttemptRow>> {
+pub fn attempts_of_flow(
+    c: &Connection,
+    flow: &str,
+    limit_runs: usize,
+) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut st = c.prepare(
         "SELECT a.* FROM attempts a WHERE a.run_id IN (SELECT id FROM runs WHERE flow = ?1 ORDER BY id DESC LIMIT ?2)
          ORDER BY a.run_id, a.step_index, a.number",
@@ -254,12 +289,20 @@ fn fts_query(text: &str) -> Option<String> {
 /// Records matching every word of `text` (if any) and every `field = value`
 /// pair, where a field is a dotted path into the record (`flow`, `input.path`,
 /// `fields.sample`, `outputs.exit_code`).
-pub fn catalog_search(c: &Connection, text: Option<&str>, fields: &[(String, String)], limit: usize) -> rusqlite::Result<Vec<CatalogRow>> {
+pub fn catalog_search(
+    c: &Connection,
+    text: Option<&str>,
+    fields: &[(String, String)],
+    limit: usize,
+) -> rusqlite::Result<Vec<CatalogRow>> {
     let mut sql = String::from("SELECT c.* FROM catalog c WHERE 1=1");
     let mut args: Vec<String> = Vec::new();
     if let Some(q) = text.and_then(fts_query) {
         args.push(q);
-        sql.push_str(&format!(" AND c.id IN (SELECT rowid FROM catalog_text WHERE catalog_text MATCH ?{})", args.len()));
+        sql.push_str(&format!(
+            " AND c.id IN (SELECT rowid FROM catalog_text WHERE catalog_text MATCH ?{})",
+            args.len()
+        ));
     }
     for (k, v) in fields {
         args.push(format!("$.{k}"));
@@ -270,7 +313,10 @@ pub fn catalog_search(c: &Connection, text: Option<&str>, fields: &[(String, Str
             q = p + 1
         ));
     }
-    sql.push_str(&format!(" ORDER BY c.id DESC LIMIT {}", limit.clamp(1, 100_000)));
+    sql.push_str(&format!(
+        " ORDER BY c.id DESC LIMIT {}",
+        limit.clamp(1, 100_000)
+    ));
     let mut st = c.prepare(&sql)?;
     let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
         Ok(CatalogRow {
@@ -301,12 +347,14 @@ pub fn snapshot(c: &Connection) -> rusqlite::Result<Snapshot> {
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     let active: Vec<RunRow> = {
-        let mut st = c.prepare("SELECT * FROM runs WHERE state IN ('queued', 'running') ORDER BY id")?;
+        let mut st =
+            c.prepare("SELECT * FROM runs WHERE state IN ('queued', 'running') ORDER BY id")?;
         let rows = st.query_map([], run_row)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     let mut runs = Vec::with_capacity(active.len());
-    let mut st = c.prepare("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number")?;
+    let mut st =
+        c.prepare("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number")?;
     for r in active {
         let atts = st
             .query_map(params![r.id as i64], attempt_row)?
@@ -314,8 +362,12 @@ pub fn snapshot(c: &Connection) -> rusqlite::Result<Snapshot> {
         runs.push((r, atts));
     }
     let max = |table: &str| -> rusqlite::Result<u64> {
-        c.query_row(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"), [], |r| r.get::<_, i64>(0))
-            .map(|x| x as u64)
+        c.query_row(
+            &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|x| x as u64)
     };
     Ok(Snapshot {
         flows,

@@ -87,7 +87,8 @@ const MIGRATIONS: &[&str] = &[
 /// Brings the database to the newest schema. Refuses a database written by a
 /// newer beamflow rather than guessing at its layout.
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if current > MIGRATIONS.len() {
         anyhow::bail!(
             "the store has schema version {current}, newer than this beamflow understands ({}); upgrade beamflow",
