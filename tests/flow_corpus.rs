@@ -53,3 +53,48 @@ fn shipped_flows_validate() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn site_configs_load_and_shipped_flows_fit_them() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("site-configs")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let site = beamflow::site::SiteConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            for f in std::fs::read_dir(root().join("jobs")).unwrap() {
+                let fp = f.unwrap().path();
+                let src = std::fs::read_to_string(&fp).unwrap();
+                if let Err(e) = beamflow::flow::parse(&src, &fp.display().to_string(), Some(&site))
+                {
+                    panic!("{} on site {}: {e}", fp.display(), site.name);
+                }
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn a_site_rejects_requests_it_cannot_hold() {
+    let site = beamflow::site::SiteConfig::parse(
+        "name = \"tiny\"\n[targets.cpu]\ncpus_per_node = 4\n",
+        "tiny.toml",
+    )
+    .unwrap();
+    let src = "name = \"x\"\nversion = 1\n[[steps]]\nname = \"a\"\naction = \"kernel\"\nkernel = \"noop\"\nresources = { cpus = 8 }\n";
+    let err = beamflow::flow::parse(src, "x.toml", Some(&site))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "x.toml:7: steps.a.resources: no variant fits target `cpu` of site `tiny` (4 cpus/node)"
+    );
+    let gpu = src
+        .replace("cpus = 8", "cpus = 1")
+        .replace("kernel = \"noop\"\n", "kernel = \"noop\"\non = \"gpu\"\n");
+    let err = beamflow::flow::parse(&gpu, "x.toml", Some(&site))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown target `gpu` (known: cpu)"), "{err}");
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
@@ -139,6 +140,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", opts.bind))?;
     let addr = listener.local_addr()?;
+    // Small frames (one result, one task) must leave at once: with Nagle's
+    // algorithm they wait for the peer's delayed ACK, up to 40 ms a step.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let url = format!("http://{addr}");
     let access = Access {
         url: url.clone(),
