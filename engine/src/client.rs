@@ -168,15 +168,17 @@ impl Client {
         }
         let mut stream = resp.bytes_stream();
         let bar = progress.then(|| progress_bar(ids.len()));
-        let mut done: HashMap<u64, RunRow> = HashMap::new();
+        // Runs known to have finished (from the stream or a read); their rows
+        // are read once at the end, not on every update.
+        let mut finished: HashSet<u64> = HashSet::new();
         let mut steps: HashMap<u64, (usize, usize)> = HashMap::new();
-        self.refresh(&want, &mut done).await?;
+        self.refresh(&want, &mut finished).await?;
         let mut buf = String::new();
         loop {
             if let Some(b) = &bar {
-                update_bar(b, ids.len(), &done, &steps);
+                update_bar(b, ids.len(), finished.len(), &steps);
             }
-            if done.len() == want.len() {
+            if finished.len() == want.len() {
                 break;
             }
             let Some(chunk) = stream.next().await else {
@@ -185,7 +187,7 @@ impl Client {
             buf.push_str(&String::from_utf8_lossy(
                 &chunk.context("event stream broke")?,
             ));
-            let mut refresh = false;
+            let mut lagged = false;
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
                 let kind = event
@@ -207,49 +209,54 @@ impl Client {
                             continue;
                         }
                         steps.insert(u.run, (u.steps_done, u.steps_total));
-                        if matches!(u.state.as_str(), "succeeded" | "failed" | "cancelled") {
-                            refresh = true;
+                        if is_terminal(&u.state) {
+                            finished.insert(u.run);
                         }
                     }
-                    "lagged" => refresh = true,
+                    "lagged" => lagged = true,
                     _ => {}
                 }
             }
-            if refresh {
-                self.refresh(&want, &mut done).await?;
+            if lagged {
+                self.refresh(&want, &mut finished).await?;
             }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let mut out: Vec<RunRow> = done.into_values().collect();
+        let mut out = self.read_range(&want).await?;
+        out.retain(|r| want.contains(&r.id));
         out.sort_by_key(|r| r.id);
         Ok(out)
+    }
+
+    async fn read_range(&self, want: &HashSet<u64>) -> anyhow::Result<Vec<RunRow>> {
+        let lo = want.iter().min().copied().unwrap_or(0);
+        let hi = want.iter().max().copied().unwrap_or(0);
+        self.get(&format!(
+            "/api/runs?since={lo}&until={hi}&limit={}",
+            hi - lo + 1
+        ))
+        .await
     }
 
     /// Reads the runs in `want` and records those that have finished.
     async fn refresh(
         &self,
         want: &HashSet<u64>,
-        done: &mut HashMap<u64, RunRow>,
+        finished: &mut HashSet<u64>,
     ) -> anyhow::Result<()> {
-        let lo = want.iter().min().copied().unwrap_or(0);
-        let hi = want.iter().max().copied().unwrap_or(0);
-        let rows: Vec<RunRow> = self
-            .get(&format!(
-                "/api/runs?since={lo}&until={hi}&limit={}",
-                hi - lo + 1
-            ))
-            .await?;
-        for r in rows {
-            if want.contains(&r.id)
-                && matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled")
-            {
-                done.insert(r.id, r);
+        for r in self.read_range(want).await? {
+            if want.contains(&r.id) && is_terminal(&r.state) {
+                finished.insert(r.id);
             }
         }
         Ok(())
     }
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
 fn progress_bar(n: usize) -> indicatif::ProgressBar {
@@ -271,20 +278,15 @@ fn progress_bar(n: usize) -> indicatif::ProgressBar {
 fn update_bar(
     bar: &indicatif::ProgressBar,
     n: usize,
-    done: &HashMap<u64, RunRow>,
+    finished: usize,
     steps: &HashMap<u64, (usize, usize)>,
 ) {
     if n == 1 {
         let (d, t) = steps.values().next().copied().unwrap_or((0, 0));
-        let finished = !done.is_empty();
         bar.set_length(t.max(1) as u64);
-        bar.set_position(if finished { t.max(1) } else { d } as u64);
+        bar.set_position(if finished > 0 { t.max(1) } else { d } as u64);
     } else {
         bar.set_length(n as u64);
-        bar.set_position(done.len() as u64);
-        let failed = done.values().filter(|r| r.state != "succeeded").count();
-        if failed > 0 {
-            bar.set_message(format!("{failed} failed"));
-        }
+        bar.set_position(finished as u64);
     }
 }
