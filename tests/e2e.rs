@@ -533,3 +533,146 @@ params = { script = "echo try >> {{ run.dir }}/gate; test -e {{ input.gate }} ||
         assert_eq!(lines(&dir.join("gate")), 4);
     });
 }
+
+#[test]
+fn when_skips_a_step_and_a_timeout_fails_one() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _p = env.pilot("a", 2);
+    let flow = env.flow(
+        "cond",
+        r#"
+name = "cond"
+version = 1
+[input.go]
+type = "bool"
+[input.hang]
+type = "float"
+default = 0.0
+[[steps]]
+name = "maybe"
+action = "shell"
+when = "input.go"
+params = { script = "echo ran > {{ run.dir }}/maybe.out" }
+[[steps]]
+name = "after"
+action = "shell"
+timeout = "1s"
+params = { script = "sleep {{ input.hang }}; echo ok > {{ run.dir }}/after.out" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let ids = c
+            .submit(
+                "cond",
+                None,
+                vec![
+                    json!({"go": false}),
+                    json!({"go": "true"}),
+                    json!({"go": false, "hang": 30}),
+                ],
+            )
+            .await
+            .unwrap();
+        let runs = c
+            .wait(&ids, false, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let dir = |i: usize| PathBuf::from(&runs[i].dir);
+        // Skipped: the next step still runs.
+        assert_eq!(runs[0].state, "succeeded");
+        assert!(!dir(0).join("maybe.out").exists());
+        assert!(dir(0).join("after.out").exists());
+        assert_eq!(detail(&c, ids[0]).await.attempts[0].state, "skipped");
+        assert_eq!(runs[1].state, "succeeded");
+        assert!(dir(1).join("maybe.out").exists());
+        // Timed out: the step fails with a clear error, long before 30 s.
+        assert_eq!(runs[2].state, "failed");
+        let err = runs[2].error.clone().unwrap();
+        assert!(
+            err.contains("step `after` failed after 1 try: timed out after 1.00 s"),
+            "{err}"
+        );
+        // A bad input type is refused before any run is created.
+        let err = c
+            .submit("cond", None, vec![json!({"go": "perhaps"})])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input `go`: expected bool"), "{err}");
+    });
+}
+
+#[test]
+fn cli_validate_demo_and_local_run() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bf = |args: &[&str]| {
+        Command::new(BIN)
+            .env("BEAMFLOW_HOME", &env.home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = bf(&[
+        "flow",
+        "validate",
+        root.join("jobs/demo.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let out = bf(&[
+        "flow",
+        "validate",
+        root.join("tests/flows/bad/cycle.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cycle.toml:7: steps.a.after: cycle: a -> b -> a"),
+        "{err}"
+    );
+
+    let out = bf(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("run 1 succeeded"), "{text}");
+    assert!(text.contains("\"files\":16"), "{text}");
+
+    let data = env.home.join("frames");
+    beamflow::demo::generate_frames(&data, 3, 1000).unwrap();
+    let out = bf(&[
+        "--json",
+        "run",
+        "--local",
+        root.join("jobs/demo.toml").to_str().unwrap(),
+        "--set",
+        &format!("src={}", data.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"]["state"], "succeeded");
+    assert_eq!(v["timing"]["steps"].as_array().unwrap().len(), 3);
+    let summary = v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["step"] == "summarise")
+        .unwrap();
+    assert_eq!(summary["outputs"]["files"], json!(3));
+    assert_eq!(summary["outputs"]["bytes"], json!(3000));
+
+    // Without a server, client commands say what is wrong and exit non-zero.
+    let out = bf(&["runs", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no server found"));
+}

@@ -84,6 +84,12 @@ fn copy_all(
             plan.push((src.clone(), target));
         }
     }
+    // Every path is checked before anything is written: a refused transfer
+    // leaves no trace outside the roots.
+    for (s, d) in &plan {
+        check_root(s, roots, "source")?;
+        check_root(d, roots, "destination")?;
+    }
     let mut t = Tally::default();
     for (s, d) in &plan {
         if cancel.is_cancelled() {
@@ -93,7 +99,6 @@ fn copy_all(
             std::fs::create_dir_all(parent)
                 .map_err(|e| Failure::msg(format!("{}: {e}", parent.display())))?;
         }
-        check_root(d, roots, "destination")?;
         let n = copy_one(s, d, verify, cancel, &mut t)?;
         t.bytes += n;
         t.files.push(d.display().to_string());
@@ -265,4 +270,140 @@ fn copy_one(
     std::fs::rename(&part, dst).map_err(|e| Failure::msg(format!("{}: {e}", dst.display())))?;
     t.copied += 1;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(p: &Path, content: &[u8]) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn counts(v: &Value) -> (u64, u64, u64) {
+        (
+            v["copied"].as_u64().unwrap(),
+            v["skipped"].as_u64().unwrap(),
+            v["bytes"].as_u64().unwrap(),
+        )
+    }
+
+    #[test]
+    fn copies_a_tree_then_skips_identical_files_and_recopies_changed_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        write(&src.join("a.bin"), &[1u8; 1000]);
+        write(&src.join("sub/b.bin"), b"hello");
+        let dst = t.path().join("dst/");
+        let cancel = Cancel::default();
+        let out = copy_all(std::slice::from_ref(&src), &dst, true, &[], &cancel)
+            .ok()
+            .unwrap();
+        assert_eq!(counts(&out), (2, 0, 1005));
+        assert_eq!(std::fs::read(dst.join("src/sub/b.bin")).unwrap(), b"hello");
+        // Resumed: identical files are left alone.
+        let out = copy_all(std::slice::from_ref(&src), &dst, true, &[], &cancel)
+            .ok()
+            .unwrap();
+        assert_eq!(counts(&out), (0, 2, 1005));
+        // Same size, other content: copied again, and no .part file remains.
+        write(&src.join("sub/b.bin"), b"world");
+        let out = copy_all(std::slice::from_ref(&src), &dst, true, &[], &cancel)
+            .ok()
+            .unwrap();
+        assert_eq!(counts(&out), (1, 1, 1005));
+        assert_eq!(std::fs::read(dst.join("src/sub/b.bin")).unwrap(), b"world");
+        assert!(!dst.join("src/sub/b.bin.part").exists());
+    }
+
+    #[test]
+    fn a_single_file_may_be_renamed() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("frame.h5");
+        write(&src, b"data");
+        let dst = t.path().join("out/renamed.h5");
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let out = copy_all(&[src], &dst, true, &[], &Cancel::default())
+            .ok()
+            .unwrap();
+        assert_eq!(out["dst"], json!(dst.display().to_string()));
+        assert_eq!(std::fs::read(&dst).unwrap(), b"data");
+    }
+
+    #[test]
+    fn paths_outside_the_allowed_roots_are_refused_with_their_name() {
+        let t = tempfile::tempdir().unwrap();
+        let inside = t.path().join("allowed");
+        let outside = t.path().join("elsewhere");
+        write(&inside.join("x"), b"1");
+        write(&outside.join("y"), b"2");
+        let roots = vec![inside.clone()];
+        let cancel = Cancel::default();
+        let msg = |r: Result<Value, Failure>| match r {
+            Err(Failure::Failed { error, .. }) => error,
+            _ => panic!("expected a failure"),
+        };
+        let e = msg(copy_all(
+            &[outside.join("y")],
+            &inside.join("z"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(
+            e.contains("elsewhere/y: source is outside the site's allowed transfer roots"),
+            "{e}"
+        );
+        let e = msg(copy_all(
+            &[inside.join("x")],
+            &outside.join("new/dir/x"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(
+            e.contains("elsewhere/new/dir/x: destination is outside"),
+            "{e}"
+        );
+        assert!(
+            !outside.join("new").exists(),
+            "nothing may be created outside the roots"
+        );
+        // A symlink inside the root that points outside is refused too.
+        std::os::unix::fs::symlink(&outside, inside.join("link")).unwrap();
+        let e = msg(copy_all(
+            &[inside.join("link/y")],
+            &inside.join("copy"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(e.contains("source is outside"), "{e}");
+        // Within the roots all is well.
+        assert!(copy_all(
+            &[inside.join("x")],
+            &inside.join("x2"),
+            true,
+            &roots,
+            &cancel
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_missing_source_names_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let e = match copy_all(
+            &[t.path().join("nope.h5")],
+            t.path(),
+            true,
+            &[],
+            &Cancel::default(),
+        ) {
+            Err(Failure::Failed { error, .. }) => error,
+            _ => panic!(),
+        };
+        assert!(e.contains("nope.h5: No such file"), "{e}");
+    }
 }
