@@ -223,6 +223,14 @@ impl Default for Resources {
 }
 
 impl Resources {
+    /// Nothing at all: the starting point of sums.
+    pub const NONE: Resources = Resources {
+        cpus: 0,
+        gpus: 0,
+        memory_mb: 0,
+        nodes: 1,
+    };
+
     /// True when `self` fits inside `avail` (node count aside).
     pub fn fits(&self, avail: &Resources) -> bool {
         self.cpus <= avail.cpus && self.gpus <= avail.gpus && self.memory_mb <= avail.memory_mb

@@ -180,6 +180,14 @@ struct Pilot {
 }
 
 impl Pilot {
+    /// Every attempt placed on this pilot, in or beyond capacity.
+    fn held(&self) -> Vec<u64> {
+        self.in_capacity
+            .keys()
+            .chain(self.prefetched.iter())
+            .copied()
+            .collect()
+    }
     fn load(&self) -> usize {
         self.in_capacity.len() + self.prefetched.len()
     }
@@ -434,12 +442,7 @@ impl Core {
                         info: PilotInfo {
                             name: format!("pilot-{p}"),
                             host: String::new(),
-                            resources: Resources {
-                                cpus: 0,
-                                gpus: 0,
-                                memory_mb: 0,
-                                nodes: 1,
-                            },
+                            resources: Resources::NONE,
                             gpu_ids: vec![],
                             targets: vec![],
                             walltime_end_us: None,
@@ -452,24 +455,11 @@ impl Core {
                         last_seen: Instant::now(),
                         disconnected_at: Some(Instant::now()),
                         draining: false,
-                        used: Resources {
-                            cpus: 0,
-                            gpus: 0,
-                            memory_mb: 0,
-                            nodes: 1,
-                        },
+                        used: Resources::NONE,
                         in_capacity: HashMap::new(),
                         prefetched: VecDeque::new(),
                     });
-                    pilot.in_capacity.insert(
-                        a.id,
-                        Resources {
-                            cpus: 0,
-                            gpus: 0,
-                            memory_mb: 0,
-                            nodes: 1,
-                        },
-                    );
+                    pilot.in_capacity.insert(a.id, Resources::NONE);
                 }
             }
         }
@@ -1078,20 +1068,10 @@ impl Core {
                 p.disconnected_at = None;
                 p.last_seen = Instant::now();
                 // Re-charge resources from the attempts the pilot really holds.
-                let held: Vec<u64> = p
-                    .in_capacity
-                    .keys()
-                    .chain(p.prefetched.iter())
-                    .copied()
-                    .collect();
+                let held = p.held();
                 p.in_capacity.clear();
                 p.prefetched.clear();
-                p.used = Resources {
-                    cpus: 0,
-                    gpus: 0,
-                    memory_mb: 0,
-                    nodes: 1,
-                };
+                p.used = Resources::NONE;
                 for a in held {
                     if running.contains(&a) {
                         let req = self.requests.get(&a).cloned().unwrap_or_default();
@@ -1120,12 +1100,7 @@ impl Core {
                         last_seen: Instant::now(),
                         disconnected_at: None,
                         draining: false,
-                        used: Resources {
-                            cpus: 0,
-                            gpus: 0,
-                            memory_mb: 0,
-                            nodes: 1,
-                        },
+                        used: Resources::NONE,
                         in_capacity: HashMap::new(),
                         prefetched: VecDeque::new(),
                     },
@@ -1397,12 +1372,7 @@ impl Core {
         let Some(p) = self.pilots.remove(&pilot) else {
             return;
         };
-        let held: Vec<u64> = p
-            .in_capacity
-            .keys()
-            .chain(p.prefetched.iter())
-            .copied()
-            .collect();
+        let held = p.held();
         self.batch.ops.push(Op::PilotState {
             id: pilot,
             state,
