@@ -40,8 +40,9 @@ pub enum FromPilot {
         protocol: u32,
         pilot_id: Option<u64>,
         info: PilotInfo,
-        /// Every attempt the pilot holds: queued, running, or finished with a
-        /// result not yet acknowledged (those results follow in the same frame).
+        /// Every attempt the pilot holds: running, then queued in start order,
+        /// then finished with a result not yet acknowledged (those results
+        /// follow in the same frame).
         held: Vec<u64>,
     },
     Started {

@@ -195,11 +195,13 @@ impl Pilot {
         }
     }
 
+    /// Running attempts first, then queued ones in the order they will start,
+    /// then finished ones: the server re-charges resources in this order.
     fn held(&self) -> Vec<u64> {
-        self.queue
-            .iter()
-            .map(|t| t.attempt)
-            .chain(self.running.keys().copied())
+        self.running
+            .keys()
+            .copied()
+            .chain(self.queue.iter().map(|t| t.attempt))
             .chain(self.unacked.keys().copied())
             .collect()
     }

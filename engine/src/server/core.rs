@@ -97,6 +97,9 @@ pub enum CoreMsg {
     RetryDue {
         run: u64,
         step: usize,
+        /// The step's attempt count when the retry was scheduled; a retry
+        /// whose step has moved on since (user retry, restart) is ignored.
+        after_attempt: u32,
     },
     Tick,
 }
@@ -399,7 +402,11 @@ impl Core {
                 if s.failures > flow.steps[i].retry.count {
                     s.state = StepState::Failed;
                 } else {
-                    let _ = self.me.send(CoreMsg::RetryDue { run: id, step: i });
+                    let _ = self.me.send(CoreMsg::RetryDue {
+                        run: id,
+                        step: i,
+                        after_attempt: s.attempts,
+                    });
                 }
             }
         }
@@ -434,6 +441,10 @@ impl Core {
             );
             match (state, a.pilot_id) {
                 (AttemptState::Ready, _) | (_, None) => {
+                    if let Some(att) = self.attempts.get_mut(&a.id) {
+                        att.state = AttemptState::Ready;
+                        att.pilot = None;
+                    }
                     self.ready.entry(shape).or_default().push_back(a.id)
                 }
                 (_, Some(p)) => {
@@ -549,7 +560,11 @@ impl Core {
                     }
                 }
             }
-            CoreMsg::RetryDue { run, step } => self.retry_due(run, step),
+            CoreMsg::RetryDue {
+                run,
+                step,
+                after_attempt,
+            } => self.retry_due(run, step, after_attempt),
             CoreMsg::Tick => self.tick(),
         }
     }
@@ -975,10 +990,19 @@ impl Core {
             .read(|c| store::run(c, run_id))
             .map_err(|e| ApiError::new(500, e.to_string()))?
             .ok_or_else(|| ApiError::new(404, format!("no run {run_id}")))?;
-        if detail.run.state == "succeeded" {
+        if !matches!(detail.run.state.as_str(), "failed" | "cancelled") {
             return Err(ApiError::new(
                 409,
-                format!("run {run_id} already succeeded"),
+                format!(
+                    "run {run_id} is {}; only failed or cancelled runs are retried",
+                    detail.run.state
+                ),
+            ));
+        }
+        if self.attempts.values().any(|a| a.run == run_id) {
+            return Err(ApiError::new(
+                409,
+                format!("run {run_id} is still stopping; try again in a moment"),
             ));
         }
         if detail
@@ -1019,11 +1043,13 @@ impl Core {
         Ok(format!("run {run_id} queued again"))
     }
 
-    fn retry_due(&mut self, run_id: u64, step: usize) {
+    fn retry_due(&mut self, run_id: u64, step: usize, after_attempt: u32) {
         let Some(run) = self.runs.get_mut(&run_id) else {
             return;
         };
-        if run.steps.get(step).map(|s| s.state) != Some(StepState::Waiting) {
+        if run.steps.get(step).map(|s| (s.state, s.attempts))
+            != Some((StepState::Waiting, after_attempt))
+        {
             return;
         }
         run.steps[step].state = StepState::Pending;
@@ -1050,7 +1076,9 @@ impl Core {
                 id
             }
         };
-        let running: HashSet<u64> = held.into_iter().collect();
+        let held_order = held;
+        let running: HashSet<u64> = held_order.iter().copied().collect();
+        let mut resend_cancels: Vec<u64> = Vec::new();
         let mut stray = Vec::new();
         let mut forgotten = Vec::new();
         let info_json = serde_json::to_string(&info).unwrap_or_default();
@@ -1067,25 +1095,36 @@ impl Core {
                 p.tx = Some(tx.clone());
                 p.disconnected_at = None;
                 p.last_seen = Instant::now();
-                // Re-charge resources from the attempts the pilot really holds.
-                let held = p.held();
+                // Re-charge resources in the order the pilot runs them
+                // (`held` lists running, then queued, then finished attempts).
+                let ours: HashSet<u64> = p.held().into_iter().collect();
                 p.in_capacity.clear();
                 p.prefetched.clear();
                 p.used = Resources::NONE;
-                for a in held {
-                    if running.contains(&a) {
-                        let req = self.requests.get(&a).cloned().unwrap_or_default();
-                        match p.fitting_variant(&req) {
-                            Some(v) => {
-                                p.used.add(&v);
-                                p.in_capacity.insert(a, v);
-                            }
-                            None => p.prefetched.push_back(a),
-                        }
+                for &a in held_order.iter().filter(|a| ours.contains(a)) {
+                    let req = self.requests.get(&a).cloned().unwrap_or_default();
+                    let fit = if p.prefetched.is_empty() {
+                        p.fitting_variant(&req)
                     } else {
-                        forgotten.push(a);
+                        None
+                    };
+                    match fit {
+                        Some(v) => {
+                            p.used.add(&v);
+                            p.in_capacity.insert(a, v);
+                        }
+                        None => p.prefetched.push_back(a),
                     }
                 }
+                forgotten.extend(ours.iter().filter(|a| !running.contains(a)));
+                // Cancels sent while the pilot was away were dropped: send
+                // them again for attempts whose run has ended.
+                let ended = held_order.iter().filter(|a| {
+                    self.attempts
+                        .get(a)
+                        .is_some_and(|x| x.pilot == Some(id) && !self.runs.contains_key(&x.run))
+                });
+                resend_cancels.extend(ended);
             }
             None => {
                 if let Some(old) = pilot_id {
@@ -1117,6 +1156,7 @@ impl Core {
             // Dispatched but never received: place it again; not a try.
             self.requeue(a, "returned", "the pilot never received it");
         }
+        stray.extend(resend_cancels);
         if !stray.is_empty() {
             self.outbox.entry(id).or_default().cancels.extend(stray);
         }
@@ -1167,9 +1207,10 @@ impl Core {
                 }
             }
             FromPilot::Draining { reason } => {
-                if let Some(p) = self.pilots.get_mut(&pilot) {
-                    p.draining = true;
-                }
+                let Some(p) = self.pilots.get_mut(&pilot) else {
+                    return;
+                };
+                p.draining = true;
                 self.batch.ops.push(Op::PilotState {
                     id: pilot,
                     state: "draining",
@@ -1246,7 +1287,12 @@ impl Core {
         let run = self.runs.get_mut(&run_id).expect("active run");
         let spec = run.flow.steps[a.step].clone();
         let st = &mut run.steps[a.step];
+        if st.current != Some(id) {
+            // A superseded attempt (the run was retried meanwhile): recorded above, nothing more.
+            return;
+        }
         st.current = None;
+        let after_attempt = st.attempts;
         self.updated_runs.insert(run_id);
         match r.outcome {
             Outcome::Succeeded => {
@@ -1280,7 +1326,11 @@ impl Core {
                     let step = a.step;
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs_f64(delay)).await;
-                        let _ = me.send(CoreMsg::RetryDue { run: run_id, step });
+                        let _ = me.send(CoreMsg::RetryDue {
+                            run: run_id,
+                            step,
+                            after_attempt,
+                        });
                     });
                 } else {
                     st.state = StepState::Failed;
@@ -1432,9 +1482,13 @@ impl Core {
         for (id, why) in lost {
             tracing::warn!("pilot {id} lost: {why} within {timeout:?}");
             if let Some(tx) = self.pilots.get(&id).and_then(|p| p.tx.clone()) {
-                let _ = tx.send(vec![ToPilot::Refused {
+                let msg = ToPilot::Refused {
                     reason: format!("declared lost: {why}"),
-                }]);
+                };
+                // After the requeue is committed, like every other message.
+                self.batch.effects.push(Box::new(move || {
+                    let _ = tx.send(vec![msg]);
+                }));
             }
             self.lose_pilot(id, "lost", why);
         }
@@ -1466,7 +1520,13 @@ impl Core {
                     if !p.accepts(target, timeout, now) || !p.could_ever_run(req) {
                         continue;
                     }
-                    let fit = p.fitting_variant(req);
+                    // The pilot starts tasks in order: behind a prefetched
+                    // task, nothing starts in today's free resources.
+                    let fit = if p.prefetched.is_empty() {
+                        p.fitting_variant(req)
+                    } else {
+                        None
+                    };
                     if fit.is_none() && p.prefetched.len() >= p.info.prefetch as usize {
                         continue;
                     }
