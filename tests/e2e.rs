@@ -676,3 +676,77 @@ fn cli_validate_demo_and_local_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no server found"));
 }
+
+#[test]
+fn cancel_during_a_server_restart_still_stops_the_step() {
+    let env = Env::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bind = format!("127.0.0.1:{port}");
+    let (mut server, c) = env.server(&bind, &[]);
+    let _p = env.pilot("a", 2);
+    let flow = env.flow(
+        "hang",
+        r#"
+name = "hang"
+version = 1
+[[steps]]
+name = "hang"
+action = "shell"
+params = { script = "sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
+"#,
+    );
+    let rt = rt();
+    let (id, child) = rt.block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
+        let d = detail(&c, id).await;
+        let pid_file = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1/child.pid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                return (id, pid);
+            }
+            assert!(Instant::now() < deadline, "the step did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_server2, c2) = env.server(&bind, &[]);
+    rt.block_on(async {
+        // The pilot may or may not have reconnected yet: either way the step must stop.
+        let _: Value = c2
+            .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(child) {
+            assert!(
+                Instant::now() < deadline,
+                "the cancelled step still runs after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = detail(&c2, id).await;
+            if d.attempts[0].state == "cancelled" {
+                assert_eq!(d.run.state, "cancelled");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attempt state {}",
+                d.attempts[0].state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
