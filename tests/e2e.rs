@@ -81,6 +81,10 @@ impl Env {
     }
 
     fn pilot(&self, name: &str, cpus: u32) -> Proc {
+        self.pilot_with(name, cpus, &["--idle-timeout", "0s"])
+    }
+
+    fn pilot_with(&self, name: &str, cpus: u32, extra: &[&str]) -> Proc {
         let child = Command::new(BIN)
             .args([
                 "--home",
@@ -90,9 +94,8 @@ impl Env {
                 name,
                 "--cpus",
                 &cpus.to_string(),
-                "--idle-timeout",
-                "0s",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(self.log(&format!("pilot-{name}")))
             .spawn()
@@ -748,5 +751,94 @@ params = { script = "sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    });
+}
+
+fn exit_within(p: &mut Proc, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = p.0.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn an_idle_pilot_leaves_and_says_so() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let mut p = env.pilot_with("idle", 1, &["--idle-timeout", "1s"]);
+    let st = exit_within(&mut p, Duration::from_secs(15)).expect("the idle pilot did not exit");
+    assert!(st.success());
+    rt().block_on(async {
+        let pilots: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        assert_eq!(pilots[0]["state"], "left");
+        assert!(pilots[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("idle for 1s"));
+    });
+}
+
+#[test]
+fn a_pilot_near_its_walltime_takes_no_long_task_then_drains_and_leaves() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    // 6 s of walltime: a step that may take a minute must not be placed here.
+    let mut short = env.pilot_with(
+        "short",
+        2,
+        &[
+            "--idle-timeout",
+            "0s",
+            "--walltime",
+            "6s",
+            "--drain-margin",
+            "3s",
+        ],
+    );
+    let flow = env.flow(
+        "long",
+        r#"
+name = "long"
+version = 1
+[[steps]]
+name = "work"
+action = "shell"
+timeout = "60s"
+params = { script = "echo $BEAMFLOW_ATTEMPT_ID > {{ run.dir }}/ran" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let id = c.submit("long", None, vec![json!({})]).await.unwrap()[0];
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let d = detail(&c, id).await;
+        assert_eq!(
+            d.attempts[0].state, "ready",
+            "placed on a pilot without enough walltime left"
+        );
+        let _long = env.pilot("long", 2);
+        let runs = c
+            .wait(&[id], false, Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(runs[0].state, "succeeded");
+        let d = detail(&c, id).await;
+        let pilots: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        let long_id = pilots.iter().find(|p| p["name"] == "long").unwrap()["id"].as_u64();
+        assert_eq!(d.attempts[0].pilot_id, long_id);
+    });
+    let st = exit_within(&mut short, Duration::from_secs(15))
+        .expect("the pilot did not leave at its walltime");
+    assert!(st.success());
+    rt().block_on(async {
+        let pilots: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        let p = pilots.iter().find(|p| p["name"] == "short").unwrap();
+        assert_eq!(p["state"], "left", "{p}");
+        assert!(p["reason"].as_str().unwrap().contains("walltime"), "{p}");
     });
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -52,7 +54,9 @@ pub struct PilotOptions {
 }
 
 enum Ev {
-    Connected(mpsc::UnboundedSender<Vec<FromPilot>>),
+    /// A connection is up: where to send, and a signal raised once a frame
+    /// holding `bye` has been written.
+    Connected(mpsc::UnboundedSender<Vec<FromPilot>>, Arc<Notify>),
     Disconnected,
     Frame(Vec<ToPilot>),
     Done {
@@ -72,6 +76,7 @@ struct Pilot {
     info: PilotInfo,
     id: Option<u64>,
     out: Option<mpsc::UnboundedSender<Vec<FromPilot>>>,
+    said_bye: Option<Arc<Notify>>,
     ev: mpsc::UnboundedSender<Ev>,
     queue: VecDeque<TaskSpec>,
     running: HashMap<u64, Running>,
@@ -151,6 +156,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         info,
         id: None,
         out: None,
+        said_bye: None,
         ev: ev_tx,
         queue: VecDeque::new(),
         running: HashMap::new(),
@@ -183,6 +189,11 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => break p.shutdown("terminated").await,
         }
     };
+    // A `bye` was queued on every way out: let it reach the server, so the
+    // pilot is recorded as having left rather than as lost.
+    if let (Some(_), Some(flag)) = (&p.out, &p.said_bye) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), flag.notified()).await;
+    }
     conn.abort();
     tracing::info!("pilot exits after {} tasks", p.done);
     result
@@ -208,7 +219,8 @@ impl Pilot {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Connected(out) => {
+            Ev::Connected(out, said_bye) => {
+                self.said_bye = Some(said_bye);
                 let mut msgs = vec![FromPilot::Hello {
                     protocol: PROTOCOL_VERSION,
                     pilot_id: self.id,
@@ -447,7 +459,6 @@ impl Pilot {
         self.send(vec![FromPilot::Bye {
             reason: why.to_string(),
         }]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(())
     }
 }
@@ -463,7 +474,8 @@ async fn connection(url: String, token: String, ev: mpsc::UnboundedSender<Ev>) {
                 warned = false;
                 let (mut sink, mut stream) = ws.split();
                 let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<FromPilot>>();
-                if ev.send(Ev::Connected(out_tx)).is_err() {
+                let said_bye = Arc::new(Notify::new());
+                if ev.send(Ev::Connected(out_tx, said_bye.clone())).is_err() {
                     return;
                 }
                 let writer = tokio::spawn(async move {
@@ -472,11 +484,15 @@ async fn connection(url: String, token: String, ev: mpsc::UnboundedSender<Ev>) {
                             batch.extend(more);
                         }
                         coalesce(&mut batch);
+                        let bye = batch.iter().any(|m| matches!(m, FromPilot::Bye { .. }));
                         let Ok(text) = serde_json::to_string(&batch) else {
                             break;
                         };
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             break;
+                        }
+                        if bye {
+                            said_bye.notify_one();
                         }
                     }
                     let _ = sink.close().await;
