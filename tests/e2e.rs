@@ -140,6 +140,48 @@ fn lines(p: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A loopback address whose port is free now, so a restarted server can take it again.
+fn free_bind() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// Waits for a step to write a process id into `file`.
+async fn wait_pid(file: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not written: the step did not start",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the first attempt of run `id` is in `state`.
+async fn wait_first_attempt(c: &Client, id: u64, state: &str) -> RunDetail {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = detail(c, id).await;
+        if d.attempts[0].state == state {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt state {}, expected {state}",
+            d.attempts[0].state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const FOUR_STEPS: &str = r#"
 name = "four"
 version = 1
@@ -267,11 +309,7 @@ params = { script = "sleep 2; echo {{ task.attempt }} >> {{ run.dir }}/done" }
 #[test]
 fn server_killed_mid_burst_restarts_and_runs_everything_exactly_once() {
     let env = Env::new();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let bind = format!("127.0.0.1:{port}");
+    let bind = free_bind();
     let (mut server, c) = env.server(&bind, &[]);
     let _p1 = env.pilot("a", 2);
     let _p2 = env.pilot("b", 2);
@@ -420,20 +458,9 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
         let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
         let d = detail(&c, id).await;
         let task_dir = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (shell, child) = loop {
-            let s = std::fs::read_to_string(task_dir.join("shell.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            let k = std::fs::read_to_string(task_dir.join("child.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            if let (Some(s), Some(k)) = (s, k) {
-                break (s, k);
-            }
-            assert!(Instant::now() < deadline, "the step did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        // The script writes shell.pid before it starts the child.
+        let child = wait_pid(&task_dir.join("child.pid")).await;
+        let shell = wait_pid(&task_dir.join("shell.pid")).await;
         assert!(alive(shell) && alive(child));
         let _: Value = c
             .post(&format!("/api/runs/{id}/cancel"), &json!({}))
@@ -455,19 +482,7 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The pilot reports the attempt as cancelled.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let d = detail(&c, id).await;
-            if d.attempts[0].state == "cancelled" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "attempt state {}",
-                d.attempts[0].state
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_first_attempt(&c, id, "cancelled").await;
         // A second cancel is refused clearly.
         let err = c
             .post::<Value>(&format!("/api/runs/{id}/cancel"), &json!({}))
@@ -683,11 +698,7 @@ fn cli_validate_demo_and_local_run() {
 #[test]
 fn cancel_during_a_server_restart_still_stops_the_step() {
     let env = Env::new();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let bind = format!("127.0.0.1:{port}");
+    let bind = free_bind();
     let (mut server, c) = env.server(&bind, &[]);
     let _p = env.pilot("a", 2);
     let flow = env.flow(
@@ -708,17 +719,7 @@ params = { script = "sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
         let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
         let d = detail(&c, id).await;
         let pid_file = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1/child.pid");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                return (id, pid);
-            }
-            assert!(Instant::now() < deadline, "the step did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        (id, wait_pid(&pid_file).await)
     });
     server.kill9();
     std::thread::sleep(Duration::from_millis(300));
@@ -737,20 +738,8 @@ params = { script = "sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let d = detail(&c2, id).await;
-            if d.attempts[0].state == "cancelled" {
-                assert_eq!(d.run.state, "cancelled");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "attempt state {}",
-                d.attempts[0].state
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let d = wait_first_attempt(&c2, id, "cancelled").await;
+        assert_eq!(d.run.state, "cancelled");
     });
 }
 
