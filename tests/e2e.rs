@@ -831,3 +831,82 @@ params = { script = "echo $BEAMFLOW_ATTEMPT_ID > {{ run.dir }}/ran" }
         assert!(p["reason"].as_str().unwrap().contains("walltime"), "{p}");
     });
 }
+
+#[test]
+fn a_silent_pilot_is_declared_lost_and_its_task_runs_elsewhere() {
+    let env = Env::new();
+    let (_server, c) = env.server(
+        "127.0.0.1:0",
+        &["--pilot-timeout", "2s", "--heartbeat", "0.3s"],
+    );
+    let frozen = env.pilot("frozen", 1);
+    let flow = env.flow(
+        "mark",
+        r#"
+name = "mark"
+version = 1
+[[steps]]
+name = "work"
+action = "shell"
+params = { script = "echo $$ > {{ task.dir }}/pid; sleep 6; echo {{ task.attempt }} >> {{ run.dir }}/done" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        let id = c.submit("mark", None, vec![json!({})]).await.unwrap()[0];
+        let d = detail(&c, id).await;
+        wait_pid(&PathBuf::from(&d.run.dir).join("steps/work/attempt-1/pid")).await;
+        // The connection stays open but the pilot says nothing: only the heartbeat can tell.
+        let pid = frozen.0.id() as i32;
+        // SAFETY: signals to our own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let _other = env.pilot("other", 1);
+        // Its shell step keeps running (own process group); once the server
+        // has given up on the pilot, wake the pilot while that step still runs.
+        wait_first_attempt(&c, id, "lost").await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let runs = c
+            .wait(&[id], false, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(runs[0].state, "succeeded");
+        let d = detail(&c, id).await;
+        assert_eq!(d.attempts.len(), 2);
+        assert_eq!(d.attempts[0].state, "lost");
+        assert!(
+            d.attempts[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("heartbeat timed out"),
+            "{:?}",
+            d.attempts[0].error
+        );
+        assert!(!d.attempts[0].counts_retry);
+        assert_eq!(d.attempts[1].state, "succeeded");
+        // Woken up, the stale pilot learns it was declared lost, stops the old
+        // attempt and registers afresh: the step's output is written once.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = std::fs::read_to_string(PathBuf::from(&d.run.dir).join("done")).unwrap();
+        assert_eq!(
+            done.lines().collect::<Vec<_>>(),
+            vec!["2"],
+            "the lost attempt must not finish"
+        );
+        let pilots: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        let states: Vec<(&str, &str)> = pilots
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["state"].as_str().unwrap()))
+            .collect();
+        assert!(states.contains(&("frozen", "lost")), "{states:?}");
+        assert!(
+            states
+                .iter()
+                .filter(|(n, s)| *n == "frozen" && *s == "connected")
+                .count()
+                == 1,
+            "{states:?}"
+        );
+    });
+}
