@@ -405,7 +405,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "resources",
                     "targets",
                     "batch job",
-                    "last seen",
+                    "since",
                 ]);
                 for p in &rows {
                     let info: crate::protocol::PilotInfo =
@@ -418,7 +418,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         info.resources.to_string(),
                         info.targets.join(","),
                         info.batch_job.unwrap_or_default(),
-                        fmt_ts(p.last_seen_us),
+                        fmt_ts(p.connected_us),
                     ]);
                 }
                 println!("{t}");

@@ -167,7 +167,7 @@ impl Client {
             ));
         }
         let mut stream = resp.bytes_stream();
-        let bar = progress.then(|| progress_bar(ids.len()));
+        let bar = progress.then(|| progress_bar(ids));
         // Runs known to have finished (from the stream or a read); their rows
         // are read once at the end, not on every update.
         let mut finished: HashSet<u64> = HashSet::new();
@@ -259,8 +259,12 @@ fn is_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
-fn progress_bar(n: usize) -> indicatif::ProgressBar {
+fn progress_bar(ids: &[u64]) -> indicatif::ProgressBar {
+    let n = ids.len();
     let bar = indicatif::ProgressBar::new(0);
+    if n == 1 {
+        bar.set_message(ids[0].to_string());
+    }
     let style = if n == 1 {
         "{spinner} run {msg} [{bar:30}] {pos}/{len} steps {elapsed}"
     } else {

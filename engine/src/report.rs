@@ -162,15 +162,23 @@ pub fn table(t: &RunTiming) -> Table {
             Cell::new(pct(s.overhead_s, s.total_s)).set_alignment(CellAlignment::Right),
         ]);
     }
+    // A category no step belongs to stays blank rather than showing 0.
+    let total_of = |c: &str, v: f64| {
+        if t.steps.iter().any(|s| s.category == c) {
+            fmt_secs(v)
+        } else {
+            String::new()
+        }
+    };
     table.add_row(vec![
         Cell::new("run total"),
         Cell::new(""),
         Cell::new(&t.state),
         Cell::new(""),
         Cell::new(""),
-        Cell::new(fmt_secs(t.transfer_s)).set_alignment(CellAlignment::Right),
-        Cell::new(fmt_secs(t.compute_s)).set_alignment(CellAlignment::Right),
-        Cell::new(fmt_secs(t.publish_s)).set_alignment(CellAlignment::Right),
+        Cell::new(total_of("transfer", t.transfer_s)).set_alignment(CellAlignment::Right),
+        Cell::new(total_of("compute", t.compute_s)).set_alignment(CellAlignment::Right),
+        Cell::new(total_of("publish", t.publish_s)).set_alignment(CellAlignment::Right),
         Cell::new(fmt_secs(t.overhead_s)).set_alignment(CellAlignment::Right),
         Cell::new(pct(t.overhead_s, t.total_s)).set_alignment(CellAlignment::Right),
     ]);

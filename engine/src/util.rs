@@ -30,6 +30,8 @@ pub fn fmt_ts(us: i64) -> String {
 
 /// Seconds, printed to a precision that suits their size.
 pub fn fmt_secs(s: f64) -> String {
+    // An empty f64 sum is -0.0; time is never negative.
+    let s = s.max(0.0);
     if !s.is_finite() {
         "-".to_string()
     } else if s < 0.001 {
