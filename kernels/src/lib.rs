@@ -12,5 +12,7 @@
 
 pub mod builtin;
 pub mod registry;
+pub mod synthetic;
+pub mod xpcs;
 
 pub use registry::{find, kernels, Kernel, KernelContext, KernelError};

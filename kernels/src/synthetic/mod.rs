@@ -1,0 +1,3 @@
+//! Synthetic data with known truth, for tests, the demo and benchmarks.
+
+pub mod xpcs;

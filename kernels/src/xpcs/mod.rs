@@ -1,0 +1,12 @@
+//! X-ray photon correlation spectroscopy: multi-tau g2 from a stream of
+//! detector frames, binned in q with the symmetric normalisation of the APS
+//! "XPCS Boost" reference, so results agree with it bin for bin.
+
+pub mod delays;
+pub mod fit;
+pub mod multitau;
+pub mod qbin;
+
+pub use delays::{delay_grid, Delay};
+pub use multitau::{Multitau, PixelSums};
+pub use qbin::{G2Result, QMap};
