@@ -4,6 +4,7 @@
 
 pub mod delays;
 pub mod fit;
+pub mod io;
 pub mod multitau;
 pub mod qbin;
 
