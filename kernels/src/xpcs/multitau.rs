@@ -108,8 +108,13 @@ impl Tile {
         }
         if lv.has_pending {
             lv.has_pending = false;
-            let pair: Vec<f32> = lv.pending.iter().zip(frame).map(|(a, b)| a + b).collect();
+            // Sum the pair in place: no allocation per promoted frame.
+            for (a, &b) in lv.pending.iter_mut().zip(frame) {
+                *a += b;
+            }
+            let pair = std::mem::take(&mut lv.pending);
             self.push(level + 1, &pair);
+            self.levels[level].pending = pair;
         } else {
             lv.pending.copy_from_slice(frame);
             lv.has_pending = true;
