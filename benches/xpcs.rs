@@ -9,7 +9,7 @@ use beamflow_kernels::xpcs::Multitau;
 fn multitau(c: &mut Criterion) {
     let mut g = c.benchmark_group("xpcs_multitau");
     g.sample_size(10);
-    for (side, frames) in [(512usize, 200usize)] {
+    for (side, frames) in [(512usize, 200usize), (1024, 50)] {
         let pixels = side * side;
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // Sparse low counts, like a speckle pattern at ~1 photon/pixel/frame.
