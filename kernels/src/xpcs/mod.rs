@@ -7,6 +7,7 @@ pub mod fit;
 pub mod io;
 pub mod multitau;
 pub mod qbin;
+pub mod scattering;
 
 pub use delays::{delay_grid, Delay};
 pub use multitau::{Multitau, PixelSums};

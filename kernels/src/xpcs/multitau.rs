@@ -130,6 +130,10 @@ pub struct PixelSums {
     pub ip: Array2<f64>,
     pub if_: Array2<f64>,
     pub frames: u64,
+    /// Mean of each pixel over all frames (what the average SAXS image shows).
+    pub mean: Vec<f64>,
+    /// Mean over the pixels of each frame, in frame order.
+    pub intensity_vs_time: Vec<f64>,
 }
 
 /// A multi-tau correlator over `pixels` values per frame, for `frames` frames.
@@ -139,6 +143,7 @@ pub struct Multitau {
     pixels: usize,
     tiles: Vec<Tile>,
     seen: u64,
+    intensity: Vec<f64>,
 }
 
 impl Multitau {
@@ -154,6 +159,7 @@ impl Multitau {
             pixels,
             tiles,
             seen: 0,
+            intensity: Vec::with_capacity(frames as usize),
         }
     }
 
@@ -179,6 +185,11 @@ impl Multitau {
             ));
         }
         let pixels = self.pixels;
+        self.intensity.extend(
+            chunk
+                .chunks_exact(pixels)
+                .map(|f| f.iter().map(|&x| f64::from(x)).sum::<f64>() / pixels as f64),
+        );
         self.tiles.par_iter_mut().enumerate().for_each(|(i, tile)| {
             let start = i * TILE;
             for f in chunk.chunks_exact(pixels) {
@@ -201,9 +212,13 @@ impl Multitau {
         let mut g2 = Array2::<f64>::zeros((t, self.pixels));
         let mut ip = Array2::<f64>::zeros((t, self.pixels));
         let mut if_ = Array2::<f64>::zeros((t, self.pixels));
+        let mut mean = vec![0f64; self.pixels];
         for (i, tile) in self.tiles.iter().enumerate() {
             let w = tile.width;
             let start = i * TILE;
+            for (m, &s) in mean[start..start + w].iter_mut().zip(&tile.levels[0].sum) {
+                *m = s / self.frames as f64;
+            }
             for lv in &tile.levels {
                 let n_l = lv.count as usize;
                 for (j, &(tid, k)) in lv.delays.iter().enumerate() {
@@ -234,6 +249,8 @@ impl Multitau {
             ip,
             if_,
             frames: self.frames,
+            mean,
+            intensity_vs_time: self.intensity,
         })
     }
 }
