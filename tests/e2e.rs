@@ -146,6 +146,15 @@ fn free_bind() -> String {
     format!("127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
+/// With one pilot connected, registers `flow` and starts one run of it
+/// with empty input.
+async fn start_one(c: &Client, flow: &Path) -> RunDetail {
+    wait_pilots(c, 1).await;
+    let (name, _, _) = c.register(flow).await.unwrap();
+    let id = c.submit(&name, None, vec![json!({})]).await.unwrap()[0];
+    detail(c, id).await
+}
+
 /// Waits for a step to write a process id into `file`.
 async fn wait_pid(file: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -453,10 +462,8 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
 "#,
     );
     rt().block_on(async {
-        wait_pilots(&c, 1).await;
-        c.register(&flow).await.unwrap();
-        let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
-        let d = detail(&c, id).await;
+        let d = start_one(&c, &flow).await;
+        let id = d.run.id;
         let task_dir = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1");
         // The script writes shell.pid before it starts the child.
         let child = wait_pid(&task_dir.join("child.pid")).await;
@@ -714,10 +721,8 @@ params = { script = "sleep 300 & echo $! > {{ task.dir }}/child.pid; wait" }
     );
     let rt = rt();
     let (id, child) = rt.block_on(async {
-        wait_pilots(&c, 1).await;
-        c.register(&flow).await.unwrap();
-        let id = c.submit("hang", None, vec![json!({})]).await.unwrap()[0];
-        let d = detail(&c, id).await;
+        let d = start_one(&c, &flow).await;
+        let id = d.run.id;
         let pid_file = PathBuf::from(&d.run.dir).join("steps/hang/attempt-1/child.pid");
         (id, wait_pid(&pid_file).await)
     });
@@ -801,9 +806,8 @@ params = { script = "echo $BEAMFLOW_ATTEMPT_ID > {{ run.dir }}/ran" }
 "#,
     );
     rt().block_on(async {
-        wait_pilots(&c, 1).await;
-        c.register(&flow).await.unwrap();
-        let id = c.submit("long", None, vec![json!({})]).await.unwrap()[0];
+        let d = start_one(&c, &flow).await;
+        let id = d.run.id;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let d = detail(&c, id).await;
         assert_eq!(
@@ -852,10 +856,8 @@ params = { script = "echo $$ > {{ task.dir }}/pid; sleep 6; echo {{ task.attempt
 "#,
     );
     rt().block_on(async {
-        wait_pilots(&c, 1).await;
-        c.register(&flow).await.unwrap();
-        let id = c.submit("mark", None, vec![json!({})]).await.unwrap()[0];
-        let d = detail(&c, id).await;
+        let d = start_one(&c, &flow).await;
+        let id = d.run.id;
         wait_pid(&PathBuf::from(&d.run.dir).join("steps/work/attempt-1/pid")).await;
         // The connection stays open but the pilot says nothing: only the heartbeat can tell.
         let pid = frozen.0.id() as i32;

@@ -140,6 +140,18 @@ struct Step {
     current: Option<u64>,
 }
 
+impl Step {
+    fn pending() -> Self {
+        Step {
+            state: StepState::Pending,
+            attempts: 0,
+            failures: 0,
+            outputs: Value::Null,
+            current: None,
+        }
+    }
+}
+
 struct Run {
     id: u64,
     flow: Arc<FlowSpec>,
@@ -183,6 +195,21 @@ struct Pilot {
 }
 
 impl Pilot {
+    /// A pilot holding nothing yet; `tx` is `None` while it is disconnected.
+    fn new(info: PilotInfo, conn: u64, tx: Option<mpsc::UnboundedSender<Vec<ToPilot>>>) -> Self {
+        Pilot {
+            disconnected_at: tx.is_none().then(Instant::now),
+            info,
+            conn,
+            tx,
+            last_seen: Instant::now(),
+            draining: false,
+            used: Resources::NONE,
+            in_capacity: HashMap::new(),
+            prefetched: VecDeque::new(),
+        }
+    }
+
     /// Every attempt placed on this pilot, in or beyond capacity.
     fn held(&self) -> Vec<u64> {
         self.in_capacity
@@ -356,17 +383,7 @@ impl Core {
             input: row.input,
             dir: row.dir,
             running: row.state == "running",
-            steps: flow
-                .steps
-                .iter()
-                .map(|_| Step {
-                    state: StepState::Pending,
-                    attempts: 0,
-                    failures: 0,
-                    outputs: Value::Null,
-                    current: None,
-                })
-                .collect(),
+            steps: flow.steps.iter().map(|_| Step::pending()).collect(),
         };
         let mut live: Vec<AttemptRow> = Vec::new();
         for a in atts {
@@ -449,8 +466,8 @@ impl Core {
                 }
                 (_, Some(p)) => {
                     // Placeholder until the pilot reconnects or its grace runs out.
-                    let pilot = self.pilots.entry(p).or_insert_with(|| Pilot {
-                        info: PilotInfo {
+                    let pilot = self.pilots.entry(p).or_insert_with(|| {
+                        let info = PilotInfo {
                             name: format!("pilot-{p}"),
                             host: String::new(),
                             resources: Resources::NONE,
@@ -460,15 +477,8 @@ impl Core {
                             batch_job: None,
                             prefetch: 0,
                             version: String::new(),
-                        },
-                        conn: 0,
-                        tx: None,
-                        last_seen: Instant::now(),
-                        disconnected_at: Some(Instant::now()),
-                        draining: false,
-                        used: Resources::NONE,
-                        in_capacity: HashMap::new(),
-                        prefetched: VecDeque::new(),
+                        };
+                        Pilot::new(info, 0, None)
                     });
                     pilot.in_capacity.insert(a.id, Resources::NONE);
                 }
@@ -667,17 +677,7 @@ impl Core {
                 state: "queued",
                 at: now,
             });
-            let steps = flow
-                .steps
-                .iter()
-                .map(|_| Step {
-                    state: StepState::Pending,
-                    attempts: 0,
-                    failures: 0,
-                    outputs: Value::Null,
-                    current: None,
-                })
-                .collect();
+            let steps = flow.steps.iter().map(|_| Step::pending()).collect();
             self.runs.insert(
                 id,
                 Run {
@@ -1130,20 +1130,8 @@ impl Core {
                 if let Some(old) = pilot_id {
                     tracing::info!("pilot {old} ({name}) is unknown or was declared lost; registered as pilot {id}");
                 }
-                self.pilots.insert(
-                    id,
-                    Pilot {
-                        info,
-                        conn,
-                        tx: Some(tx.clone()),
-                        last_seen: Instant::now(),
-                        disconnected_at: None,
-                        draining: false,
-                        used: Resources::NONE,
-                        in_capacity: HashMap::new(),
-                        prefetched: VecDeque::new(),
-                    },
-                );
+                self.pilots
+                    .insert(id, Pilot::new(info, conn, Some(tx.clone())));
             }
         }
         // Attempts the pilot runs that are no longer its own: stop them.

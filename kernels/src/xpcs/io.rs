@@ -94,31 +94,27 @@ impl RawFile {
                 .flat_map(|f| pixels.iter().map(move |&p| f[p]))
                 .collect()
         };
-        let e = |e: hdf5::Error| err(&self.path, RAW_DATASET, e);
         let flat: Vec<f32> = match self.pixel {
-            Pixel::U8 => self
-                .ds
-                .read_slice::<u8, _, ndarray::Ix3>(sel)
-                .map_err(e)?
-                .iter()
-                .map(|&x| f32::from(x))
-                .collect(),
-            Pixel::U16 => self
-                .ds
-                .read_slice::<u16, _, ndarray::Ix3>(sel)
-                .map_err(e)?
-                .iter()
-                .map(|&x| f32::from(x))
-                .collect(),
-            Pixel::U32 => self
-                .ds
-                .read_slice::<u32, _, ndarray::Ix3>(sel)
-                .map_err(e)?
-                .iter()
-                .map(|&x| x as f32)
-                .collect(),
+            Pixel::U8 => self.slab::<u8>(sel, f32::from)?,
+            Pixel::U16 => self.slab::<u16>(sel, f32::from)?,
+            Pixel::U32 => self.slab::<u32>(sel, |x| x as f32)?,
         };
         Ok(gather(&flat))
+    }
+}
+
+impl RawFile {
+    /// One hyperslab in the stored pixel type, converted to f32.
+    fn slab<T: hdf5::H5Type + Copy>(
+        &self,
+        sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>,
+        to_f32: impl Fn(T) -> f32,
+    ) -> Result<Vec<f32>, String> {
+        let a = self
+            .ds
+            .read_slice::<T, _, ndarray::Ix3>(sel)
+            .map_err(|e| err(&self.path, RAW_DATASET, e))?;
+        Ok(a.iter().map(|&x| to_f32(x)).collect())
     }
 }
 
