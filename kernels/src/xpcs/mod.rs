@@ -5,6 +5,7 @@
 pub mod delays;
 pub mod fit;
 pub mod io;
+mod lanes;
 pub mod multitau;
 pub mod qbin;
 pub mod scattering;
