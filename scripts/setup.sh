@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# beamflow developer setup: system packages, Python venv (torch/onnxruntime),
-# and .cache/env.sh (sourced by the Makefile as `. .cache/env.sh`).
+# beamflow developer setup: system packages, Python venv (torch/onnxruntime,
+# xpcs-viewer/h5py), and .cache/env.sh (sourced by the Makefile as `. .cache/env.sh`).
 #
 # Idempotent and fast when nothing is missing.
 #   scripts/setup.sh               full setup
@@ -20,15 +20,27 @@ APT_PACKAGES=(
   openmpi-bin
   libsqlite3-dev
   ca-certificates
+  fonts-dejavu-core   # the font for plots (g2 curves)
   python3-venv   # only needed if the venv is built from Debian's /usr/bin/python3
 )
 TORCH_VERSION="2.13.0"
 ONNXRUNTIME_VERSION="1.32.0"
 NUMPY_VERSION="2.4.6"
+# pyXPCSViewer's headless data model (tests/xpcs/check_viewer.py). It pulls
+# PySide6, pyqtgraph, scipy, matplotlib, scikit-learn (~1.1 GB); PySide6 is
+# pinned too, being the largest. XpcsFile never imports Qt, so no apt libraries
+# are needed for it (the GUI itself would want libgl1 libegl1 libxkbcommon0
+# libfontconfig1 libglib2.0-0 libdbus-1-3).
+XPCS_VIEWER_VERSION="1.2.2"
+PYSIDE6_VERSION="6.12.0"
+H5PY_VERSION="3.16.0"
 PY_REQUIREMENTS=(
   "torch==${TORCH_VERSION}"
   "onnxruntime==${ONNXRUNTIME_VERSION}"
   "numpy==${NUMPY_VERSION}"
+  "xpcs-viewer==${XPCS_VIEWER_VERSION}"
+  "PySide6==${PYSIDE6_VERSION}"
+  "h5py==${H5PY_VERSION}"
 )
 # -----------------------------------------------------------------------------
 
@@ -150,6 +162,10 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q \
     "${PY_REQUIREMENTS[@]}" || die "pip install failed"
   "$VENV/bin/python" -c 'import torch, onnxruntime, numpy' || die "venv import check failed"
+  # pyXPCSViewer's data model must import without a display
+  QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -c \
+    'import h5py; from pyxpcsviewer.core.xpcs_file import XpcsFile' \
+    || die "venv import check failed (pyxpcsviewer XpcsFile, headless)"
   printf '%s\n' "$want" >"$STAMP"
   log "venv ok (torch $TORCH_VERSION, installed)"
 }

@@ -10,6 +10,11 @@
 //! JSON object of outputs, so that later steps can reference
 //! `steps.NAME.outputs.KEY` without the engine knowing the kernel's types.
 
+// The system OpenBLAS (libopenblas-dev) provides the cblas routines the
+// two-time correlation calls.
+#[link(name = "openblas")]
+unsafe extern "C" {}
+
 pub mod builtin;
 pub mod registry;
 pub mod synthetic;

@@ -9,6 +9,7 @@ mod lanes;
 pub mod multitau;
 pub mod qbin;
 pub mod scattering;
+pub mod twotime;
 
 pub use delays::{delay_grid, Delay};
 pub use multitau::{Multitau, PixelSums};
