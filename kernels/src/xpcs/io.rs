@@ -73,9 +73,8 @@ impl RawFile {
         })
     }
 
-    /// Frames `start..start + count`, only the detector pixels `pixels`
-    /// (flat indices), as f32 in frame-major order.
-    pub fn read(&self, start: usize, count: usize, pixels: &[usize]) -> Result<Vec<f32>, String> {
+    /// Frames `start..start + count`, whole, in the stored count type.
+    pub fn read_frames(&self, start: usize, count: usize) -> Result<Frames, String> {
         if start + count > self.frames {
             return Err(err(
                 &self.path,
@@ -87,34 +86,48 @@ impl RawFile {
                 ),
             ));
         }
-        let sel = s![start..start + count, .., ..];
-        let gather = |flat: &[f32]| -> Vec<f32> {
-            let px = self.height * self.width;
-            flat.chunks_exact(px)
-                .flat_map(|f| pixels.iter().map(move |&p| f[p]))
-                .collect()
-        };
-        let flat: Vec<f32> = match self.pixel {
-            Pixel::U8 => self.slab::<u8>(sel, f32::from)?,
-            Pixel::U16 => self.slab::<u16>(sel, f32::from)?,
-            Pixel::U32 => self.slab::<u32>(sel, |x| x as f32)?,
-        };
-        Ok(gather(&flat))
+        Ok(match self.pixel {
+            Pixel::U8 => Frames::U8(self.slab(start, count)?),
+            Pixel::U16 => Frames::U16(self.slab(start, count)?),
+            Pixel::U32 => Frames::U32(self.slab(start, count)?),
+        })
+    }
+
+    /// Frames `start..start + count`, only the detector pixels `pixels`
+    /// (flat indices), as f32 in frame-major order.
+    pub fn read(&self, start: usize, count: usize, pixels: &[usize]) -> Result<Vec<f32>, String> {
+        let px = self.height * self.width;
+        let frames = self.read_frames(start, count)?;
+        Ok((0..count)
+            .flat_map(|t| pixels.iter().map(move |&p| t * px + p))
+            .map(|i| frames.get(i))
+            .collect())
+    }
+
+    fn slab<T: hdf5::H5Type + Copy>(&self, start: usize, count: usize) -> Result<Vec<T>, String> {
+        let a = self
+            .ds
+            .read_slice::<T, _, ndarray::Ix3>(s![start..start + count, .., ..])
+            .map_err(|e| err(&self.path, RAW_DATASET, e))?;
+        Ok(a.into_raw_vec_and_offset().0)
     }
 }
 
-impl RawFile {
-    /// One hyperslab in the stored pixel type, converted to f32.
-    fn slab<T: hdf5::H5Type + Copy>(
-        &self,
-        sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>,
-        to_f32: impl Fn(T) -> f32,
-    ) -> Result<Vec<f32>, String> {
-        let a = self
-            .ds
-            .read_slice::<T, _, ndarray::Ix3>(sel)
-            .map_err(|e| err(&self.path, RAW_DATASET, e))?;
-        Ok(a.iter().map(|&x| to_f32(x)).collect())
+/// Whole frames in the file's count type, frame-major.
+pub enum Frames {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl Frames {
+    /// Value `i` as f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Frames::U8(v) => f32::from(v[i]),
+            Frames::U16(v) => f32::from(v[i]),
+            Frames::U32(v) => v[i] as f32,
+        }
     }
 }
 
