@@ -3,10 +3,11 @@
 //! pySimpleMask. Writers for both let the synthetic generator produce files
 //! the reference tools read. Every error names the file and the dataset.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use hdf5::types::{IntSize, TypeDescriptor};
-use ndarray::{s, Array2, Array3};
+use hdf5::types::{FixedAscii, IntSize, TypeDescriptor, VarLenUnicode};
+use ndarray::{s, Array2};
 
 use super::QMap;
 
@@ -25,7 +26,7 @@ enum Pixel {
 
 /// An open raw-data file.
 pub struct RawFile {
-    path: std::path::PathBuf,
+    path: PathBuf,
     ds: hdf5::Dataset,
     pixel: Pixel,
     pub frames: usize,
@@ -71,6 +72,10 @@ impl RawFile {
             height,
             width,
         })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Frames `start..start + count`, whole, in the stored count type.
@@ -131,8 +136,35 @@ impl Frames {
     }
 }
 
+/// Detector geometry as pySimpleMask stores it next to the partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Geometry {
+    /// Beam centre, pixels (column, row).
+    pub beam_center_x: f64,
+    pub beam_center_y: f64,
+    /// Pixel pitch, metres.
+    pub pixel_size: f64,
+    /// Sample to detector, metres.
+    pub detector_distance: f64,
+    pub energy_kev: f64,
+}
+
+/// A qmap file's content: the partition the kernels use plus what the
+/// viewer needs to label it. Bins are numbered 1.. over the non-empty bins
+/// of a linear q grid; `*_mapping[k]` is the grid index of bin k + 1.
+#[derive(Clone, Debug)]
+pub struct QMapFile {
+    pub qmap: QMap,
+    pub geometry: Geometry,
+    pub static_centres: Vec<f64>,
+    pub static_mapping: Vec<i64>,
+    pub dynamic_centres: Vec<f64>,
+    pub dynamic_mapping: Vec<i64>,
+}
+
 /// Reads `/qmap`: the dynamic and static maps and the mask are required and
-/// must share one (H, W) shape; bin q values are read when present.
+/// must share one (H, W) shape. Bin q values come from the v-lists through
+/// the index mappings when present (n_phi = 1 assumed for q values).
 pub fn read_qmap(path: &Path) -> Result<QMap, String> {
     let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
     let read_map = |name: &str| -> Result<Array2<u32>, String> {
@@ -163,10 +195,24 @@ pub fn read_qmap(path: &Path) -> Result<QMap, String> {
             ));
         }
     }
-    let values = |name: &str| -> Vec<f64> {
-        file.dataset(&format!("/qmap/{name}"))
-            .and_then(|d| d.read_raw::<f64>())
-            .unwrap_or_default()
+    let bin_q = |kind: &str| -> Vec<f64> {
+        let read = |name: &str| file.dataset(&format!("/qmap/{kind}_{name}")).ok();
+        let centres = read("v_list_dim0")
+            .and_then(|d| d.read_raw::<f64>().ok())
+            .unwrap_or_default();
+        let n_phi = read("v_list_dim1").map(|d| d.size().max(1)).unwrap_or(1);
+        match read("index_mapping").and_then(|d| d.read_raw::<i64>().ok()) {
+            Some(m) => m
+                .iter()
+                .map(|&i| {
+                    centres
+                        .get(i.max(0) as usize / n_phi)
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+            None => centres,
+        }
     };
     let (height, width) = dq.dim();
     Ok(QMap {
@@ -175,12 +221,83 @@ pub fn read_qmap(path: &Path) -> Result<QMap, String> {
         mask: mask.iter().map(|&m| u8::from(m != 0)).collect(),
         sqmap: sq.iter().copied().collect(),
         dqmap: dq.iter().copied().collect(),
-        sq_values: values("static_v_list_dim0"),
-        dq_values: values("dynamic_v_list_dim0"),
+        sq_values: bin_q("static"),
+        dq_values: bin_q("dynamic"),
     })
 }
 
-/// Writes frames as `/entry/data/data`, uint16 (N, H, W).
+/// Writes frames to `/entry/data/data`, uint16 (N, H, W), one chunk per
+/// frame, as they are produced: memory is bounded by what `append` gets.
+pub struct RawWriter {
+    path: PathBuf,
+    ds: hdf5::Dataset,
+    frames: usize,
+    written: usize,
+    frame_len: usize,
+}
+
+impl RawWriter {
+    pub fn create(path: &Path, frames: usize, height: usize, width: usize) -> Result<Self, String> {
+        let file = hdf5::File::create(path).map_err(|e| err(path, "cannot create", e))?;
+        let ds = file
+            .create_group("entry")
+            .and_then(|g| g.create_group("data"))
+            .and_then(|g| {
+                g.new_dataset::<u16>()
+                    .chunk((1, height, width))
+                    .shape((frames, height, width))
+                    .create("data")
+            })
+            .map_err(|e| err(path, RAW_DATASET, e))?;
+        Ok(RawWriter {
+            path: path.to_path_buf(),
+            ds,
+            frames,
+            written: 0,
+            frame_len: height * width,
+        })
+    }
+
+    /// Appends whole frames (frame-major).
+    pub fn append(&mut self, data: &[u16]) -> Result<(), String> {
+        let n = data.len() / self.frame_len.max(1);
+        if n * self.frame_len != data.len() || self.written + n > self.frames {
+            return Err(err(
+                &self.path,
+                RAW_DATASET,
+                format!(
+                    "cannot append {} values: frames hold {} each and {} of {} are written",
+                    data.len(),
+                    self.frame_len,
+                    self.written,
+                    self.frames
+                ),
+            ));
+        }
+        let shape = self.ds.shape();
+        let view = ndarray::ArrayView3::from_shape((n, shape[1], shape[2]), data)
+            .map_err(|e| err(&self.path, RAW_DATASET, e))?;
+        self.ds
+            .write_slice(view, s![self.written..self.written + n, .., ..])
+            .map_err(|e| err(&self.path, RAW_DATASET, e))?;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Checks every frame was written and closes the file.
+    pub fn finish(self) -> Result<(), String> {
+        if self.written != self.frames {
+            return Err(err(
+                &self.path,
+                RAW_DATASET,
+                format!("{} of {} frames written", self.written, self.frames),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes whole frames in one call (small test data).
 pub fn write_raw(
     path: &Path,
     frames: &[u16],
@@ -188,29 +305,51 @@ pub fn write_raw(
     height: usize,
     width: usize,
 ) -> Result<(), String> {
-    let arr = Array3::from_shape_vec((n, height, width), frames.to_vec())
-        .map_err(|e| err(path, RAW_DATASET, e))?;
-    let file = hdf5::File::create(path).map_err(|e| err(path, "cannot create", e))?;
-    let group = file
-        .create_group("entry")
-        .and_then(|g| g.create_group("data"))
-        .map_err(|e| err(path, "/entry/data", e))?;
-    group
-        .new_dataset_builder()
-        .chunk((1, height, width))
-        .with_data(&arr)
-        .create("data")
-        .map_err(|e| err(path, RAW_DATASET, e))?;
-    Ok(())
+    let mut w = RawWriter::create(path, n, height, width)?;
+    w.append(frames)?;
+    w.finish()
 }
 
-/// Writes the qmap datasets the reference and the viewer read.
-pub fn write_qmap(path: &Path, q: &QMap) -> Result<(), String> {
+fn scalar<T: hdf5::H5Type>(g: &hdf5::Group, path: &Path, name: &str, v: T) -> Result<(), String> {
+    g.new_dataset::<T>()
+        .create(name)
+        .and_then(|d| d.write_scalar(&v))
+        .map_err(|e| err(path, &format!("{}/{name}", g.name()), e))
+}
+
+fn text(g: &hdf5::Group, path: &Path, name: &str, v: &str) -> Result<(), String> {
+    let v = VarLenUnicode::from_str(v).map_err(|e| err(path, name, e))?;
+    scalar(g, path, name, v)
+}
+
+fn vector<T: hdf5::H5Type>(
+    g: &hdf5::Group,
+    path: &Path,
+    name: &str,
+    v: &[T],
+) -> Result<(), String> {
+    g.new_dataset_builder()
+        .with_data(v)
+        .create(name)
+        .map(|_| ())
+        .map_err(|e| err(path, &format!("{}/{name}", g.name()), e))
+}
+
+fn group(parent: &hdf5::Group, path: &Path, name: &str) -> Result<hdf5::Group, String> {
+    parent
+        .group(name)
+        .or_else(|_| parent.create_group(name))
+        .map_err(|e| err(path, &format!("{}/{name}", parent.name()), e))
+}
+
+/// Writes the `/qmap` group as pySimpleMask does: the maps the correlator
+/// reads plus the geometry, bin centres, index mappings and labels the
+/// viewer reads, and a `hash` attribute identifying the partition.
+pub fn write_qmap(path: &Path, q: &QMapFile) -> Result<(), String> {
     let file = hdf5::File::create(path).map_err(|e| err(path, "cannot create", e))?;
-    let g = file
-        .create_group("qmap")
-        .map_err(|e| err(path, "/qmap", e))?;
-    let shape = (q.height, q.width);
+    let g = group(&file, path, "qmap")?;
+    let m = &q.qmap;
+    let shape = (m.height, m.width);
     let map = |name: &str, v: Vec<u32>| -> Result<(), String> {
         let a = Array2::from_shape_vec(shape, v).map_err(|e| err(path, name, e))?;
         g.new_dataset_builder()
@@ -219,19 +358,146 @@ pub fn write_qmap(path: &Path, q: &QMap) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| err(path, &format!("/qmap/{name}"), e))
     };
-    map("dynamic_roi_map", q.dqmap.clone())?;
-    map("static_roi_map", q.sqmap.clone())?;
-    map("mask", q.mask.iter().map(|&m| u32::from(m)).collect())?;
-    for (name, v) in [
-        ("dynamic_v_list_dim0", &q.dq_values),
-        ("static_v_list_dim0", &q.sq_values),
+    map("dynamic_roi_map", m.dqmap.clone())?;
+    map("static_roi_map", m.sqmap.clone())?;
+    map("mask", m.mask.iter().map(|&v| u32::from(v)).collect())?;
+    for (kind, centres, mapping) in [
+        ("static", &q.static_centres, &q.static_mapping),
+        ("dynamic", &q.dynamic_centres, &q.dynamic_mapping),
     ] {
-        g.new_dataset_builder()
-            .with_data(v.as_slice())
-            .create(name)
-            .map_err(|e| err(path, &format!("/qmap/{name}"), e))?;
+        vector(&g, path, &format!("{kind}_v_list_dim0"), centres)?;
+        vector(&g, path, &format!("{kind}_v_list_dim1"), &[0.0f64])?;
+        vector(&g, path, &format!("{kind}_index_mapping"), mapping)?;
+        vector(
+            &g,
+            path,
+            &format!("{kind}_num_pts"),
+            &[centres.len() as i64, 1],
+        )?;
     }
+    let geo = &q.geometry;
+    scalar(&g, path, "beam_center_x", geo.beam_center_x)?;
+    scalar(&g, path, "beam_center_y", geo.beam_center_y)?;
+    scalar(&g, path, "pixel_size", geo.pixel_size)?;
+    scalar(&g, path, "detector_distance", geo.detector_distance)?;
+    scalar(&g, path, "energy", geo.energy_kev)?;
+    let label = |s: &str| FixedAscii::<8>::from_ascii(s).expect("short ascii label");
+    vector(&g, path, "map_names", &[label("q"), label("phi")])?;
+    vector(&g, path, "map_units", &[label("1/A"), label("deg")])?;
+    text(&g, path, "source_file", &path.display().to_string())?;
+    let hash = partition_hash(m);
+    g.new_attr::<VarLenUnicode>()
+        .create("hash")
+        .and_then(|a| a.write_scalar(&VarLenUnicode::from_str(&hash).expect("hex")))
+        .map_err(|e| err(path, "/qmap attribute hash", e))?;
     Ok(())
+}
+
+/// FNV-1a over the maps and mask: equal partitions get equal hashes.
+fn partition_hash(m: &QMap) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u32| {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(m.width as u32);
+    eat(m.height as u32);
+    for i in 0..m.mask.len() {
+        eat(u32::from(m.mask[i]));
+        eat(m.sqmap[i]);
+        eat(m.dqmap[i]);
+    }
+    format!("{h:016x}")
+}
+
+/// What the beamline records next to the raw data (`*_metadata.hdf`): the
+/// results file starts as a copy of it.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    pub frame_time: f64,
+    pub count_time: f64,
+    pub geometry: Geometry,
+    pub detector: String,
+}
+
+/// Writes a metadata file in the APS NeXus layout the correlator and the
+/// viewer read (schema version, start time, detector timing, energy).
+pub fn write_metadata(path: &Path, m: &Metadata) -> Result<(), String> {
+    let file = hdf5::File::create(path).map_err(|e| err(path, "cannot create", e))?;
+    let entry = group(&file, path, "entry")?;
+    text(&entry, path, "schema_version", "1.0")?;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    text(&entry, path, "start_time", &iso8601(start))?;
+    let inst = group(&entry, path, "instrument")?;
+    let bluesky = group(&inst, path, "bluesky")?;
+    let meta = group(&bluesky, path, "metadata")?;
+    text(&meta, path, "source", "beamflow")?;
+    let det = group(&inst, path, "detector_1")?;
+    scalar(&det, path, "frame_time", m.frame_time)?;
+    scalar(&det, path, "count_time", m.count_time)?;
+    scalar(&det, path, "x_pixel_size", m.geometry.pixel_size)?;
+    scalar(&det, path, "y_pixel_size", m.geometry.pixel_size)?;
+    scalar(&det, path, "distance", m.geometry.detector_distance)?;
+    scalar(&det, path, "beam_center_x", m.geometry.beam_center_x)?;
+    scalar(&det, path, "beam_center_y", m.geometry.beam_center_y)?;
+    text(&det, path, "description", &m.detector)?;
+    let beam = group(&inst, path, "incident_beam")?;
+    scalar(&beam, path, "incident_energy", m.geometry.energy_kev)?;
+    Ok(())
+}
+
+/// `/entry/instrument/detector_1/frame_time` of a metadata file, seconds.
+pub fn read_frame_time(path: &Path) -> Result<f64, String> {
+    const NAME: &str = "/entry/instrument/detector_1/frame_time";
+    let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+    let v: f64 = file
+        .dataset(NAME)
+        .and_then(|d| {
+            if d.ndim() == 0 {
+                d.read_scalar()
+            } else {
+                d.read_raw::<f64>().and_then(|v| {
+                    v.first()
+                        .copied()
+                        .ok_or_else(|| hdf5::Error::from("empty dataset"))
+                })
+            }
+        })
+        .map_err(|e| err(path, NAME, e))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(err(
+            path,
+            NAME,
+            format!("{v} is not a positive time in seconds"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Seconds since the epoch as an ISO 8601 UTC time (civil-from-days).
+fn iso8601(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -250,13 +516,15 @@ mod tests {
         let data = generate(&cfg);
         let (raw, qm) = (t.path().join("raw.h5"), t.path().join("qmap.hdf"));
         write_raw(&raw, &data.frames, 40, 32, 32).unwrap();
-        write_qmap(&qm, &data.qmap).unwrap();
+        write_qmap(&qm, &data.scene.qmap_file).unwrap();
         let q = read_qmap(&qm).unwrap();
         assert_eq!((q.width, q.height), (32, 32));
-        assert_eq!(q.dqmap, data.qmap.dqmap);
-        assert_eq!(q.sqmap, data.qmap.sqmap);
-        assert_eq!(q.mask, data.qmap.mask);
-        assert_eq!(q.dq_values, data.qmap.dq_values);
+        let want = data.scene.qmap();
+        assert_eq!(q.dqmap, want.dqmap);
+        assert_eq!(q.sqmap, want.sqmap);
+        assert_eq!(q.mask, want.mask);
+        assert_eq!(q.dq_values, want.dq_values);
+        assert_eq!(q.sq_values, want.sq_values);
         let f = RawFile::open(&raw).unwrap();
         assert_eq!((f.frames, f.height, f.width), (40, 32, 32));
         let pixels = q.valid_pixels();
@@ -298,7 +566,7 @@ mod tests {
             .create_group("data")
             .unwrap();
         g.new_dataset_builder()
-            .with_data(&Array3::<f32>::zeros((2, 4, 4)))
+            .with_data(&ndarray::Array3::<f32>::zeros((2, 4, 4)))
             .create("data")
             .unwrap();
         drop(file);

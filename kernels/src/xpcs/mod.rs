@@ -4,10 +4,14 @@
 
 pub mod delays;
 pub mod fit;
+pub mod imm;
 pub mod io;
 mod lanes;
 pub mod multitau;
+pub mod pipeline;
+pub mod plot;
 pub mod qbin;
+pub mod results;
 pub mod scattering;
 pub mod twotime;
 

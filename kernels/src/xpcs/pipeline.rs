@@ -1,0 +1,752 @@
+//! One XPCS analysis from files to files, as the reference CLI does it:
+//! raw frames + qmap + beamline metadata → results HDF5 (the viewer's
+//! layout), a JSON summary of fits per q (Γ, β) and PNG plots.
+//!
+//! A reader thread reads frames in batches a bounded channel hands over, so
+//! reading overlaps correlating and memory is bounded by the batches and the
+//! correlator state, never by the number of frames. Multi-tau and the
+//! averages run in the first pass; two-time groups whose frames do not fit
+//! the memory budget together get further passes over the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use ndarray::{Array2, Array3};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::fit::{fit_g2, ExpFit};
+use super::io::{read_frame_time, read_qmap, Frames, RawFile};
+use super::multitau::Multitau;
+use super::qbin::{normalize, G2Result};
+use super::results::{results_path, ConfigValue, ResultsWriter};
+use super::scattering::{saxs_1d, saxs_2d};
+use super::twotime::{Collector, TwotimePlan};
+use super::{plot, QMap};
+
+/// Which correlations to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    Multitau,
+    Twotime,
+    Both,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "multitau" => Ok(Mode::Multitau),
+            "twotime" => Ok(Mode::Twotime),
+            "both" => Ok(Mode::Both),
+            _ => Err(format!(
+                "unknown mode {s:?} (expected multitau, twotime or both)"
+            )),
+        }
+    }
+    fn multitau(self) -> bool {
+        self != Mode::Twotime
+    }
+    fn twotime(self) -> bool {
+        self != Mode::Multitau
+    }
+    /// The viewer's analysis-type label.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Multitau => "Multitau",
+            Mode::Twotime => "Twotime",
+            Mode::Both => "Both",
+        }
+    }
+}
+
+/// What to analyse and how; the reference CLI's options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub raw: PathBuf,
+    pub qmap: PathBuf,
+    pub out_dir: PathBuf,
+    /// `*_metadata.hdf`; found next to the raw file when `None`.
+    pub meta: Option<PathBuf>,
+    pub mode: Mode,
+    /// First raw frame (inclusive) and last (exclusive; `None` = all).
+    pub begin: usize,
+    pub end: Option<usize>,
+    /// Take every `stride`-th frame, then average `avg` consecutive ones.
+    pub stride: usize,
+    pub avg: usize,
+    /// Dynamic bins for two-time (`None` = all non-empty bins).
+    pub dq_selection: Option<Vec<u32>>,
+    /// Memory for the two-time frame store, bytes.
+    pub max_memory: usize,
+    pub overwrite: bool,
+    /// Write the PNG plots.
+    pub plots: bool,
+}
+
+impl Options {
+    pub fn new(raw: &Path, qmap: &Path, out_dir: &Path, mode: Mode) -> Self {
+        Options {
+            raw: raw.to_path_buf(),
+            qmap: qmap.to_path_buf(),
+            out_dir: out_dir.to_path_buf(),
+            meta: None,
+            mode,
+            begin: 0,
+            end: None,
+            stride: 1,
+            avg: 1,
+            dq_selection: None,
+            max_memory: 4 << 30,
+            overwrite: false,
+            plots: true,
+        }
+    }
+}
+
+/// Parses a bin selection like `1,2,5-7`.
+pub fn parse_selection(s: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| format!("bad bin {x:?} in selection {s:?} (bins count from 1)"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(format!("empty range {part:?} in selection {s:?}"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("selection {s:?} names no bins"));
+    }
+    Ok(out)
+}
+
+/// Where an analysis is, for progress bars.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub stage: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug)]
+pub enum PipelineError {
+    /// The progress callback asked to stop.
+    Cancelled,
+    Failed(String),
+}
+
+impl From<String> for PipelineError {
+    fn from(s: String) -> Self {
+        PipelineError::Failed(s)
+    }
+}
+
+/// The fit of one dynamic bin.
+#[derive(Clone, Debug, Serialize)]
+pub struct BinFit {
+    pub dq: u32,
+    /// Å⁻¹.
+    pub q: f64,
+    pub pixels: usize,
+    /// g2 = baseline + beta · exp(−2 gamma τ), gamma in 1/s.
+    pub gamma: f64,
+    pub beta: f64,
+    pub baseline: f64,
+    pub chi2: f64,
+    /// 1 ≤ 1/(2Γ·t0) ≤ N/20: the decay lies inside the measured delays.
+    pub resolved: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub read_correlate_s: f64,
+    pub twotime_s: f64,
+    pub write_s: f64,
+    pub total_s: f64,
+}
+
+/// The JSON summary a flow publishes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub raw: PathBuf,
+    pub results: PathBuf,
+    pub mode: &'static str,
+    /// Frames correlated (after stride and averaging).
+    pub frames: usize,
+    pub raw_frames: usize,
+    /// Seconds between correlated frames (frame time · stride · avg).
+    pub t0: f64,
+    pub detector: [usize; 2],
+    pub pixels: usize,
+    pub q_min: f64,
+    pub q_max: f64,
+    /// Multi-tau fits per dynamic bin (empty for two-time only).
+    pub fits: Vec<BinFit>,
+    /// Γ = D q² through the origin over the resolved bins, Å²/s.
+    pub diffusion: Option<f64>,
+    /// Mean β over the resolved bins.
+    pub beta: Option<f64>,
+    pub twotime_bins: Vec<u32>,
+    /// Correlated pixel-frames per second of the first pass.
+    pub pixel_frames_per_s: f64,
+    pub timings: Timings,
+    pub plots: Vec<PathBuf>,
+}
+
+/// Everything an analysis produced.
+pub struct Outcome {
+    pub summary: Summary,
+    pub summary_path: PathBuf,
+    pub multitau: Option<G2Result>,
+}
+
+/// Which raw frames make which correlated frame.
+#[derive(Clone, Copy, Debug)]
+struct FramePlan {
+    begin: usize,
+    stride: usize,
+    avg: usize,
+    /// Correlated frames.
+    n: usize,
+}
+
+impl FramePlan {
+    fn new(opts: &Options, raw_frames: usize, raw: &Path) -> Result<Self, String> {
+        let end = opts.end.unwrap_or(raw_frames).min(raw_frames);
+        if opts.stride == 0 || opts.avg == 0 {
+            return Err("stride and avg must be at least 1".into());
+        }
+        if opts.begin >= end {
+            return Err(format!(
+                "{}: frame range {}..{end} is empty (the file has {raw_frames} frames)",
+                raw.display(),
+                opts.begin
+            ));
+        }
+        let n = (end - opts.begin) / (opts.stride * opts.avg);
+        if n < 10 {
+            return Err(format!(
+                "{}: {n} frames after begin {}, end {end}, stride {}, avg {}; at least 10 are needed",
+                raw.display(),
+                opts.begin,
+                opts.stride,
+                opts.avg
+            ));
+        }
+        Ok(FramePlan {
+            begin: opts.begin,
+            stride: opts.stride,
+            avg: opts.avg,
+            n,
+        })
+    }
+    fn raw_per_frame(&self) -> usize {
+        self.stride * self.avg
+    }
+}
+
+/// Correlated frames as the reader hands them over: the file's counts when
+/// no averaging is needed, else f32 means.
+enum Batch {
+    Counts(Frames),
+    Means(Vec<f32>),
+}
+
+impl Batch {
+    fn value(&self, i: usize) -> f32 {
+        match self {
+            Batch::Counts(f) => f.get(i),
+            Batch::Means(v) => v[i],
+        }
+    }
+    fn push_to(&self, mt: &mut Multitau) -> Result<(), String> {
+        match self {
+            Batch::Counts(Frames::U8(v)) => mt.push(v),
+            Batch::Counts(Frames::U16(v)) => mt.push(v),
+            Batch::Counts(Frames::U32(v)) => mt.push(v),
+            Batch::Means(v) => mt.push(v),
+        }
+    }
+}
+
+/// Reads correlated frames `first..first + count` (stride and averaging applied).
+fn read_batch(
+    src: &RawFile,
+    plan: &FramePlan,
+    first: usize,
+    count: usize,
+) -> Result<Batch, String> {
+    let per = plan.raw_per_frame();
+    let start = plan.begin + first * per;
+    if per == 1 {
+        return Ok(Batch::Counts(src.read_frames(start, count)?));
+    }
+    let px = src.height * src.width;
+    // Only up to the last frame used: the final stride gap is not read.
+    let raw = src.read_frames(start, (count * plan.avg - 1) * plan.stride + 1)?;
+    let mut out = vec![0f32; count * px];
+    out.par_chunks_mut(px).enumerate().for_each(|(j, frame)| {
+        for a in 0..plan.avg {
+            let base = (j * plan.avg + a) * plan.stride * px;
+            for (i, v) in frame.iter_mut().enumerate() {
+                *v += raw.get(base + i);
+            }
+        }
+        let inv = 1.0 / plan.avg as f32;
+        frame.iter_mut().for_each(|v| *v *= inv);
+    });
+    Ok(Batch::Means(out))
+}
+
+/// Bytes of raw data per read.
+const BATCH_BYTES: usize = 32 << 20;
+
+/// Streams every correlated frame once, in batches, through `consume`.
+fn stream(
+    src: &RawFile,
+    plan: &FramePlan,
+    stage: &'static str,
+    progress: &mut dyn FnMut(Progress) -> bool,
+    mut consume: impl FnMut(&Batch, usize) -> Result<(), String>,
+) -> Result<(), PipelineError> {
+    let px = src.height * src.width;
+    let per_batch = (BATCH_BYTES / (px * 2 * plan.raw_per_frame()).max(1)).clamp(1, 256);
+    let n = plan.n;
+    std::thread::scope(|s| -> Result<(), PipelineError> {
+        let (tx, rx) = sync_channel::<Result<(usize, Batch), String>>(2);
+        s.spawn(move || {
+            let mut first = 0;
+            while first < n {
+                let count = per_batch.min(n - first);
+                let b = read_batch(src, plan, first, count).map(|b| (count, b));
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    return;
+                }
+                first += count;
+            }
+        });
+        let mut done = 0usize;
+        for msg in rx {
+            let (count, batch) = msg?;
+            consume(&batch, count)?;
+            done += count;
+            if !progress(Progress {
+                stage,
+                done: done as u64,
+                total: n as u64,
+            }) {
+                // Dropping the receiver stops the reader at its next send.
+                return Err(PipelineError::Cancelled);
+            }
+        }
+        if done != n {
+            return Err(PipelineError::Failed(format!(
+                "{}: reader stopped after {done} of {n} frames",
+                src.path().display()
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Per-pixel sums over time segments for `scattering_1d_segments`, and
+/// per-frame means for intensity vs time when multi-tau does not give them.
+struct Averages {
+    pixels: Vec<usize>,
+    seg_len: usize,
+    n_seg: usize,
+    current: Vec<f64>,
+    /// Mean per pixel of each finished segment.
+    segments: Vec<Vec<f64>>,
+    total: Vec<f64>,
+    intensity: Option<Vec<f64>>,
+    seen: usize,
+}
+
+impl Averages {
+    fn new(pixels: Vec<usize>, n: usize, n_seg: usize, intensity: bool) -> Self {
+        let p = pixels.len();
+        Averages {
+            pixels,
+            seg_len: n / n_seg,
+            n_seg,
+            current: vec![0.0; p],
+            segments: Vec::new(),
+            total: vec![0.0; p],
+            intensity: intensity.then(Vec::new),
+            seen: 0,
+        }
+    }
+
+    /// Multi-tau: the smallest 2^L with N / 2^L ≤ 16 frames per segment.
+    fn multitau_segments(n: usize) -> usize {
+        let mut len = 1;
+        while n / len > 16 {
+            len *= 2;
+        }
+        n / len
+    }
+
+    fn add(&mut self, batch: &Batch, count: usize, px: usize) {
+        for t in 0..count {
+            let base = t * px;
+            let pixels = &self.pixels;
+            let in_segment = self.segments.len() < self.n_seg;
+            let sum: f64 = self
+                .current
+                .par_chunks_mut(4096)
+                .zip(self.total.par_chunks_mut(4096))
+                .enumerate()
+                .map(|(c, (cur, tot))| {
+                    let idx = &pixels[c * 4096..c * 4096 + cur.len()];
+                    let mut s = 0.0;
+                    for ((cu, to), &p) in cur.iter_mut().zip(tot.iter_mut()).zip(idx) {
+                        let v = f64::from(batch.value(base + p));
+                        if in_segment {
+                            *cu += v;
+                        }
+                        *to += v;
+                        s += v;
+                    }
+                    s
+                })
+                .sum();
+            if let Some(it) = &mut self.intensity {
+                it.push(sum / self.pixels.len().max(1) as f64);
+            }
+            self.seen += 1;
+            if in_segment && self.seen.is_multiple_of(self.seg_len) {
+                let inv = 1.0 / self.seg_len as f64;
+                self.segments
+                    .push(self.current.iter().map(|&v| v * inv).collect());
+                self.current.iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+    }
+}
+
+/// Runs one analysis. `progress` is called after every batch; returning
+/// false cancels.
+pub fn run(
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Outcome, PipelineError> {
+    let t_start = Instant::now();
+    let src = RawFile::open(&opts.raw)?;
+    let qmap = read_qmap(&opts.qmap)?;
+    if (qmap.height, qmap.width) != (src.height, src.width) {
+        return Err(PipelineError::Failed(format!(
+            "{}: qmap is {}x{} but {} frames are {}x{}",
+            opts.qmap.display(),
+            qmap.height,
+            qmap.width,
+            opts.raw.display(),
+            src.height,
+            src.width
+        )));
+    }
+    let meta = match &opts.meta {
+        Some(m) => m.clone(),
+        None => find_metadata(&opts.raw)?,
+    };
+    let frame_time = read_frame_time(&meta)?;
+    let plan = FramePlan::new(opts, src.frames, &opts.raw)?;
+    let n = plan.n;
+    let px = src.height * src.width;
+    let pixels = qmap.valid_pixels();
+    if pixels.is_empty() {
+        return Err(PipelineError::Failed(format!(
+            "{}: /qmap/mask selects no pixels",
+            opts.qmap.display()
+        )));
+    }
+    let twotime_plan = if opts.mode.twotime() {
+        Some(
+            TwotimePlan::new(&qmap, opts.dq_selection.as_deref())
+                .map_err(|e| PipelineError::Failed(format!("{}: {e}", opts.qmap.display())))?,
+        )
+    } else {
+        None
+    };
+    let mut groups = twotime_plan
+        .as_ref()
+        .map(|p| p.batches(n, opts.max_memory))
+        .unwrap_or_default()
+        .into_iter();
+
+    // Pass 1: multi-tau, the averages, and the first two-time group.
+    let n_seg = if opts.mode.multitau() {
+        Averages::multitau_segments(n)
+    } else {
+        10
+    };
+    let mut averages = Averages::new(pixels.clone(), n, n_seg, !opts.mode.multitau());
+    let mut mt = opts
+        .mode
+        .multitau()
+        .then(|| Multitau::masked(n as u64, px, pixels.clone()));
+    let mut collector = groups.next().map(|g| Collector::new(g, n));
+    let t_pass = Instant::now();
+    stream(&src, &plan, "correlating", progress, |batch, count| {
+        if let Some(mt) = &mut mt {
+            batch.push_to(mt)?;
+        }
+        averages.add(batch, count, px);
+        if let Some(c) = &mut collector {
+            for t in 0..count {
+                c.push(|i| batch.value(t * px + i))?;
+            }
+        }
+        Ok(())
+    })?;
+    let sums = mt.map(|m| m.finish()).transpose()?;
+    let pass_s = t_pass.elapsed().as_secs_f64();
+
+    let path = results_path(&opts.out_dir, &opts.raw, opts.overwrite);
+    let writer = ResultsWriter::create(&path, &meta, &opts.qmap, &opts.raw)?;
+    let t_write = Instant::now();
+    let (mean, intensity) = match &sums {
+        Some(s) => (s.mean.clone(), s.intensity_vs_time.clone()),
+        None => (
+            averages.total.iter().map(|&v| v / n as f64).collect(),
+            averages.intensity.clone().unwrap_or_default(),
+        ),
+    };
+    let img = saxs_2d(&mean, &pixels, &qmap);
+    let prof = saxs_1d(&img, &qmap);
+    let seg_rows: Vec<Vec<f32>> = averages
+        .segments
+        .iter()
+        .map(|seg| {
+            saxs_1d(&saxs_2d(seg, &pixels, &qmap), &qmap)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .collect();
+    let mut segments = Array2::<f32>::zeros((seg_rows.len(), prof.len()));
+    for (r, row) in seg_rows.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            segments[[r, c]] = v;
+        }
+    }
+    let prof_values: Vec<f32> = prof.iter().map(|&(_, v)| v).collect();
+    writer.averages(img.view(), &prof_values, segments.view(), &intensity)?;
+    let config = |kind: &str| -> Vec<(&'static str, ConfigValue)> {
+        vec![
+            ("analysis_type", ConfigValue::Text(kind.to_string())),
+            ("begin_frame", ConfigValue::Int(plan.begin as i64)),
+            (
+                "end_frame",
+                ConfigValue::Int((plan.begin + n * plan.raw_per_frame()) as i64),
+            ),
+            ("stride_frame", ConfigValue::Int(plan.stride as i64)),
+            ("avg_frame", ConfigValue::Int(plan.avg as i64)),
+            ("normalize_frame", ConfigValue::Int(0)),
+            ("smooth", ConfigValue::Text("sqmap".into())),
+            ("qmap", ConfigValue::Text(opts.qmap.display().to_string())),
+            ("frame_time", ConfigValue::Float(frame_time)),
+            (
+                "correlator",
+                ConfigValue::Text(format!("beamflow {}", env!("CARGO_PKG_VERSION"))),
+            ),
+        ]
+    };
+    let t0 = frame_time * plan.raw_per_frame() as f64;
+    let mut g2_result = None;
+    let mut fits = Vec::new();
+    if let Some(s) = &sums {
+        let g = normalize(s, &qmap, &pixels);
+        writer.multitau(&g.tau, g.g2.view(), g.g2_err.view(), &config("Multitau"))?;
+        fits = fit_bins(&g, &qmap, &pixels, t0, n);
+        g2_result = Some(g);
+    }
+    let mut write_s = t_write.elapsed().as_secs_f64();
+
+    // Two-time: the first group's frames are collected; the rest take passes.
+    let t_two = Instant::now();
+    let mut twotime_bins = Vec::new();
+    if twotime_plan.is_some() {
+        let n_dq = qmap.n_dq();
+        let mut g2 = Array2::<f32>::zeros((n, n_dq));
+        let mut seg = Array3::<f32>::zeros((n / 5, 5, n_dq));
+        let mut number = 0;
+        let mut sink = |r: super::twotime::BinResult| -> Result<(), String> {
+            number += 1;
+            writer.twotime_map(number, r.c2.view())?;
+            let d = r.dq as usize - 1;
+            for (lag, &v) in r.g2.iter().enumerate() {
+                g2[[lag, d]] = v;
+            }
+            for ((lag, b), &v) in r.segments.indexed_iter() {
+                seg[[lag, b, d]] = v;
+            }
+            twotime_bins.push(r.dq);
+            Ok(())
+        };
+        if let Some(c) = collector.take() {
+            c.correlate(&mut sink)?;
+        }
+        // Bins whose frames did not fit the budget with the first group.
+        for group in groups.by_ref() {
+            let mut c = Collector::new(group, n);
+            stream(&src, &plan, "two-time pass", progress, |batch, count| {
+                for t in 0..count {
+                    c.push(|i| batch.value(t * px + i))?;
+                }
+                Ok(())
+            })?;
+            c.correlate(&mut sink)?;
+        }
+        let bins: Vec<i32> = twotime_bins.iter().map(|&d| d as i32).collect();
+        writer.twotime(g2.view(), &seg, &bins, &config("Twotime"))?;
+    }
+    let twotime_s = t_two.elapsed().as_secs_f64();
+    let t_fin = Instant::now();
+    let results = writer.finish()?;
+    write_s += t_fin.elapsed().as_secs_f64();
+
+    let stem = results
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut plots = Vec::new();
+    if opts.plots {
+        let saxs_png = opts.out_dir.join(format!("{stem}_saxs.png"));
+        plot::saxs_image(&saxs_png, &img)?;
+        plots.push(saxs_png);
+        if let Some(g) = &g2_result {
+            let g2_png = opts.out_dir.join(format!("{stem}_g2.png"));
+            let tau_s: Vec<f64> = g.tau.iter().map(|&t| t as f64 * t0).collect();
+            plot::g2_panels(&g2_png, &tau_s, g, &qmap.dq_values, &fits)?;
+            plots.push(g2_png);
+        }
+    }
+    let resolved: Vec<&BinFit> = fits.iter().filter(|f| f.resolved).collect();
+    let (num, den) = resolved.iter().fold((0.0, 0.0), |(a, b), f| {
+        let q2 = f.q * f.q;
+        (a + f.gamma * q2, b + q2 * q2)
+    });
+    let qs: Vec<f64> = qmap
+        .dq_values
+        .iter()
+        .copied()
+        .filter(|q| q.is_finite())
+        .collect();
+    let summary = Summary {
+        raw: opts.raw.clone(),
+        results,
+        mode: opts.mode.label(),
+        frames: n,
+        raw_frames: src.frames,
+        t0,
+        detector: [src.height, src.width],
+        pixels: pixels.len(),
+        q_min: qs.iter().copied().fold(f64::INFINITY, f64::min),
+        q_max: qs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        diffusion: (den > 0.0).then(|| num / den),
+        beta: (!resolved.is_empty())
+            .then(|| resolved.iter().map(|f| f.beta).sum::<f64>() / resolved.len() as f64),
+        fits,
+        twotime_bins,
+        pixel_frames_per_s: (pixels.len() * n) as f64 / pass_s.max(1e-9),
+        timings: Timings {
+            read_correlate_s: pass_s,
+            twotime_s,
+            write_s,
+            total_s: t_start.elapsed().as_secs_f64(),
+        },
+        plots,
+    };
+    let summary_path = opts.out_dir.join(format!("{stem}_summary.json"));
+    let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    std::fs::write(&summary_path, text)
+        .map_err(|e| format!("{}: cannot write: {e}", summary_path.display()))?;
+    Ok(Outcome {
+        summary,
+        summary_path,
+        multitau: g2_result,
+    })
+}
+
+/// `NAME_metadata.hdf` beside the raw file, else the only `*_metadata.hdf` there.
+fn find_metadata(raw: &Path) -> Result<PathBuf, String> {
+    let dir = raw.parent().unwrap_or(Path::new("."));
+    let stem = raw
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let direct = dir.join(format!("{stem}_metadata.hdf"));
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot list: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("_metadata.hdf"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "{}: no *_metadata.hdf next to the raw file (pass the metadata file explicitly)",
+            dir.display()
+        )),
+        many => Err(format!(
+            "{}: {} *_metadata.hdf files next to the raw file; pass one explicitly",
+            dir.display(),
+            many.len()
+        )),
+    }
+}
+
+/// Fits every non-empty dynamic bin; τ in seconds.
+fn fit_bins(g: &G2Result, qmap: &QMap, pixels: &[usize], t0: f64, n: usize) -> Vec<BinFit> {
+    let tau_s: Vec<f64> = g.tau.iter().map(|&t| t as f64 * t0).collect();
+    let mut count = vec![0usize; qmap.n_dq() + 1];
+    for &p in pixels {
+        count[qmap.dqmap[p] as usize] += 1;
+    }
+    (1..=qmap.n_dq())
+        .filter(|&d| count[d] > 1)
+        .filter_map(|d| {
+            let col = |a: &Array2<f32>| -> Vec<f64> {
+                a.column(d - 1).iter().map(|&x| f64::from(x)).collect()
+            };
+            let ExpFit {
+                baseline,
+                beta,
+                gamma,
+                chi2,
+            } = fit_g2(&tau_s, &col(&g.g2), &col(&g.g2_err))?;
+            let decay = 1.0 / (2.0 * gamma * t0);
+            Some(BinFit {
+                dq: d as u32,
+                q: qmap.dq_values.get(d - 1).copied().unwrap_or(f64::NAN),
+                pixels: count[d],
+                gamma,
+                beta,
+                baseline,
+                chi2,
+                resolved: gamma.is_finite() && (1.0..=n as f64 / 20.0).contains(&decay),
+            })
+        })
+        .collect()
+}

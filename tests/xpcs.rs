@@ -1,0 +1,198 @@
+//! XPCS from files to files: a synthetic measurement written as a beamline
+//! leaves it, analysed by the pipeline, and the results file opened by
+//! pyXPCSViewer (the venv from scripts/setup.sh) with the values checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use beamflow_kernels::synthetic::xpcs::{write_dataset, DatasetFiles, SpeckleConfig};
+use beamflow_kernels::xpcs::io::{read_qmap, RawFile};
+use beamflow_kernels::xpcs::pipeline::{run, Mode, Options, PipelineError};
+use serde_json::json;
+
+fn dataset(dir: &Path, size: usize, frames: usize) -> DatasetFiles {
+    let cfg = SpeckleConfig {
+        size,
+        frames,
+        mean_count: 2.0,
+        ..Default::default()
+    };
+    write_dataset(&cfg, dir, "S01_sample", |_| {}).unwrap()
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var("BEAMFLOW_VENV")
+        .expect("BEAMFLOW_VENV is not set: run the tests through `make test` (scripts/setup.sh)");
+    Path::new(&venv).join("bin/python")
+}
+
+fn viewer_check(results: &Path, expected: &serde_json::Value, dir: &Path) {
+    let exp = dir.join("expected.json");
+    std::fs::write(&exp, serde_json::to_vec(expected).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/xpcs/check_viewer.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(results)
+        .arg(&exp)
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .output()
+        .expect("run check_viewer.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "viewer check failed:\n{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+/// Per-frame mean over the valid pixels and the summed SAXS image, computed
+/// straight from the raw file.
+fn direct_averages(files: &DatasetFiles) -> (Vec<f64>, f64) {
+    let raw = RawFile::open(&files.raw).unwrap();
+    let q = read_qmap(&files.qmap).unwrap();
+    let px = q.valid_pixels();
+    let vals = raw.read(0, raw.frames, &px).unwrap();
+    let n = px.len();
+    let int_t: Vec<f64> = vals
+        .chunks(n)
+        .map(|f| f.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64)
+        .collect();
+    let total: f64 = vals.iter().map(|&v| f64::from(v)).sum::<f64>() / raw.frames as f64;
+    (int_t, total)
+}
+
+#[test]
+fn both_analyses_open_in_the_viewer_with_the_computed_values() {
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 64, 400);
+    let out = t.path().join("out");
+    let opts = Options::new(&files.raw, &files.qmap, &out, Mode::Both);
+    let mut calls = 0;
+    let res = run(&opts, &mut |p| {
+        calls += 1;
+        assert!(p.done <= p.total);
+        true
+    })
+    .unwrap();
+    assert!(calls >= 2, "progress reported {calls} times");
+    let s = &res.summary;
+    assert_eq!(s.results, out.join("S01_sample_results.hdf"));
+    assert_eq!(s.frames, 400);
+    assert!((s.t0 - 1e-3).abs() < 1e-12);
+    for p in &s.plots {
+        assert!(
+            std::fs::metadata(p).unwrap().len() > 1000,
+            "{}",
+            p.display()
+        );
+    }
+    let g = res.multitau.as_ref().unwrap();
+    let (int_t, saxs_sum) = direct_averages(&files);
+    let tau_s: Vec<f64> = g.tau.iter().map(|&x| x as f64 * 1e-3).collect();
+    let rows = |a: &ndarray::Array2<f32>| -> Vec<Vec<f64>> {
+        a.rows()
+            .into_iter()
+            .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+            .collect()
+    };
+    // Two-time g2 at lag 0 is the mean of C's diagonal: 1 + β-ish, > 1.
+    let expected = json!({
+        "atype": "Both",
+        "tau_s": tau_s,
+        "g2": rows(&g.g2),
+        "g2_err": rows(&g.g2_err),
+        "saxs_2d_shape": [64, 64],
+        "saxs_2d_sum": saxs_sum,
+        "int_t": int_t,
+        "rtol": 1e-5,
+        "atol": 1e-6,
+    });
+    viewer_check(&s.results, &expected, t.path());
+    assert_eq!(s.twotime_bins.len(), 20);
+    // A second run does not overwrite the first.
+    let again = run(&opts, &mut |_| true).unwrap();
+    assert_eq!(again.summary.results, out.join("S01_sample_results_1.hdf"));
+}
+
+#[test]
+fn twotime_only_files_open_in_the_viewer() {
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 48, 200);
+    let out = t.path().join("out");
+    let mut opts = Options::new(&files.raw, &files.qmap, &out, Mode::Twotime);
+    opts.dq_selection = Some(vec![3, 4, 9]);
+    // Room for about one bin's frames at a time: several passes over the file.
+    opts.max_memory = 200 * 300 * 4;
+    let res = run(&opts, &mut |_| true).unwrap();
+    assert_eq!(res.summary.twotime_bins, vec![3, 4, 9]);
+    let (int_t, saxs_sum) = direct_averages(&files);
+    viewer_check(
+        &res.summary.results,
+        &json!({
+            "atype": "Twotime",
+            "saxs_2d_shape": [48, 48],
+            "saxs_2d_sum": saxs_sum,
+            "int_t": int_t,
+            "rtol": 1e-5,
+            "atol": 1e-6,
+        }),
+        t.path(),
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_the_file_named_and_leave_no_results() {
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 32, 40);
+    let out = t.path().join("out");
+    let fail = |opts: &Options| match run(opts, &mut |_| true) {
+        Err(PipelineError::Failed(e)) => e,
+        Err(PipelineError::Cancelled) => panic!("cancelled"),
+        Ok(_) => panic!("succeeded"),
+    };
+    // A qmap of another detector size.
+    let other = dataset(&t.path().join("other"), 48, 20);
+    let e = fail(&Options::new(&files.raw, &other.qmap, &out, Mode::Multitau));
+    assert!(
+        e.contains("S01_sample_qmap.hdf") && e.contains("48x48"),
+        "{e}"
+    );
+    // A truncated raw file.
+    let cut = t.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    let bytes = std::fs::read(&files.raw).unwrap();
+    std::fs::write(cut.join("S01_sample.h5"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::copy(&files.metadata, cut.join("S01_sample_metadata.hdf")).unwrap();
+    let e = fail(&Options::new(
+        &cut.join("S01_sample.h5"),
+        &files.qmap,
+        &out,
+        Mode::Multitau,
+    ));
+    assert!(e.contains("cut/S01_sample.h5"), "{e}");
+    // No metadata next to the raw file.
+    let lone = t.path().join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(&files.raw, lone.join("S01_sample.h5")).unwrap();
+    let e = fail(&Options::new(
+        &lone.join("S01_sample.h5"),
+        &files.qmap,
+        &out,
+        Mode::Multitau,
+    ));
+    assert!(e.contains("no *_metadata.hdf"), "{e}");
+    // Too few frames for the range.
+    let mut o = Options::new(&files.raw, &files.qmap, &out, Mode::Multitau);
+    o.begin = 35;
+    let e = fail(&o);
+    assert!(e.contains("5 frames") && e.contains("at least 10"), "{e}");
+    // Cancelling stops the run.
+    let o = Options::new(&files.raw, &files.qmap, &out, Mode::Multitau);
+    assert!(matches!(
+        run(&o, &mut |_| false),
+        Err(PipelineError::Cancelled)
+    ));
+    // Nothing half-written was left behind.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
