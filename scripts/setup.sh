@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libsqlite3-dev
   ca-certificates
   fonts-dejavu-core   # the font for plots (g2 curves)
+  time   # /usr/bin/time -v: peak memory in benches/boost/run.sh
   python3-venv   # only needed if the venv is built from Debian's /usr/bin/python3
 )
 TORCH_VERSION="2.13.0"

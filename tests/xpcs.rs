@@ -30,7 +30,14 @@ fn viewer_check(results: &Path, expected: &serde_json::Value, dir: &Path) {
     let exp = dir.join("expected.json");
     std::fs::write(&exp, serde_json::to_vec(expected).unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/xpcs/check_viewer.py");
-    let out = Command::new(python())
+    let mut cmd = Command::new(python());
+    // Other tests' open HDF5 files must not leak into the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            beamflow_kernels::inherit::close_fds_on_exec()
+        });
+    }
+    let out = cmd
         .arg(script)
         .arg(results)
         .arg(&exp)
@@ -195,4 +202,32 @@ fn bad_inputs_fail_with_the_file_named_and_leave_no_results() {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn imm_input_gives_the_same_g2_as_hdf5() {
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 32, 120);
+    let raw = RawFile::open(&files.raw).unwrap();
+    let frames = match raw.read_frames(0, raw.frames).unwrap() {
+        beamflow_kernels::xpcs::io::Frames::U16(v) => v,
+        _ => panic!("synthetic data are uint16"),
+    };
+    let imm_dir = t.path().join("imm");
+    std::fs::create_dir_all(&imm_dir).unwrap();
+    let imm = imm_dir.join("S01_sample.imm");
+    beamflow_kernels::xpcs::imm::write_imm(&imm, &frames, 32, 32, true, 1e-3).unwrap();
+    std::fs::copy(&files.metadata, imm_dir.join("S01_sample_metadata.hdf")).unwrap();
+    let mut a = Options::new(&files.raw, &files.qmap, &t.path().join("a"), Mode::Multitau);
+    a.plots = false;
+    let mut b = Options::new(&imm, &files.qmap, &t.path().join("b"), Mode::Multitau);
+    b.plots = false;
+    let ga = run(&a, &mut |_| true).unwrap().multitau.unwrap();
+    let gb = run(&b, &mut |_| true).unwrap().multitau.unwrap();
+    assert_eq!(ga.tau, gb.tau);
+    assert_eq!(ga.g2, gb.g2);
+    assert!(
+        ga.g2.iter().any(|&v| v > 1.05),
+        "some correlation is visible"
+    );
 }

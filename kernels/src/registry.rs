@@ -85,7 +85,16 @@ pub trait Kernel: Send + Sync {
 
 /// Every registered kernel, in a stable order.
 pub fn kernels() -> &'static [&'static dyn Kernel] {
-    static ALL: &[&dyn Kernel] = &[&crate::builtin::Noop, &crate::builtin::Sleep];
+    use crate::xpcs::steps;
+    static ALL: &[&dyn Kernel] = &[
+        &crate::builtin::Noop,
+        &crate::builtin::Sleep,
+        &steps::SyntheticStep,
+        &steps::MetadataStep,
+        &steps::MultitauStep,
+        &steps::TwotimeStep,
+        &steps::PlotStep,
+    ];
     ALL
 }
 

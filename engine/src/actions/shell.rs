@@ -98,6 +98,10 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
             cmd.current_dir(dir);
         }
     }
+    // SAFETY: close_fds_on_exec makes only async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(beamflow_kernels::inherit::close_fds_on_exec);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         let what = p
             .get("argv")

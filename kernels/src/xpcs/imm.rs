@@ -145,6 +145,10 @@ pub struct ImmFile {
 }
 
 impl ImmFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Scans the headers once (seeking past the payloads) to build the
     /// table of contents. Rejects empty and truncated files, non-positive
     /// or changing frame shapes, and dense frames whose `dlen` is not

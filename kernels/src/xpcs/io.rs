@@ -118,6 +118,48 @@ impl RawFile {
     }
 }
 
+/// Any file of detector frames: HDF5 `/entry/data/data` or legacy IMM.
+pub trait FrameSource: Send + Sync {
+    fn path(&self) -> &Path;
+    /// (frames, height, width).
+    fn shape(&self) -> (usize, usize, usize);
+    /// Frames `start..start + count`, whole, in the stored count type.
+    fn read_frames(&self, start: usize, count: usize) -> Result<Frames, String>;
+}
+
+impl FrameSource for RawFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.frames, self.height, self.width)
+    }
+    fn read_frames(&self, start: usize, count: usize) -> Result<Frames, String> {
+        RawFile::read_frames(self, start, count)
+    }
+}
+
+impl FrameSource for super::imm::ImmFile {
+    fn path(&self) -> &Path {
+        super::imm::ImmFile::path(self)
+    }
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.frames, self.height, self.width)
+    }
+    fn read_frames(&self, start: usize, count: usize) -> Result<Frames, String> {
+        super::imm::ImmFile::read_frames(self, start, count)
+    }
+}
+
+/// Opens a raw file by its content: IMM when it looks like one, else HDF5.
+pub fn open_frames(path: &Path) -> Result<Box<dyn FrameSource>, String> {
+    if super::imm::is_imm(path) {
+        Ok(Box::new(super::imm::ImmFile::open(path)?))
+    } else {
+        Ok(Box::new(RawFile::open(path)?))
+    }
+}
+
 /// Whole frames in the file's count type, frame-major.
 pub enum Frames {
     U8(Vec<u8>),
@@ -166,9 +208,14 @@ pub struct QMapFile {
 /// must share one (H, W) shape. Bin q values come from the v-lists through
 /// the index mappings when present (n_phi = 1 assumed for q values).
 pub fn read_qmap(path: &Path) -> Result<QMap, String> {
+    read_qmap_group(path, "/qmap")
+}
+
+/// Reads a qmap group wherever it is (`/xpcs/qmap` in a results file).
+pub fn read_qmap_group(path: &Path, group: &str) -> Result<QMap, String> {
     let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
     let read_map = |name: &str| -> Result<Array2<u32>, String> {
-        let full = format!("/qmap/{name}");
+        let full = format!("{group}/{name}");
         let ds = file.dataset(&full).map_err(|e| err(path, &full, e))?;
         if ds.ndim() != 2 {
             return Err(err(
@@ -186,7 +233,7 @@ pub fn read_qmap(path: &Path) -> Result<QMap, String> {
         if m.dim() != dq.dim() {
             return Err(err(
                 path,
-                &format!("/qmap/{name}"),
+                &format!("{group}/{name}"),
                 format!(
                     "shape {:?} differs from dynamic_roi_map {:?}",
                     m.dim(),
@@ -196,7 +243,7 @@ pub fn read_qmap(path: &Path) -> Result<QMap, String> {
         }
     }
     let bin_q = |kind: &str| -> Vec<f64> {
-        let read = |name: &str| file.dataset(&format!("/qmap/{kind}_{name}")).ok();
+        let read = |name: &str| file.dataset(&format!("{group}/{kind}_{name}")).ok();
         let centres = read("v_list_dim0")
             .and_then(|d| d.read_raw::<f64>().ok())
             .unwrap_or_default();

@@ -13,6 +13,7 @@ pub mod plot;
 pub mod qbin;
 pub mod results;
 pub mod scattering;
+pub mod steps;
 pub mod twotime;
 
 pub use delays::{delay_grid, Delay};

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::fit::{fit_g2, ExpFit};
-use super::io::{read_frame_time, read_qmap, Frames, RawFile};
+use super::io::{open_frames, read_frame_time, read_qmap, FrameSource, Frames};
 use super::multitau::Multitau;
 use super::qbin::{normalize, G2Result};
 use super::results::{results_path, ConfigValue, ResultsWriter};
@@ -156,7 +156,7 @@ impl From<String> for PipelineError {
 }
 
 /// The fit of one dynamic bin.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BinFit {
     pub dq: u32,
     /// Å⁻¹.
@@ -285,7 +285,7 @@ impl Batch {
 
 /// Reads correlated frames `first..first + count` (stride and averaging applied).
 fn read_batch(
-    src: &RawFile,
+    src: &dyn FrameSource,
     plan: &FramePlan,
     first: usize,
     count: usize,
@@ -295,7 +295,8 @@ fn read_batch(
     if per == 1 {
         return Ok(Batch::Counts(src.read_frames(start, count)?));
     }
-    let px = src.height * src.width;
+    let (_, h, w) = src.shape();
+    let px = h * w;
     // Only up to the last frame used: the final stride gap is not read.
     let raw = src.read_frames(start, (count * plan.avg - 1) * plan.stride + 1)?;
     let mut out = vec![0f32; count * px];
@@ -317,13 +318,14 @@ const BATCH_BYTES: usize = 32 << 20;
 
 /// Streams every correlated frame once, in batches, through `consume`.
 fn stream(
-    src: &RawFile,
+    src: &dyn FrameSource,
     plan: &FramePlan,
     stage: &'static str,
     progress: &mut dyn FnMut(Progress) -> bool,
     mut consume: impl FnMut(&Batch, usize) -> Result<(), String>,
 ) -> Result<(), PipelineError> {
-    let px = src.height * src.width;
+    let (_, h, w) = src.shape();
+    let px = h * w;
     let per_batch = (BATCH_BYTES / (px * 2 * plan.raw_per_frame()).max(1)).clamp(1, 256);
     let n = plan.n;
     std::thread::scope(|s| -> Result<(), PipelineError> {
@@ -447,17 +449,18 @@ pub fn run(
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<Outcome, PipelineError> {
     let t_start = Instant::now();
-    let src = RawFile::open(&opts.raw)?;
+    let src = open_frames(&opts.raw)?;
+    let (raw_frames, height, width) = src.shape();
     let qmap = read_qmap(&opts.qmap)?;
-    if (qmap.height, qmap.width) != (src.height, src.width) {
+    if (qmap.height, qmap.width) != (height, width) {
         return Err(PipelineError::Failed(format!(
             "{}: qmap is {}x{} but {} frames are {}x{}",
             opts.qmap.display(),
             qmap.height,
             qmap.width,
             opts.raw.display(),
-            src.height,
-            src.width
+            height,
+            width
         )));
     }
     let meta = match &opts.meta {
@@ -465,9 +468,9 @@ pub fn run(
         None => find_metadata(&opts.raw)?,
     };
     let frame_time = read_frame_time(&meta)?;
-    let plan = FramePlan::new(opts, src.frames, &opts.raw)?;
+    let plan = FramePlan::new(opts, raw_frames, &opts.raw)?;
     let n = plan.n;
-    let px = src.height * src.width;
+    let px = height * width;
     let pixels = qmap.valid_pixels();
     if pixels.is_empty() {
         return Err(PipelineError::Failed(format!(
@@ -502,18 +505,24 @@ pub fn run(
         .then(|| Multitau::masked(n as u64, px, pixels.clone()));
     let mut collector = groups.next().map(|g| Collector::new(g, n));
     let t_pass = Instant::now();
-    stream(&src, &plan, "correlating", progress, |batch, count| {
-        if let Some(mt) = &mut mt {
-            batch.push_to(mt)?;
-        }
-        averages.add(batch, count, px);
-        if let Some(c) = &mut collector {
-            for t in 0..count {
-                c.push(|i| batch.value(t * px + i))?;
+    stream(
+        src.as_ref(),
+        &plan,
+        "correlating",
+        progress,
+        |batch, count| {
+            if let Some(mt) = &mut mt {
+                batch.push_to(mt)?;
             }
-        }
-        Ok(())
-    })?;
+            averages.add(batch, count, px);
+            if let Some(c) = &mut collector {
+                for t in 0..count {
+                    c.push(|i| batch.value(t * px + i))?;
+                }
+            }
+            Ok(())
+        },
+    )?;
     let sums = mt.map(|m| m.finish()).transpose()?;
     let pass_s = t_pass.elapsed().as_secs_f64();
 
@@ -605,12 +614,18 @@ pub fn run(
         // Bins whose frames did not fit the budget with the first group.
         for group in groups.by_ref() {
             let mut c = Collector::new(group, n);
-            stream(&src, &plan, "two-time pass", progress, |batch, count| {
-                for t in 0..count {
-                    c.push(|i| batch.value(t * px + i))?;
-                }
-                Ok(())
-            })?;
+            stream(
+                src.as_ref(),
+                &plan,
+                "two-time pass",
+                progress,
+                |batch, count| {
+                    for t in 0..count {
+                        c.push(|i| batch.value(t * px + i))?;
+                    }
+                    Ok(())
+                },
+            )?;
             c.correlate(&mut sink)?;
         }
         let bins: Vec<i32> = twotime_bins.iter().map(|&d| d as i32).collect();
@@ -621,22 +636,15 @@ pub fn run(
     let results = writer.finish()?;
     write_s += t_fin.elapsed().as_secs_f64();
 
+    let plots = if opts.plots {
+        plot::figures(&results, &opts.out_dir, &fits)?
+    } else {
+        Vec::new()
+    };
     let stem = results
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut plots = Vec::new();
-    if opts.plots {
-        let saxs_png = opts.out_dir.join(format!("{stem}_saxs.png"));
-        plot::saxs_image(&saxs_png, &img)?;
-        plots.push(saxs_png);
-        if let Some(g) = &g2_result {
-            let g2_png = opts.out_dir.join(format!("{stem}_g2.png"));
-            let tau_s: Vec<f64> = g.tau.iter().map(|&t| t as f64 * t0).collect();
-            plot::g2_panels(&g2_png, &tau_s, g, &qmap.dq_values, &fits)?;
-            plots.push(g2_png);
-        }
-    }
     let resolved: Vec<&BinFit> = fits.iter().filter(|f| f.resolved).collect();
     let (num, den) = resolved.iter().fold((0.0, 0.0), |(a, b), f| {
         let q2 = f.q * f.q;
@@ -653,9 +661,9 @@ pub fn run(
         results,
         mode: opts.mode.label(),
         frames: n,
-        raw_frames: src.frames,
+        raw_frames,
         t0,
-        detector: [src.height, src.width],
+        detector: [height, width],
         pixels: pixels.len(),
         q_min: qs.iter().copied().fold(f64::INFINITY, f64::min),
         q_max: qs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -685,7 +693,7 @@ pub fn run(
 }
 
 /// `NAME_metadata.hdf` beside the raw file, else the only `*_metadata.hdf` there.
-fn find_metadata(raw: &Path) -> Result<PathBuf, String> {
+pub fn find_metadata(raw: &Path) -> Result<PathBuf, String> {
     let dir = raw.parent().unwrap_or(Path::new("."));
     let stem = raw
         .file_stem()

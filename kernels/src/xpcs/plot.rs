@@ -1,7 +1,7 @@
 //! PNG figures a beamline scientist looks at first: g2(τ) per q bin with
 //! its fit, the time-averaged SAXS image, and a two-time map.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ndarray::Array2;
@@ -10,6 +10,34 @@ use plotters::style::FontStyle;
 
 use super::pipeline::BinFit;
 use super::qbin::G2Result;
+
+/// The figures of one results file, next to it: `STEM_g2.png` (multi-tau),
+/// `STEM_saxs.png`, `STEM_c2.png` (first two-time map) and 256-pixel
+/// thumbnails `STEM_g2_thumb.png` / `STEM_saxs_thumb.png` for catalogs.
+/// `fits` draws the fitted curves over the points.
+pub fn figures(results: &Path, out_dir: &Path, fits: &[BinFit]) -> Result<Vec<PathBuf>, String> {
+    let c = super::results::read(results)?;
+    let stem = results
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "xpcs".into());
+    std::fs::create_dir_all(out_dir).map_err(|e| fail(out_dir, e))?;
+    let name = |suffix: &str| out_dir.join(format!("{stem}_{suffix}.png"));
+    let mut out = Vec::new();
+    if let Some((tau_s, g)) = &c.multitau {
+        g2_panels(&name("g2"), tau_s, g, &c.dq_values, fits, 300)?;
+        g2_panels(&name("g2_thumb"), tau_s, g, &c.dq_values, fits, 64)?;
+        out.extend([name("g2"), name("g2_thumb")]);
+    }
+    saxs_image(&name("saxs"), &c.saxs_2d, 512)?;
+    saxs_image(&name("saxs_thumb"), &c.saxs_2d, 256)?;
+    out.extend([name("saxs"), name("saxs_thumb")]);
+    if let Some((_, c2)) = &c.first_c2 {
+        twotime_map(&name("c2"), c2)?;
+        out.push(name("c2"));
+    }
+    Ok(out)
+}
 
 /// Where the labels' font is looked for (Debian's fonts-dejavu-core first).
 const FONT_PATHS: &[&str] = &[
@@ -54,8 +82,13 @@ pub fn g2_panels(
     g: &G2Result,
     q: &[f64],
     fits: &[BinFit],
+    panel: u32,
 ) -> Result<(), String> {
-    font()?;
+    // Thumbnails (small panels) carry no text.
+    let labelled = panel >= 150;
+    if labelled {
+        font()?;
+    }
     let n_dq = g.g2.ncols();
     let bins: Vec<usize> = (0..n_dq)
         .filter(|&d| g.g2.column(d).iter().any(|&v| v != 0.0))
@@ -65,7 +98,8 @@ pub fn g2_panels(
     }
     let cols = (bins.len() as f64).sqrt().ceil() as usize;
     let rows = bins.len().div_ceil(cols);
-    let root = BitMapBackend::new(path, (300 * cols as u32, 240 * rows as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (panel * cols as u32, panel * 4 / 5 * rows as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(path, e))?;
     let (t_lo, t_hi) = (tau_s[0] * 0.8, tau_s[tau_s.len() - 1] * 1.25);
     let areas = root.split_evenly((rows, cols));
@@ -83,28 +117,34 @@ pub fn g2_panels(
             Some(q) => format!("q = {q:.4} 1/Å"),
             None => format!("bin {}", d + 1),
         };
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 15))
-            .margin(6)
-            .x_label_area_size(28)
-            .y_label_area_size(44)
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(if labelled { 6 } else { 2 });
+        if labelled {
+            builder
+                .caption(title, ("sans-serif", 15))
+                .x_label_area_size(28)
+                .y_label_area_size(44);
+        }
+        let mut chart = builder
             .build_cartesian_2d((t_lo..t_hi).log_scale(), f64::from(lo)..f64::from(hi))
             .map_err(|e| fail(path, e))?;
-        chart
-            .configure_mesh()
-            .x_labels(4)
-            .y_labels(5)
-            .x_label_formatter(&|x| format!("{x:.0e}"))
-            .y_label_formatter(&|y| format!("{y:.3}"))
-            .label_style(("sans-serif", 11))
-            .draw()
-            .map_err(|e| fail(path, e))?;
+        if labelled {
+            chart
+                .configure_mesh()
+                .x_labels(4)
+                .y_labels(5)
+                .x_label_formatter(&|x| format!("{x:.0e}"))
+                .y_label_formatter(&|y| format!("{y:.3}"))
+                .label_style(("sans-serif", 11))
+                .draw()
+                .map_err(|e| fail(path, e))?;
+        }
         chart
             .draw_series(
                 tau_s
                     .iter()
                     .zip(col.iter())
-                    .map(|(&t, &v)| Circle::new((t, f64::from(v)), 2, BLUE.filled())),
+                    .map(|(&t, &v)| Circle::new((t, f64::from(v)), 1 + panel / 150, BLUE.filled())),
             )
             .map_err(|e| fail(path, e))?;
         if let Some(f) = fits.iter().find(|f| f.dq as usize == d + 1) {
@@ -159,14 +199,14 @@ fn heat_map(
 }
 
 /// The time-averaged SAXS image on a log scale (zero pixels darkest).
-pub fn saxs_image(path: &Path, img: &Array2<f32>) -> Result<(), String> {
+pub fn saxs_image(path: &Path, img: &Array2<f32>, side: u32) -> Result<(), String> {
     let floor = img
         .iter()
         .copied()
         .filter(|&v| v > 0.0)
         .fold(f32::INFINITY, f32::min);
     let floor = if floor.is_finite() { floor } else { 1.0 };
-    heat_map(path, img, 512, |v| v.max(floor).log10())
+    heat_map(path, img, side, |v| v.max(floor).log10())
 }
 
 /// A two-time map C(t1, t2), mirrored from its stored upper triangle.
@@ -189,14 +229,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let img = Array2::from_shape_fn((40, 80), |(r, c)| (r * c) as f32);
         let p = t.path().join("saxs.png");
-        saxs_image(&p, &img).unwrap();
+        saxs_image(&p, &img, 512).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         // IHDR: width and height, big-endian, at bytes 16..24.
         let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
         let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
         assert_eq!((w, h), (512, 256));
-        let e = saxs_image(&t.path().join("none.png"), &Array2::zeros((0, 3))).unwrap_err();
+        let e = saxs_image(&t.path().join("none.png"), &Array2::zeros((0, 3)), 64).unwrap_err();
         assert!(e.contains("none.png") && e.contains("empty image"), "{e}");
     }
 }

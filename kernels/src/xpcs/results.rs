@@ -283,6 +283,75 @@ impl Drop for ResultsWriter {
     }
 }
 
+/// What the figures need from a results file.
+pub struct Contents {
+    pub saxs_2d: Array2<f32>,
+    /// Multi-tau: τ in seconds and g2, g2_err (T, n_dq).
+    pub multitau: Option<(Vec<f64>, super::G2Result)>,
+    /// The first two-time map (upper triangle) and its dq.
+    pub first_c2: Option<(u32, Array2<f32>)>,
+    /// q of each dynamic bin, Å⁻¹.
+    pub dq_values: Vec<f64>,
+}
+
+/// Reads back a results file written by [`ResultsWriter`] (or the reference).
+pub fn read(path: &Path) -> Result<Contents, String> {
+    let f = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+    let ds = |name: &str| f.dataset(name).map_err(|e| err(path, name, e));
+    let img: Array3<f32> = ds("/xpcs/temporal_mean/scattering_2d")?
+        .read()
+        .map_err(|e| err(path, "/xpcs/temporal_mean/scattering_2d", e))?;
+    let saxs_2d = img.index_axis_move(ndarray::Axis(0), 0);
+    let dq_values = super::io::read_qmap_group(path, "/xpcs/qmap")?.dq_values;
+    let scalar = |name: &str| -> Result<f64, String> {
+        let d = ds(name)?;
+        d.read_scalar::<f64>()
+            .or_else(|_| d.read_scalar::<i64>().map(|v| v as f64))
+            .map_err(|e| err(path, name, e))
+    };
+    let multitau = if f.link_exists("/xpcs/multitau/normalized_g2") {
+        let t0 = scalar("/entry/instrument/detector_1/frame_time")?
+            * scalar("/xpcs/multitau/config/stride_frame")?
+            * scalar("/xpcs/multitau/config/avg_frame")?;
+        let tau: Vec<i64> = ds("/xpcs/multitau/delay_list")?
+            .read_raw()
+            .map_err(|e| err(path, "/xpcs/multitau/delay_list", e))?;
+        let g2 = ds("/xpcs/multitau/normalized_g2")?
+            .read_2d()
+            .map_err(|e| err(path, "/xpcs/multitau/normalized_g2", e))?;
+        let g2_err = ds("/xpcs/multitau/normalized_g2_err")?
+            .read_2d()
+            .map_err(|e| err(path, "/xpcs/multitau/normalized_g2_err", e))?;
+        Some((
+            tau.iter().map(|&t| t as f64 * t0).collect(),
+            super::G2Result {
+                tau: tau.iter().map(|&t| t.max(0) as u64).collect(),
+                g2,
+                g2_err,
+            },
+        ))
+    } else {
+        None
+    };
+    let first_c2 = if f.link_exists("/xpcs/twotime/correlation_map/c2_00001") {
+        let bins: Vec<i32> = ds("/xpcs/twotime/processed_bins")?
+            .read_raw()
+            .map_err(|e| err(path, "/xpcs/twotime/processed_bins", e))?;
+        let c2 = ds("/xpcs/twotime/correlation_map/c2_00001")?
+            .read_2d()
+            .map_err(|e| err(path, "/xpcs/twotime/correlation_map/c2_00001", e))?;
+        Some((bins.first().copied().unwrap_or(0).max(0) as u32, c2))
+    } else {
+        None
+    };
+    Ok(Contents {
+        saxs_2d,
+        multitau,
+        first_c2,
+        dq_values,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

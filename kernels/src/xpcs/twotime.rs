@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use ndarray::Array2;
+use rayon::prelude::*;
 
 use super::QMap;
 
@@ -233,25 +234,56 @@ fn correlate_bin(
     if n == 0 || p == 0 {
         return c;
     }
+    single_threaded_blas();
     let a = &data[cols.start..];
-    // SAFETY: `a` holds n rows of `stride` ≥ p values from cols.start (the
-    // last row is cut at the slice end, which is past its p values), and
-    // `c` is a contiguous n × n row-major array.
-    unsafe {
-        cblas_sys::cblas_ssyrk(
-            cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
-            cblas_sys::CBLAS_UPLO::CblasUpper,
-            cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
-            n as i32,
-            p as i32,
-            1.0,
-            a.as_ptr(),
-            stride as i32,
-            0.0,
-            c.as_mut_ptr(),
-            n as i32,
-        );
-    }
+    let flat = c.as_slice_mut().expect("standard layout");
+    // Row strips of C are independent: each is one SSYRK on its diagonal
+    // tile and one SGEMM right of it, and rayon spreads the strips.
+    flat.par_chunks_mut(STRIP * n)
+        .enumerate()
+        .for_each(|(k, strip)| {
+            let r0 = k * STRIP;
+            let rows = strip.len() / n;
+            // SAFETY: `a` holds n rows of `stride` ≥ p values from
+            // cols.start (the last row is cut at the slice end, past its p
+            // values); `strip` is rows r0..r0+rows of the n × n row-major C,
+            // and both calls write only columns ≥ r0 of those rows.
+            unsafe {
+                let a_rows = a.as_ptr().add(r0 * stride);
+                cblas_sys::cblas_ssyrk(
+                    cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
+                    cblas_sys::CBLAS_UPLO::CblasUpper,
+                    cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
+                    rows as i32,
+                    p as i32,
+                    1.0,
+                    a_rows,
+                    stride as i32,
+                    0.0,
+                    strip.as_mut_ptr().add(r0),
+                    n as i32,
+                );
+                let right = n - r0 - rows;
+                if right > 0 {
+                    cblas_sys::cblas_sgemm(
+                        cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
+                        cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
+                        cblas_sys::CBLAS_TRANSPOSE::CblasTrans,
+                        rows as i32,
+                        right as i32,
+                        p as i32,
+                        1.0,
+                        a_rows,
+                        stride as i32,
+                        a.as_ptr().add((r0 + rows) * stride),
+                        stride as i32,
+                        0.0,
+                        strip.as_mut_ptr().add(r0 + rows),
+                        n as i32,
+                    );
+                }
+            }
+        });
     let s: Vec<f32> = (0..n)
         .map(|t| {
             let v: f64 = data[t * stride + cols.start..t * stride + cols.end]
@@ -273,6 +305,22 @@ fn correlate_bin(
         }
     }
     c
+}
+
+/// Rows of C per parallel work item.
+const STRIP: usize = 128;
+
+unsafe extern "C" {
+    fn openblas_set_num_threads(n: std::ffi::c_int);
+}
+
+/// OpenBLAS's own thread pool deadlocks when several threads call it at
+/// once (two kernels in one pilot, or rayon strips), so it runs on the
+/// calling thread and the parallelism is ours.
+fn single_threaded_blas() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain setter of the library's thread count.
+    ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
 }
 
 /// Mean of each diagonal lag = 0..len of the symmetric matrix whose upper
@@ -360,11 +408,17 @@ mod tests {
 
     #[test]
     fn matches_the_definition() {
+        // One strip, and several (diagonal SSYRK tiles + SGEMM beside them).
+        for n in [23, 2 * STRIP + 37] {
+            matches_the_definition_for(n);
+        }
+    }
+
+    fn matches_the_definition_for(n: usize) {
         let q = qmap_2x2_bins();
         let plan = TwotimePlan::new(&q, None).unwrap();
         assert_eq!(plan.bins.len(), 2);
         assert_eq!(plan.bins[0].pixels(), 11);
-        let n = 23;
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let frames: Vec<Vec<f64>> = (0..n)
             .map(|_| {
@@ -398,8 +452,9 @@ mod tests {
                 let w: f64 = (0..n - lag).map(|i| want[i][i + lag]).sum::<f64>() / (n - lag) as f64;
                 assert!((f64::from(res.g2[lag]) - w).abs() < 1e-5, "lag {lag}");
             }
-            // Segment 2 covers frames 8..12 (N/5 = 4).
-            let w: f64 = (8..11).map(|i| want[i][i + 1]).sum::<f64>() / 3.0;
+            // Block 2 covers frames 2m..3m (m = N/5); lag 1 has m - 1 pairs.
+            let m = n / 5;
+            let w: f64 = (2 * m..3 * m - 1).map(|i| want[i][i + 1]).sum::<f64>() / (m - 1) as f64;
             assert!((f64::from(res.segments[[1, 2]]) - w).abs() < 1e-5);
         }
     }
