@@ -650,6 +650,16 @@ fn cli_validate_demo_and_local_run() {
     let out = bf(&[
         "flow",
         "validate",
+        root.join("jobs/xpcs.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bf(&[
+        "flow",
+        "validate",
         root.join("tests/flows/bad/cycle.toml").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -667,7 +677,15 @@ fn cli_validate_demo_and_local_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("run 1 succeeded"), "{text}");
-    assert!(text.contains("\"files\":16"), "{text}");
+    assert!(
+        text.contains("catalog record 1: XPCS silica-demo: 2000 frames"),
+        "{text}"
+    );
+    assert!(text.contains("D fitted"), "{text}");
+    assert!(
+        text.contains("the results came back to the beamline"),
+        "{text}"
+    );
 
     let data = env.home.join("frames");
     beamflow::demo::generate_frames(&data, 3, 1000).unwrap();

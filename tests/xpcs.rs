@@ -231,3 +231,47 @@ fn imm_input_gives_the_same_g2_as_hdf5() {
         "some correlation is visible"
     );
 }
+
+/// The acceptance case: 512×512 pixels, 2000 frames, β = 0.5. D (from Γ =
+/// D q² over the resolved bins) and the mean β come back within 2 %.
+#[test]
+fn fits_recover_the_generated_dynamics_at_512x512x2000() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = SpeckleConfig {
+        size: 512,
+        frames: 2000,
+        ..Default::default()
+    };
+    let files = write_dataset(&cfg, t.path(), "S512", |_| {}).unwrap();
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files.truth).unwrap()).unwrap();
+    let mut opts = Options::new(
+        &files.raw,
+        &files.qmap,
+        &t.path().join("out"),
+        Mode::Multitau,
+    );
+    opts.plots = false;
+    let s = run(&opts, &mut |_| true).unwrap().summary;
+    let d_true = truth["diffusion"].as_f64().unwrap();
+    let d = s.diffusion.unwrap();
+    let beta = s.beta.unwrap();
+    let resolved = s.fits.iter().filter(|f| f.resolved).count();
+    eprintln!(
+        "D {d:.5e} vs {d_true:.5e} ({:+.3} %), beta {beta:.4}, {resolved} resolved bins",
+        100.0 * (d - d_true) / d_true
+    );
+    assert!(resolved >= 15, "{resolved} resolved bins");
+    assert!((d - d_true).abs() < 0.02 * d_true, "D {d} vs {d_true}");
+    assert!((beta - 0.5).abs() < 0.02 * 0.5, "beta {beta}");
+    // Every bin's Γ, resolved or not, within 5 % of its own truth.
+    for f in s.fits.iter().filter(|f| f.resolved) {
+        let g = truth["bins"][f.dq as usize - 1]["gamma"].as_f64().unwrap();
+        assert!(
+            (f.gamma - g).abs() < 0.05 * g,
+            "dq {}: {} vs {g}",
+            f.dq,
+            f.gamma
+        );
+    }
+}

@@ -211,13 +211,29 @@ enum CatalogCmd {
 #[derive(Subcommand)]
 enum KernelCmd {
     List,
+    /// Run an XPCS kernel on files, outside any flow.
+    #[command(subcommand)]
+    Xpcs(crate::xpcs::XpcsCmd),
 }
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure.
-    #[arg(value_parser = ["engine"])]
+    /// What to measure: `engine` (tasks/s, latency) or `xpcs` (kernel,
+    /// end-to-end and two-time speed on a synthetic dataset).
+    #[arg(value_parser = ["engine", "xpcs"])]
     name: String,
+    /// xpcs: detector side, pixels.
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// xpcs: frames in the dataset.
+    #[arg(long, default_value_t = 2000)]
+    frames: usize,
+    /// xpcs: frames for the two-time case.
+    #[arg(long, default_value_t = 1000)]
+    twotime_frames: usize,
+    /// xpcs: keep (and reuse) the generated dataset in this directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// noop kernel tasks in the throughput burst.
     #[arg(long, default_value_t = 20000)]
     tasks: usize,
@@ -270,7 +286,7 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header.to_vec());
@@ -448,6 +464,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo { keep } => {
             crate::demo::run(keep.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kernel(KernelCmd::Xpcs(x)) => {
+            let json_out = cli.json;
+            tokio::task::spawn_blocking(move || crate::xpcs::run(x, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "xpcs" => {
+            let json_out = cli.json;
+            let spec = crate::xpcs::BenchXpcs {
+                size: b.size,
+                frames: b.frames,
+                twotime_frames: b.twotime_frames,
+                data: b.data,
+            };
+            let out =
+                tokio::task::spawn_blocking(move || crate::xpcs::bench(&spec, json_out)).await??;
+            if json_out {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {

@@ -1,10 +1,13 @@
 //! `beamflow demo`: a server and a pilot in this process on a fresh store, a
-//! generated dataset, and the best flow beamflow has, run end to end.
+//! synthetic XPCS measurement with known dynamics, and the `xpcs` flow run
+//! end to end: staged, correlated, plotted, published and returned.
 
 use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
+
+use beamflow_kernels::synthetic::xpcs::{write_dataset, SpeckleConfig};
 
 use crate::local::{Local, LocalOptions};
 use crate::site::SiteConfig;
@@ -32,6 +35,9 @@ pub fn generate_frames(dir: &Path, n: usize, size: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The flow the demo runs: XPCS from a (synthetic) beamline to the catalog.
+pub const XPCS_FLOW: &str = include_str!("../../jobs/xpcs.toml");
+
 pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let local = Local::start(LocalOptions {
         home: keep.map(Path::to_path_buf),
@@ -47,24 +53,53 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         local.client.url,
         local.home.display()
     );
-    let data = local.home.join("demo-data");
-    generate_frames(&data, 16, 256 * 1024)?;
-    println!("generated 16 detector frames (4 MiB) in {}", data.display());
-    let flow_path = local.home.join("demo.toml");
-    std::fs::write(&flow_path, DEMO_FLOW)?;
+    let beamline = local.home.join("beamline");
+    let cfg = SpeckleConfig {
+        size: 256,
+        frames: 2000,
+        ..Default::default()
+    };
+    let dir = beamline.clone();
+    let c = cfg.clone();
+    let files = tokio::task::spawn_blocking(move || write_dataset(&c, &dir, "S001_silica", |_| {}))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(&files.truth)?)?;
+    let d_true = truth["diffusion"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "beamline wrote {} frames of {}x{} speckle (Brownian motion, D = {:.4e} Å²/s, β = {}) to {}",
+        cfg.frames,
+        cfg.size,
+        cfg.size,
+        d_true,
+        truth["beta"],
+        files.dir.display()
+    );
+    let flow_path = local.home.join("xpcs.toml");
+    std::fs::write(&flow_path, XPCS_FLOW)?;
     let (name, version, _) = local.client.register(&flow_path).await?;
-    println!("registered flow {name} v{version}: stage (transfer) → summarise (shell) → publish");
+    println!(
+        "registered flow {name} v{version}: stage → metadata → multitau → plot → gather → publish → return"
+    );
+    let dest = beamline.join("analysis");
+    let s = |p: &Path| p.display().to_string();
     let ids = local
         .client
         .submit(
             &name,
             None,
-            vec![json!({ "src": data.display().to_string(), "sample": "silica-demo" })],
+            vec![json!({
+                "raw": s(&files.raw),
+                "meta": s(&files.metadata),
+                "qmap": s(&files.qmap),
+                "dest": s(&dest),
+                "sample": "silica-demo",
+            })],
         )
         .await?;
     let runs = local
         .client
-        .wait(&ids, true, Some(std::time::Duration::from_secs(300)))
+        .wait(&ids, true, Some(std::time::Duration::from_secs(600)))
         .await?;
     let d: RunDetail = local.client.get(&format!("/api/runs/{}", ids[0])).await?;
     let t = crate::report::timing(&d);
@@ -78,14 +113,43 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         println!("error: {err}");
     }
     let hits: Vec<Value> = local.client.get("/api/catalog?q=silica").await?;
+    let mut d_fit = None;
     if let Some(h) = hits.first() {
         let r = &h["record"];
+        let o = &r["outputs"];
         println!(
             "\ncatalog record {}: {}",
             h["id"],
             r["title"].as_str().unwrap_or("")
         );
-        println!("  outputs: {}", r["outputs"]);
+        d_fit = o["diffusion"].as_f64();
+        if let Some(d) = d_fit {
+            println!(
+                "  D fitted {d:.4e} Å²/s (true {d_true:.4e}, off by {:+.2} %), mean β {:.4} (true {})",
+                100.0 * (d - d_true) / d_true,
+                o["beta_mean"].as_f64().unwrap_or(f64::NAN),
+                truth["beta"]
+            );
+        }
+        let q = o["q"].as_array().cloned().unwrap_or_default();
+        let gamma = o["gamma"].as_array().cloned().unwrap_or_default();
+        let beta = o["beta"].as_array().cloned().unwrap_or_default();
+        let mut tab = crate::cli::table(&["q (1/Å)", "Γ fitted (1/s)", "Γ true (1/s)", "β"]);
+        let bins = truth["bins"].as_array().cloned().unwrap_or_default();
+        for (i, ((q, g), b)) in q.iter().zip(&gamma).zip(&beta).enumerate().step_by(3) {
+            tab.add_row(vec![
+                format!("{:.5}", q.as_f64().unwrap_or(f64::NAN)),
+                format!("{:.4e}", g.as_f64().unwrap_or(f64::NAN)),
+                format!(
+                    "{:.4e}",
+                    bins.get(i)
+                        .and_then(|b| b["gamma"].as_f64())
+                        .unwrap_or(f64::NAN)
+                ),
+                format!("{:.4}", b.as_f64().unwrap_or(f64::NAN)),
+            ]);
+        }
+        println!("{tab}");
         for f in r["files"].as_array().into_iter().flatten() {
             println!(
                 "  file: {} ({} bytes, blake3 {})",
@@ -95,9 +159,22 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
             );
         }
     }
+    let returned = dest.join("results").join("S001_silica_results.hdf");
     let ok = runs.iter().all(|r| r.state == "succeeded");
+    let back = returned.exists();
     local.stop().await?;
     anyhow::ensure!(ok, "the demo run did not succeed");
-    println!("\ndemo finished: the run succeeded; its files and record were checked end to end.");
+    anyhow::ensure!(
+        back,
+        "{}: the results did not come back",
+        returned.display()
+    );
+    let d = d_fit.ok_or_else(|| anyhow::anyhow!("the catalog record has no fitted D"))?;
+    println!(
+        "\ndemo finished: the results came back to the beamline ({}{}) and D is within {:.1} % of the truth.",
+        returned.display(),
+        if keep.is_some() { "; open it in pyXPCSViewer" } else { ", removed with the demo's temporary state; --keep DIR keeps it" },
+        100.0 * ((d - d_true) / d_true).abs()
+    );
     Ok(())
 }

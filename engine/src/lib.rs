@@ -19,3 +19,4 @@ pub mod server;
 pub mod site;
 pub mod store;
 pub mod util;
+pub mod xpcs;

@@ -59,7 +59,14 @@ impl Local {
                 cpus: o.cpus,
                 gpus: None,
                 memory_mb: None,
-                targets: None,
+                // On one machine there is nowhere else to run: the local
+                // pilots serve every target, and a `gpu` step without a GPU
+                // here takes its CPU variant.
+                targets: Some(
+                    ["cpu", "gpu", "edge", "realtime"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
                 prefetch: o.prefetch,
                 idle_timeout: None,
                 walltime: None,
