@@ -275,3 +275,59 @@ fn fits_recover_the_generated_dynamics_at_512x512x2000() {
         );
     }
 }
+
+/// `-nf 1`: multi-tau sees each frame divided by its mean over the valid
+/// pixels; intensity vs time stays the raw mean.
+#[test]
+fn frame_normalisation_correlates_the_normalised_frames() {
+    use beamflow_kernels::xpcs::{qbin::normalize, Multitau};
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 32, 150);
+    let mut o = Options::new(
+        &files.raw,
+        &files.qmap,
+        &t.path().join("out"),
+        Mode::Multitau,
+    );
+    o.plots = false;
+    o.normalize_frame = true;
+    let res = run(&o, &mut |_| true).unwrap();
+    let got = res.multitau.unwrap();
+    // The same by hand: normalise, correlate, bin.
+    let q = read_qmap(&files.qmap).unwrap();
+    let px = q.valid_pixels();
+    let raw = RawFile::open(&files.raw).unwrap();
+    let vals = raw.read(0, raw.frames, &px).unwrap();
+    let mut normed = Vec::with_capacity(vals.len());
+    for f in vals.chunks(px.len()) {
+        let mean = f.iter().map(|&v| f64::from(v)).sum::<f64>() / px.len() as f64;
+        normed.extend(f.iter().map(|&v| v * (1.0 / mean) as f32));
+    }
+    let mut mt = Multitau::new(150, px.len());
+    mt.push(&normed).unwrap();
+    let want = normalize(&mt.finish().unwrap(), &q, &px);
+    for (a, b) in got.g2.iter().zip(want.g2.iter()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    // Normalised frames have mean 1, so g2 is not scaled by the intensity.
+    assert!(got.g2.iter().any(|&v| v > 1.05));
+    let f = hdf5::File::open(&res.summary.results).unwrap();
+    let it: ndarray::Array2<f32> = f
+        .dataset("/xpcs/spatial_mean/intensity_vs_time")
+        .unwrap()
+        .read_2d()
+        .unwrap();
+    let (int_t, _) = direct_averages(&files);
+    for (i, w) in int_t.iter().enumerate() {
+        assert!(
+            (f64::from(it[[1, i]]) - w).abs() < 1e-5 * w.max(1.0),
+            "frame {i}"
+        );
+    }
+    let nf: i64 = f
+        .dataset("/xpcs/multitau/config/normalize_frame")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(nf, 1);
+}

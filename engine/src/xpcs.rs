@@ -61,6 +61,9 @@ pub struct AnalysisArgs {
     /// Skip the PNG figures.
     #[arg(long)]
     no_plots: bool,
+    /// Divide each frame by its mean before multi-tau (the reference's -nf 1).
+    #[arg(long = "normalize-frame", visible_alias = "nf")]
+    normalize_frame: bool,
 }
 
 #[derive(Args)]
@@ -108,6 +111,7 @@ fn options(a: &AnalysisArgs, mode: Mode) -> anyhow::Result<Options> {
     o.avg = a.avg;
     o.overwrite = a.overwrite;
     o.plots = !a.no_plots;
+    o.normalize_frame = a.normalize_frame;
     o.max_memory = (a.max_memory * (1u64 << 30) as f64) as usize;
     if let Some(d) = &a.dq {
         o.dq_selection = Some(parse_selection(d).map_err(anyhow::Error::msg)?);

@@ -82,6 +82,11 @@ pub struct Options {
     pub overwrite: bool,
     /// Write the PNG plots.
     pub plots: bool,
+    /// Divide each frame by its mean over the valid pixels before the
+    /// multi-tau correlation (the reference CLI's `-nf 1`). The SAXS image
+    /// and intensity vs time are taken before, the segment profiles after,
+    /// as in the reference; two-time never normalises frames.
+    pub normalize_frame: bool,
 }
 
 impl Options {
@@ -100,6 +105,7 @@ impl Options {
             max_memory: 4 << 30,
             overwrite: false,
             plots: true,
+            normalize_frame: false,
         }
     }
 }
@@ -313,6 +319,25 @@ fn read_batch(
     Ok(Batch::Means(out))
 }
 
+/// Each frame of `batch` divided by its mean over `pixels` (a mean ≤ 0
+/// counts as 1); only `pixels` are filled in.
+fn normalize_frames(batch: &Batch, px: usize, count: usize, pixels: &[usize]) -> Batch {
+    let mut out = vec![0f32; count * px];
+    out.par_chunks_mut(px).enumerate().for_each(|(t, frame)| {
+        let base = t * px;
+        let sum: f64 = pixels
+            .iter()
+            .map(|&p| f64::from(batch.value(base + p)))
+            .sum();
+        let mean = sum / pixels.len().max(1) as f64;
+        let inv = if mean > 0.0 { (1.0 / mean) as f32 } else { 1.0 };
+        for &p in pixels {
+            frame[p] = batch.value(base + p) * inv;
+        }
+    });
+    Batch::Means(out)
+}
+
 /// Bytes of raw data per read: 128 frames at 512² uint16. Larger pushes
 /// amortise the correlator's per-push work (history prologue, dispatch).
 const BATCH_BYTES: usize = 64 << 20;
@@ -405,7 +430,10 @@ impl Averages {
         n / len
     }
 
-    fn add(&mut self, batch: &Batch, count: usize, px: usize) {
+    /// Adds `count` frames: totals and intensity from `batch`, segment
+    /// sums from `seg` (the normalised frames) when given.
+    fn add(&mut self, batch: &Batch, seg: Option<&Batch>, count: usize, px: usize) {
+        let seg = seg.unwrap_or(batch);
         for t in 0..count {
             let base = t * px;
             let pixels = &self.pixels;
@@ -421,7 +449,7 @@ impl Averages {
                     for ((cu, to), &p) in cur.iter_mut().zip(tot.iter_mut()).zip(idx) {
                         let v = f64::from(batch.value(base + p));
                         if in_segment {
-                            *cu += v;
+                            *cu += f64::from(seg.value(base + p));
                         }
                         *to += v;
                         s += v;
@@ -499,7 +527,10 @@ pub fn run(
     } else {
         10
     };
-    let mut averages = Averages::new(pixels.clone(), n, n_seg, !opts.mode.multitau());
+    // Multi-tau gives the per-pixel means and intensity vs time, unless it
+    // sees normalised frames.
+    let own_totals = !opts.mode.multitau() || opts.normalize_frame;
+    let mut averages = Averages::new(pixels.clone(), n, n_seg, own_totals);
     let mut mt = opts
         .mode
         .multitau()
@@ -512,10 +543,12 @@ pub fn run(
         "correlating",
         progress,
         |batch, count| {
+            let normalized = (opts.normalize_frame && mt.is_some())
+                .then(|| normalize_frames(batch, px, count, &pixels));
             if let Some(mt) = &mut mt {
-                batch.push_to(mt)?;
+                normalized.as_ref().unwrap_or(batch).push_to(mt)?;
             }
-            averages.add(batch, count, px);
+            averages.add(batch, normalized.as_ref(), count, px);
             if let Some(c) = &mut collector {
                 for t in 0..count {
                     c.push(|i| batch.value(t * px + i))?;
@@ -531,8 +564,8 @@ pub fn run(
     let writer = ResultsWriter::create(&path, &meta, &opts.qmap, &opts.raw)?;
     let t_write = Instant::now();
     let (mean, intensity) = match &sums {
-        Some(s) => (s.mean.clone(), s.intensity_vs_time.clone()),
-        None => (
+        Some(s) if !own_totals => (s.mean.clone(), s.intensity_vs_time.clone()),
+        _ => (
             averages.total.iter().map(|&v| v / n as f64).collect(),
             averages.intensity.clone().unwrap_or_default(),
         ),
@@ -567,7 +600,10 @@ pub fn run(
             ),
             ("stride_frame", ConfigValue::Int(plan.stride as i64)),
             ("avg_frame", ConfigValue::Int(plan.avg as i64)),
-            ("normalize_frame", ConfigValue::Int(0)),
+            (
+                "normalize_frame",
+                ConfigValue::Int(i64::from(opts.normalize_frame && kind == "Multitau")),
+            ),
             ("smooth", ConfigValue::Text("sqmap".into())),
             ("qmap", ConfigValue::Text(opts.qmap.display().to_string())),
             ("frame_time", ConfigValue::Float(frame_time)),

@@ -81,6 +81,7 @@ fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, K
     o.avg = count(params, "avg", 1)?.max(1);
     o.overwrite = flag(params, "overwrite")?;
     o.plots = !flag(params, "no_plots")?;
+    o.normalize_frame = flag(params, "normalize_frame")?;
     if let Some(sel) = text(params, "dq")? {
         o.dq_selection = Some(parse_selection(sel).map_err(|e| KernelError::param("dq", e))?);
     }
@@ -143,6 +144,7 @@ const ANALYSIS_PARAMS: &[&str] = &[
     "avg",
     "overwrite",
     "no_plots",
+    "normalize_frame",
     "dq",
     "max_memory_gb",
 ];
