@@ -331,3 +331,49 @@ fn frame_normalisation_correlates_the_normalised_frames() {
         .unwrap();
     assert_eq!(nf, 1);
 }
+
+/// The torch backend (libtorch on the CPU device here) gives the cpu
+/// backend's g2, and asking for a GPU that is not there falls back with a note.
+#[test]
+fn torch_backend_agrees_with_cpu() {
+    use beamflow_kernels::xpcs::pipeline::Backend;
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 48, 300);
+    let mut a = Options::new(
+        &files.raw,
+        &files.qmap,
+        &t.path().join("cpu"),
+        Mode::Multitau,
+    );
+    a.plots = false;
+    let mut b = Options::new(
+        &files.raw,
+        &files.qmap,
+        &t.path().join("torch"),
+        Mode::Multitau,
+    );
+    b.plots = false;
+    b.backend = Backend::parse("torch:cuda").unwrap();
+    let ra = run(&a, &mut |_| true).unwrap();
+    let rb = run(&b, &mut |_| true).unwrap();
+    assert_eq!(ra.summary.device, "cpu");
+    if rb.summary.device == "torch:cpu" {
+        assert!(rb
+            .summary
+            .device_note
+            .as_deref()
+            .unwrap()
+            .contains("no CUDA device"));
+    }
+    let (ga, gb) = (ra.multitau.unwrap(), rb.multitau.unwrap());
+    assert_eq!(ga.tau, gb.tau);
+    for (x, y) in ga.g2.iter().zip(gb.g2.iter()) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} vs {y}");
+    }
+    for (x, y) in ga.g2_err.iter().zip(gb.g2_err.iter()) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{x} vs {y}");
+    }
+    assert!(Backend::parse("jax")
+        .unwrap_err()
+        .contains("unknown backend"));
+}

@@ -64,6 +64,11 @@ pub struct AnalysisArgs {
     /// Divide each frame by its mean before multi-tau (the reference's -nf 1).
     #[arg(long = "normalize-frame", visible_alias = "nf")]
     normalize_frame: bool,
+    /// Multi-tau backend: cpu (native), torch (libtorch, best device), or
+    /// torch:DEVICE (cpu, cuda, cuda:N); without that device, torch runs on
+    /// the CPU and says so.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
 }
 
 #[derive(Args)]
@@ -112,6 +117,7 @@ fn options(a: &AnalysisArgs, mode: Mode) -> anyhow::Result<Options> {
     o.overwrite = a.overwrite;
     o.plots = !a.no_plots;
     o.normalize_frame = a.normalize_frame;
+    o.backend = pipeline::Backend::parse(&a.backend).map_err(anyhow::Error::msg)?;
     o.max_memory = (a.max_memory * (1u64 << 30) as f64) as usize;
     if let Some(d) = &a.dq {
         o.dq_selection = Some(parse_selection(d).map_err(anyhow::Error::msg)?);
@@ -148,16 +154,20 @@ pub fn run(cmd: XpcsCmd, json_out: bool) -> anyhow::Result<()> {
     };
     let out = analyse(&options(&args, mode)?, json_out)?;
     let s = &out.summary;
+    if let Some(why) = &s.device_note {
+        eprintln!("note: {why}");
+    }
     if json_out {
         println!("{}", serde_json::to_string(s)?);
         return Ok(());
     }
     println!(
-        "{} frames of {}x{} ({} pixels), t0 = {} s: {:.1} M pixel-frames/s, {:.2} s in all",
+        "{} frames of {}x{} ({} pixels) on {}, t0 = {} s: {:.1} M pixel-frames/s, {:.2} s in all",
         s.frames,
         s.detector[0],
         s.detector[1],
         s.pixels,
+        s.device,
         s.t0,
         s.pixel_frames_per_s / 1e6,
         s.timings.total_s

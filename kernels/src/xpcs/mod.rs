@@ -14,6 +14,8 @@ pub mod qbin;
 pub mod results;
 pub mod scattering;
 pub mod steps;
+#[cfg(feature = "torch")]
+pub mod torch;
 pub mod twotime;
 
 pub use delays::{delay_grid, Delay};

@@ -82,6 +82,8 @@ pub struct Options {
     pub overwrite: bool,
     /// Write the PNG plots.
     pub plots: bool,
+    /// Multi-tau implementation and device.
+    pub backend: Backend,
     /// Divide each frame by its mean over the valid pixels before the
     /// multi-tau correlation (the reference CLI's `-nf 1`). The SAXS image
     /// and intensity vs time are taken before, the segment profiles after,
@@ -106,6 +108,7 @@ impl Options {
             overwrite: false,
             plots: true,
             normalize_frame: false,
+            backend: Backend::Cpu,
         }
     }
 }
@@ -209,6 +212,10 @@ pub struct Summary {
     pub twotime_bins: Vec<u32>,
     /// Correlated pixel-frames per second of the first pass.
     pub pixel_frames_per_s: f64,
+    /// Where multi-tau ran: "cpu", "torch:cpu", "torch:cuda:0", …
+    pub device: String,
+    /// Why it did not run where asked (a GPU asked for and none visible).
+    pub device_note: Option<String>,
     pub timings: Timings,
     pub plots: Vec<PathBuf>,
 }
@@ -279,12 +286,105 @@ impl Batch {
             Batch::Means(v) => v[i],
         }
     }
-    fn push_to(&self, mt: &mut Multitau) -> Result<(), String> {
+    /// The values at `pixels` of `count` frames of `px` values, frame-major.
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    fn gather(&self, count: usize, px: usize, pixels: &[usize]) -> Vec<f32> {
+        let mut out = vec![0f32; count * pixels.len()];
+        out.par_chunks_mut(pixels.len().max(1))
+            .enumerate()
+            .for_each(|(t, row)| {
+                for (r, &p) in row.iter_mut().zip(pixels) {
+                    *r = self.value(t * px + p);
+                }
+            });
+        out
+    }
+}
+
+/// Which multi-tau implementation runs, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Native: register-blocked SIMD over rayon (the reference backend).
+    Cpu,
+    /// libtorch tensors on `device` ("cpu", "cuda", "cuda:N", "auto").
+    Torch { device: String },
+}
+
+impl Backend {
+    /// `cpu`, `torch` (device auto), or `torch:DEVICE`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(Backend::Cpu),
+            None if s == "torch" => Ok(Backend::Torch {
+                device: "auto".into(),
+            }),
+            Some(("torch", d)) => Ok(Backend::Torch {
+                device: d.to_string(),
+            }),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected cpu, torch or torch:DEVICE, e.g. torch:cuda)"
+            )),
+        }
+    }
+}
+
+/// A multi-tau correlator of either backend over the valid pixels.
+enum Correlator {
+    Cpu(Multitau),
+    #[cfg(feature = "torch")]
+    Torch(super::torch::TorchMultitau),
+}
+
+impl Correlator {
+    /// The correlator for `backend`, its device name, and why it is not the
+    /// device asked for (if it is not).
+    fn new(
+        backend: &Backend,
+        n: usize,
+        px: usize,
+        pixels: &[usize],
+    ) -> Result<(Self, String, Option<String>), String> {
+        match backend {
+            Backend::Cpu => Ok((
+                Correlator::Cpu(Multitau::masked(n as u64, px, pixels.to_vec())),
+                "cpu".into(),
+                None,
+            )),
+            #[cfg(feature = "torch")]
+            Backend::Torch { device } => {
+                let (d, why) = super::torch::device(device)?;
+                Ok((
+                    Correlator::Torch(super::torch::TorchMultitau::new(n as u64, pixels.len(), d)),
+                    super::torch::device_name(d),
+                    why,
+                ))
+            }
+            #[cfg(not(feature = "torch"))]
+            Backend::Torch { .. } => Err(
+                "the torch backend is not in this build (built without the `torch` feature)".into(),
+            ),
+        }
+    }
+
+    #[cfg_attr(not(feature = "torch"), allow(unused_variables))]
+    fn push(&mut self, b: &Batch, count: usize, px: usize, pixels: &[usize]) -> Result<(), String> {
         match self {
-            Batch::Counts(Frames::U8(v)) => mt.push(v),
-            Batch::Counts(Frames::U16(v)) => mt.push(v),
-            Batch::Counts(Frames::U32(v)) => mt.push(v),
-            Batch::Means(v) => mt.push(v),
+            Correlator::Cpu(mt) => match b {
+                Batch::Counts(Frames::U8(v)) => mt.push(v),
+                Batch::Counts(Frames::U16(v)) => mt.push(v),
+                Batch::Counts(Frames::U32(v)) => mt.push(v),
+                Batch::Means(v) => mt.push(v),
+            },
+            #[cfg(feature = "torch")]
+            Correlator::Torch(t) => t.push(&b.gather(count, px, pixels)),
+        }
+    }
+
+    fn finish(self) -> Result<super::multitau::PixelSums, String> {
+        match self {
+            Correlator::Cpu(mt) => mt.finish(),
+            #[cfg(feature = "torch")]
+            Correlator::Torch(t) => t.finish(),
         }
     }
 }
@@ -531,10 +631,12 @@ pub fn run(
     // sees normalised frames.
     let own_totals = !opts.mode.multitau() || opts.normalize_frame;
     let mut averages = Averages::new(pixels.clone(), n, n_seg, own_totals);
-    let mut mt = opts
-        .mode
-        .multitau()
-        .then(|| Multitau::masked(n as u64, px, pixels.clone()));
+    let (mut mt, device, device_note) = if opts.mode.multitau() {
+        let (c, d, why) = Correlator::new(&opts.backend, n, px, &pixels)?;
+        (Some(c), d, why)
+    } else {
+        (None, "cpu".to_string(), None)
+    };
     let mut collector = groups.next().map(|g| Collector::new(g, n));
     let t_pass = Instant::now();
     stream(
@@ -546,7 +648,7 @@ pub fn run(
             let normalized = (opts.normalize_frame && mt.is_some())
                 .then(|| normalize_frames(batch, px, count, &pixels));
             if let Some(mt) = &mut mt {
-                normalized.as_ref().unwrap_or(batch).push_to(mt)?;
+                mt.push(normalized.as_ref().unwrap_or(batch), count, px, &pixels)?;
             }
             averages.add(batch, normalized.as_ref(), count, px);
             if let Some(c) = &mut collector {
@@ -710,6 +812,8 @@ pub fn run(
         fits,
         twotime_bins,
         pixel_frames_per_s: (pixels.len() * n) as f64 / pass_s.max(1e-9),
+        device,
+        device_note,
         timings: Timings {
             read_correlate_s: pass_s,
             twotime_s,

@@ -82,6 +82,17 @@ fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, K
     o.overwrite = flag(params, "overwrite")?;
     o.plots = !flag(params, "no_plots")?;
     o.normalize_frame = flag(params, "normalize_frame")?;
+    // `auto` (the default): torch on the granted GPU when the pilot granted
+    // one, else the native CPU kernel.
+    o.backend = match text(params, "backend")?.unwrap_or("auto") {
+        "auto" => match ctx.gpus.first() {
+            Some(g) => pipeline::Backend::Torch {
+                device: format!("cuda:{g}"),
+            },
+            None => pipeline::Backend::Cpu,
+        },
+        b => pipeline::Backend::parse(b).map_err(|e| KernelError::param("backend", e))?,
+    };
     if let Some(sel) = text(params, "dq")? {
         o.dq_selection = Some(parse_selection(sel).map_err(|e| KernelError::param("dq", e))?);
     }
@@ -129,7 +140,8 @@ fn outputs(s: &Summary, summary_path: &Path) -> Value {
         "g2_png": find("_g2.png"),
         "thumbnails": s.plots.iter().filter(|p| p.to_string_lossy().ends_with("_thumb.png"))
             .map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "device": "cpu",
+        "device": s.device,
+        "device_note": s.device_note,
     })
 }
 
@@ -145,6 +157,7 @@ const ANALYSIS_PARAMS: &[&str] = &[
     "overwrite",
     "no_plots",
     "normalize_frame",
+    "backend",
     "dq",
     "max_memory_gb",
 ];
@@ -167,6 +180,7 @@ const ANALYSIS_OUTPUTS: &[&str] = &[
     "g2_png",
     "thumbnails",
     "device",
+    "device_note",
 ];
 
 /// Multi-tau g2 per q bin, averages, fits and figures.
