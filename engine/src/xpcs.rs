@@ -338,6 +338,21 @@ pub fn bench(b: &BenchXpcs, quiet: bool) -> anyhow::Result<Value> {
     let e2e_s = t.elapsed().as_secs_f64();
     let e2e_mb = peak_memory_mb();
 
+    // 2b. The same through the torch backend (its best device here).
+    let mut o = Options::new(&files.raw, &files.qmap, out.path(), Mode::Multitau);
+    o.plots = false;
+    o.overwrite = true;
+    o.backend = pipeline::Backend::parse("torch").map_err(anyhow::Error::msg)?;
+    let torch = match analyse(&o, quiet) {
+        Ok(r) => json!({
+            "device": r.summary.device,
+            "seconds": r.summary.timings.total_s,
+            "pixel_frames_per_s": pf / r.summary.timings.total_s,
+            "diffusion_fit": r.summary.diffusion,
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+
     // 3. Two-time over the first frames, every q bin.
     let tt_frames = b.twotime_frames.min(n);
     let mut o = Options::new(&files.raw, &files.qmap, out.path(), Mode::Twotime);
@@ -383,6 +398,7 @@ pub fn bench(b: &BenchXpcs, quiet: bool) -> anyhow::Result<Value> {
             "diffusion_rel_err": d_fit.zip(d_true).map(|(f, t)| (f - t) / t),
             "beta_fit": mt_run.summary.beta,
         },
+        "multitau_torch_end_to_end": torch,
         "twotime": {
             "frames": tt_frames,
             "bins": tt_run.summary.twotime_bins.len(),
