@@ -583,7 +583,7 @@ pub fn run(
     let qmap = read_qmap(&opts.qmap)?;
     if (qmap.height, qmap.width) != (height, width) {
         return Err(PipelineError::Failed(format!(
-            "{}: qmap is {}x{} but {} frames are {}x{}",
+            "{}: /qmap/dynamic_roi_map is {}x{} (height x width) but the frames of {} are {}x{}",
             opts.qmap.display(),
             qmap.height,
             qmap.width,
