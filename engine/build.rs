@@ -10,7 +10,6 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
-    println!("cargo:rerun-if-env-changed=BEAMFLOW_VENV");
     let dir = if let Ok(root) = std::env::var("LIBTORCH") {
         Some(PathBuf::from(root).join("lib"))
     } else if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {

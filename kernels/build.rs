@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
-    println!("cargo:rerun-if-env-changed=BEAMFLOW_VENV");
     let dir = if let Ok(root) = std::env::var("LIBTORCH") {
         Some(PathBuf::from(root).join("lib"))
     } else if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {

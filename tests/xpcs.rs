@@ -249,6 +249,11 @@ fn bad_inputs_fail_with_the_file_named_and_leave_no_results() {
     o.begin = 35;
     let e = fail(&o);
     assert!(e.contains("5 frames") && e.contains("at least 10"), "{e}");
+    // A two-time map that does not fit the memory budget fails before any work.
+    let mut o = Options::new(&files.raw, &files.qmap, &out, Mode::Twotime);
+    o.max_memory = 1000;
+    let e = fail(&o);
+    assert!(e.contains("a two-time map of 40 frames needs"), "{e}");
     // Cancelling stops the run.
     let o = Options::new(&files.raw, &files.qmap, &out, Mode::Multitau);
     assert!(matches!(
@@ -434,4 +439,78 @@ fn torch_backend_agrees_with_cpu() {
     assert!(Backend::parse("jax")
         .unwrap_err()
         .contains("unknown backend"));
+}
+
+/// begin/stride/avg pick and average the raw frames as the reference does
+/// (N = (end − begin) / (stride · avg)), and the segment profiles are the
+/// static-bin means of 2^L-frame segments (N / 2^L ≤ 16).
+#[test]
+fn stride_avg_and_segments_follow_their_definitions() {
+    let t = tempfile::tempdir().unwrap();
+    let files = dataset(t.path(), 32, 200);
+    let mut o = Options::new(
+        &files.raw,
+        &files.qmap,
+        &t.path().join("out"),
+        Mode::Multitau,
+    );
+    o.plots = false;
+    o.begin = 3;
+    o.stride = 2;
+    o.avg = 3;
+    let res = run(&o, &mut |_| true).unwrap();
+    let n = 32; // (200 − 3) / 6
+    assert_eq!(res.summary.frames, n);
+    let q = read_qmap(&files.qmap).unwrap();
+    let px = q.valid_pixels();
+    let raw = RawFile::open(&files.raw).unwrap();
+    let vals = raw.read(0, raw.frames, &px).unwrap();
+    let np = px.len();
+    // Correlated frame j: mean of raw frames 3 + (3j + a)·2, a = 0..3.
+    let frame = |j: usize| -> Vec<f64> {
+        (0..np)
+            .map(|i| {
+                (0..3)
+                    .map(|a| f64::from(vals[(3 + (3 * j + a) * 2) * np + i]))
+                    .sum::<f64>()
+                    / 3.0
+            })
+            .collect()
+    };
+    let f = hdf5::File::open(&res.summary.results).unwrap();
+    let it: ndarray::Array2<f32> = f
+        .dataset("/xpcs/spatial_mean/intensity_vs_time")
+        .unwrap()
+        .read_2d()
+        .unwrap();
+    assert_eq!(it.dim(), (2, n));
+    for j in [0, 7, n - 1] {
+        let want = frame(j).iter().sum::<f64>() / np as f64;
+        assert!((f64::from(it[[1, j]]) - want).abs() < 1e-5, "frame {j}");
+    }
+    // 32 frames → 16 segments of 2; segment 5 = frames 10 and 11.
+    let seg: ndarray::Array2<f32> = f
+        .dataset("/xpcs/temporal_mean/scattering_1d_segments")
+        .unwrap()
+        .read_2d()
+        .unwrap();
+    let n_sq = q.n_sq();
+    assert_eq!(seg.dim(), (16, n_sq));
+    let (a, b) = (frame(10), frame(11));
+    let mut sum = vec![0f64; n_sq + 1];
+    let mut count = vec![0f64; n_sq + 1];
+    for (i, &p) in px.iter().enumerate() {
+        sum[q.sqmap[p] as usize] += (a[i] + b[i]) / 2.0;
+    }
+    for &s in &q.sqmap {
+        count[s as usize] += 1.0;
+    }
+    for s in 1..=n_sq {
+        let want = sum[s] / count[s];
+        assert!(
+            (f64::from(seg[[5, s - 1]]) - want).abs() < 1e-5 * want.max(1.0),
+            "bin {s}: {} vs {want}",
+            seg[[5, s - 1]]
+        );
+    }
 }

@@ -132,11 +132,13 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
             );
         }
         let q = o["q"].as_array().cloned().unwrap_or_default();
+        let dq = o["dq"].as_array().cloned().unwrap_or_default();
         let gamma = o["gamma"].as_array().cloned().unwrap_or_default();
         let beta = o["beta"].as_array().cloned().unwrap_or_default();
         let mut tab = crate::cli::table(&["q (1/Å)", "Γ fitted (1/s)", "Γ true (1/s)", "β"]);
         let bins = truth["bins"].as_array().cloned().unwrap_or_default();
-        for (i, ((q, g), b)) in q.iter().zip(&gamma).zip(&beta).enumerate().step_by(3) {
+        for (((q, g), b), d) in q.iter().zip(&gamma).zip(&beta).zip(&dq).step_by(3) {
+            let i = d.as_u64().unwrap_or(0).saturating_sub(1) as usize;
             tab.add_row(vec![
                 format!("{:.5}", q.as_f64().unwrap_or(f64::NAN)),
                 format!("{:.4e}", g.as_f64().unwrap_or(f64::NAN)),

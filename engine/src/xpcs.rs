@@ -290,7 +290,8 @@ pub fn bench(b: &BenchXpcs, quiet: bool) -> anyhow::Result<Value> {
     };
     let t = Instant::now();
     let existing = dir.join(&name).join(format!("{name}.h5"));
-    let files = if existing.exists() {
+    // ground_truth.json is written last: its presence means a whole dataset.
+    let files = if dir.join(&name).join("ground_truth.json").exists() {
         DatasetFiles {
             dir: dir.join(&name),
             raw: existing,

@@ -13,7 +13,8 @@ use super::QMap;
 
 pub const RAW_DATASET: &str = "/entry/data/data";
 
-fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
+/// "FILE: WHAT: ERROR", the form of every I/O error of the XPCS kernels.
+pub(crate) fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
     format!("{}: {what}: {e}", path.display())
 }
 

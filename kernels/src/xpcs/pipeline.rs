@@ -34,16 +34,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "multitau" => Ok(Mode::Multitau),
-            "twotime" => Ok(Mode::Twotime),
-            "both" => Ok(Mode::Both),
-            _ => Err(format!(
-                "unknown mode {s:?} (expected multitau, twotime or both)"
-            )),
-        }
-    }
     fn multitau(self) -> bool {
         self != Mode::Twotime
     }
@@ -218,6 +208,8 @@ pub struct Summary {
     pub device_note: Option<String>,
     pub timings: Timings,
     pub plots: Vec<PathBuf>,
+    /// Why the figures are missing, when they are.
+    pub plot_error: Option<String>,
 }
 
 /// Everything an analysis produced.
@@ -250,7 +242,11 @@ impl FramePlan {
                 opts.begin
             ));
         }
-        let n = (end - opts.begin) / (opts.stride * opts.avg);
+        let per = opts
+            .stride
+            .checked_mul(opts.avg)
+            .ok_or("stride × avg overflows")?;
+        let n = (end - opts.begin) / per;
         if n < 10 {
             return Err(format!(
                 "{}: {n} frames after begin {}, end {end}, stride {}, avg {}; at least 10 are needed",
@@ -493,7 +489,10 @@ fn stream(
 }
 
 /// Per-pixel sums over time segments for `scattering_1d_segments`, and
-/// per-frame means for intensity vs time when multi-tau does not give them.
+/// per-pixel totals and per-frame means when multi-tau does not give them.
+/// Segments hold the mean per frame (the reference divides the segment sums
+/// by N instead, which scales its profiles by 1/segments; the shape is the
+/// same).
 struct Averages {
     pixels: Vec<usize>,
     seg_len: usize,
@@ -507,58 +506,67 @@ struct Averages {
 }
 
 impl Averages {
-    fn new(pixels: Vec<usize>, n: usize, n_seg: usize, intensity: bool) -> Self {
+    /// `(segments, frames per segment)`; `totals` also keeps per-pixel
+    /// totals and intensity vs time.
+    fn new(pixels: Vec<usize>, (n_seg, seg_len): (usize, usize), totals: bool) -> Self {
         let p = pixels.len();
         Averages {
             pixels,
-            seg_len: n / n_seg,
+            seg_len: seg_len.max(1),
             n_seg,
             current: vec![0.0; p],
             segments: Vec::new(),
-            total: vec![0.0; p],
-            intensity: intensity.then(Vec::new),
+            total: if totals { vec![0.0; p] } else { Vec::new() },
+            intensity: totals.then(Vec::new),
             seen: 0,
         }
     }
 
-    /// Multi-tau: the smallest 2^L with N / 2^L ≤ 16 frames per segment.
-    fn multitau_segments(n: usize) -> usize {
+    /// Multi-tau: segments of 2^L frames, the smallest L with N / 2^L ≤ 16
+    /// (the reference's level-L frames).
+    fn multitau_segments(n: usize) -> (usize, usize) {
         let mut len = 1;
         while n / len > 16 {
             len *= 2;
         }
-        n / len
+        (n / len, len)
     }
 
     /// Adds `count` frames: totals and intensity from `batch`, segment
     /// sums from `seg` (the normalised frames) when given.
     fn add(&mut self, batch: &Batch, seg: Option<&Batch>, count: usize, px: usize) {
+        const BLOCK: usize = 4096;
         let seg = seg.unwrap_or(batch);
         for t in 0..count {
             let base = t * px;
             let pixels = &self.pixels;
             let in_segment = self.segments.len() < self.n_seg;
-            let sum: f64 = self
-                .current
-                .par_chunks_mut(4096)
-                .zip(self.total.par_chunks_mut(4096))
-                .enumerate()
-                .map(|(c, (cur, tot))| {
-                    let idx = &pixels[c * 4096..c * 4096 + cur.len()];
-                    let mut s = 0.0;
-                    for ((cu, to), &p) in cur.iter_mut().zip(tot.iter_mut()).zip(idx) {
-                        let v = f64::from(batch.value(base + p));
-                        if in_segment {
-                            *cu += f64::from(seg.value(base + p));
+            if in_segment {
+                self.current
+                    .par_chunks_mut(BLOCK)
+                    .zip(pixels.par_chunks(BLOCK))
+                    .for_each(|(cur, idx)| {
+                        for (c, &p) in cur.iter_mut().zip(idx) {
+                            *c += f64::from(seg.value(base + p));
                         }
-                        *to += v;
-                        s += v;
-                    }
-                    s
-                })
-                .sum();
+                    });
+            }
             if let Some(it) = &mut self.intensity {
-                it.push(sum / self.pixels.len().max(1) as f64);
+                let sum: f64 = self
+                    .total
+                    .par_chunks_mut(BLOCK)
+                    .zip(pixels.par_chunks(BLOCK))
+                    .map(|(tot, idx)| {
+                        let mut s = 0.0;
+                        for (to, &p) in tot.iter_mut().zip(idx) {
+                            let v = f64::from(batch.value(base + p));
+                            *to += v;
+                            s += v;
+                        }
+                        s
+                    })
+                    .sum();
+                it.push(sum / pixels.len().max(1) as f64);
             }
             self.seen += 1;
             if in_segment && self.seen.is_multiple_of(self.seg_len) {
@@ -615,22 +623,32 @@ pub fn run(
     } else {
         None
     };
+    // Each two-time map is N × N f32 on top of the frame store.
+    let map_bytes = n.saturating_mul(n).saturating_mul(4);
+    if twotime_plan.is_some() && map_bytes > opts.max_memory {
+        return Err(PipelineError::Failed(format!(
+            "{}: a two-time map of {n} frames needs {:.1} GB, over the {:.1} GB memory budget; select fewer frames (begin/end, stride, avg)",
+            opts.raw.display(),
+            map_bytes as f64 / 1e9,
+            opts.max_memory as f64 / 1e9
+        )));
+    }
     let mut groups = twotime_plan
         .as_ref()
-        .map(|p| p.batches(n, opts.max_memory))
+        .map(|p| p.batches(n, opts.max_memory - map_bytes))
         .unwrap_or_default()
         .into_iter();
 
     // Pass 1: multi-tau, the averages, and the first two-time group.
-    let n_seg = if opts.mode.multitau() {
+    let segments = if opts.mode.multitau() {
         Averages::multitau_segments(n)
     } else {
-        10
+        (10, n / 10)
     };
     // Multi-tau gives the per-pixel means and intensity vs time, unless it
     // sees normalised frames.
     let own_totals = !opts.mode.multitau() || opts.normalize_frame;
-    let mut averages = Averages::new(pixels.clone(), n, n_seg, own_totals);
+    let mut averages = Averages::new(pixels.clone(), segments, own_totals);
     let (mut mt, device, device_note) = if opts.mode.multitau() {
         let (c, d, why) = Correlator::new(&opts.backend, n, px, &pixels)?;
         (Some(c), d, why)
@@ -775,10 +793,15 @@ pub fn run(
     let results = writer.finish()?;
     write_s += t_fin.elapsed().as_secs_f64();
 
-    let plots = if opts.plots {
-        plot::figures(&results, &opts.out_dir, &fits)?
+    // The results are final by now: a figure that cannot be drawn (no font,
+    // nothing to plot) is reported in the summary, not a failed analysis.
+    let (plots, plot_error) = if opts.plots {
+        match plot::figures(&results, &opts.out_dir, &fits) {
+            Ok(p) => (p, None),
+            Err(e) => (Vec::new(), Some(e)),
+        }
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let stem = results
         .file_stem()
@@ -821,6 +844,7 @@ pub fn run(
             total_s: t_start.elapsed().as_secs_f64(),
         },
         plots,
+        plot_error,
     };
     let summary_path = opts.out_dir.join(format!("{stem}_summary.json"));
     let text = serde_json::to_string_pretty(&summary).expect("summary serialises");

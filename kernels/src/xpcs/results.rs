@@ -15,9 +15,7 @@ const COMPRESS_ABOVE: usize = 8192;
 /// Chunk edge cap along the last two dimensions.
 const CHUNK_CAP: usize = 16384;
 
-fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
-    format!("{}: {what}: {e}", path.display())
-}
+use super::io::err;
 
 /// `name_results.hdf` for a raw file: the basename without its extension
 /// and any trailing `.tpx`/`.hdf`/`.bin` and `_metadata`, then `_1`, `_2`, …
@@ -235,7 +233,7 @@ impl ResultsWriter {
         let g = self.group("/xpcs/twotime/correlation_map")?;
         let (n, m) = c2.dim();
         g.new_dataset_builder()
-            .chunk((n.max(1), m.max(1)))
+            .chunk((n.clamp(1, CHUNK_CAP), m.clamp(1, CHUNK_CAP)))
             .lzf()
             .with_data(&c2.as_standard_layout())
             .create(name.as_str())
@@ -301,6 +299,9 @@ pub fn read(path: &Path) -> Result<Contents, String> {
     let img: Array3<f32> = ds("/xpcs/temporal_mean/scattering_2d")?
         .read()
         .map_err(|e| err(path, "/xpcs/temporal_mean/scattering_2d", e))?;
+    if img.shape()[0] == 0 {
+        return Err(err(path, "/xpcs/temporal_mean/scattering_2d", "empty"));
+    }
     let saxs_2d = img.index_axis_move(ndarray::Axis(0), 0);
     let dq_values = super::io::read_qmap_group(path, "/xpcs/qmap")?.dq_values;
     let scalar = |name: &str| -> Result<f64, String> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::io::{read_frame_time, RawFile};
+use super::io::{open_frames, read_frame_time};
 use super::pipeline::{self, parse_selection, Mode, Options, PipelineError, Summary};
 use super::plot;
 use crate::registry::{param_f64, Kernel, KernelContext, KernelError};
@@ -77,8 +77,8 @@ fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, K
         None | Some(Value::Null) => None,
         Some(_) => Some(count(params, "end", 0)?),
     };
-    o.stride = count(params, "stride", 1)?.max(1);
-    o.avg = count(params, "avg", 1)?.max(1);
+    o.stride = count(params, "stride", 1)?;
+    o.avg = count(params, "avg", 1)?;
     o.overwrite = flag(params, "overwrite")?;
     o.plots = !flag(params, "no_plots")?;
     o.normalize_frame = flag(params, "normalize_frame")?;
@@ -133,10 +133,12 @@ fn outputs(s: &Summary, summary_path: &Path) -> Value {
         "gamma": s.fits.iter().map(|f| f.gamma).collect::<Vec<_>>(),
         "beta": s.fits.iter().map(|f| f.beta).collect::<Vec<_>>(),
         "q": s.fits.iter().map(|f| f.q).collect::<Vec<_>>(),
+        "dq": s.fits.iter().map(|f| f.dq).collect::<Vec<_>>(),
         "bins": s.twotime_bins,
         "pixel_frames_per_s": s.pixel_frames_per_s,
         "seconds": s.timings.total_s,
         "plots": s.plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "plot_error": s.plot_error,
         "g2_png": find("_g2.png"),
         "thumbnails": s.plots.iter().filter(|p| p.to_string_lossy().ends_with("_thumb.png"))
             .map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -173,12 +175,14 @@ const ANALYSIS_OUTPUTS: &[&str] = &[
     "beta",
     "gamma",
     "q",
+    "dq",
     "bins",
     "pixel_frames_per_s",
     "seconds",
     "plots",
     "g2_png",
     "thumbnails",
+    "plot_error",
     "device",
     "device_note",
 ];
@@ -250,7 +254,7 @@ impl Kernel for MetadataStep {
     }
     fn run(&self, params: &Value, _ctx: &KernelContext) -> Result<Value, KernelError> {
         let raw = path(params, "raw")?;
-        let f = RawFile::open(&raw).map_err(KernelError::Failed)?;
+        let (frames, height, width) = open_frames(&raw).map_err(KernelError::Failed)?.shape();
         let meta = match text(params, "meta")? {
             Some(m) => PathBuf::from(m),
             None => pipeline::find_metadata(&raw).map_err(KernelError::Failed)?,
@@ -258,9 +262,9 @@ impl Kernel for MetadataStep {
         let frame_time = read_frame_time(&meta).map_err(KernelError::Failed)?;
         let bytes = std::fs::metadata(&raw).map(|m| m.len()).unwrap_or(0);
         Ok(json!({
-            "frames": f.frames,
-            "height": f.height,
-            "width": f.width,
+            "frames": frames,
+            "height": height,
+            "width": width,
             "bytes": bytes,
             "frame_time": frame_time,
             "metadata": meta.display().to_string(),
