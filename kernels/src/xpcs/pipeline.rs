@@ -402,7 +402,9 @@ fn read_batch(
     // Only up to the last frame used: the final stride gap is not read.
     let raw = src.read_frames(start, (count * plan.avg - 1) * plan.stride + 1)?;
     let mut out = vec![0f32; count * px];
-    out.par_chunks_mut(px).enumerate().for_each(|(j, frame)| {
+    // Sequential: this runs on the reader thread, beside the correlator,
+    // and rayon here would use the global pool, not the step's cores.
+    out.chunks_mut(px).enumerate().for_each(|(j, frame)| {
         for a in 0..plan.avg {
             let base = (j * plan.avg + a) * plan.stride * px;
             for (i, v) in frame.iter_mut().enumerate() {
