@@ -1,32 +1,10 @@
 //! Records where libtorch lives in the binaries (an rpath), so `beamflow`
-//! starts without LD_LIBRARY_PATH. With LIBTORCH_USE_PYTORCH=1 (what
-//! scripts/setup.sh sets) libtorch is the one inside the Python `torch`
-//! package that tch linked against; LIBTORCH names it otherwise.
-
-use std::path::PathBuf;
-use std::process::Command;
+//! starts without LD_LIBRARY_PATH. The directory comes from the kernels
+//! crate's build script, which found the libtorch that tch linked against.
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
-    println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
-    let dir = if let Ok(root) = std::env::var("LIBTORCH") {
-        Some(PathBuf::from(root).join("lib"))
-    } else if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
-        let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
-        Command::new(python)
-            .args([
-                "-c",
-                "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-    } else {
-        None
-    };
-    if let Some(dir) = dir.filter(|d| d.is_dir()) {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    println!("cargo:rerun-if-env-changed=DEP_BEAMFLOW_TORCH_RPATH");
+    if let Ok(dir) = std::env::var("DEP_BEAMFLOW_TORCH_RPATH") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
 }

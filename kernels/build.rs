@@ -1,7 +1,9 @@
-//! Records where libtorch lives in this crate's tests and benches (an
-//! rpath), so they start without LD_LIBRARY_PATH (see engine/build.rs). With LIBTORCH_USE_PYTORCH=1 (what
-//! scripts/setup.sh sets) libtorch is the one inside the Python `torch`
-//! package that tch linked against; LIBTORCH names it otherwise.
+//! Finds where libtorch lives and records it as an rpath in this crate's
+//! tests and benches, and as `DEP_BEAMFLOW_TORCH_RPATH` for the engine's
+//! binaries, so they start without LD_LIBRARY_PATH. With
+//! LIBTORCH_USE_PYTORCH=1 (what scripts/setup.sh sets) libtorch is the one
+//! inside the Python `torch` package that tch linked against; LIBTORCH
+//! names it otherwise.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,5 +33,6 @@ fn main() {
     };
     if let Some(dir) = dir.filter(|d| d.is_dir()) {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+        println!("cargo:rpath={}", dir.display());
     }
 }
