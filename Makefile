@@ -20,8 +20,11 @@ lint: setup
 	@$(ENV) && cargo fmt --all -- --check
 	@$(ENV) && cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
+# The batch tests start a one-node Slurm (scripts/slurm-cluster.sh); it is
+# stopped afterwards whatever the outcome.
 test: setup lint
-	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace
+	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace; rc=$$?; \
+	bash scripts/slurm-cluster.sh stop >/dev/null 2>&1; exit $$rc
 
 bench: build
 	@$(ENV) && ./target/release/beamflow bench engine --json

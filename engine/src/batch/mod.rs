@@ -3,8 +3,11 @@
 //! every error, because an unexpected line from a facility's scheduler is
 //! something an operator has to see verbatim.
 
+pub mod adapter;
 pub mod pbs;
 pub mod slurm;
+
+pub use adapter::{BatchError, Scheduler};
 
 use std::fmt;
 
