@@ -14,6 +14,8 @@
 # Only daemons whose pid file is under the directory and whose command line
 # names it are ever touched; a foreign process on a needed port stops `start`.
 set -euo pipefail
+# The daemons and apt-get live in sbin, which a CI user's PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 DIR="${BEAMFLOW_SLURM_DIR:-/tmp/beamflow-slurm}"
 CTLD_PORT="${BEAMFLOW_SLURM_CTLD_PORT:-6817}"
