@@ -204,6 +204,38 @@ impl Count for f32 {
     }
 }
 
+/// Frames in a pushed chunk of `values` values: whole `frame_len`-value
+/// frames, no more in all than the correlator was made for. Shared by both
+/// backends so they refuse the same inputs with the same words.
+pub(crate) fn frames_in_chunk(
+    values: usize,
+    frame_len: usize,
+    seen: u64,
+    frames: u64,
+) -> Result<u64, String> {
+    if frame_len == 0 || !values.is_multiple_of(frame_len) {
+        return Err(format!(
+            "chunk of {values} values is not a whole number of {frame_len}-value frames"
+        ));
+    }
+    let n = (values / frame_len) as u64;
+    if seen + n > frames {
+        return Err(format!(
+            "{} frames pushed, but the correlator was made for {frames}",
+            seen + n
+        ));
+    }
+    Ok(n)
+}
+
+/// The closed form needs every frame the correlator was made for.
+pub(crate) fn all_frames_pushed(seen: u64, frames: u64) -> Result<(), String> {
+    if seen != frames {
+        return Err(format!("{seen} of {frames} frames were pushed"));
+    }
+    Ok(())
+}
+
 /// Sum of a tile row in eight f32 lanes (exact for photon counts), which the
 /// compiler vectorises, unlike a sequential sum.
 fn row_sum(row: &[f32]) -> f64 {
@@ -374,20 +406,7 @@ impl Multitau {
     /// Correlates `chunk`: whole frames, in time order.
     pub fn push<T: Count>(&mut self, chunk: &[T]) -> Result<(), String> {
         let len = self.frame_len;
-        if len == 0 || !chunk.len().is_multiple_of(len) {
-            return Err(format!(
-                "chunk of {} values is not a whole number of {len}-value frames",
-                chunk.len()
-            ));
-        }
-        let n = (chunk.len() / len) as u64;
-        if self.seen + n > self.frames {
-            return Err(format!(
-                "{} frames pushed, but the correlator was made for {}",
-                self.seen + n,
-                self.frames
-            ));
-        }
+        let n = frames_in_chunk(chunk.len(), len, self.seen, self.frames)?;
         let pixels = self.index.len();
         let index = &self.index;
         for part in chunk.chunks(CHUNK * len) {
@@ -411,12 +430,7 @@ impl Multitau {
 
     /// The closed-form G2, IP, IF once every frame has been pushed.
     pub fn finish(self) -> Result<PixelSums, String> {
-        if self.seen != self.frames {
-            return Err(format!(
-                "{} of {} frames were pushed",
-                self.seen, self.frames
-            ));
-        }
+        all_frames_pushed(self.seen, self.frames)?;
         let t = self.grid.len();
         let pixels = self.index.len();
         let mut g2 = Array2::<f64>::zeros((t, pixels));

@@ -14,7 +14,7 @@ use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
 use super::delays::{delay_grid, levels, Delay};
-use super::multitau::PixelSums;
+use super::multitau::{all_frames_pushed, frames_in_chunk, PixelSums};
 
 const HISTORY: i64 = 8;
 
@@ -112,21 +112,7 @@ impl TorchMultitau {
 
     /// Correlates `values`: whole frames of `pixels` f32 values, in time order.
     pub fn push(&mut self, values: &[f32]) -> Result<(), String> {
-        let p = self.pixels as usize;
-        if p == 0 || !values.len().is_multiple_of(p) {
-            return Err(format!(
-                "chunk of {} values is not a whole number of {p}-value frames",
-                values.len()
-            ));
-        }
-        let n = (values.len() / p) as u64;
-        if self.seen + n > self.frames {
-            return Err(format!(
-                "{} frames pushed, but the correlator was made for {}",
-                self.seen + n,
-                self.frames
-            ));
-        }
+        let n = frames_in_chunk(values.len(), self.pixels as usize, self.seen, self.frames)?;
         if n == 0 {
             return Ok(());
         }
@@ -148,12 +134,7 @@ impl TorchMultitau {
 
     /// The closed-form G2, IP, IF once every frame has been pushed.
     pub fn finish(self) -> Result<PixelSums, String> {
-        if self.seen != self.frames {
-            return Err(format!(
-                "{} of {} frames were pushed",
-                self.seen, self.frames
-            ));
-        }
+        all_frames_pushed(self.seen, self.frames)?;
         let p = self.pixels as usize;
         let t = self.grid.len();
         let mut g2 = Array2::<f64>::zeros((t, p));
