@@ -67,6 +67,12 @@ enum Cmd {
     },
     /// Benchmarks: `engine` measures the engine itself.
     Bench(BenchArgs),
+    /// Check and show site configs (site-configs/NAME.toml).
+    #[command(subcommand)]
+    Site(crate::alloc::cmd::SiteCmd),
+    /// Allocation queues: pilot jobs submitted to PBS or Slurm on demand.
+    #[command(subcommand)]
+    Alloc(crate::alloc::cmd::AllocCmd),
 }
 
 #[derive(Args)]
@@ -90,6 +96,15 @@ struct ServerArgs {
     /// How often pilots send heartbeats.
     #[arg(long, default_value = "2s", value_parser = duration)]
     heartbeat: Duration,
+    /// The URL pilots in batch jobs connect to, when compute nodes reach this
+    /// server by another name than the bound address (a site config's
+    /// `pilot.server_url` wins).
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// How often allocation jobs nobody reports on are polled with
+    /// squeue/qstat (pilots report start and end themselves).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    alloc_poll: Duration,
 }
 
 #[derive(Args)]
@@ -117,6 +132,16 @@ struct PilotArgs {
     /// Allocation length when the batch system does not say.
     #[arg(long, value_parser = duration)]
     walltime: Option<Duration>,
+    /// When the allocation ends, in Unix seconds (job scripts pass it).
+    #[arg(long)]
+    walltime_end: Option<i64>,
+    /// The reservation the pilot's job runs in (default: SLURM_JOB_RESERVATION).
+    #[arg(long)]
+    reservation: Option<String>,
+    /// Read the API token from this file (job scripts use it: a token on the
+    /// command line would show in `ps`).
+    #[arg(long, env = "BEAMFLOW_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Take no new work this long before the walltime ends.
     #[arg(long, default_value = "60s", value_parser = duration)]
     drain_margin: Duration,
@@ -313,6 +338,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 durability: a.durability,
                 pilot_timeout: a.pilot_timeout,
                 heartbeat: a.heartbeat,
+                advertise_url: a.advertise_url,
+                alloc_poll: a.alloc_poll,
             })
             .await?;
             eprintln!(
@@ -331,12 +358,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pilot(a) => {
-            let c = client()?;
-            let token = cli
-                .token
-                .clone()
-                .map(Ok)
-                .unwrap_or_else(|| crate::pilot::read_token(&home.join("token")))?;
+            let token = match (&cli.token, &a.token_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => crate::pilot::read_token(f)?,
+                (None, None) => crate::pilot::read_token(&home.join("token"))?,
+            };
+            let c = Client::discover(&home, cli.url.clone(), Some(token.clone()))?;
             let gpus = match a.gpus {
                 None => None,
                 Some(list) => Some(
@@ -367,6 +394,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 prefetch: a.prefetch,
                 idle_timeout: (!a.idle_timeout.is_zero()).then_some(a.idle_timeout),
                 walltime: a.walltime,
+                walltime_end: a.walltime_end,
+                reservation: a.reservation,
                 drain_margin: a.drain_margin,
                 server_lost_timeout: a.server_lost_timeout,
             })
@@ -471,6 +500,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Kernel(KernelCmd::Xpcs(x)) => {
             let json_out = cli.json;
             tokio::task::spawn_blocking(move || crate::xpcs::run(x, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Site(c) => {
+            crate::alloc::cmd::site_cmd(c, cli.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Alloc(c) => {
+            crate::alloc::cmd::alloc_cmd(c, &client, &home, cli.url.clone(), cli.json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "xpcs" => {

@@ -92,6 +92,11 @@ impl Client {
             .await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.url)))
+            .await
+    }
+
     /// Registers a flow file; returns (name, version, changed).
     pub async fn register(&self, path: &Path) -> anyhow::Result<(String, u32, bool)> {
         let source = std::fs::read_to_string(path)

@@ -6,6 +6,7 @@
 //! [`actions`] on compute nodes; [`client`] and [`cli`] are the user's side.
 
 pub mod actions;
+pub mod alloc;
 pub mod batch;
 pub mod bench;
 pub mod cli;

@@ -39,14 +39,8 @@ impl Local {
             }
         };
         let srv = server::start(ServerOptions {
-            home: home.clone(),
-            bind: "127.0.0.1:0".parse().expect("loopback address"),
-            store: None,
-            runs_dir: None,
-            site: o.site,
             durability: o.durability,
-            pilot_timeout: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(2),
+            ..ServerOptions::embedded(home.clone(), o.site)
         })
         .await?;
         let client = Client::new(&srv.url, &srv.token);
@@ -70,6 +64,8 @@ impl Local {
                 prefetch: o.prefetch,
                 idle_timeout: None,
                 walltime: None,
+                walltime_end: None,
+                reservation: None,
                 drain_margin: Duration::from_secs(60),
                 server_lost_timeout: Duration::from_secs(60),
             };

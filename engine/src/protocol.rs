@@ -27,6 +27,10 @@ pub struct PilotInfo {
     pub walltime_end_us: Option<i64>,
     /// Batch job id (PBS_JOBID / SLURM_JOB_ID) if inside one.
     pub batch_job: Option<String>,
+    /// The reservation the batch job runs in: such pilots are kept for
+    /// `realtime` steps and take other work only when idle.
+    #[serde(default)]
+    pub reservation: Option<String>,
     pub prefetch: u32,
     pub version: String,
 }

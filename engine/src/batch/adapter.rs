@@ -35,6 +35,15 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// The adapter for a site's scheduler; `None` for sites without one.
+    pub fn for_site(s: crate::site::Scheduler) -> Option<Self> {
+        match s {
+            crate::site::Scheduler::Slurm => Some(Scheduler::Slurm),
+            crate::site::Scheduler::Pbs => Some(Scheduler::Pbs),
+            crate::site::Scheduler::Local => None,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "slurm" => Some(Scheduler::Slurm),

@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod pbs;
+pub mod script;
 pub mod slurm;
 
 pub use adapter::{BatchError, Scheduler};

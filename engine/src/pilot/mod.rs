@@ -47,6 +47,10 @@ pub struct PilotOptions {
     pub idle_timeout: Option<Duration>,
     /// Length of the allocation, when not learned from the batch system.
     pub walltime: Option<Duration>,
+    /// When the allocation ends (Unix seconds), as the job script computed it.
+    pub walltime_end: Option<i64>,
+    /// The reservation this pilot's job runs in.
+    pub reservation: Option<String>,
     /// Stop taking work this long before the walltime ends.
     pub drain_margin: Duration,
     /// Give up when the server stays unreachable this long.
@@ -133,7 +137,8 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         resources: res,
         gpu_ids: gpus.clone(),
         targets,
-        walltime_end_us: resources::walltime_end_us(opts.walltime, started),
+        walltime_end_us: resources::walltime_end_us(opts.walltime, opts.walltime_end, started),
+        reservation: opts.reservation.clone().or_else(resources::reservation),
         batch_job: resources::batch_job(),
         prefetch: opts.prefetch.unwrap_or(DEFAULT_PREFETCH),
         version: env!("CARGO_PKG_VERSION").to_string(),

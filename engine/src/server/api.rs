@@ -31,6 +31,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/pilots", get(list_pilots))
         .route("/api/catalog", get(search_catalog))
         .route("/api/pilot", get(super::pilot_conn::upgrade))
+        .merge(super::api_alloc::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -45,7 +46,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, e.to_string())
 }
 
@@ -73,7 +74,10 @@ async fn health() -> Json<Value> {
     )
 }
 
-async fn ask<T>(app: &App, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, ApiError> {
+pub(super) async fn ask<T>(
+    app: &App,
+    make: impl FnOnce(Reply<T>) -> CoreMsg,
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     app.core
         .send(make(tx))
@@ -82,7 +86,7 @@ async fn ask<T>(app: &App, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, 
         .map_err(|_| ApiError::new(503, "server is shutting down"))?
 }
 
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     app: &App,
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {

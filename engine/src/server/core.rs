@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod alloc;
+
+pub use self::alloc::{AllocConfig, AllocMsg};
 use crate::flow::{self, ActionKind, FlowSpec, ResourceRequest, Resources};
 use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
 use crate::site::SiteConfig;
@@ -102,6 +105,7 @@ pub enum CoreMsg {
         after_attempt: u32,
     },
     Tick,
+    Alloc(AllocMsg),
 }
 
 /// Knobs of the core, set from `beamflow server` flags.
@@ -115,6 +119,7 @@ pub struct CoreConfig {
     /// Root under which each run gets its directory.
     pub runs_dir: String,
     pub site: SiteConfig,
+    pub alloc: AllocConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +294,7 @@ pub struct Core {
     batch: Batch,
     outbox: HashMap<u64, Outbox>,
     updated_runs: HashSet<u64>,
+    alloc: crate::alloc::Manager,
 }
 
 impl Core {
@@ -311,6 +317,7 @@ impl Core {
             })?;
             rows.collect::<rusqlite::Result<HashMap<_, _>>>()
         })?;
+        let cfg_poll = cfg.alloc.poll_interval.as_secs_f64();
         let mut core = Core {
             cfg,
             store,
@@ -329,7 +336,9 @@ impl Core {
             batch: Batch::default(),
             outbox: HashMap::new(),
             updated_runs: HashSet::new(),
+            alloc: crate::alloc::Manager::new(cfg_poll),
         };
+        alloc::restore(&mut core)?;
         for f in snap.flows {
             core.flows
                 .entry(f.name.clone())
@@ -475,6 +484,7 @@ impl Core {
                             targets: vec![],
                             walltime_end_us: None,
                             batch_job: None,
+                            reservation: None,
                             prefetch: 0,
                             version: String::new(),
                         };
@@ -500,6 +510,7 @@ impl Core {
                 }
             }
             self.schedule();
+            self.alloc_plan();
             self.flush();
         }
     }
@@ -576,6 +587,7 @@ impl Core {
                 after_attempt,
             } => self.retry_due(run, step, after_attempt),
             CoreMsg::Tick => self.tick(),
+            CoreMsg::Alloc(m) => self.alloc_msg(m),
         }
     }
 
@@ -1157,6 +1169,9 @@ impl Core {
             at: now,
         });
         self.event(None, None, Some(id), "pilot_connected", None);
+        if let Some(job) = self.pilots.get(&id).and_then(|p| p.info.batch_job.clone()) {
+            self.alloc.pilot_connected(id, &job, now);
+        }
         let welcome = ToPilot::Welcome {
             pilot_id: id,
             server_uid: String::new(),
@@ -1410,6 +1425,7 @@ impl Core {
         let Some(p) = self.pilots.remove(&pilot) else {
             return;
         };
+        self.alloc.pilot_gone(pilot, why, now_us());
         let held = p.held();
         self.batch.ops.push(Op::PilotState {
             id: pilot,

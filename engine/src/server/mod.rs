@@ -1,6 +1,7 @@
 //! `beamflow server`: HTTP API for clients, WebSocket for pilots, SQLite store.
 
 mod api;
+mod api_alloc;
 pub mod core;
 mod pilot_conn;
 
@@ -15,7 +16,7 @@ use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-use self::core::{Core, CoreConfig, CoreMsg, RunUpdate};
+use self::core::{AllocConfig, Core, CoreConfig, CoreMsg, RunUpdate};
 use crate::site::SiteConfig;
 use crate::store::{Durability, Store};
 
@@ -31,6 +32,28 @@ pub struct ServerOptions {
     pub durability: Durability,
     pub pilot_timeout: Duration,
     pub heartbeat: Duration,
+    /// The URL pilots in batch jobs connect to (default: the bound address).
+    pub advertise_url: Option<String>,
+    /// How often the allocation manager polls jobs nobody reports on.
+    pub alloc_poll: Duration,
+}
+
+impl ServerOptions {
+    /// Options for a server in this process (demo, tests, benches).
+    pub fn embedded(home: PathBuf, site: SiteConfig) -> Self {
+        ServerOptions {
+            home,
+            bind: "127.0.0.1:0".parse().expect("literal address"),
+            store: None,
+            runs_dir: None,
+            site,
+            durability: Durability::Normal,
+            pilot_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(2),
+            advertise_url: None,
+            alloc_poll: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How clients find a running server: written to `HOME/server.json`.
@@ -104,6 +127,22 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         .unwrap_or_else(|| home.join("beamflow.db"));
     let store = Store::open(&store_path, opts.durability)?;
     let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| home.join("runs"));
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.bind))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let pilot_url = opts.advertise_url.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            format!(
+                "http://{}:{}",
+                crate::pilot::resources::hostname(),
+                addr.port()
+            )
+        } else {
+            url.clone()
+        }
+    });
     let (core_tx, core_rx) = mpsc::unbounded_channel();
     let (updates, _) = broadcast::channel(65536);
     let cfg = CoreConfig {
@@ -111,6 +150,15 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         heartbeat: opts.heartbeat,
         runs_dir: runs_dir.display().to_string(),
         site: opts.site.clone(),
+        alloc: AllocConfig {
+            poll_interval: opts.alloc_poll,
+            dir: home.join("alloc"),
+            exe: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "beamflow".to_string()),
+            url: pilot_url,
+            token_file: home.join("token"),
+        },
     };
     let core = Core::load(cfg, store.clone(), core_tx.clone(), updates.clone())?;
     tokio::spawn(core.run(core_rx));
@@ -136,16 +184,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         site: Arc::new(opts.site.clone()),
         next_conn: Arc::new(AtomicU64::new(1)),
     };
-    let listener = tokio::net::TcpListener::bind(opts.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.bind))?;
-    let addr = listener.local_addr()?;
     // Small frames (one result, one task) must leave at once: with Nagle's
     // algorithm they wait for the peer's delayed ACK, up to 40 ms a step.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let url = format!("http://{addr}");
     let access = Access {
         url: url.clone(),
         pid: std::process::id(),

@@ -109,6 +109,29 @@ pub enum Op {
         body: String,
         at: i64,
     },
+    /// An allocation queue's settings and counters, as JSON.
+    PutAllocQueue {
+        id: u64,
+        state: &'static str,
+        data: String,
+        created: i64,
+    },
+    /// The queue is gone; its jobs and log stay for `alloc log`.
+    DeleteAllocQueue {
+        id: u64,
+    },
+    PutAllocJob {
+        queue: u64,
+        job: String,
+        phase: &'static str,
+        data: String,
+    },
+    AllocLog {
+        queue: u64,
+        at: i64,
+        level: String,
+        message: String,
+    },
 }
 
 #[derive(Debug)]
@@ -431,6 +454,45 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
                 tx.prepare_cached("INSERT INTO catalog_text(rowid, body) VALUES (?1, ?2)")?
                     .execute(params![rowid, body])?;
             }
+        }
+        Op::PutAllocQueue {
+            id,
+            state,
+            data,
+            created,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO alloc_queues(id, state, data, created_us) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT(id) DO UPDATE SET state = ?2, data = ?3",
+            )?
+            .execute(params![*id as i64, state, data, created])?;
+        }
+        Op::DeleteAllocQueue { id } => {
+            tx.prepare_cached("DELETE FROM alloc_queues WHERE id = ?1")?
+                .execute(params![*id as i64])?;
+        }
+        Op::PutAllocJob {
+            queue,
+            job,
+            phase,
+            data,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO alloc_jobs(queue_id, job_id, phase, data) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT(queue_id, job_id) DO UPDATE SET phase = ?3, data = ?4",
+            )?
+            .execute(params![*queue as i64, job, phase, data])?;
+        }
+        Op::AllocLog {
+            queue,
+            at,
+            level,
+            message,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO alloc_log(queue_id, ts_us, level, message) VALUES (?1,?2,?3,?4)",
+            )?
+            .execute(params![*queue as i64, at, level, message])?;
         }
     }
     Ok(())

@@ -377,3 +377,51 @@ pub fn snapshot(c: &Connection) -> rusqlite::Result<Snapshot> {
         next_pilot: max("pilots")? + 1,
     })
 }
+
+/// Allocation queues and their jobs as stored: JSON documents, the jobs
+/// with their queue's id.
+pub struct AllocSnapshot {
+    pub queues: Vec<String>,
+    pub jobs: Vec<(u64, String)>,
+}
+
+pub fn alloc_snapshot(c: &Connection) -> rusqlite::Result<AllocSnapshot> {
+    let mut st = c.prepare("SELECT data FROM alloc_queues ORDER BY id")?;
+    let queues = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st = c.prepare(
+        "SELECT j.queue_id, j.data FROM alloc_jobs j JOIN alloc_queues q ON q.id = j.queue_id
+         ORDER BY j.queue_id, j.rowid",
+    )?;
+    let jobs = st
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(AllocSnapshot { queues, jobs })
+}
+
+/// The newest `limit` log lines of a queue (or of all), oldest first.
+pub fn alloc_log(
+    c: &Connection,
+    queue: Option<u64>,
+    limit: u32,
+) -> rusqlite::Result<Vec<crate::alloc::LogEntry>> {
+    let mut st = c.prepare(
+        "SELECT queue_id, ts_us, level, message FROM alloc_log
+         WHERE ?1 IS NULL OR queue_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let mut rows = st
+        .query_map(params![queue.map(|q| q as i64), limit], |r| {
+            Ok(crate::alloc::LogEntry {
+                queue: r.get::<_, i64>(0)? as u64,
+                at_us: r.get(1)?,
+                level: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}

@@ -82,6 +82,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX catalog_flow ON catalog(flow);
     CREATE VIRTUAL TABLE catalog_text USING fts5(body);
     "#,
+    // 2: allocation queues, their pilot jobs and their log.
+    r#"
+    CREATE TABLE alloc_queues (
+        id INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_us INTEGER NOT NULL
+    );
+    CREATE TABLE alloc_jobs (
+        queue_id INTEGER NOT NULL,
+        job_id TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (queue_id, job_id)
+    );
+    CREATE TABLE alloc_log (
+        id INTEGER PRIMARY KEY,
+        queue_id INTEGER NOT NULL,
+        ts_us INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX alloc_log_queue ON alloc_log(queue_id, id);
+    "#,
 ];
 
 /// Brings the database to the newest schema. Refuses a database written by a

@@ -1,0 +1,440 @@
+//! `beamflow site …` and `beamflow alloc …`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::{LogEntry, QueueInfo, QueueSpec, Reservation};
+use crate::batch::script::{JobRequest, PilotCommand};
+use crate::client::Client;
+use crate::site::{fmt_walltime, parse_walltime, SiteConfig};
+use crate::util::{fmt_ts, now_us};
+
+#[derive(Subcommand)]
+pub enum SiteCmd {
+    /// Check site config files; errors name file, line and key.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The effective configuration of a site (a name or a file), with
+    /// site-wide defaults applied to each target.
+    Show {
+        site: String,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AllocCmd {
+    /// Create an allocation queue: the server submits pilot jobs to the
+    /// site's scheduler when tasks for the target wait, within the limits.
+    Add(AddArgs),
+    /// Allocation queues and their jobs.
+    List,
+    /// Stop submitting (jobs already submitted carry on).
+    Pause { id: u64 },
+    /// Submit again; clears failure counts and back-off.
+    Resume { id: u64 },
+    /// Remove a queue; with jobs still queued or running, only with --cancel.
+    Remove {
+        id: u64,
+        /// Cancel the queue's jobs.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// What the allocation manager did and why (submissions, failures, pauses).
+    Log {
+        /// Only this queue.
+        id: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print the job script a queue would submit (no server needed).
+    Script(ScriptArgs),
+}
+
+#[derive(Args)]
+pub struct Shape {
+    /// Site config: a name from site-configs/ or a path.
+    #[arg(long)]
+    site: String,
+    /// Target of the site (cpu, gpu, realtime, debug…).
+    #[arg(long)]
+    target: String,
+    /// Nodes per job (default: the target's).
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// Walltime per job, HH:MM:SS or e.g. 30m (default: the target's).
+    #[arg(long)]
+    walltime: Option<String>,
+    /// Pilots leave after this long without work ("0s": stay until walltime).
+    #[arg(long, default_value = "5m")]
+    idle_timeout: String,
+    /// Submit into this reservation (Slurm --reservation, PBS reservation queue).
+    #[arg(long)]
+    reservation: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    shape: Shape,
+    /// Jobs queued or running at once.
+    #[arg(long, default_value_t = 4)]
+    max_jobs: u32,
+    /// Nodes over all jobs at once.
+    #[arg(long)]
+    max_nodes: Option<u32>,
+    /// Jobs waiting in the scheduler's queue at once.
+    #[arg(long, default_value_t = 1)]
+    backlog: u32,
+    /// Reservation window START..END: RFC 3339 times (UTC), `now`, or `+2h`
+    /// from now; either side may be empty.
+    #[arg(long, requires = "reservation")]
+    window: Option<String>,
+    /// Pilot nodes kept alive in the reservation during the window.
+    #[arg(long, default_value_t = 0, requires = "reservation")]
+    warm: u32,
+}
+
+#[derive(Args)]
+pub struct ScriptArgs {
+    #[command(flatten)]
+    shape: Shape,
+}
+
+/// `beamflow site …`: no server involved.
+pub fn site_cmd(c: SiteCmd, json_out: bool) -> anyhow::Result<()> {
+    match c {
+        SiteCmd::Validate { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match SiteConfig::load(f) {
+                    Ok(s) => println!(
+                        "{}: ok ({}, {} target{})",
+                        f.display(),
+                        s.scheduler.name(),
+                        s.targets.len(),
+                        if s.targets.len() == 1 { "" } else { "s" }
+                    ),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} site configs are invalid", files.len());
+            }
+            Ok(())
+        }
+        SiteCmd::Show { site, target } => {
+            let path = crate::site::find(&site)?;
+            let s = SiteConfig::load(&path)?;
+            let names: Vec<String> = match target {
+                Some(t) => vec![t],
+                None => s.targets.keys().cloned().collect(),
+            };
+            let mut targets = serde_json::Map::new();
+            for n in &names {
+                targets.insert(n.clone(), serde_json::to_value(s.effective(n)?)?);
+            }
+            let out = json!({
+                "file": path.display().to_string(),
+                "name": s.name,
+                "scheduler": s.scheduler,
+                "description": s.description,
+                "transfer": s.transfer,
+                "vars": s.vars,
+                "targets": targets,
+            });
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("# effective configuration of {}", path.display());
+                print!("{}", toml::to_string_pretty(&without_nulls(out))?);
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Shape {
+    /// The queue's resolved target and per-job sizes.
+    fn resolve(&self) -> anyhow::Result<(crate::site::EffectiveTarget, u32, u64, u64)> {
+        let path = crate::site::find(&self.site)?;
+        let site = SiteConfig::load(&path)?;
+        let t = site
+            .effective(&self.target)
+            .with_context(|| path.display().to_string())?;
+        let nodes = self.nodes.unwrap_or(t.nodes);
+        let walltime_s = match &self.walltime {
+            Some(w) => parse_walltime(w).map_err(|e| anyhow::anyhow!("--walltime: {e}"))?,
+            None => t.walltime_s,
+        };
+        let idle = crate::flow::parse_duration(&self.idle_timeout)
+            .map_err(|e| anyhow::anyhow!("--idle-timeout: {e}"))? as u64;
+        Ok((t, nodes, walltime_s, idle))
+    }
+}
+
+pub async fn alloc_cmd(
+    c: AllocCmd,
+    client: &dyn Fn() -> anyhow::Result<Client>,
+    home: &Path,
+    url: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    match c {
+        AllocCmd::Script(a) => {
+            let (target, nodes, walltime_s, idle) = a.shape.resolve()?;
+            let url = match url.or_else(|| target.pilot.server_url.clone()) {
+                Some(u) => u,
+                None => Client::discover(home, None, Some(String::new()))
+                    .map(|c| c.url)
+                    .context("the pilots need the server's URL: pass --url, set pilot.server_url in the site config, or start the server first")?,
+            };
+            let exe = target.pilot.command.clone().unwrap_or_else(|| {
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "beamflow".into())
+            });
+            let reservation = a.shape.reservation.clone();
+            let mut serves = vec![target.target.clone()];
+            if reservation.is_some() && target.target != "realtime" {
+                serves.insert(0, "realtime".to_string());
+            }
+            let req = JobRequest {
+                name: format!("bf-{}", target.target),
+                nodes,
+                walltime_s,
+                reservation,
+                dir: home.join("alloc").join("script"),
+                pilot: PilotCommand {
+                    exe,
+                    url,
+                    token_file: home.join("token"),
+                    targets: serves,
+                    idle_timeout_s: (idle > 0).then_some(idle),
+                    prefetch: target.pilot.prefetch.unwrap_or(1),
+                    drain_margin_s: target
+                        .pilot
+                        .drain_margin
+                        .as_deref()
+                        .and_then(|d| crate::flow::parse_duration(d).ok())
+                        .unwrap_or(60.0) as u64,
+                },
+                target,
+            };
+            print!("{}", req.render()?);
+            Ok(())
+        }
+        AllocCmd::Add(a) => {
+            let (target, nodes, walltime_s, idle) = a.shape.resolve()?;
+            let reservation = match &a.shape.reservation {
+                None => None,
+                Some(name) => {
+                    let (start_us, end_us) = match &a.window {
+                        Some(w) => parse_window(w, now_us())?,
+                        None => (None, None),
+                    };
+                    Some(Reservation {
+                        name: name.clone(),
+                        start_us,
+                        end_us,
+                        warm: a.warm,
+                    })
+                }
+            };
+            let spec = QueueSpec {
+                target,
+                max_jobs: a.max_jobs,
+                max_nodes: a.max_nodes,
+                backlog: a.backlog,
+                nodes_per_job: nodes,
+                walltime_s,
+                idle_timeout_s: idle,
+                reservation,
+            };
+            let r: Value = client()?
+                .post("/api/alloc", &serde_json::to_value(&spec)?)
+                .await?;
+            let id = r["id"].as_u64().unwrap_or(0);
+            if json_out {
+                println!("{r}");
+            } else {
+                println!("allocation queue {id}: {}", super::manager::describe(&spec));
+            }
+            Ok(())
+        }
+        AllocCmd::List => {
+            let qs: Vec<QueueInfo> = client()?.get("/api/alloc").await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&qs)?);
+                return Ok(());
+            }
+            let mut t = crate::cli::table(&[
+                "id",
+                "site/target",
+                "state",
+                "queued",
+                "running",
+                "ended",
+                "limits",
+                "jobs",
+            ]);
+            for q in &qs {
+                let s = &q.spec;
+                let mut limits = format!(
+                    "{} jobs × {} node{}, {}",
+                    s.max_jobs,
+                    s.nodes_per_job,
+                    if s.nodes_per_job == 1 { "" } else { "s" },
+                    fmt_walltime(s.walltime_s)
+                );
+                if let Some(r) = &s.reservation {
+                    limits.push_str(&format!(", resv {} warm {}", r.name, r.warm));
+                }
+                let jobs: Vec<String> = q
+                    .jobs
+                    .iter()
+                    .filter(|j| j.state != "ended")
+                    .map(|j| format!("{} {}", j.job_id, j.state))
+                    .collect();
+                let state = match &q.paused_reason {
+                    Some(r) => format!("paused: {r}"),
+                    None => q.state.clone(),
+                };
+                t.add_row(vec![
+                    q.id.to_string(),
+                    format!("{}/{}", s.target.site, s.target.target),
+                    state,
+                    q.queued_jobs.to_string(),
+                    q.running_jobs.to_string(),
+                    q.ended_jobs.to_string(),
+                    limits,
+                    jobs.join(", "),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        AllocCmd::Pause { id } => {
+            let r: Value = client()?
+                .post(&format!("/api/alloc/{id}/pause"), &json!({}))
+                .await?;
+            println!("{}", r["message"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        AllocCmd::Resume { id } => {
+            let r: Value = client()?
+                .post(&format!("/api/alloc/{id}/resume"), &json!({}))
+                .await?;
+            println!("{}", r["message"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        AllocCmd::Remove { id, cancel } => {
+            let r: Value = client()?
+                .delete(&format!("/api/alloc/{id}?cancel={cancel}"))
+                .await?;
+            println!("{}", r["message"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        AllocCmd::Log { id, limit } => {
+            let mut path = format!("/api/alloc/log?limit={limit}");
+            if let Some(q) = id {
+                path.push_str(&format!("&queue={q}"));
+            }
+            let rows: Vec<LogEntry> = client()?.get(&path).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    println!(
+                        "{}  queue {}  {:<5}  {}",
+                        fmt_ts(r.at_us),
+                        r.queue,
+                        r.level,
+                        r.message
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// TOML has no null: unset options are left out.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k, without_nulls(x)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        x => x,
+    }
+}
+
+/// `START..END`, each side an RFC 3339 time (UTC), `now`, `+DURATION`, or empty.
+pub fn parse_window(w: &str, now: i64) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let (a, b) = w
+        .split_once("..")
+        .ok_or_else(|| anyhow::anyhow!("--window `{w}`: write START..END, e.g. now..+8h"))?;
+    let point = |s: &str| -> anyhow::Result<Option<i64>> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        if s == "now" {
+            return Ok(Some(now));
+        }
+        if let Some(d) = s.strip_prefix('+') {
+            let secs = crate::flow::parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("--window `{w}`: {e}"))?;
+            return Ok(Some(now + (secs * 1e6) as i64));
+        }
+        let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+            anyhow::anyhow!("--window `{w}`: `{s}` is not a time ({e}); write e.g. 2026-11-25T08:00:00Z, now or +2h")
+        })?;
+        let us = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros() as i64;
+        Ok(Some(us))
+    };
+    let (start, end) = (point(a)?, point(b)?);
+    if let (Some(x), Some(y)) = (start, end) {
+        if y <= x {
+            anyhow::bail!("--window `{w}`: the end is not after the start");
+        }
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows() {
+        let now = 1_000_000_000_000_000;
+        assert_eq!(
+            parse_window("now..+2h", now).unwrap(),
+            (Some(now), Some(now + 7_200_000_000))
+        );
+        assert_eq!(parse_window("..", now).unwrap(), (None, None));
+        let (a, b) = parse_window("2026-11-25T08:00:00Z..2026-11-25T20:00:00Z", now).unwrap();
+        assert_eq!(b.unwrap() - a.unwrap(), 12 * 3600 * 1_000_000);
+        assert!(parse_window("+2h..now", now).is_err());
+        assert!(parse_window("tomorrow", now).is_err());
+    }
+}

@@ -1,0 +1,1138 @@
+//! The allocation manager's decisions, without I/O: given the clock, demand
+//! and what pilots and the scheduler reported, which jobs to submit, poll and
+//! cancel. The server runs the commands and feeds the answers back, so every
+//! rule here is tested with a fake clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{JobInfo, LogEntry, QueueInfo, QueueSpec};
+use crate::batch::JobState;
+
+const S: i64 = 1_000_000;
+/// Delay before the next submission after 0, 1, 2, 3, 4+ failures in a row.
+pub const BACKOFF_US: [i64; 5] = [0, 60 * S, 15 * 60 * S, 30 * 60 * S, 60 * 60 * S];
+/// Submissions failing in a row before the queue pauses.
+pub const MAX_SUBMIT_FAILURES: u32 = 10;
+/// Jobs in a row that end before any pilot of theirs connected.
+pub const MAX_START_FAILURES: u32 = 3;
+/// Polls in a row that do not find a job before it is taken as gone: the
+/// scheduler may briefly forget a job it accepted (PBS routing queues, Slurm
+/// "Invalid job id" after a controller restart).
+pub const QUEUED_STATUS_ERRORS: u32 = 10;
+pub const RUNNING_STATUS_ERRORS: u32 = 20;
+/// Running jobs with a connected pilot are polled this rarely: the pilots
+/// already say when they start and leave.
+pub const RUNNING_POLL_US: i64 = 30 * 60 * S;
+/// A reservation job shorter than this is not worth submitting.
+pub const MIN_WALLTIME_S: u64 = 120;
+
+/// Work waiting for a target that no pilot could take: ready tasks, never
+/// those still waiting for dependencies.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    pub tasks: u32,
+    pub cpus: u64,
+    pub gpus: u64,
+}
+
+impl Demand {
+    pub fn add(&mut self, o: &Demand) {
+        self.tasks += o.tasks;
+        self.cpus += o.cpus;
+        self.gpus += o.gpus;
+    }
+}
+
+/// What the server should do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Submit {
+        queue: u64,
+        number: u32,
+        nodes: u32,
+        walltime_s: u64,
+        idle_timeout_s: u64,
+    },
+    Status {
+        queue: u64,
+        jobs: Vec<String>,
+    },
+    Cancel {
+        queue: u64,
+        jobs: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Queued,
+    Running,
+    Ended,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Running => "running",
+            Phase::Ended => "ended",
+        }
+    }
+}
+
+/// One submitted pilot job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    pub number: u32,
+    pub nodes: u32,
+    pub phase: Phase,
+    pub dir: String,
+    pub submitted_us: i64,
+    pub started_us: Option<i64>,
+    pub ended_us: Option<i64>,
+    pub reason: Option<String>,
+    /// A pilot of this job connected at least once.
+    pub ever_connected: bool,
+    #[serde(skip)]
+    pilots: BTreeSet<u64>,
+    #[serde(skip)]
+    status_errors: u32,
+    #[serde(skip)]
+    last_poll_us: i64,
+}
+
+/// One allocation queue and its jobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Queue {
+    pub id: u64,
+    pub spec: QueueSpec,
+    pub created_us: i64,
+    pub paused: Option<String>,
+    pub submit_failures: u32,
+    pub start_failures: u32,
+    pub next_submit_us: i64,
+    pub next_number: u32,
+    #[serde(skip)]
+    jobs: BTreeMap<String, Job>,
+    /// Submissions under way: (number, nodes).
+    #[serde(skip)]
+    submitting: Vec<(u32, u32)>,
+    #[serde(skip)]
+    polling: bool,
+}
+
+impl Queue {
+    fn count(&self, phase: Phase) -> u32 {
+        self.jobs.values().filter(|j| j.phase == phase).count() as u32
+    }
+    fn nodes_in(&self, phase: Phase) -> u32 {
+        self.jobs
+            .values()
+            .filter(|j| j.phase == phase)
+            .map(|j| j.nodes)
+            .sum()
+    }
+    fn submitting_nodes(&self) -> u32 {
+        self.submitting.iter().map(|s| s.1).sum()
+    }
+    /// Nodes asked for and not yet started.
+    fn waiting_nodes(&self) -> u32 {
+        self.nodes_in(Phase::Queued) + self.submitting_nodes()
+    }
+    fn active_nodes(&self) -> u32 {
+        self.waiting_nodes() + self.nodes_in(Phase::Running)
+    }
+    fn active_jobs(&self) -> u32 {
+        self.count(Phase::Queued) + self.count(Phase::Running) + self.submitting.len() as u32
+    }
+    fn in_window(&self, now: i64) -> bool {
+        match &self.spec.reservation {
+            None => true,
+            Some(r) => r.start_us.is_none_or(|s| now >= s) && r.end_us.is_none_or(|e| now < e),
+        }
+    }
+    /// Nodes the waiting tasks would fill.
+    fn wanted_nodes(&self, demand: &BTreeMap<String, Demand>) -> u32 {
+        let mut d = Demand::default();
+        for t in self.spec.demand_targets() {
+            if let Some(x) = demand.get(&t) {
+                d.add(x);
+            }
+        }
+        if d.tasks == 0 {
+            return 0;
+        }
+        let t = &self.spec.target;
+        let by_cpu = t
+            .cpus_per_node
+            .filter(|&c| c > 0)
+            .map(|c| d.cpus.div_ceil(c as u64));
+        let by_gpu = t
+            .gpus_per_node
+            .filter(|&g| g > 0)
+            .map(|g| d.gpus.div_ceil(g as u64));
+        let n = match (by_cpu, by_gpu) {
+            (None, None) => d.tasks as u64,
+            (c, g) => c.unwrap_or(0).max(g.unwrap_or(0)).max(1),
+        };
+        n.min(u32::MAX as u64) as u32
+    }
+}
+
+/// Persisted changes the server must write after a call.
+#[derive(Default, Debug)]
+pub struct Changes {
+    pub queues: BTreeSet<u64>,
+    pub removed: BTreeSet<u64>,
+    pub jobs: BTreeSet<(u64, String)>,
+    pub log: Vec<LogEntry>,
+}
+
+pub struct Manager {
+    queues: BTreeMap<u64, Queue>,
+    next_id: u64,
+    /// Queued jobs (and running ones whose pilots are gone) are polled this often.
+    poll_us: i64,
+    /// Batch job id → queue.
+    by_job: BTreeMap<String, u64>,
+    /// Pilot → (queue, job id).
+    by_pilot: BTreeMap<u64, (u64, String)>,
+    changes: Changes,
+}
+
+impl Manager {
+    pub fn new(poll_interval_s: f64) -> Self {
+        Manager {
+            queues: BTreeMap::new(),
+            next_id: 1,
+            poll_us: (poll_interval_s * 1e6) as i64,
+            by_job: BTreeMap::new(),
+            by_pilot: BTreeMap::new(),
+            changes: Changes::default(),
+        }
+    }
+
+    /// Rebuilds from the store; jobs not ended wait for their pilots to
+    /// reconnect or for the next poll.
+    pub fn restore(&mut self, queues: Vec<Queue>, jobs: Vec<(u64, Job)>) {
+        for q in queues {
+            self.next_id = self.next_id.max(q.id + 1);
+            self.queues.insert(q.id, q);
+        }
+        for (qid, j) in jobs {
+            if let Some(q) = self.queues.get_mut(&qid) {
+                if j.phase != Phase::Ended {
+                    self.by_job.insert(j.job_id.clone(), qid);
+                }
+                q.jobs.insert(j.job_id.clone(), j);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub fn queue(&self, id: u64) -> Option<&Queue> {
+        self.queues.get(&id)
+    }
+
+    pub fn job(&self, queue: u64, job: &str) -> Option<&Job> {
+        self.queues.get(&queue).and_then(|q| q.jobs.get(job))
+    }
+
+    fn log(&mut self, queue: u64, now: i64, level: &str, message: String) {
+        match level {
+            "error" | "warn" => tracing::warn!("allocation queue {queue}: {message}"),
+            _ => tracing::info!("allocation queue {queue}: {message}"),
+        }
+        self.changes.log.push(LogEntry {
+            queue,
+            at_us: now,
+            level: level.to_string(),
+            message,
+        });
+    }
+
+    pub fn add(&mut self, spec: QueueSpec, now: i64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let what = describe(&spec);
+        self.queues.insert(
+            id,
+            Queue {
+                id,
+                spec,
+                created_us: now,
+                paused: None,
+                submit_failures: 0,
+                start_failures: 0,
+                next_submit_us: 0,
+                next_number: 1,
+                jobs: BTreeMap::new(),
+                submitting: Vec::new(),
+                polling: false,
+            },
+        );
+        self.changes.queues.insert(id);
+        self.log(id, now, "info", format!("created: {what}"));
+        id
+    }
+
+    pub fn pause(&mut self, id: u64, reason: &str, now: i64) -> Result<(), String> {
+        let q = self.queues.get_mut(&id).ok_or_else(|| no_queue(id))?;
+        q.paused = Some(reason.to_string());
+        self.changes.queues.insert(id);
+        self.log(id, now, "info", format!("paused: {reason}"));
+        Ok(())
+    }
+
+    pub fn resume(&mut self, id: u64, now: i64) -> Result<(), String> {
+        let q = self.queues.get_mut(&id).ok_or_else(|| no_queue(id))?;
+        q.paused = None;
+        q.submit_failures = 0;
+        q.start_failures = 0;
+        q.next_submit_us = 0;
+        self.changes.queues.insert(id);
+        self.log(id, now, "info", "resumed".into());
+        Ok(())
+    }
+
+    /// Removes a queue. With jobs still queued or running it refuses unless
+    /// `cancel` is set, in which case the jobs are cancelled.
+    pub fn remove(&mut self, id: u64, cancel: bool, now: i64) -> Result<Vec<Command>, String> {
+        let q = self.queues.get(&id).ok_or_else(|| no_queue(id))?;
+        let live: Vec<String> = q
+            .jobs
+            .values()
+            .filter(|j| j.phase != Phase::Ended)
+            .map(|j| j.job_id.clone())
+            .collect();
+        if !live.is_empty() && !cancel {
+            return Err(format!(
+                "allocation queue {id} still has {} job{} queued or running ({}); pass --cancel to cancel them, or pause the queue and let them finish",
+                live.len(),
+                if live.len() == 1 { "" } else { "s" },
+                live.join(", ")
+            ));
+        }
+        self.queues.remove(&id);
+        self.by_job.retain(|_, q| *q != id);
+        self.by_pilot.retain(|_, (q, _)| *q != id);
+        self.changes.removed.insert(id);
+        self.log(
+            id,
+            now,
+            "info",
+            if live.is_empty() {
+                "removed".into()
+            } else {
+                format!("removed; cancelling {}", live.join(", "))
+            },
+        );
+        Ok(if live.is_empty() {
+            vec![]
+        } else {
+            vec![Command::Cancel {
+                queue: id,
+                jobs: live,
+            }]
+        })
+    }
+
+    /// What to submit and poll now, given the work nothing could take.
+    pub fn plan(&mut self, now: i64, demand: &BTreeMap<String, Demand>) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        // Nodes wanted per set of demand targets, shared by queues serving
+        // the same targets in id order.
+        let mut remaining: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+        let ids: Vec<u64> = self.queues.keys().copied().collect();
+        for id in ids {
+            let q = self.queues.get_mut(&id).expect("queue id from keys");
+            let key = q.spec.demand_targets();
+            let wanted = q.wanted_nodes(demand) as i64;
+            let left = remaining.entry(key).or_insert(wanted);
+            *left -= q.waiting_nodes() as i64;
+            let warm_deficit = match &q.spec.reservation {
+                Some(r) if q.in_window(now) => r.warm as i64 - q.active_nodes() as i64,
+                _ => 0,
+            };
+            let can_submit = q.paused.is_none() && now >= q.next_submit_us && q.in_window(now);
+            // Submit jobs while work or the warm pool wants nodes and limits allow.
+            if can_submit {
+                let mut warm_left = warm_deficit;
+                loop {
+                    let want = (*left).max(warm_left);
+                    if want <= 0 {
+                        break;
+                    }
+                    let s = &q.spec;
+                    let nodes = (want as u32).min(s.nodes_per_job).max(1);
+                    if q.active_jobs() >= s.max_jobs {
+                        break;
+                    }
+                    if q.count(Phase::Queued) + q.submitting.len() as u32 >= s.backlog {
+                        break;
+                    }
+                    if s.max_nodes.is_some_and(|m| q.active_nodes() + nodes > m) {
+                        break;
+                    }
+                    let mut walltime_s = s.walltime_s;
+                    let mut idle_timeout_s = s.idle_timeout_s;
+                    if let Some(r) = &s.reservation {
+                        if let Some(end) = r.end_us {
+                            walltime_s = walltime_s.min(((end - now) / S).max(0) as u64);
+                        }
+                        // Warm pilots stay for the window; the walltime ends them.
+                        idle_timeout_s = 0;
+                    }
+                    if walltime_s < MIN_WALLTIME_S {
+                        break;
+                    }
+                    let number = q.next_number;
+                    q.next_number += 1;
+                    q.submitting.push((number, nodes));
+                    self.changes.queues.insert(id);
+                    *left -= nodes as i64;
+                    warm_left -= nodes as i64;
+                    cmds.push(Command::Submit {
+                        queue: id,
+                        number,
+                        nodes,
+                        walltime_s,
+                        idle_timeout_s,
+                    });
+                }
+            }
+            // Poll jobs whose state nobody reports.
+            if !q.polling && self.poll_us > 0 {
+                let due: Vec<String> = q
+                    .jobs
+                    .values()
+                    .filter(|j| j.phase != Phase::Ended)
+                    .filter(|j| {
+                        let every = if j.phase == Phase::Running && !j.pilots.is_empty() {
+                            RUNNING_POLL_US
+                        } else {
+                            self.poll_us
+                        };
+                        now - j.last_poll_us.max(j.submitted_us) >= every
+                    })
+                    .map(|j| j.job_id.clone())
+                    .collect();
+                if !due.is_empty() {
+                    q.polling = true;
+                    for j in &due {
+                        if let Some(job) = q.jobs.get_mut(j) {
+                            job.last_poll_us = now;
+                        }
+                    }
+                    cmds.push(Command::Status {
+                        queue: id,
+                        jobs: due,
+                    });
+                }
+            }
+        }
+        cmds
+    }
+
+    /// A submission came back: the job id, or the scheduler's complaint.
+    pub fn submitted(
+        &mut self,
+        queue: u64,
+        number: u32,
+        dir: &str,
+        result: Result<String, String>,
+        now: i64,
+    ) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            // Removed meanwhile: nothing to track; a job that did start has
+            // pilots that serve the targets anyway and leave when idle.
+            return;
+        };
+        let Some(pos) = q.submitting.iter().position(|s| s.0 == number) else {
+            return;
+        };
+        let (_, nodes) = q.submitting.remove(pos);
+        self.changes.queues.insert(queue);
+        match result {
+            Ok(job_id) => {
+                q.submit_failures = 0;
+                q.next_submit_us = 0;
+                q.jobs.insert(
+                    job_id.clone(),
+                    Job {
+                        job_id: job_id.clone(),
+                        number,
+                        nodes,
+                        phase: Phase::Queued,
+                        dir: dir.to_string(),
+                        submitted_us: now,
+                        started_us: None,
+                        ended_us: None,
+                        reason: None,
+                        ever_connected: false,
+                        pilots: BTreeSet::new(),
+                        status_errors: 0,
+                        last_poll_us: now,
+                    },
+                );
+                self.by_job.insert(job_id.clone(), queue);
+                self.changes.jobs.insert((queue, job_id.clone()));
+                self.log(
+                    queue,
+                    now,
+                    "info",
+                    format!(
+                        "submitted job {job_id} (#{number}, {nodes} node{})",
+                        plural(nodes)
+                    ),
+                );
+            }
+            Err(e) => {
+                q.submit_failures += 1;
+                let n = q.submit_failures;
+                let delay = BACKOFF_US[(n as usize).min(BACKOFF_US.len() - 1)];
+                q.next_submit_us = now + delay;
+                let pause = n >= MAX_SUBMIT_FAILURES;
+                if pause {
+                    q.paused = Some(format!("{n} submissions in a row failed; last: {e}"));
+                }
+                self.log(
+                    queue,
+                    now,
+                    "error",
+                    format!(
+                        "submission #{number} failed ({n} in a row): {e}{}",
+                        if pause {
+                            " — queue paused; fix the cause, then `beamflow alloc resume`"
+                                .to_string()
+                        } else {
+                            format!("; next try in {}s", delay / S)
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A pilot connected; if it runs in one of our jobs, that job has started.
+    /// Returns the queue it belongs to.
+    pub fn pilot_connected(&mut self, pilot: u64, batch_job: &str, now: i64) -> Option<u64> {
+        let (qid, job_id) = self.find_job(batch_job)?;
+        let q = self.queues.get_mut(&qid)?;
+        let j = q.jobs.get_mut(&job_id)?;
+        j.pilots.insert(pilot);
+        j.status_errors = 0;
+        let first = !j.ever_connected;
+        j.ever_connected = true;
+        let was = j.phase;
+        if j.phase != Phase::Running {
+            j.phase = Phase::Running;
+            j.started_us.get_or_insert(now);
+            j.ended_us = None;
+            j.reason = None;
+        }
+        let waited = now - j.submitted_us;
+        q.start_failures = 0;
+        self.by_job.insert(job_id.clone(), qid);
+        self.by_pilot.insert(pilot, (qid, job_id.clone()));
+        self.changes.queues.insert(qid);
+        self.changes.jobs.insert((qid, job_id.clone()));
+        if first || was != Phase::Running {
+            self.log(
+                qid,
+                now,
+                "info",
+                format!(
+                    "job {job_id} started: pilot {pilot} connected {:.1}s after submission",
+                    waited as f64 / 1e6
+                ),
+            );
+        }
+        Some(qid)
+    }
+
+    /// A pilot left or was lost; when a job has no pilot left, it has ended.
+    pub fn pilot_gone(&mut self, pilot: u64, why: &str, now: i64) {
+        let Some((qid, job_id)) = self.by_pilot.remove(&pilot) else {
+            return;
+        };
+        let Some(j) = self
+            .queues
+            .get_mut(&qid)
+            .and_then(|q| q.jobs.get_mut(&job_id))
+        else {
+            return;
+        };
+        j.pilots.remove(&pilot);
+        if j.pilots.is_empty() && j.phase == Phase::Running {
+            self.end_job(qid, &job_id, format!("its pilots left ({why})"), now);
+        }
+    }
+
+    /// The scheduler's answer to a `Status` command.
+    pub fn statuses(
+        &mut self,
+        queue: u64,
+        asked: &[String],
+        result: Result<BTreeMap<String, JobState>, String>,
+        now: i64,
+    ) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        q.polling = false;
+        let states = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.log(queue, now, "warn", format!("cannot read job states: {e}"));
+                for id in asked {
+                    self.status_error(queue, id, "the scheduler could not be asked", now);
+                }
+                return;
+            }
+        };
+        for id in asked {
+            match states.get(id) {
+                None => self.status_error(queue, id, "the scheduler no longer knows it", now),
+                Some(st) => {
+                    let Some(j) = self.queues.get_mut(&queue).and_then(|q| q.jobs.get_mut(id))
+                    else {
+                        continue;
+                    };
+                    j.status_errors = 0;
+                    match st {
+                        JobState::Queued { .. } | JobState::Running => {}
+                        JobState::Finished { end, exit } => {
+                            let why = format!(
+                                "the scheduler reports {end:?}{}",
+                                exit.map(|c| format!(" (exit {c})")).unwrap_or_default()
+                            );
+                            self.end_job(queue, id, why, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn status_error(&mut self, queue: u64, id: &str, why: &str, now: i64) {
+        let Some(j) = self.queues.get_mut(&queue).and_then(|q| q.jobs.get_mut(id)) else {
+            return;
+        };
+        if j.phase == Phase::Ended {
+            return;
+        }
+        j.status_errors += 1;
+        let limit = if j.phase == Phase::Queued {
+            QUEUED_STATUS_ERRORS
+        } else {
+            RUNNING_STATUS_ERRORS
+        };
+        if j.status_errors >= limit {
+            let n = j.status_errors;
+            self.end_job(queue, id, format!("{why} ({n} polls in a row)"), now);
+        }
+    }
+
+    fn end_job(&mut self, queue: u64, id: &str, why: String, now: i64) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        let Some(j) = q.jobs.get_mut(id) else {
+            return;
+        };
+        if j.phase == Phase::Ended {
+            return;
+        }
+        j.phase = Phase::Ended;
+        j.ended_us = Some(now);
+        let started = j.ever_connected;
+        let dir = j.dir.clone();
+        j.reason = Some(why.clone());
+        let pilots: Vec<u64> = std::mem::take(&mut j.pilots).into_iter().collect();
+        for p in pilots {
+            self.by_pilot.remove(&p);
+        }
+        self.by_job.remove(id);
+        self.changes.jobs.insert((queue, id.to_string()));
+        self.changes.queues.insert(queue);
+        if started {
+            self.log(queue, now, "info", format!("job {id} ended: {why}"));
+            return;
+        }
+        q.start_failures += 1;
+        let n = q.start_failures;
+        let pause = n >= MAX_START_FAILURES && q.paused.is_none();
+        if pause {
+            q.paused = Some(format!(
+                "{n} jobs in a row ended before a pilot connected; last: job {id}, {why}"
+            ));
+        }
+        self.log(
+            queue,
+            now,
+            "error",
+            format!(
+                "job {id} ended before any pilot connected: {why}; its output is in {dir}/stdout{}",
+                if pause {
+                    " — queue paused; fix the cause, then `beamflow alloc resume`"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
+    /// Matches a pilot's `SLURM_JOB_ID`/`PBS_JOBID` to a job: PBS ids may
+    /// carry a longer server suffix than `qsub` printed.
+    fn find_job(&self, batch_job: &str) -> Option<(u64, String)> {
+        if let Some(q) = self.by_job.get(batch_job) {
+            return Some((*q, batch_job.to_string()));
+        }
+        let head = batch_job.split('.').next().unwrap_or(batch_job);
+        for q in self.queues.values() {
+            for j in q.jobs.values() {
+                if j.job_id == batch_job || j.job_id.split('.').next() == Some(head) {
+                    return Some((q.id, j.job_id.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every queue with its jobs (ended ones: the last `keep_ended`).
+    pub fn info(&self, keep_ended: usize) -> Vec<QueueInfo> {
+        self.queues
+            .values()
+            .map(|q| {
+                let mut jobs: Vec<JobInfo> = q.jobs.values().map(job_info).collect();
+                jobs.sort_by_key(|j| j.number);
+                let ended: Vec<usize> = jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, j)| j.state == "ended")
+                    .map(|(i, _)| i)
+                    .collect();
+                let drop: BTreeSet<usize> = ended
+                    .iter()
+                    .take(ended.len().saturating_sub(keep_ended))
+                    .copied()
+                    .collect();
+                let jobs = jobs
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| !drop.contains(i))
+                    .map(|(_, j)| j)
+                    .collect();
+                QueueInfo {
+                    id: q.id,
+                    spec: q.spec.clone(),
+                    state: if q.paused.is_some() {
+                        "paused"
+                    } else {
+                        "active"
+                    }
+                    .to_string(),
+                    paused_reason: q.paused.clone(),
+                    queued_jobs: q.count(Phase::Queued) + q.submitting.len() as u32,
+                    running_jobs: q.count(Phase::Running),
+                    ended_jobs: q.count(Phase::Ended),
+                    submit_failures: q.submit_failures,
+                    start_failures: q.start_failures,
+                    next_submit_us: (q.next_submit_us > 0).then_some(q.next_submit_us),
+                    jobs,
+                }
+            })
+            .collect()
+    }
+}
+
+fn job_info(j: &Job) -> JobInfo {
+    JobInfo {
+        job_id: j.job_id.clone(),
+        number: j.number,
+        nodes: j.nodes,
+        state: j.phase.name().to_string(),
+        dir: j.dir.clone(),
+        submitted_us: j.submitted_us,
+        started_us: j.started_us,
+        ended_us: j.ended_us,
+        reason: j.reason.clone(),
+        pilots: j.pilots.iter().copied().collect(),
+    }
+}
+
+fn no_queue(id: u64) -> String {
+    format!("no allocation queue {id}")
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// One line about a queue for the log.
+pub fn describe(s: &QueueSpec) -> String {
+    let t = &s.target;
+    let mut out = format!(
+        "{}/{} ({}), up to {} job{} of {} node{}, walltime {}",
+        t.site,
+        t.target,
+        t.scheduler.name(),
+        s.max_jobs,
+        plural(s.max_jobs),
+        s.nodes_per_job,
+        plural(s.nodes_per_job),
+        crate::site::fmt_walltime(s.walltime_s)
+    );
+    if let Some(m) = s.max_nodes {
+        out.push_str(&format!(", at most {m} nodes"));
+    }
+    if let Some(r) = &s.reservation {
+        out.push_str(&format!(
+            ", reservation {} keeping {} warm{}",
+            r.name,
+            r.warm,
+            match (r.start_us, r.end_us) {
+                (None, None) => String::new(),
+                (a, b) => format!(
+                    " from {} to {}",
+                    a.map(crate::util::fmt_ts).unwrap_or_else(|| "now".into()),
+                    b.map(crate::util::fmt_ts)
+                        .unwrap_or_else(|| "open end".into())
+                ),
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::Reservation;
+    use crate::batch::End;
+    use crate::site::SiteConfig;
+
+    fn spec(target: &str) -> QueueSpec {
+        let site = SiteConfig::parse(
+            "name = \"t\"\nscheduler = \"slurm\"\n[targets.cpu]\nqueue = \"debug\"\nwalltime = \"1h\"\ncpus_per_node = 4\n[targets.realtime]\nqueue = \"debug\"\nwalltime = \"1h\"\ncpus_per_node = 4\n",
+            "t.toml",
+        )
+        .unwrap();
+        QueueSpec {
+            target: site.effective(target).unwrap(),
+            max_jobs: 3,
+            max_nodes: None,
+            backlog: 2,
+            nodes_per_job: 1,
+            walltime_s: 3600,
+            idle_timeout_s: 300,
+            reservation: None,
+        }
+    }
+
+    fn demand(target: &str, tasks: u32, cpus_each: u64) -> BTreeMap<String, Demand> {
+        let mut d = BTreeMap::new();
+        d.insert(
+            target.to_string(),
+            Demand {
+                tasks,
+                cpus: tasks as u64 * cpus_each,
+                gpus: 0,
+            },
+        );
+        d
+    }
+
+    fn submits(cmds: &[Command]) -> Vec<(u32, u32)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Submit { number, nodes, .. } => Some((*number, *nodes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_waits_nothing_is_submitted() {
+        let mut m = Manager::new(60.0);
+        m.add(spec("cpu"), 0);
+        assert!(m.plan(1, &BTreeMap::new()).is_empty());
+        // Work for another target is not ours.
+        assert!(m.plan(2, &demand("gpu", 5, 1)).is_empty());
+    }
+
+    #[test]
+    fn submits_for_demand_within_backlog_and_counts_queued_jobs() {
+        let mut m = Manager::new(60.0);
+        let q = m.add(spec("cpu"), 0);
+        // 10 one-cpu tasks on 4-cpu nodes: 3 nodes wanted, backlog 2 allows 2.
+        let c = m.plan(0, &demand("cpu", 10, 1));
+        assert_eq!(submits(&c), vec![(1, 1), (2, 1)]);
+        // While those submissions are under way nothing more is sent.
+        assert!(submits(&m.plan(1, &demand("cpu", 10, 1))).is_empty());
+        m.submitted(q, 1, "/a/1", Ok("101".into()), 2);
+        m.submitted(q, 2, "/a/2", Ok("102".into()), 2);
+        // Two queued jobs cover two of the three nodes; the backlog is full.
+        assert!(submits(&m.plan(3, &demand("cpu", 10, 1))).is_empty());
+        // The first starts: one queued, one backlog slot free, one node still wanted.
+        assert_eq!(m.pilot_connected(7, "101", 4), Some(q));
+        assert_eq!(submits(&m.plan(5, &demand("cpu", 10, 1))), vec![(3, 1)]);
+        m.submitted(q, 3, "/a/3", Ok("103".into()), 6);
+        // max_jobs 3 reached: no more, however much waits.
+        m.pilot_connected(8, "102", 7);
+        m.pilot_connected(9, "103", 7);
+        assert!(submits(&m.plan(8, &demand("cpu", 100, 1))).is_empty());
+        let info = &m.info(20)[0];
+        assert_eq!((info.queued_jobs, info.running_jobs), (0, 3));
+    }
+
+    #[test]
+    fn max_nodes_caps_the_total() {
+        let mut m = Manager::new(60.0);
+        let mut s = spec("cpu");
+        s.max_nodes = Some(3);
+        s.nodes_per_job = 2;
+        s.backlog = 5;
+        s.max_jobs = 5;
+        m.add(s, 0);
+        // 40 cpus wanted = 10 nodes; jobs of 2 nodes; 3 nodes at most → one job.
+        let c = m.plan(0, &demand("cpu", 40, 1));
+        assert_eq!(submits(&c), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn failures_back_off_then_pause() {
+        let mut m = Manager::new(60.0);
+        let q = m.add(spec("cpu"), 0);
+        let d = demand("cpu", 1, 1);
+        let mut now = 0;
+        for i in 1..=MAX_SUBMIT_FAILURES {
+            let c = m.plan(now, &d);
+            assert_eq!(submits(&c).len(), 1, "try {i} at {now}");
+            let (n, _) = submits(&c)[0];
+            m.submitted(
+                q,
+                n,
+                "/a",
+                Err("sbatch: error: invalid partition".into()),
+                now,
+            );
+            let delay = BACKOFF_US[(i as usize).min(4)];
+            // Nothing during the back-off…
+            assert!(submits(&m.plan(now + delay - 1, &d)).is_empty());
+            now += delay;
+        }
+        // …and after ten failures the queue is paused with the reason.
+        assert!(submits(&m.plan(now + 1, &d)).is_empty());
+        let info = &m.info(20)[0];
+        assert_eq!(info.state, "paused");
+        assert!(info
+            .paused_reason
+            .as_ref()
+            .unwrap()
+            .contains("invalid partition"));
+        let log = m.take_changes().log;
+        assert!(log
+            .iter()
+            .any(|e| e.level == "error" && e.message.contains("invalid partition")));
+        assert!(log.last().unwrap().message.contains("queue paused"));
+        // Resume clears it.
+        m.resume(q, now + 2).unwrap();
+        assert_eq!(submits(&m.plan(now + 3, &d)).len(), 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_back_off() {
+        let mut m = Manager::new(60.0);
+        let q = m.add(spec("cpu"), 0);
+        let d = demand("cpu", 8, 1);
+        m.plan(0, &d);
+        m.submitted(q, 1, "/a", Err("boom".into()), 0);
+        m.submitted(q, 2, "/a", Ok("5".into()), 0);
+        assert_eq!(m.queue(q).unwrap().submit_failures, 0);
+        assert_eq!(submits(&m.plan(1, &d)).len(), 1);
+    }
+
+    #[test]
+    fn jobs_that_never_start_pause_the_queue() {
+        let mut m = Manager::new(10.0);
+        let q = m.add(spec("cpu"), 0);
+        let d = demand("cpu", 1, 1);
+        let mut now = 0;
+        for i in 0..MAX_START_FAILURES {
+            let c = m.plan(now, &d);
+            let (n, _) = submits(&c)[0];
+            let id = format!("{}", 200 + i);
+            m.submitted(q, n, "/a", Ok(id.clone()), now);
+            now += 10 * S;
+            // The poll finds it failed (bad pilot path, say) before a pilot connected.
+            let c = m.plan(now, &d);
+            let asked = match &c[..] {
+                [Command::Status { jobs, .. }] => jobs.clone(),
+                other => panic!("expected one poll, got {other:?}"),
+            };
+            assert_eq!(asked, vec![id.clone()]);
+            let mut st = BTreeMap::new();
+            st.insert(
+                id.clone(),
+                JobState::Finished {
+                    end: End::Failed,
+                    exit: Some(127),
+                },
+            );
+            m.statuses(q, &asked, Ok(st), now);
+        }
+        let info = &m.info(20)[0];
+        assert_eq!(info.state, "paused");
+        assert!(
+            info.paused_reason
+                .as_ref()
+                .unwrap()
+                .contains("before a pilot connected"),
+            "{info:?}"
+        );
+        assert!(submits(&m.plan(now + 1, &d)).is_empty());
+    }
+
+    #[test]
+    fn pilots_tell_start_and_end_and_polls_tolerate_forgetful_schedulers() {
+        let mut m = Manager::new(10.0);
+        let q = m.add(spec("cpu"), 0);
+        m.plan(0, &demand("cpu", 1, 1));
+        m.submitted(q, 1, "/a", Ok("349710.polaris-pbs-01".into()), 0);
+        // PBS_JOBID carries the full server name.
+        assert_eq!(
+            m.pilot_connected(3, "349710.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov", S),
+            Some(q)
+        );
+        // A running job with its pilot connected is not polled for a long time.
+        assert!(m.plan(100 * S, &BTreeMap::new()).is_empty());
+        m.pilot_gone(3, "idle for 300s", 200 * S);
+        let j = &m.info(20)[0].jobs[0];
+        assert_eq!(j.state, "ended");
+        assert!(j.reason.as_ref().unwrap().contains("idle"));
+        assert_eq!(m.queue(q).unwrap().start_failures, 0);
+
+        // A queued job the scheduler forgets is kept for QUEUED_STATUS_ERRORS polls.
+        m.plan(300 * S, &demand("cpu", 1, 1));
+        m.submitted(q, 2, "/b", Ok("77".into()), 300 * S);
+        let mut now = 300 * S;
+        for i in 1..=QUEUED_STATUS_ERRORS {
+            now += 10 * S;
+            let c = m.plan(now, &BTreeMap::new());
+            assert!(
+                matches!(&c[..], [Command::Status { .. }]),
+                "poll {i}: {c:?}"
+            );
+            m.statuses(q, &["77".to_string()], Ok(BTreeMap::new()), now);
+            let state = m.job(q, "77").unwrap().phase;
+            if i < QUEUED_STATUS_ERRORS {
+                assert_eq!(state, Phase::Queued, "after {i} misses");
+            } else {
+                assert_eq!(state, Phase::Ended);
+            }
+        }
+        // A failing squeue counts the same way but never crashes anything.
+        m.statuses(q, &["77".to_string()], Err("squeue: timeout".into()), now);
+    }
+
+    #[test]
+    fn reservation_keeps_pilots_warm_in_its_window_only() {
+        let mut m = Manager::new(60.0);
+        let mut s = spec("cpu");
+        s.reservation = Some(Reservation {
+            name: "beam".into(),
+            start_us: Some(1000 * S),
+            end_us: Some(2000 * S),
+            warm: 2,
+        });
+        s.backlog = 2;
+        let q = m.add(s.clone(), 0);
+        assert_eq!(s.serves(), vec!["realtime", "cpu"]);
+        // Before the window: nothing, even with work waiting.
+        assert!(submits(&m.plan(500 * S, &demand("realtime", 3, 1))).is_empty());
+        // In the window: two warm pilots without any work, clamped to the window's end,
+        // and they do not leave when idle.
+        let c = m.plan(1500 * S, &BTreeMap::new());
+        assert_eq!(submits(&c), vec![(1, 1), (2, 1)]);
+        for cmd in &c {
+            if let Command::Submit {
+                walltime_s,
+                idle_timeout_s,
+                ..
+            } = cmd
+            {
+                assert_eq!(*walltime_s, 500);
+                assert_eq!(*idle_timeout_s, 0);
+            }
+        }
+        m.submitted(q, 1, "/r1", Ok("1".into()), 1500 * S);
+        m.submitted(q, 2, "/r2", Ok("2".into()), 1500 * S);
+        assert!(submits(&m.plan(1501 * S, &BTreeMap::new())).is_empty());
+        // Work for `cpu` does not grow a reservation queue; `realtime` work does.
+        m.pilot_connected(1, "1", 1502 * S);
+        m.pilot_connected(2, "2", 1502 * S);
+        assert!(submits(&m.plan(1503 * S, &demand("cpu", 40, 1))).is_empty());
+        assert_eq!(
+            submits(&m.plan(1504 * S, &demand("realtime", 40, 1))).len(),
+            1
+        );
+        // Too close to the end to be worth a job.
+        let mut m2 = Manager::new(60.0);
+        m2.add(s, 0);
+        assert!(submits(&m2.plan(1950 * S, &BTreeMap::new())).is_empty());
+    }
+
+    #[test]
+    fn remove_refuses_live_jobs_unless_cancelled() {
+        let mut m = Manager::new(60.0);
+        let q = m.add(spec("cpu"), 0);
+        m.plan(0, &demand("cpu", 1, 1));
+        m.submitted(q, 1, "/a", Ok("9".into()), 0);
+        let e = m.remove(q, false, 1).unwrap_err();
+        assert!(e.contains("--cancel"), "{e}");
+        let c = m.remove(q, true, 2).unwrap();
+        assert_eq!(
+            c,
+            vec![Command::Cancel {
+                queue: q,
+                jobs: vec!["9".into()]
+            }]
+        );
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_counters_and_open_jobs() {
+        let mut m = Manager::new(60.0);
+        let q = m.add(spec("cpu"), 0);
+        m.plan(0, &demand("cpu", 1, 1));
+        m.submitted(q, 1, "/a", Ok("42".into()), 0);
+        let queue: Queue =
+            serde_json::from_str(&serde_json::to_string(m.queue(q).unwrap()).unwrap()).unwrap();
+        let job: Job =
+            serde_json::from_str(&serde_json::to_string(m.job(q, "42").unwrap()).unwrap()).unwrap();
+        let mut m2 = Manager::new(60.0);
+        m2.restore(vec![queue], vec![(q, job)]);
+        assert_eq!(m2.pilot_connected(5, "42", 10), Some(q));
+        assert_eq!(m2.queue(q).unwrap().next_number, 2);
+        // A new queue gets a fresh id.
+        assert_eq!(m2.add(spec("cpu"), 11), q + 1);
+    }
+}

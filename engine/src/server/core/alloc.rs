@@ -1,0 +1,401 @@
+//! The core's side of the allocation manager: demand read from the ready
+//! queues, the manager's commands run off the core's thread (a slow `sbatch`
+//! never holds up dispatch), and their answers fed back as messages.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ApiError, Core, CoreMsg, Reply};
+use crate::alloc::manager::{Job, Queue};
+use crate::alloc::{Command, Demand, QueueInfo, QueueSpec};
+use crate::batch::script::{JobRequest, PilotCommand};
+use crate::batch::{JobState, Scheduler};
+use crate::store::Op;
+use crate::util::now_us;
+
+/// How the server submits pilots.
+#[derive(Clone, Debug)]
+pub struct AllocConfig {
+    /// Jobs nobody reports on are polled this often.
+    pub poll_interval: Duration,
+    /// One directory per job: script, output, job id.
+    pub dir: PathBuf,
+    /// The `beamflow` executable pilots run, unless the site names one.
+    pub exe: String,
+    /// The server URL pilots connect to, unless the site names one.
+    pub url: String,
+    /// The token file pilots read (0600, on a filesystem compute nodes see).
+    pub token_file: PathBuf,
+}
+
+/// Allocation requests from the API, and answers from the scheduler.
+pub enum AllocMsg {
+    Add {
+        spec: Box<QueueSpec>,
+        reply: Reply<u64>,
+    },
+    List {
+        reply: Reply<Vec<QueueInfo>>,
+    },
+    Pause {
+        id: u64,
+        reply: Reply<()>,
+    },
+    Resume {
+        id: u64,
+        reply: Reply<()>,
+    },
+    Remove {
+        id: u64,
+        cancel: bool,
+        reply: Reply<()>,
+    },
+    Submitted {
+        queue: u64,
+        number: u32,
+        dir: String,
+        result: Result<String, String>,
+    },
+    Status {
+        queue: u64,
+        asked: Vec<String>,
+        result: Result<BTreeMap<String, JobState>, String>,
+    },
+}
+
+/// Restores the manager's queues and unfinished jobs from the store.
+pub(super) fn restore(core: &mut Core) -> anyhow::Result<()> {
+    let snap = core.store.read(crate::store::alloc_snapshot)?;
+    let queues: Vec<Queue> = snap
+        .queues
+        .iter()
+        .map(|q| serde_json::from_str(q))
+        .collect::<Result<_, _>>()?;
+    let jobs: Vec<(u64, Job)> = snap
+        .jobs
+        .iter()
+        .map(|(q, j)| serde_json::from_str(j).map(|j| (*q, j)))
+        .collect::<Result<_, _>>()?;
+    let n = queues.len();
+    core.alloc.restore(queues, jobs);
+    if n > 0 {
+        tracing::info!("restored {n} allocation queues");
+    }
+    Ok(())
+}
+
+impl Core {
+    pub(super) fn alloc_msg(&mut self, m: AllocMsg) {
+        let now = now_us();
+        match m {
+            AllocMsg::Add { spec, reply } => {
+                let r = check_spec(&spec).map(|()| self.alloc.add(*spec, now));
+                self.reply(reply, r);
+            }
+            AllocMsg::List { reply } => {
+                let r = Ok(self.alloc.info(20));
+                self.reply(reply, r);
+            }
+            AllocMsg::Pause { id, reply } => {
+                let r = self
+                    .alloc
+                    .pause(id, "paused by the user", now)
+                    .map_err(|e| ApiError::new(404, e));
+                self.reply(reply, r);
+            }
+            AllocMsg::Resume { id, reply } => {
+                let r = self
+                    .alloc
+                    .resume(id, now)
+                    .map_err(|e| ApiError::new(404, e));
+                self.reply(reply, r);
+            }
+            AllocMsg::Remove { id, cancel, reply } => {
+                let scheduler = self.alloc.queue(id).map(|q| q.spec.target.scheduler);
+                let r = match self.alloc.remove(id, cancel, now) {
+                    Ok(cmds) => {
+                        for c in cmds {
+                            if let Some(s) = scheduler.and_then(Scheduler::for_site) {
+                                self.alloc_run(c, s, None);
+                            }
+                        }
+                        Ok(())
+                    }
+                    Err(e) if e.starts_with("no allocation queue") => Err(ApiError::new(404, e)),
+                    Err(e) => Err(ApiError::new(409, e)),
+                };
+                self.reply(reply, r);
+            }
+            AllocMsg::Submitted {
+                queue,
+                number,
+                dir,
+                result,
+            } => self.alloc.submitted(queue, number, &dir, result, now),
+            AllocMsg::Status {
+                queue,
+                asked,
+                result,
+            } => self.alloc.statuses(queue, &asked, result, now),
+        }
+    }
+
+    /// Work waiting per target that no pilot took: ready attempts only, so
+    /// steps blocked on dependencies never cause a submission.
+    fn demand(&self) -> BTreeMap<String, Demand> {
+        let mut d: BTreeMap<String, Demand> = BTreeMap::new();
+        for ((target, req), q) in &self.ready {
+            let n = q.len() as u64;
+            if n == 0 {
+                continue;
+            }
+            let v = req.variants.first().copied().unwrap_or_default();
+            let e = d.entry(target.clone()).or_default();
+            e.tasks += n as u32;
+            e.cpus += n * v.cpus as u64;
+            e.gpus += n * v.gpus as u64;
+        }
+        d
+    }
+
+    /// Lets the manager act on the current demand and persists what changed.
+    pub(super) fn alloc_plan(&mut self) {
+        if self.alloc.is_empty() {
+            self.alloc_persist();
+            return;
+        }
+        let demand = self.demand();
+        let cmds = self.alloc.plan(now_us(), &demand);
+        for c in cmds {
+            let queue = match &c {
+                Command::Submit { queue, .. }
+                | Command::Status { queue, .. }
+                | Command::Cancel { queue, .. } => *queue,
+            };
+            let Some(q) = self.alloc.queue(queue) else {
+                continue;
+            };
+            let spec = q.spec.clone();
+            match Scheduler::for_site(spec.target.scheduler) {
+                Some(s) => self.alloc_run(c, s, Some(spec)),
+                None => {
+                    if let Command::Submit { number, .. } = c {
+                        self.alloc.submitted(
+                            queue,
+                            number,
+                            "",
+                            Err(format!(
+                                "site `{}` has no batch scheduler; start pilots with `beamflow pilot`",
+                                spec.target.site
+                            )),
+                            now_us(),
+                        );
+                    }
+                }
+            }
+        }
+        self.alloc_persist();
+    }
+
+    /// Runs one command in the background; its answer comes back as a message.
+    fn alloc_run(&mut self, c: Command, sched: Scheduler, spec: Option<QueueSpec>) {
+        let me = self.me.clone();
+        match c {
+            Command::Submit {
+                queue,
+                number,
+                nodes,
+                walltime_s,
+                idle_timeout_s,
+            } => {
+                let Some(spec) = spec else { return };
+                let cfg = self.cfg.alloc.clone();
+                let dir = cfg.dir.join(queue.to_string()).join(number.to_string());
+                let t = &spec.target;
+                let req = JobRequest {
+                    name: format!("bf-{}-{queue}-{number}", t.target),
+                    nodes,
+                    walltime_s,
+                    reservation: spec.reservation.as_ref().map(|r| r.name.clone()),
+                    dir: dir.clone(),
+                    pilot: PilotCommand {
+                        exe: t.pilot.command.clone().unwrap_or(cfg.exe.clone()),
+                        url: t.pilot.server_url.clone().unwrap_or(cfg.url.clone()),
+                        token_file: cfg.token_file.clone(),
+                        targets: spec.serves(),
+                        idle_timeout_s: (idle_timeout_s > 0).then_some(idle_timeout_s),
+                        prefetch: t.pilot.prefetch.unwrap_or(1),
+                        drain_margin_s: t
+                            .pilot
+                            .drain_margin
+                            .as_deref()
+                            .and_then(|d| crate::flow::parse_duration(d).ok())
+                            .unwrap_or(60.0) as u64,
+                    },
+                    target: spec.target.clone(),
+                };
+                tokio::spawn(async move {
+                    let result = submit(sched, &req).await;
+                    let _ = me.send(CoreMsg::Alloc(AllocMsg::Submitted {
+                        queue,
+                        number,
+                        dir: dir.display().to_string(),
+                        result,
+                    }));
+                });
+            }
+            Command::Status { queue, jobs } => {
+                tokio::spawn(async move {
+                    let ids: Vec<crate::batch::JobId> = jobs
+                        .iter()
+                        .map(|j| crate::batch::JobId(j.clone()))
+                        .collect();
+                    let result = sched
+                        .status(&ids)
+                        .await
+                        .map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect())
+                        .map_err(|e| e.to_string());
+                    let _ = me.send(CoreMsg::Alloc(AllocMsg::Status {
+                        queue,
+                        asked: jobs,
+                        result,
+                    }));
+                });
+            }
+            Command::Cancel { queue, jobs } => {
+                tokio::spawn(async move {
+                    let ids: Vec<crate::batch::JobId> = jobs
+                        .iter()
+                        .map(|j| crate::batch::JobId(j.clone()))
+                        .collect();
+                    if let Err(e) = sched.cancel(&ids).await {
+                        tracing::warn!("allocation queue {queue}: cancelling {jobs:?}: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Writes the manager's changes in the core's next commit.
+    fn alloc_persist(&mut self) {
+        let ch = self.alloc.take_changes();
+        for id in ch.queues {
+            if let Some(q) = self.alloc.queue(id) {
+                self.batch.ops.push(Op::PutAllocQueue {
+                    id,
+                    state: if q.paused.is_some() {
+                        "paused"
+                    } else {
+                        "active"
+                    },
+                    data: serde_json::to_string(q).unwrap_or_default(),
+                    created: q.created_us,
+                });
+            }
+        }
+        for id in ch.removed {
+            self.batch.ops.push(Op::DeleteAllocQueue { id });
+        }
+        for (queue, job) in ch.jobs {
+            if let Some(j) = self.alloc.job(queue, &job) {
+                self.batch.ops.push(Op::PutAllocJob {
+                    queue,
+                    job,
+                    phase: match j.phase {
+                        crate::alloc::manager::Phase::Queued => "queued",
+                        crate::alloc::manager::Phase::Running => "running",
+                        crate::alloc::manager::Phase::Ended => "ended",
+                    },
+                    data: serde_json::to_string(j).unwrap_or_default(),
+                });
+            }
+        }
+        for e in ch.log {
+            self.batch.ops.push(Op::AllocLog {
+                queue: e.queue,
+                at: e.at_us,
+                level: e.level,
+                message: e.message,
+            });
+        }
+    }
+}
+
+/// A queue the manager can work with: the scheduler and the sizes make sense.
+fn check_spec(s: &QueueSpec) -> Result<(), ApiError> {
+    let bad = |m: String| Err(ApiError::new(400, m));
+    if Scheduler::for_site(s.target.scheduler).is_none() {
+        return bad(format!(
+            "site `{}` has no batch scheduler: start pilots there with `beamflow pilot`",
+            s.target.site
+        ));
+    }
+    if s.target.manual {
+        return bad(format!(
+            "target `{}` of site `{}` is served by pilots started by hand (manual = true)",
+            s.target.target, s.target.site
+        ));
+    }
+    if s.max_jobs == 0 {
+        return bad("--max-jobs must be at least 1".into());
+    }
+    if s.backlog == 0 {
+        return bad("--backlog must be at least 1".into());
+    }
+    if s.nodes_per_job == 0 {
+        return bad("--nodes must be at least 1".into());
+    }
+    if let Some(m) = s.target.max_nodes {
+        if s.nodes_per_job > m {
+            return bad(format!(
+                "--nodes {}: target `{}` takes at most {m} nodes per job",
+                s.nodes_per_job, s.target.target
+            ));
+        }
+    }
+    if let Some(m) = s.target.max_walltime_s {
+        if s.walltime_s > m {
+            return bad(format!(
+                "--walltime {}: target `{}` allows at most {}",
+                crate::site::fmt_walltime(s.walltime_s),
+                s.target.target,
+                crate::site::fmt_walltime(m)
+            ));
+        }
+    }
+    if let Some(r) = &s.reservation {
+        if let (Some(a), Some(b)) = (r.start_us, r.end_us) {
+            if b <= a {
+                return bad("--window: the end is not after the start".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders, writes and submits one job script; the job id or the reason.
+async fn submit(sched: Scheduler, req: &JobRequest) -> Result<String, String> {
+    let script = req.render().map_err(|e| format!("{e:#}"))?;
+    let dir = req.dir.clone();
+    let path = dir.join("job.sh");
+    let write = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&path, script)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+        })
+    };
+    write
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: cannot write the job script: {e}", path.display()))?;
+    let id = sched
+        .submit(&path, &req.dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tokio::fs::write(req.dir.join("job-id"), format!("{id}\n")).await;
+    Ok(id.0)
+}
