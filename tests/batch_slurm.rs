@@ -1,35 +1,13 @@
 //! The Slurm adapter against a real one-node Slurm (scripts/slurm-cluster.sh,
 //! started here if it is not up: root and Debian's packages, as in CI).
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use beamflow::batch::{End, JobId, JobState, Scheduler};
 
-fn cluster() -> &'static Path {
-    static CONF: OnceLock<PathBuf> = OnceLock::new();
-    CONF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::process::Command::new("bash")
-            .arg(root.join("scripts/slurm-cluster.sh"))
-            .arg("start")
-            .output()
-            .expect("run scripts/slurm-cluster.sh");
-        assert!(
-            out.status.success(),
-            "the test cluster did not start:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir =
-            std::env::var("BEAMFLOW_SLURM_DIR").unwrap_or_else(|_| "/tmp/beamflow-slurm".into());
-        let conf = PathBuf::from(dir).join("etc/slurm.conf");
-        // Clients find the cluster through SLURM_CONF (set once, before any
-        // command runs).
-        std::env::set_var("SLURM_CONF", &conf);
-        conf
-    })
-}
+#[path = "support/slurm.rs"]
+mod slurm;
+use slurm::cluster;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -245,10 +245,23 @@ enum KernelCmd {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure: `engine` (tasks/s, latency) or `xpcs` (kernel,
-    /// end-to-end and two-time speed on a synthetic dataset).
-    #[arg(value_parser = ["engine", "xpcs"])]
+    /// What to measure: `engine` (tasks/s, latency), `xpcs` (kernel,
+    /// end-to-end and two-time speed on a synthetic dataset) or `alloc`
+    /// (wait for a pilot submitted through the site's batch scheduler).
+    #[arg(value_parser = ["engine", "xpcs", "alloc"])]
     name: String,
+    /// alloc: the site (name or file) whose scheduler is measured.
+    #[arg(long, default_value = "local-slurm")]
+    site: String,
+    /// alloc: the site's target.
+    #[arg(long, default_value = "cpu")]
+    target: String,
+    /// alloc: cold samples (each waits for the previous pilot to leave).
+    #[arg(long, default_value_t = 3)]
+    cold: usize,
+    /// alloc: runs on the warm pilot.
+    #[arg(long, default_value_t = 20)]
+    warm: usize,
     /// xpcs: detector side, pixels.
     #[arg(long, default_value_t = 512)]
     size: usize,
@@ -295,6 +308,8 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Pilot logs end up in batch output files: colour codes only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -521,6 +536,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let out =
                 tokio::task::spawn_blocking(move || crate::xpcs::bench(&spec, json_out)).await??;
             if json_out {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "alloc" => {
+            let out = crate::bench_alloc::alloc(crate::bench_alloc::AllocBench {
+                site: b.site,
+                target: b.target,
+                cold: b.cold,
+                warm: b.warm,
+            })
+            .await?;
+            if cli.json {
                 println!("{}", serde_json::to_string(&out)?);
             } else {
                 println!("{}", serde_json::to_string_pretty(&out)?);

@@ -9,6 +9,7 @@ pub mod actions;
 pub mod alloc;
 pub mod batch;
 pub mod bench;
+pub mod bench_alloc;
 pub mod cli;
 pub mod client;
 pub mod demo;

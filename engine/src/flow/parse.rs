@@ -62,6 +62,10 @@ struct RawFlow {
     #[serde(default)]
     description: String,
     #[serde(default)]
+    priority: Option<Spanned<i64>>,
+    #[serde(default)]
+    deadline: Option<Spanned<String>>,
+    #[serde(default)]
     input: BTreeMap<Spanned<String>, Spanned<RawInput>>,
     #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
@@ -103,6 +107,8 @@ struct RawStep {
     on: Option<Spanned<String>>,
     #[serde(default)]
     outputs: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    priority: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -249,18 +255,53 @@ fn build(cx: &mut Ctx, raw: RawFlow, site: Option<&SiteConfig>) -> FlowSpec {
         cx.err(0..0, "steps", "a flow needs at least one step");
     }
 
+    let priority = raw
+        .priority
+        .as_ref()
+        .map(|p| build_priority(cx, p, "priority"))
+        .unwrap_or(0);
+    let deadline_s = raw
+        .deadline
+        .as_ref()
+        .and_then(|d| match parse_duration(d.get_ref()) {
+            Ok(s) if s > 0.0 => Some(s),
+            Ok(_) => {
+                cx.err(d.span(), "deadline", "must be longer than zero");
+                None
+            }
+            Err(e) => {
+                cx.err(d.span(), "deadline", e);
+                None
+            }
+        });
     let spec = FlowSpec {
         name,
         version: version.clamp(0, i64::from(u32::MAX)) as u32,
         description: raw.description.trim().to_string(),
         inputs,
         steps,
+        priority,
+        deadline_s,
     };
     check_edges(cx, &raw, &spec);
     if cx.errors.is_empty() {
         check_templates(cx, &raw, &spec, site);
     }
     spec
+}
+
+/// Priorities are small integers; anything outside ±1000 is a typo.
+fn build_priority(cx: &mut Ctx, p: &Spanned<i64>, key: &str) -> i32 {
+    let v = *p.get_ref();
+    if !(-1000..=1000).contains(&v) {
+        cx.err(
+            p.span(),
+            key.to_string(),
+            format!("{v} is out of range (-1000 to 1000; higher runs first)"),
+        );
+        return 0;
+    }
+    v as i32
 }
 
 fn is_flow_name(s: &str) -> bool {
@@ -548,7 +589,12 @@ fn build_step(
         }
     }
 
+    let priority = s
+        .priority
+        .as_ref()
+        .map(|p| build_priority(cx, p, &format!("{key}.priority")));
     StepSpec {
+        priority,
         name: s.name.get_ref().clone(),
         action,
         kernel,

@@ -12,6 +12,13 @@ pub struct FlowSpec {
     pub inputs: Vec<InputSpec>,
     /// In file order; `after` edges refer to these by name.
     pub steps: Vec<StepSpec>,
+    /// Higher runs first among ready steps of the same class and deadline.
+    #[serde(default)]
+    pub priority: i32,
+    /// Seconds after submission by which a run should be done: ready steps
+    /// of runs with the earliest deadline are placed first.
+    #[serde(default)]
+    pub deadline_s: Option<f64>,
 }
 
 impl FlowSpec {
@@ -141,6 +148,9 @@ pub struct StepSpec {
     /// Output keys the step promises beyond the action's own (shell steps
     /// write them as JSON to `$BEAMFLOW_OUTPUTS`).
     pub outputs: Vec<String>,
+    /// Overrides the flow's priority for this step.
+    #[serde(default)]
+    pub priority: Option<i32>,
 }
 
 impl StepSpec {

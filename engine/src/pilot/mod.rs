@@ -32,6 +32,18 @@ use crate::util::now_us;
 /// up on one pilot while another idles.
 pub const DEFAULT_PREFETCH: u32 = 16;
 
+/// How long a task's death by SIGTERM/SIGKILL/SIGHUP waits for the pilot's own.
+const SIGNAL_GRACE: Duration = Duration::from_secs(2);
+
+/// A task that died of a signal a batch system sends when it ends a job.
+fn killed_by_job_end(r: &TaskResult) -> bool {
+    r.outcome == Outcome::Failed
+        && matches!(
+            r.exit_code,
+            Some(c) if c == 128 + libc::SIGTERM || c == 128 + libc::SIGKILL || c == 128 + libc::SIGHUP
+        )
+}
+
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
     pub url: String,
@@ -85,6 +97,11 @@ struct Pilot {
     queue: VecDeque<TaskSpec>,
     running: HashMap<u64, Running>,
     unacked: BTreeMap<u64, TaskResult>,
+    /// Failures of tasks killed by a signal the pilot did not send, held back
+    /// for [`SIGNAL_GRACE`]: when the batch system ends the job it signals
+    /// the tasks and the pilot together, and the pilot's own signal, which
+    /// makes the server requeue them without using a retry, may arrive second.
+    signalled: Vec<(Instant, TaskResult)>,
     free: Resources,
     free_gpus: Vec<u32>,
     policy: TransferPolicy,
@@ -166,6 +183,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         queue: VecDeque::new(),
         running: HashMap::new(),
         unacked: BTreeMap::new(),
+        signalled: Vec::new(),
         free: res,
         free_gpus: gpus,
         policy: TransferPolicy::default(),
@@ -217,6 +235,7 @@ impl Pilot {
         self.running
             .keys()
             .copied()
+            .chain(self.signalled.iter().map(|(_, r)| r.attempt))
             .chain(self.queue.iter().map(|t| t.attempt))
             .chain(self.unacked.keys().copied())
             .collect()
@@ -266,8 +285,12 @@ impl Pilot {
                 self.free.add(&variant);
                 self.free_gpus.extend(gpus);
                 self.done += 1;
-                self.unacked.insert(result.attempt, result.clone());
-                self.send(vec![FromPilot::Finished(result)]);
+                if killed_by_job_end(&result) {
+                    self.signalled.push((Instant::now(), result));
+                } else {
+                    self.unacked.insert(result.attempt, result.clone());
+                    self.send(vec![FromPilot::Finished(result)]);
+                }
                 self.try_start();
                 if self.queue.is_empty() && self.running.is_empty() {
                     self.idle_since = Instant::now();
@@ -391,6 +414,15 @@ impl Pilot {
     /// Periodic duties; `Some` ends the pilot.
     fn tick(&mut self) -> Option<anyhow::Result<()>> {
         let now = Instant::now();
+        // No signal of our own came: these really failed.
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.signalled)
+            .into_iter()
+            .partition(|(at, _)| now.duration_since(*at) >= SIGNAL_GRACE);
+        self.signalled = keep;
+        for (_, r) in due {
+            self.unacked.insert(r.attempt, r.clone());
+            self.send(vec![FromPilot::Finished(r)]);
+        }
         if self.out.is_some() && now.duration_since(self.last_heartbeat) >= self.heartbeat {
             self.last_heartbeat = now;
             self.send(vec![FromPilot::Heartbeat]);
@@ -407,7 +439,7 @@ impl Pilot {
                 )));
             }
         }
-        let busy = !self.queue.is_empty() || !self.running.is_empty();
+        let busy = !self.queue.is_empty() || !self.running.is_empty() || !self.signalled.is_empty();
         if let Some(end) = self.info.walltime_end_us {
             let left = end - now_us();
             if !self.draining && left <= self.opts.drain_margin.as_micros() as i64 {
@@ -421,7 +453,11 @@ impl Pilot {
                     FromPilot::Returned { attempts: returned },
                 ]);
             }
-            if self.draining && self.running.is_empty() && (self.unacked.is_empty() || left <= 0) {
+            if self.draining
+                && self.running.is_empty()
+                && self.signalled.is_empty()
+                && (self.unacked.is_empty() || left <= 0)
+            {
                 self.send(vec![FromPilot::Bye {
                     reason: "walltime reached".into(),
                 }]);

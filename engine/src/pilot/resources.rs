@@ -9,8 +9,28 @@ pub fn cpus() -> u32 {
         .unwrap_or(1)
 }
 
-/// Total memory in MB from /proc/meminfo.
+/// Memory in MB: what the Slurm job was granted (`SLURM_MEM_PER_NODE`, or
+/// `SLURM_MEM_PER_CPU` × `SLURM_CPUS_ON_NODE`), else the node's total from
+/// /proc/meminfo.
 pub fn memory_mb() -> u64 {
+    let var = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(mb) = var("SLURM_MEM_PER_NODE").filter(|&m| m > 0) {
+        return mb;
+    }
+    if let (Some(per), Some(n)) = (var("SLURM_MEM_PER_CPU"), var("SLURM_CPUS_ON_NODE")) {
+        if per > 0 && n > 0 {
+            return per * n;
+        }
+    }
+    node_memory_mb()
+}
+
+/// Total memory in MB from /proc/meminfo.
+fn node_memory_mb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

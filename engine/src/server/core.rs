@@ -15,6 +15,9 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 mod alloc;
+mod ready;
+
+use self::ready::{Rank, ReadyQueue};
 
 pub use self::alloc::{AllocConfig, AllocMsg};
 use crate::flow::{self, ActionKind, FlowSpec, ResourceRequest, Resources};
@@ -160,6 +163,7 @@ impl Step {
 struct Run {
     id: u64,
     flow: Arc<FlowSpec>,
+    created_us: i64,
     input: Value,
     dir: String,
     running: bool,
@@ -180,6 +184,10 @@ struct Attempt {
     pilot: Option<u64>,
     spec: TaskSpec,
 }
+
+/// How well a pilot suits an attempt, compared lexicographically (lower is
+/// better): on the wrong side of a reservation, nothing free now, load.
+type Preference = (u8, u8, usize);
 
 /// Ready attempts are queued per (target, resource request): one look at the
 /// head of each queue tells whether anything of that shape can be placed.
@@ -286,7 +294,7 @@ pub struct Core {
     runs: HashMap<u64, Run>,
     attempts: HashMap<u64, Attempt>,
     requests: HashMap<u64, ResourceRequest>,
-    ready: HashMap<Shape, VecDeque<u64>>,
+    ready: HashMap<Shape, ReadyQueue>,
     pilots: HashMap<u64, Pilot>,
     next_run: u64,
     next_attempt: u64,
@@ -389,6 +397,7 @@ impl Core {
         let mut run = Run {
             id: row.id,
             flow: flow.clone(),
+            created_us: row.created_us,
             input: row.input,
             dir: row.dir,
             running: row.state == "running",
@@ -471,7 +480,8 @@ impl Core {
                         att.state = AttemptState::Ready;
                         att.pilot = None;
                     }
-                    self.ready.entry(shape).or_default().push_back(a.id)
+                    let rank = Rank::new(&flow, a.step_index, row.created_us, a.id);
+                    self.ready.entry(shape).or_default().push(rank)
                 }
                 (_, Some(p)) => {
                     // Placeholder until the pilot reconnects or its grace runs out.
@@ -695,6 +705,7 @@ impl Core {
                 Run {
                     id,
                     flow: flow.clone(),
+                    created_us: now,
                     input,
                     dir,
                     running: false,
@@ -829,6 +840,7 @@ impl Core {
             finished_us: (state != "ready").then_some(now),
         })));
         let run = self.runs.get_mut(&run_id).expect("run exists");
+        let rank = Rank::new(&run.flow, i, run.created_us, attempt);
         let st = &mut run.steps[i];
         st.attempts = number;
         st.state = step_state;
@@ -848,7 +860,7 @@ impl Core {
                         spec,
                     },
                 );
-                self.ready.entry(shape).or_default().push_back(attempt);
+                self.ready.entry(shape).or_default().push(rank);
             }
             Ok(None) => {
                 st.outputs = json!({});
@@ -1498,17 +1510,21 @@ impl Core {
         }
     }
 
-    /// Places ready attempts on pilots: first where resources are free, then
-    /// ahead of time on pilots with room in their prefetch queue.
+    /// Places ready attempts on pilots, best-ranked first (see [`ready`]):
+    /// first where resources are free, then ahead of time on pilots with room
+    /// in their prefetch queue. Pilots in a reservation are kept for
+    /// `realtime` steps, which go there first; other steps use them only
+    /// when they are idle.
     fn schedule(&mut self) {
         if self.ready.is_empty() || self.pilots.is_empty() {
             return;
         }
         let now = now_us();
         let mut shapes: Vec<Shape> = self.ready.keys().cloned().collect();
-        shapes.sort_by_key(|s| self.ready[s].front().copied().unwrap_or(u64::MAX));
+        shapes.sort_by_key(|s| self.ready[s].front());
         for shape in shapes {
-            while let Some(&aid) = self.ready.get(&shape).and_then(|q| q.front()) {
+            while let Some(rank) = self.ready.get(&shape).and_then(|q| q.front()) {
+                let aid = rank.attempt;
                 let Some(a) = self.attempts.get(&aid) else {
                     self.ready.get_mut(&shape).map(|q| q.pop_front());
                     continue;
@@ -1519,7 +1535,9 @@ impl Core {
                 }
                 let timeout = a.spec.timeout_s;
                 let (target, req) = (&shape.0, &shape.1);
-                let mut best: Option<(u64, Option<Resources>, usize)> = None;
+                let realtime = target == "realtime";
+                // (pilot, variant that fits now, preference: lower is better)
+                let mut best: Option<(u64, Option<Resources>, Preference)> = None;
                 for (pid, p) in &self.pilots {
                     if !p.accepts(target, timeout, now) || !p.could_ever_run(req) {
                         continue;
@@ -1531,19 +1549,22 @@ impl Core {
                     } else {
                         None
                     };
+                    let reserved = p.info.reservation.is_some();
+                    if reserved && !realtime && (p.load() > 0 || fit.is_none()) {
+                        continue;
+                    }
                     if fit.is_none() && p.prefetched.len() >= p.info.prefetch as usize {
                         continue;
                     }
-                    // Prefer a pilot with free resources, then the least loaded.
-                    let better = match &best {
-                        None => true,
-                        Some((_, bfit, bload)) => {
-                            (fit.is_some() && bfit.is_none())
-                                || (fit.is_some() == bfit.is_some() && p.load() < *bload)
-                        }
-                    };
-                    if better {
-                        best = Some((*pid, fit, p.load()));
+                    // Realtime prefers reservation pilots, other work the rest;
+                    // then a pilot with free resources, then the least loaded.
+                    let pref = (
+                        u8::from(reserved != realtime),
+                        u8::from(fit.is_none()),
+                        p.load(),
+                    );
+                    if best.as_ref().is_none_or(|b| pref < b.2) {
+                        best = Some((*pid, fit, pref));
                     }
                 }
                 let Some((pid, fit, _)) = best else { break };

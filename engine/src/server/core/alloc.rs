@@ -146,7 +146,14 @@ impl Core {
     fn demand(&self) -> BTreeMap<String, Demand> {
         let mut d: BTreeMap<String, Demand> = BTreeMap::new();
         for ((target, req), q) in &self.ready {
-            let n = q.len() as u64;
+            let n = q
+                .iter()
+                .filter(|r| {
+                    self.attempts
+                        .get(&r.attempt)
+                        .is_some_and(|a| a.state == super::AttemptState::Ready)
+                })
+                .count() as u64;
             if n == 0 {
                 continue;
             }

@@ -1,0 +1,553 @@
+//! The allocation manager against a real one-node Slurm: a `beamflow server`
+//! with the `local-slurm` site submits pilot jobs with sbatch when work waits,
+//! a burst of runs completes on them, idle pilots leave, `scancel` loses
+//! nothing and uses no retry, and a reservation made with `scontrol create
+//! reservation` gets its warm pilot and the realtime steps.
+//!
+//! The tests share one cluster of two CPUs, so they take turns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use beamflow::alloc::QueueInfo;
+use beamflow::client::Client;
+use beamflow::store::RunDetail;
+use serde_json::{json, Value};
+
+#[path = "support/slurm.rs"]
+mod slurm;
+
+const BIN: &str = env!("CARGO_BIN_EXE_beamflow");
+static TURN: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A server with the local-slurm site; killed (and its jobs cancelled) on drop.
+struct Server {
+    child: Child,
+    home: PathBuf,
+    client: Client,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Jobs this server submitted must not outlive the test.
+        let _ = Command::new("scancel")
+            .args(["--name-prefix", "bf-"])
+            .status();
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg("squeue -h -o '%i %j' | awk '$2 ~ /^bf-/ {print $1}' | xargs -r scancel")
+            .status();
+    }
+}
+
+fn server() -> Server {
+    slurm::cluster();
+    let tmp = tempfile::Builder::new()
+        .prefix("beamflow-slurm-alloc-")
+        .tempdir()
+        .unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--site")
+        .arg(root().join("site-configs/local-slurm.toml"))
+        .args([
+            "--alloc-poll",
+            "2s",
+            "--pilot-timeout",
+            "10s",
+            "--heartbeat",
+            "1s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        if let Ok(text) = std::fs::read_to_string(home.join("server.json")) {
+            if let Ok(a) = serde_json::from_str::<Value>(&text) {
+                let token = std::fs::read_to_string(home.join("token")).unwrap();
+                break Client::new(a["url"].as_str().unwrap(), token.trim());
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server {
+        child,
+        home,
+        client,
+        _tmp: tmp,
+    }
+}
+
+impl Server {
+    /// Runs a `beamflow` client command against this server.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "beamflow {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn register(&self, name: &str, src: &str) {
+        let p = self.home.join(format!("{name}.toml"));
+        std::fs::write(&p, src).unwrap();
+        self.cli_ok(&["flow", "register", p.to_str().unwrap()]);
+    }
+    fn log(&self) -> String {
+        self.cli_ok(&["alloc", "log"])
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn submit(c: &Client, flow: &str, inputs: Vec<Value>) -> Vec<u64> {
+    let r: Value = c
+        .post("/api/runs", &json!({ "flow": flow, "inputs": inputs }))
+        .await
+        .unwrap();
+    r["runs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+async fn detail(c: &Client, id: u64) -> RunDetail {
+    c.get(&format!("/api/runs/{id}")).await.unwrap()
+}
+
+async fn queues(c: &Client) -> Vec<QueueInfo> {
+    c.get("/api/alloc").await.unwrap()
+}
+
+/// Waits for `cond` on the allocation queues, failing with `what` and the log.
+async fn wait_queues(s: &Server, what: &str, secs: u64, cond: impl Fn(&[QueueInfo]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let q = queues(&s.client).await;
+        if cond(&q) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {secs}s: {q:#?}\nlog:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_runs(s: &Server, ids: &[u64], secs: u64) -> Vec<RunDetail> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut all = Vec::new();
+        for &id in ids {
+            all.push(detail(&s.client, id).await);
+        }
+        if all
+            .iter()
+            .all(|d| matches!(d.run.state.as_str(), "succeeded" | "failed" | "cancelled"))
+        {
+            return all;
+        }
+        let states: Vec<&str> = all.iter().map(|d| d.run.state.as_str()).collect();
+        assert!(
+            Instant::now() < deadline,
+            "runs not done within {secs}s: {states:?}\nlog:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const BURST: &str = r#"
+name = "burst"
+version = 1
+[input.n]
+type = "int"
+[[steps]]
+name = "work"
+action = "shell"
+on = "cpu"
+timeout = "2m"
+outputs = ["job"]
+[steps.params]
+script = 'sleep 0.2; printf "{\"job\": \"%s\"}" "${SLURM_JOB_ID:-none}" > "$BEAMFLOW_OUTPUTS"'
+"#;
+
+#[test]
+fn burst_runs_on_pilots_the_manager_submits_and_idle_pilots_leave() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    s.register("burst", BURST);
+    let out = s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "local-slurm",
+        "--target",
+        "cpu",
+        "--max-jobs",
+        "2",
+        "--backlog",
+        "2",
+        "--idle-timeout",
+        "3s",
+    ]);
+    assert!(out.contains("allocation queue 1"), "{out}");
+    rt().block_on(async {
+        // Nothing waits: nothing is submitted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(queues(&s.client).await[0].jobs.is_empty());
+
+        let ids = submit(
+            &s.client,
+            "burst",
+            (0..12).map(|n| json!({ "n": n })).collect(),
+        )
+        .await;
+        // Never more than two jobs at once, whatever waits.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let q = &queues(&s.client).await[0];
+            assert!(q.queued_jobs + q.running_jobs <= 2, "{q:#?}");
+            let mut done = true;
+            for &id in &ids {
+                if detail(&s.client, id).await.run.state != "succeeded" {
+                    done = false;
+                }
+            }
+            if done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "burst not done:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let runs = wait_runs(&s, &ids, 5).await;
+        let mut jobs = std::collections::BTreeSet::new();
+        for d in &runs {
+            let a = d.attempts.iter().find(|a| a.state == "succeeded").unwrap();
+            let job = a.outputs.as_ref().unwrap()["job"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_ne!(
+                job, "none",
+                "run {} did not run inside a Slurm job",
+                d.run.id
+            );
+            jobs.insert(job);
+        }
+        let q = &queues(&s.client).await[0];
+        let submitted: Vec<&str> = q.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        for j in &jobs {
+            assert!(
+                submitted.contains(&j.as_str()),
+                "job {j} is not one of the queue's {submitted:?}"
+            );
+        }
+        // Latency of the first run (no pilot yet) and of later ones (warm pilot).
+        let lat = |d: &RunDetail| {
+            let a = &d.attempts[0];
+            (a.started_us.unwrap() - a.ready_us.unwrap()) as f64 / 1e3
+        };
+        eprintln!(
+            "slurm cold start: ready→started {:.0} ms (run {}); warm: {:?} ms",
+            lat(&runs[0]),
+            runs[0].run.id,
+            runs[1..].iter().map(|d| lat(d).round()).collect::<Vec<_>>()
+        );
+        // Idle pilots leave, and their jobs end.
+        wait_queues(&s, "the pilots leave when idle", 30, |q| {
+            q[0].running_jobs == 0 && q[0].queued_jobs == 0
+        })
+        .await;
+        let q = &queues(&s.client).await[0];
+        assert!(
+            q.jobs
+                .iter()
+                .all(|j| j.reason.as_deref().unwrap_or("").contains("idle")),
+            "{q:#?}"
+        );
+        let log = s.log();
+        assert!(log.contains("submitted job"), "{log}");
+        assert!(log.contains("started: pilot"), "{log}");
+    });
+}
+
+#[test]
+fn a_pilot_killed_by_scancel_loses_nothing_and_uses_no_retry() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    s.register(
+        "long",
+        r#"
+name = "long"
+version = 1
+[input.n]
+type = "int"
+[[steps]]
+name = "work"
+action = "shell"
+on = "cpu"
+timeout = "2m"
+[steps.params]
+script = 'sleep 4; echo done {{ input.n }}'
+"#,
+    );
+    s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "local-slurm",
+        "--target",
+        "cpu",
+        "--max-jobs",
+        "2",
+        "--backlog",
+        "2",
+        "--idle-timeout",
+        "2s",
+    ]);
+    rt().block_on(async {
+        let ids = submit(
+            &s.client,
+            "long",
+            vec![json!({ "n": 1 }), json!({ "n": 2 })],
+        )
+        .await;
+        // Both running on pilots in Slurm jobs.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut running = 0;
+            for &id in &ids {
+                let d = detail(&s.client, id).await;
+                running += d.attempts.iter().filter(|a| a.state == "running").count();
+            }
+            if running == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not running:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let q = &queues(&s.client).await[0];
+        let victims: Vec<String> = q
+            .jobs
+            .iter()
+            .filter(|j| j.state == "running")
+            .map(|j| j.job_id.clone())
+            .collect();
+        assert!(!victims.is_empty());
+        let st = Command::new("scancel").args(&victims).status().unwrap();
+        assert!(st.success());
+        let runs = wait_runs(&s, &ids, 90).await;
+        for d in &runs {
+            assert_eq!(
+                d.run.state, "succeeded",
+                "run {}: {:#?}",
+                d.run.id, d.attempts
+            );
+            // The interrupted attempt is recorded, requeued, and not counted.
+            assert!(d.attempts.len() >= 2, "{:#?}", d.attempts);
+            assert!(
+                d.attempts.iter().all(|a| !a.counts_retry),
+                "a retry was used: {:#?}",
+                d.attempts
+            );
+            assert!(d
+                .attempts
+                .iter()
+                .any(|a| a.state == "lost" || a.state == "cancelled"));
+        }
+        let log = s.log();
+        for v in &victims {
+            assert!(log.contains(&format!("job {v} ended")), "{log}");
+        }
+    });
+}
+
+#[test]
+fn a_reservation_keeps_a_warm_pilot_that_takes_the_realtime_steps() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    let name = format!("bf_test_{}", std::process::id());
+    let ok = Command::new("scontrol")
+        .args(["create", "reservation"])
+        .arg(format!("ReservationName={name}"))
+        .args([
+            "StartTime=now",
+            "Duration=10",
+            "Nodes=ALL",
+            "Users=root",
+            "Flags=IGNORE_JOBS",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    struct DropResv(String);
+    impl Drop for DropResv {
+        fn drop(&mut self) {
+            let _ = Command::new("scontrol")
+                .args(["delete"])
+                .arg(format!("ReservationName={}", self.0))
+                .status();
+        }
+    }
+    let _resv = DropResv(name.clone());
+    s.register(
+        "beam",
+        r#"
+name = "beam"
+version = 1
+[input.n]
+type = "int"
+[[steps]]
+name = "correlate"
+action = "shell"
+on = "realtime"
+outputs = ["reservation"]
+[steps.params]
+script = 'printf "{\"reservation\": \"%s\"}" "${SLURM_JOB_RESERVATION:-}" > "$BEAMFLOW_OUTPUTS"'
+[[steps]]
+name = "archive"
+action = "shell"
+on = "cpu"
+after = ["correlate"]
+[steps.params]
+script = 'echo archived'
+"#,
+    );
+    let out = s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "local-slurm",
+        "--target",
+        "cpu",
+        "--max-jobs",
+        "1",
+        "--reservation",
+        &name,
+        "--window",
+        "now..+5m",
+        "--warm",
+        "1",
+    ]);
+    assert!(
+        out.contains(&format!("reservation {name} keeping 1 warm")),
+        "{out}"
+    );
+    rt().block_on(async {
+        // A pilot comes up in the reservation before any work arrives.
+        wait_queues(&s, "a warm pilot starts", 60, |q| q[0].running_jobs == 1).await;
+        let pilots: Vec<Value> = s.client.get("/api/pilots").await.unwrap();
+        let p = pilots.iter().find(|p| p["state"] == "connected").unwrap();
+        assert_eq!(p["info"]["reservation"], json!(name));
+        let targets = p["info"]["targets"].as_array().unwrap();
+        assert_eq!(targets[0], "realtime");
+        // Work: the realtime step runs in the reservation; the cpu step after
+        // it runs on the same pilot because that pilot is idle.
+        let ids = submit(
+            &s.client,
+            "beam",
+            (0..3).map(|n| json!({ "n": n })).collect(),
+        )
+        .await;
+        let runs = wait_runs(&s, &ids, 60).await;
+        for d in &runs {
+            assert_eq!(d.run.state, "succeeded", "{:#?}", d.attempts);
+            let c = d.attempts.iter().find(|a| a.step == "correlate").unwrap();
+            assert_eq!(c.outputs.as_ref().unwrap()["reservation"], json!(name));
+        }
+        // The warm pilot stays although idle (it leaves at the window's end).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(queues(&s.client).await[0].running_jobs, 1);
+        // Removing the queue needs --cancel while its job runs.
+        let o = s.cli(&["alloc", "remove", "1"]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--cancel"));
+        s.cli_ok(&["alloc", "remove", "1", "--cancel"]);
+    });
+}
+
+#[test]
+fn a_failing_submission_shows_in_the_log_and_the_server_carries_on() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    s.register("burst", BURST);
+    // A reservation that does not exist: sbatch refuses the job.
+    s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "local-slurm",
+        "--target",
+        "realtime",
+        "--reservation",
+        "no_such_resv",
+    ]);
+    s.register(
+        "rt",
+        "name = \"rt\"\nversion = 1\n[[steps]]\nname = \"a\"\naction = \"shell\"\non = \"realtime\"\nparams = { argv = [\"true\"] }\n",
+    );
+    rt().block_on(async {
+        let ids = submit(&s.client, "rt", vec![json!({})]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = s.log();
+            if log.contains("submission #1 failed") {
+                assert!(log.contains("reservation"), "{log}");
+                assert!(log.contains("next try in 60s"), "{log}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failure logged:\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let q = &queues(&s.client).await[0];
+        assert_eq!(q.submit_failures, 1);
+        assert!(q.next_submit_us.is_some());
+        // The server still answers and the run still waits, untouched.
+        assert_eq!(detail(&s.client, ids[0]).await.run.state, "queued");
+        s.cli_ok(&["alloc", "pause", "1"]);
+        assert_eq!(queues(&s.client).await[0].state, "paused");
+        let out = s.cli_ok(&["alloc", "list"]);
+        assert!(out.contains("paused"), "{out}");
+    });
+}
