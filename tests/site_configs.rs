@@ -129,6 +129,10 @@ fn aurora_script_follows_alcf_conventions() {
     golden("aurora-gpu.pbs", &s);
     parses(&s);
     let d = directives(&s, "#PBS");
+    assert!(
+        s.contains("--gpus 0,1,2,3,4,5 --gpu-env ZE_AFFINITY_MASK"),
+        "{s}"
+    );
     for want in [
         "#PBS -l select=1",
         "#PBS -l filesystems=home:flare",
@@ -190,6 +194,10 @@ fn frontier_script_follows_olcf_conventions() {
         assert!(d.contains(&want), "missing `{want}` in\n{s}");
     }
     assert!(s.contains("module load PrgEnv-cray craype-accel-amd-gfx90a rocm"));
+    assert!(
+        s.contains("--gpus 0,1,2,3,4,5,6,7 --gpu-env ROCR_VISIBLE_DEVICES"),
+        "{s}"
+    );
     assert!(s.contains("--targets realtime,gpu"));
 }
 

@@ -217,6 +217,10 @@ fn burst_runs_on_pilots_the_manager_submits_and_idle_pilots_leave() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     s.register("burst", BURST);
+    s.register(
+        "gated",
+        "name = \"gated\"\nversion = 1\n[[steps]]\nname = \"hold\"\naction = \"shell\"\non = \"edge\"\nparams = { argv = [\"true\"] }\n[[steps]]\nname = \"work\"\naction = \"shell\"\non = \"cpu\"\nafter = [\"hold\"]\nparams = { argv = [\"true\"] }\n",
+    );
     let out = s.cli_ok(&[
         "alloc",
         "add",
@@ -233,9 +237,16 @@ fn burst_runs_on_pilots_the_manager_submits_and_idle_pilots_leave() {
     ]);
     assert!(out.contains("allocation queue 1"), "{out}");
     rt().block_on(async {
-        // Nothing waits: nothing is submitted.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(queues(&s.client).await[0].jobs.is_empty());
+        // Nothing waits: nothing is submitted. Nor for a cpu step still
+        // waiting on a step nobody can run yet (no pilot serves `edge`).
+        let gated = submit(&s.client, "gated", vec![json!({})]).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(queues(&s.client).await[0].jobs.is_empty(), "{}", s.log());
+        let _: Value = s
+            .client
+            .post(&format!("/api/runs/{}/cancel", gated[0]), &json!({}))
+            .await
+            .unwrap();
 
         let ids = submit(
             &s.client,

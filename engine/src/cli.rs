@@ -138,6 +138,10 @@ struct PilotArgs {
     /// The reservation the pilot's job runs in (default: SLURM_JOB_RESERVATION).
     #[arg(long)]
     reservation: Option<String>,
+    /// The variable that restricts a task to its GPUs: CUDA_VISIBLE_DEVICES
+    /// (NVIDIA), ROCR_VISIBLE_DEVICES (AMD), ZE_AFFINITY_MASK (Intel).
+    #[arg(long)]
+    gpu_env: Option<String>,
     /// Read the API token from this file (job scripts use it: a token on the
     /// command line would show in `ps`).
     #[arg(long, env = "BEAMFLOW_TOKEN_FILE")]
@@ -411,6 +415,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 walltime: a.walltime,
                 walltime_end: a.walltime_end,
                 reservation: a.reservation,
+                gpu_env: a.gpu_env,
                 drain_margin: a.drain_margin,
                 server_lost_timeout: a.server_lost_timeout,
             })

@@ -66,6 +66,7 @@ impl Local {
                 walltime: None,
                 walltime_end: None,
                 reservation: None,
+                gpu_env: None,
                 drain_margin: Duration::from_secs(60),
                 server_lost_timeout: Duration::from_secs(60),
             };

@@ -154,6 +154,11 @@ pub struct Target {
     pub threads_per_core: Option<u32>,
     #[serde(default)]
     pub gpus_per_node: Option<u32>,
+    /// The variable that restricts a task to its GPUs (default
+    /// `CUDA_VISIBLE_DEVICES`; `ROCR_VISIBLE_DEVICES` on AMD,
+    /// `ZE_AFFINITY_MASK` on Intel GPUs).
+    #[serde(default)]
+    pub gpu_env: Option<String>,
     #[serde(default)]
     pub memory_per_node: Option<String>,
     /// Extra launcher flags (mpiexec on PBS, srun on Slurm), e.g. CPU binding.
@@ -224,6 +229,7 @@ pub struct EffectiveTarget {
     pub cpus_per_node: Option<u32>,
     pub threads_per_core: u32,
     pub gpus_per_node: Option<u32>,
+    pub gpu_env: Option<String>,
     pub memory_per_node: Option<String>,
     pub launcher: Option<String>,
     pub setup: Vec<String>,
@@ -498,6 +504,7 @@ impl SiteConfig {
             cpus_per_node: t.cpus_per_node,
             threads_per_core: t.threads_per_core.unwrap_or(1),
             gpus_per_node: t.gpus_per_node,
+            gpu_env: t.gpu_env,
             memory_per_node: t.memory_per_node,
             launcher: t.launcher,
             setup,

@@ -58,6 +58,9 @@ impl Cancel {
 pub struct Grant {
     pub cpus: u32,
     pub gpus: Vec<u32>,
+    /// The variable that restricts a process to its GPUs on this node
+    /// (`CUDA_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`, `ZE_AFFINITY_MASK`).
+    pub gpu_env: std::sync::Arc<str>,
 }
 
 /// Why an action failed.

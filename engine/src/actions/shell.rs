@@ -78,7 +78,7 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
         .env("OMP_NUM_THREADS", grant.cpus.max(1).to_string());
     if !grant.gpus.is_empty() {
         let ids: Vec<String> = grant.gpus.iter().map(|g| g.to_string()).collect();
-        cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        cmd.env(&*grant.gpu_env, ids.join(","));
     }
     if let Some(Value::Object(env)) = p.get("env") {
         for (k, v) in env {

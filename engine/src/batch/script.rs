@@ -159,6 +159,16 @@ impl JobRequest {
             a.push("--cpus".to_string());
             a.push(c.to_string());
         }
+        // Only NVIDIA nodes can be probed without the vendor's runtime: say
+        // which devices there are.
+        if let Some(g) = self.target.gpus_per_node.filter(|&g| g > 0) {
+            a.push("--gpus".to_string());
+            a.push((0..g).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        }
+        if let Some(v) = &self.target.gpu_env {
+            a.push("--gpu-env".to_string());
+            a.push(shell_quote(v));
+        }
         if let Some(r) = reservation {
             a.push("--reservation".to_string());
             a.push(shell_quote(r));

@@ -63,6 +63,8 @@ pub struct PilotOptions {
     pub walltime_end: Option<i64>,
     /// The reservation this pilot's job runs in.
     pub reservation: Option<String>,
+    /// The variable that gives a task its GPUs (default `CUDA_VISIBLE_DEVICES`).
+    pub gpu_env: Option<String>,
     /// Stop taking work this long before the walltime ends.
     pub drain_margin: Duration,
     /// Give up when the server stays unreachable this long.
@@ -102,6 +104,7 @@ struct Pilot {
     /// the tasks and the pilot together, and the pilot's own signal, which
     /// makes the server requeue them without using a retry, may arrive second.
     signalled: Vec<(Instant, TaskResult)>,
+    gpu_env: Arc<str>,
     free: Resources,
     free_gpus: Vec<u32>,
     policy: TransferPolicy,
@@ -173,6 +176,11 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         opts.token.clone(),
         ev_tx.clone(),
     ));
+    let gpu_env: Arc<str> = Arc::from(
+        opts.gpu_env
+            .clone()
+            .unwrap_or_else(|| "CUDA_VISIBLE_DEVICES".to_string()),
+    );
     let mut p = Pilot {
         opts,
         info,
@@ -184,6 +192,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         running: HashMap::new(),
         unacked: BTreeMap::new(),
         signalled: Vec::new(),
+        gpu_env,
         free: res,
         free_gpus: gpus,
         policy: TransferPolicy::default(),
@@ -397,6 +406,7 @@ impl Pilot {
             let grant = Grant {
                 cpus: variant.cpus,
                 gpus: gpus.clone(),
+                gpu_env: self.gpu_env.clone(),
             };
             let policy = self.policy.clone();
             let ev = self.ev.clone();

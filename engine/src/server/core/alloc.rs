@@ -404,5 +404,27 @@ async fn submit(sched: Scheduler, req: &JobRequest) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let _ = tokio::fs::write(req.dir.join("job-id"), format!("{id}\n")).await;
+    if let Some(queue_dir) = req.dir.parent().map(|p| p.to_path_buf()) {
+        let _ = tokio::task::spawn_blocking(move || prune(&queue_dir, KEEP_JOB_DIRS)).await;
+    }
     Ok(id.0)
+}
+
+/// Job directories (script, output) kept per queue; older ones are removed.
+const KEEP_JOB_DIRS: u32 = 100;
+
+/// Removes a queue's job directories older than the newest `keep`.
+fn prune(queue_dir: &std::path::Path, keep: u32) {
+    let Ok(rd) = std::fs::read_dir(queue_dir) else {
+        return;
+    };
+    let mut numbers: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    numbers.sort_unstable();
+    let excess = numbers.len().saturating_sub(keep as usize);
+    for n in &numbers[..excess] {
+        let _ = std::fs::remove_dir_all(queue_dir.join(n.to_string()));
+    }
 }
