@@ -1046,3 +1046,64 @@ fn a_reservation_pilot_keeps_to_realtime_steps_while_busy() {
         );
     });
 }
+
+#[test]
+fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bf = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .env("BEAMFLOW_HOME", &env.home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "beamflow {args:?}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let data = env.home.join("beamline");
+    let dest = env.home.join("back");
+    bf(&[
+        "kernel",
+        "hedm",
+        "synthetic",
+        "--dir",
+        data.to_str().unwrap(),
+        "--name",
+        "scan",
+        "--frames",
+        "2",
+        "--size",
+        "384",
+        "--peaks",
+        "25",
+    ]);
+    let frames = data.join("scan.h5");
+    let out = bf(&[
+        "run",
+        root.join("jobs/hedm.toml").to_str().unwrap(),
+        "--local",
+        "--wait",
+        "--set",
+        &format!("frames={}", frames.display()),
+        "--set",
+        &format!("dest={}", dest.display()),
+        "--set",
+        "dark_value=10",
+        "--set",
+        "sample=ruby",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    // The products came back: a CSV with a row per peak (50 true peaks,
+    // a few extra maxima from noise as in MIDAS), the HDF5 table, the overlay.
+    let csv = std::fs::read_to_string(dest.join("results/scan_peaks.csv")).unwrap();
+    let rows = csv.lines().count() - 1;
+    assert!((50..=70).contains(&rows), "{rows} peaks:\n{csv}");
+    assert!(csv.starts_with("SpotID,IntegratedIntensity,Omega,YCen,ZCen,IMax"));
+    assert!(dest.join("results/scan_peaks.h5").exists());
+    assert!(dest.join("results/scan_overlay.png").exists());
+}

@@ -245,6 +245,9 @@ enum KernelCmd {
     /// Run an XPCS kernel on files, outside any flow.
     #[command(subcommand)]
     Xpcs(crate::xpcs::XpcsCmd),
+    /// HEDM Bragg peaks: search and pseudo-Voigt fit, synthetic frames.
+    #[command(subcommand)]
+    Hedm(crate::hedm::HedmCmd),
 }
 
 #[derive(Args)]
@@ -252,8 +255,14 @@ struct BenchArgs {
     /// What to measure: `engine` (tasks/s, latency), `xpcs` (kernel,
     /// end-to-end and two-time speed on a synthetic dataset) or `alloc`
     /// (wait for a pilot submitted through the site's batch scheduler).
-    #[arg(value_parser = ["engine", "xpcs", "alloc"])]
+    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm"])]
     name: String,
+    /// hedm: peaks per frame.
+    #[arg(long, default_value_t = 300)]
+    peaks: usize,
+    /// hedm: polar (R, Eta) peaks instead of cartesian.
+    #[arg(long)]
+    polar: bool,
     /// alloc: the site (name or file) whose scheduler is measured.
     #[arg(long, default_value = "local-slurm")]
     site: String,
@@ -266,16 +275,16 @@ struct BenchArgs {
     /// alloc: runs on the warm pilot.
     #[arg(long, default_value_t = 20)]
     warm: usize,
-    /// xpcs: detector side, pixels.
-    #[arg(long, default_value_t = 512)]
-    size: usize,
-    /// xpcs: frames in the dataset.
-    #[arg(long, default_value_t = 2000)]
-    frames: usize,
+    /// xpcs, hedm: detector side, pixels (xpcs 512, hedm 2048).
+    #[arg(long)]
+    size: Option<usize>,
+    /// xpcs, hedm: frames in the dataset (xpcs 2000, hedm 4).
+    #[arg(long)]
+    frames: Option<usize>,
     /// xpcs: frames for the two-time case.
     #[arg(long, default_value_t = 1000)]
     twotime_frames: usize,
-    /// xpcs: keep (and reuse) the generated dataset in this directory.
+    /// xpcs, hedm: keep (and reuse) the generated dataset in this directory.
     #[arg(long)]
     data: Option<PathBuf>,
     /// noop kernel tasks in the throughput burst.
@@ -517,6 +526,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(keep.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Kernel(KernelCmd::Hedm(h)) => {
+            let json_out = cli.json;
+            tokio::task::spawn_blocking(move || crate::hedm::run(h, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Kernel(KernelCmd::Xpcs(x)) => {
             let json_out = cli.json;
             tokio::task::spawn_blocking(move || crate::xpcs::run(x, json_out)).await??;
@@ -533,14 +547,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(b) if b.name == "xpcs" => {
             let json_out = cli.json;
             let spec = crate::xpcs::BenchXpcs {
-                size: b.size,
-                frames: b.frames,
+                size: b.size.unwrap_or(512),
+                frames: b.frames.unwrap_or(2000),
                 twotime_frames: b.twotime_frames,
                 data: b.data,
             };
             let out =
                 tokio::task::spawn_blocking(move || crate::xpcs::bench(&spec, json_out)).await??;
             if json_out {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "hedm" => {
+            let spec = crate::hedm::BenchHedm {
+                size: b.size.unwrap_or(2048),
+                frames: b.frames.unwrap_or(4),
+                peaks: b.peaks,
+                polar: b.polar,
+                data: b.data,
+            };
+            let out = tokio::task::spawn_blocking(move || crate::hedm::bench(spec)).await??;
+            if cli.json {
                 println!("{}", serde_json::to_string(&out)?);
             } else {
                 println!("{}", serde_json::to_string_pretty(&out)?);

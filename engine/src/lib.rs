@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod flow;
+pub mod hedm;
 pub mod local;
 pub mod pilot;
 pub mod protocol;

@@ -16,6 +16,7 @@
 unsafe extern "C" {}
 
 pub mod builtin;
+pub mod hedm;
 pub mod inherit;
 pub mod registry;
 pub mod synthetic;

@@ -94,6 +94,8 @@ pub fn kernels() -> &'static [&'static dyn Kernel] {
         &steps::MultitauStep,
         &steps::TwotimeStep,
         &steps::PlotStep,
+        &crate::hedm::steps::SyntheticStep,
+        &crate::hedm::steps::PeaksStep,
     ];
     ALL
 }

@@ -1,3 +1,4 @@
 //! Synthetic data with known truth, for tests, the demo and benchmarks.
 
+pub mod hedm;
 pub mod xpcs;

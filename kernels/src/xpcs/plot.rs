@@ -171,18 +171,37 @@ fn heat_map(
     if h == 0 || w == 0 {
         return Err(fail(path, "empty image"));
     }
+    let size = fit_side(h, w, side);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    draw_heat(&root, values, size, scale).map_err(|e| fail(path, e))?;
+    root.present().map_err(|e| fail(path, e))
+}
+
+/// Output size of an `h` × `w` image whose longer side becomes `side`.
+pub(crate) fn fit_side(h: usize, w: usize, side: u32) -> (u32, u32) {
+    if w >= h {
+        (side, ((side as usize * h) / w).max(1) as u32)
+    } else {
+        (((side as usize * w) / h).max(1) as u32, side)
+    }
+}
+
+/// Paints `values` (nearest pixel, `scale` applied, viridis over the finite
+/// range) onto `root` of size `out`; other figures draw on top of it.
+pub(crate) fn draw_heat<DB: plotters::prelude::DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    values: &Array2<f32>,
+    out: (u32, u32),
+    scale: impl Fn(f32) -> f32,
+) -> Result<(), String> {
+    let (h, w) = values.dim();
     let scaled = values.mapv(&scale);
     let finite = scaled.iter().copied().filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
         (a.min(v), b.max(v))
     });
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let (out_w, out_h) = if w >= h {
-        (side, ((side as usize * h) / w).max(1) as u32)
-    } else {
-        (((side as usize * w) / h).max(1) as u32, side)
-    };
-    let root = BitMapBackend::new(path, (out_w, out_h)).into_drawing_area();
+    let (out_w, out_h) = out;
     for y in 0..out_h {
         for x in 0..out_w {
             let (r, c) = (
@@ -192,10 +211,10 @@ fn heat_map(
             let v = scaled[[r, c]];
             let t = if v.is_finite() { (v - lo) / span } else { 0.0 };
             root.draw_pixel((x as i32, y as i32), &ViridisRGB::get_color(f64::from(t)))
-                .map_err(|e| fail(path, e))?;
+                .map_err(|e| e.to_string())?;
         }
     }
-    root.present().map_err(|e| fail(path, e))
+    Ok(())
 }
 
 /// The time-averaged SAXS image on a log scale (zero pixels darkest).

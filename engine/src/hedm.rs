@@ -1,0 +1,331 @@
+//! `beamflow kernel hedm …` and `beamflow bench hedm`: Bragg-peak search and
+//! fit on HDF5 frame stacks, outside any flow, with a progress bar.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use beamflow_kernels::hedm::config::{Config, Report};
+use beamflow_kernels::hedm::io::read_peaks_h5;
+use beamflow_kernels::hedm::pipeline::match_truth;
+use beamflow_kernels::hedm::Ring;
+use beamflow_kernels::synthetic::hedm::{write_dataset, Scene, TruePeak};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::xpcs::bar;
+
+#[derive(Subcommand)]
+pub enum HedmCmd {
+    /// Find and fit Bragg peaks: peak table (HDF5 + CSV), overlay PNG, summary JSON.
+    Peaks(Box<PeaksArgs>),
+    /// Write frames with known pseudo-Voigt peaks.
+    Synthetic(SyntheticArgs),
+}
+
+#[derive(Args)]
+pub struct PeaksArgs {
+    /// HDF5 frame stack (uint8/16/32 or float32/64).
+    #[arg(long)]
+    frames: PathBuf,
+    /// Dataset in the file.
+    #[arg(long, default_value = "/entry/data/data")]
+    dataset: String,
+    /// Output directory.
+    #[arg(long, short = 'o', default_value = ".")]
+    out: PathBuf,
+    /// Base name of the outputs (default: the frame file's stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// Dark image (HDF5; a stack is averaged).
+    #[arg(long, conflicts_with = "dark_value")]
+    dark: Option<PathBuf>,
+    /// One dark value for every pixel.
+    #[arg(long)]
+    dark_value: Option<f64>,
+    /// Flat-field image (HDF5).
+    #[arg(long)]
+    flood: Option<PathBuf>,
+    /// Bad-pixel mask (HDF5, non-zero = bad).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Threshold above the dark, counts (all pixels, unless --ring is given).
+    #[arg(long, default_value_t = 30.0)]
+    threshold: f64,
+    /// A diffraction ring RADIUS:WIDTH:THRESHOLD in pixels (repeatable):
+    /// only pixels on a ring are searched, each with its ring's threshold.
+    #[arg(long = "ring", value_parser = ring)]
+    rings: Vec<Ring>,
+    /// Fitting coordinates: cartesian (row, col) or polar (R, Eta).
+    #[arg(long, default_value = "cartesian", value_parser = ["cartesian", "polar"])]
+    geometry: String,
+    /// Beam centre ROW,COL (default: the frame's centre).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    centre: Option<Vec<f64>>,
+    /// Regions need more pixels than this.
+    #[arg(long, default_value_t = 1)]
+    min_pixels: usize,
+    /// Regions need fewer pixels than this.
+    #[arg(long, default_value_t = 10_000)]
+    max_pixels: usize,
+    /// Regions with a pixel above this are saturated and skipped.
+    #[arg(long, default_value_t = 14_000.0)]
+    saturation: f64,
+    /// At most this many peaks per region.
+    #[arg(long, default_value_t = 400)]
+    max_peaks: usize,
+    /// Drop maxima less than this above the dip towards a brighter one (off by default, as in MIDAS).
+    #[arg(long)]
+    prominence: Option<f64>,
+    /// Omega of the first frame and per frame, degrees.
+    #[arg(long, default_value_t = 0.0)]
+    omega_start: f64,
+    #[arg(long, default_value_t = 0.0)]
+    omega_step: f64,
+    /// First frame (inclusive).
+    #[arg(long)]
+    first: Option<usize>,
+    /// Last frame (exclusive).
+    #[arg(long)]
+    last: Option<usize>,
+    #[arg(long, default_value_t = 200)]
+    max_iter: u32,
+    /// Relative change of cost and parameters at which a fit has converged.
+    #[arg(long, default_value_t = 1e-5)]
+    tol: f64,
+    /// Skip the overlay PNG.
+    #[arg(long)]
+    no_plot: bool,
+}
+
+#[derive(Args)]
+pub struct SyntheticArgs {
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    #[arg(long, default_value = "hedm")]
+    name: String,
+    #[arg(long, default_value_t = 4)]
+    frames: usize,
+    /// Frame side, pixels.
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Peaks per frame.
+    #[arg(long, default_value_t = 300)]
+    peaks: usize,
+    /// Peaks defined in (R, Eta) about the centre instead of (row, col).
+    #[arg(long)]
+    polar: bool,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+}
+
+fn ring(s: &str) -> Result<Ring, String> {
+    let p: Vec<f64> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{s}`: write RADIUS:WIDTH:THRESHOLD, e.g. 512:6:80"))?;
+    match p[..] {
+        [radius, width, threshold] => Ok(Ring {
+            radius,
+            width,
+            threshold,
+        }),
+        _ => Err(format!(
+            "`{s}`: write RADIUS:WIDTH:THRESHOLD, e.g. 512:6:80"
+        )),
+    }
+}
+
+impl PeaksArgs {
+    fn config(&self) -> Config {
+        Config {
+            frames: self.frames.clone(),
+            dataset: Some(self.dataset.clone()),
+            out: self.out.clone(),
+            name: self.name.clone(),
+            dark: self.dark.clone(),
+            dark_value: self.dark_value,
+            flood: self.flood.clone(),
+            mask: self.mask.clone(),
+            threshold: self.threshold,
+            rings: self.rings.clone(),
+            geometry: self.geometry.clone(),
+            centre: self.centre.as_ref().map(|c| [c[0], c[1]]),
+            min_pixels: self.min_pixels,
+            max_pixels: self.max_pixels,
+            saturation: self.saturation,
+            max_peaks: self.max_peaks,
+            prominence: self.prominence,
+            omega_start: self.omega_start,
+            omega_step: self.omega_step,
+            first_frame: self.first,
+            last_frame: self.last,
+            max_iter: self.max_iter,
+            tol: self.tol,
+            plot: !self.no_plot,
+        }
+    }
+}
+
+/// Runs a search with a progress bar.
+fn search(cfg: &Config, quiet: bool) -> anyhow::Result<Report> {
+    let b = bar(0, "peaks");
+    if quiet {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let r = cfg.run(&mut |done, total| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    });
+    b.finish_and_clear();
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
+pub fn run(cmd: HedmCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        HedmCmd::Peaks(a) => {
+            let r = search(&a.config(), json_out)?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let s = &r.summary;
+            let mut t = crate::cli::table(&["figure", "value"]);
+            for (k, v) in [
+                ("frames", s.frames.to_string()),
+                ("regions", s.regions.to_string()),
+                ("peaks", s.peaks.to_string()),
+                (
+                    "converged / max-iter / stalled",
+                    format!("{} / {} / {}", s.converged, s.max_iter, s.lambda_saturated),
+                ),
+                ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
+                ("peaks/s fitted", format!("{:.0}", s.peaks_per_s_fit)),
+                ("frames/s", format!("{:.2}", s.frames_per_s)),
+            ] {
+                t.add_row(vec![k.to_string(), v]);
+            }
+            println!("{t}");
+            println!("peaks: {}", r.peaks_h5.display());
+            println!("       {}", r.peaks_csv.display());
+            if let Some(o) = &r.overlay {
+                println!("overlay: {}", o.display());
+            }
+            Ok(())
+        }
+        HedmCmd::Synthetic(a) => {
+            let scene = Scene {
+                rows: a.size,
+                cols: a.size,
+                peaks_per_frame: a.peaks,
+                polar: a.polar,
+                seed: a.seed,
+                ..Scene::default()
+            };
+            let b = bar(a.frames as u64, "synthetic");
+            let f = write_dataset(&scene, a.frames, &a.dir, &a.name, &mut |i| {
+                b.set_position(i as u64)
+            })
+            .map_err(|e| anyhow::anyhow!(e))?;
+            b.finish_and_clear();
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                println!(
+                    "{} frames of {}² with {} peaks: {}\ntruth: {}",
+                    a.frames,
+                    a.size,
+                    f.peaks,
+                    f.frames.display(),
+                    f.truth.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `beamflow bench hedm`.
+pub struct BenchHedm {
+    pub size: usize,
+    pub frames: usize,
+    pub peaks: usize,
+    pub polar: bool,
+    pub data: Option<PathBuf>,
+}
+
+/// Search and fit speed on synthetic frames, and accuracy against their truth.
+pub fn bench(b: BenchHedm) -> anyhow::Result<Value> {
+    let tmp = tempfile::Builder::new()
+        .prefix("beamflow-hedm-")
+        .tempdir()?;
+    let dir = b.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let scene = Scene {
+        rows: b.size,
+        cols: b.size,
+        peaks_per_frame: b.peaks,
+        polar: b.polar,
+        ..Scene::default()
+    };
+    let name = format!(
+        "hedm_{}_{}x{}_{}",
+        if b.polar { "polar" } else { "cart" },
+        b.size,
+        b.frames,
+        b.peaks
+    );
+    let frames_path = dir.join(format!("{name}.h5"));
+    let truth_path = dir.join(format!("{name}_truth.json"));
+    let t = Instant::now();
+    if !(frames_path.exists() && truth_path.exists()) {
+        write_dataset(&scene, b.frames, &dir, &name, &mut |_| {})
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let gen_s = t.elapsed().as_secs_f64();
+    let cfg = Config {
+        frames: frames_path,
+        out: tmp.path().join("out"),
+        dark_value: Some(scene.background),
+        geometry: if b.polar { "polar" } else { "cartesian" }.into(),
+        plot: false,
+        ..Config::default()
+    };
+    let r = search(&cfg, true)?;
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(&truth_path)?)?;
+    let truth: Vec<TruePeak> = serde_json::from_value(truth["peaks"].clone())?;
+    let rows = read_peaks_h5(&r.peaks_h5).map_err(|e| anyhow::anyhow!(e))?;
+    // Columns: YCen 3, ZCen 4, nPeaks 12, Frame 29.
+    let fitted: Vec<(u32, f64, f64)> = rows.iter().map(|p| (p[29] as u32, p[3], p[4])).collect();
+    let single: Vec<(u32, f64, f64)> = rows
+        .iter()
+        .filter(|p| p[12] == 1.0)
+        .map(|p| (p[29] as u32, p[3], p[4]))
+        .collect();
+    let t: Vec<(u32, f64, f64)> = truth.iter().map(|p| (p.frame, p.row, p.col)).collect();
+    let (recall, all_err) = match_truth(&fitted, &t, 2.0);
+    let (_, single_err) = match_truth(&single, &t, 2.0);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let s = &r.summary;
+    Ok(json!({
+        "size": b.size,
+        "frames": s.frames,
+        "true_peaks": truth.len(),
+        "fitted_peaks": s.peaks,
+        "regions": s.regions,
+        "threads": rayon::current_num_threads(),
+        "peaks_per_s_fit": s.peaks_per_s_fit,
+        "frames_per_s": s.frames_per_s,
+        "search_ms_per_frame": s.find_ms_per_frame,
+        "fit_s": s.fit_s,
+        "wall_s": s.wall_s,
+        "converged": s.converged,
+        "max_iter": s.max_iter,
+        "stalled": s.lambda_saturated,
+        "recall": recall,
+        "precision": all_err.len() as f64 / s.peaks.max(1) as f64,
+        "centre_error_mean_px": mean(&all_err),
+        "single_peak_centre_error_mean_px": mean(&single_err),
+        "single_peak_matches": single_err.len(),
+        "generate_s": gen_s,
+    }))
+}

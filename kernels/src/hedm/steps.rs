@@ -1,0 +1,228 @@
+//! HEDM kernels for flows: `hedm.synthetic` writes frames with known peaks,
+//! `hedm.peaks` finds and fits them (parameters are [`Config`]'s fields).
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::config::Config;
+use crate::registry::{param_f64, Kernel, KernelContext, KernelError};
+use crate::synthetic::hedm::{write_dataset, Scene};
+
+/// Every [`Config`] field, as flow validation needs them.
+const PEAK_PARAMS: &[&str] = &[
+    "frames",
+    "dataset",
+    "out",
+    "name",
+    "dark",
+    "dark_value",
+    "flood",
+    "mask",
+    "threshold",
+    "rings",
+    "geometry",
+    "centre",
+    "min_pixels",
+    "max_pixels",
+    "saturation",
+    "max_peaks",
+    "prominence",
+    "omega_start",
+    "omega_step",
+    "first_frame",
+    "last_frame",
+    "max_iter",
+    "tol",
+    "plot",
+];
+
+/// Fields that hold numbers, booleans or lists: templated parameters arrive
+/// as strings and are read as JSON for these.
+const TYPED: &[&str] = &[
+    "dark_value",
+    "threshold",
+    "rings",
+    "centre",
+    "min_pixels",
+    "max_pixels",
+    "saturation",
+    "max_peaks",
+    "prominence",
+    "omega_start",
+    "omega_step",
+    "first_frame",
+    "last_frame",
+    "max_iter",
+    "tol",
+    "plot",
+];
+
+/// The step's parameters as a [`Config`]; the attempt's directory is the
+/// default output directory.
+pub fn config(params: &Value, ctx: &KernelContext) -> Result<Config, KernelError> {
+    let mut m = params.as_object().cloned().unwrap_or_default();
+    for (k, v) in m.iter_mut() {
+        if let (true, Value::String(s)) = (TYPED.contains(&k.as_str()), &*v) {
+            *v = serde_json::from_str(s.trim()).map_err(|_| {
+                KernelError::param(k, format!("`{s}` is not a number, boolean or list"))
+            })?;
+        }
+    }
+    m.retain(|_, v| !v.is_null());
+    if !m.contains_key("out") {
+        m.insert(
+            "out".into(),
+            json!(ctx.ensure_work_dir()?.display().to_string()),
+        );
+    }
+    if !m.contains_key("frames") {
+        return Err(KernelError::param("frames", "the frame file is required"));
+    }
+    serde_json::from_value(Value::Object(m)).map_err(|e| {
+        let msg = e.to_string();
+        let name = msg
+            .split('`')
+            .nth(1)
+            .filter(|n| PEAK_PARAMS.contains(n))
+            .unwrap_or("params")
+            .to_string();
+        KernelError::param(&name, msg)
+    })
+}
+
+pub struct PeaksStep;
+
+impl Kernel for PeaksStep {
+    fn name(&self) -> &'static str {
+        "hedm.peaks"
+    }
+    fn summary(&self) -> &'static str {
+        "finds Bragg peaks in HDF5 frames and fits them jointly per region with MIDAS's pseudo-Voigt (peak table HDF5 + CSV, overlay PNG)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
+            "peaks",
+            "frames",
+            "regions",
+            "converged",
+            "peaks_h5",
+            "peaks_csv",
+            "overlay",
+            "summary",
+            "peaks_per_s",
+            "find_ms_per_frame",
+        ]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        PEAK_PARAMS
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let cfg = config(params, ctx)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(ctx.cpus.max(1))
+            .build()
+            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
+        let mut cancelled = false;
+        let r = pool.install(|| {
+            cfg.run(&mut |_, _| {
+                cancelled |= ctx.cancelled();
+            })
+        });
+        if cancelled {
+            return Err(KernelError::Cancelled);
+        }
+        let r = r.map_err(KernelError::Failed)?;
+        let s = |p: &std::path::Path| p.display().to_string();
+        Ok(json!({
+            "peaks": r.summary.peaks,
+            "frames": r.summary.frames,
+            "regions": r.summary.regions,
+            "converged": r.summary.converged,
+            "peaks_h5": s(&r.peaks_h5),
+            "peaks_csv": s(&r.peaks_csv),
+            "overlay": r.overlay.as_deref().map(s).unwrap_or_default(),
+            "summary": s(&r.summary_json),
+            "peaks_per_s": r.summary.peaks_per_s_fit,
+            "find_ms_per_frame": r.summary.find_ms_per_frame,
+        }))
+    }
+}
+
+pub struct SyntheticStep;
+
+impl Kernel for SyntheticStep {
+    fn name(&self) -> &'static str {
+        "hedm.synthetic"
+    }
+    fn summary(&self) -> &'static str {
+        "writes HEDM frames with known pseudo-Voigt peaks (uint16 HDF5 + truth JSON)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["dir", "frames", "truth", "peaks"]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        &[
+            "dir",
+            "name",
+            "frames",
+            "size",
+            "peaks",
+            "polar",
+            "seed",
+            "background",
+        ]
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let d = Scene::default();
+        let int = |k: &str, default: usize| -> Result<usize, KernelError> {
+            Ok(param_f64(params, k, default as f64)? as usize)
+        };
+        let size = int("size", 1024)?;
+        if size < 64 {
+            return Err(KernelError::param("size", "at least 64 pixels"));
+        }
+        let polar = match params.get("polar") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+            Some(v) => {
+                return Err(KernelError::param(
+                    "polar",
+                    format!("expected true or false, got {v}"),
+                ))
+            }
+        };
+        let scene = Scene {
+            rows: size,
+            cols: size,
+            peaks_per_frame: int("peaks", 300 * size * size / (2048 * 2048))?.max(1),
+            background: param_f64(params, "background", d.background)?,
+            polar,
+            seed: int("seed", 1234)? as u64,
+            ..d
+        };
+        let dir = match params.get("dir").and_then(|v| v.as_str()) {
+            Some(p) => PathBuf::from(p),
+            None => ctx.ensure_work_dir()?.to_path_buf(),
+        };
+        let name = params
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("hedm");
+        let count = int("frames", 4)?.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(ctx.cpus.max(1))
+            .build()
+            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
+        let f = pool
+            .install(|| write_dataset(&scene, count, &dir, name, &mut |_| {}))
+            .map_err(KernelError::Failed)?;
+        Ok(json!({
+            "dir": dir.display().to_string(),
+            "frames": f.frames.display().to_string(),
+            "truth": f.truth.display().to_string(),
+            "peaks": f.peaks,
+        }))
+    }
+}

@@ -1,0 +1,241 @@
+//! The HEDM peak fit against the reference's golden regions: starting values
+//! and bounds, the model and Jacobian at the start, and the converged fit.
+
+use std::path::Path;
+
+use beamflow_kernels::hedm::{init, lm, model, Geometry, LmOptions, Workspace};
+use serde_json::Value;
+
+fn golden() -> Vec<Value> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/hedm/pv_regions.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v["regions"].as_array().unwrap().clone()
+}
+
+fn nums(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+struct Case {
+    u: Vec<f64>,
+    v: Vec<f64>,
+    z: Vec<f64>,
+    maxima: Vec<usize>,
+    thresh: f64,
+    r: Value,
+}
+
+fn cases() -> Vec<Case> {
+    golden()
+        .into_iter()
+        .map(|r| {
+            let u = nums(&r["rows"]);
+            let v = nums(&r["cols"]);
+            let maxima = nums(&r["maxima_rows"])
+                .iter()
+                .zip(nums(&r["maxima_cols"]))
+                .map(|(&mr, mc)| (0..u.len()).find(|&i| u[i] == mr && v[i] == mc).unwrap())
+                .collect();
+            Case {
+                z: nums(&r["z"]),
+                thresh: r["thresh"].as_f64().unwrap(),
+                u,
+                v,
+                maxima,
+                r,
+            }
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1e-12)
+}
+
+#[test]
+fn starting_values_and_bounds_are_midas_s() {
+    for (k, c) in cases().iter().enumerate() {
+        let s = init::start(Geometry::Cartesian, &c.u, &c.v, &c.z, &c.maxima, c.thresh);
+        for (name, ours, theirs) in [("x0", &s.x, "x0"), ("lo", &s.lo, "lo"), ("hi", &s.hi, "hi")] {
+            let want = nums(&c.r[theirs]);
+            assert_eq!(ours.len(), want.len());
+            for i in 0..want.len() {
+                assert!(
+                    close(ours[i], want[i], 1e-9),
+                    "region {k} {name}[{i}]: {} vs {}",
+                    ours[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn model_and_jacobian_at_the_start_match() {
+    for (k, c) in cases().iter().enumerate() {
+        let x0 = nums(&c.r["x0"]);
+        let m = c.z.len();
+        let mut f = vec![0.0; m];
+        let mut jac = vec![0.0; m * x0.len()];
+        model::eval_jac(&x0, &c.u, &c.v, &mut f, &mut jac);
+        for (i, want) in nums(&c.r["model_x0"]).iter().enumerate() {
+            assert!(
+                close(f[i], *want, 1e-9),
+                "region {k} model[{i}]: {} vs {want}",
+                f[i]
+            );
+        }
+        for (i, row) in c.r["jac_x0_first3rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            for (j, want) in nums(row).iter().enumerate() {
+                let ours = jac[i * x0.len() + j];
+                assert!(
+                    (ours - want).abs() <= 1e-9 * want.abs().max(1e-9),
+                    "region {k} J[{i},{j}]: {ours} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Centres (row, col) of every peak of `x`.
+fn centres(x: &[f64]) -> Vec<(f64, f64)> {
+    (0..(x.len() - 1) / 8)
+        .map(|j| (x[2 + 8 * j], x[3 + 8 * j]))
+        .collect()
+}
+
+#[test]
+fn converged_fits_match_the_golden_solutions() {
+    let mut ws = Workspace::default();
+    let opts = LmOptions {
+        max_iter: 2000,
+        tol: 1e-10,
+        ..LmOptions::default()
+    };
+    for (k, c) in cases().iter().enumerate() {
+        let (lo, hi) = (nums(&c.r["lo"]), nums(&c.r["hi"]));
+        let want = nums(&c.r["x_fit_lm"]);
+        let sse = c.r["sse_fit"].as_f64().unwrap();
+        // The golden solution is a minimum of our objective too: started
+        // there, the solver stays (centres within 1e-4 px, SSE no higher).
+        let mut x = want.clone();
+        let f = lm::fit(&mut x, &lo, &hi, &c.u, &c.v, &c.z, &opts, &mut ws);
+        assert!(
+            f.sse <= sse * (1.0 + 1e-7),
+            "region {k}: {} vs {sse}",
+            f.sse
+        );
+        for (a, b) in centres(&x).iter().zip(centres(&want)) {
+            assert!(
+                (a.0 - b.0).abs() <= 1e-4 && (a.1 - b.1).abs() <= 1e-4,
+                "region {k}: from the golden solution, centre moved {a:?} vs {b:?}"
+            );
+        }
+        // From MIDAS's starting values.
+        let mut x = nums(&c.r["x0"]);
+        let f = lm::fit(&mut x, &lo, &hi, &c.u, &c.v, &c.z, &opts, &mut ws);
+        if c.maxima.len() == 1 {
+            // One peak: the same minimum (a parameter pinned at a bound may
+            // sit a little closer to it here, for a lower SSE).
+            assert!(
+                f.sse <= sse * (1.0 + 1e-7) && f.sse >= sse * (1.0 - 1e-4),
+                "region {k}: SSE {} vs {sse} ({f:?})",
+                f.sse
+            );
+            let (a, b) = (centres(&x)[0], centres(&want)[0]);
+            assert!(
+                (a.0 - b.0).abs() <= 1e-4 && (a.1 - b.1).abs() <= 1e-4,
+                "region {k}: centre {a:?} vs {b:?} ({f:?})"
+            );
+        } else {
+            // Two peaks, one of them pinned at its bounds in the golden fit:
+            // the joint fit has several minima. Ours is never worse, and the
+            // bright peak sits where the golden one does, within the 0.05 px
+            // MIDAS's own port is held to against the C code.
+            assert!(
+                f.sse <= sse * (1.0 + 1e-7),
+                "region {k}: SSE {} vs {sse}",
+                f.sse
+            );
+            let (a, b) = (centres(&x)[0], centres(&want)[0]);
+            assert!(
+                (a.0 - b.0).abs() <= 0.05 && (a.1 - b.1).abs() <= 0.05,
+                "region {k}: bright peak {a:?} vs {b:?} ({f:?})"
+            );
+        }
+    }
+}
+
+/// Search and fit on synthetic frames with known peaks (the reference's
+/// distribution and settings: background 10 taken as dark, threshold 30).
+fn accuracy(polar: bool) -> (f64, f64, usize) {
+    use beamflow_kernels::hedm::pipeline::{self, Dark, Options};
+    use beamflow_kernels::hedm::{FindOptions, FitOptions, Threshold};
+    use beamflow_kernels::synthetic::hedm::Scene;
+    let scene = Scene {
+        polar,
+        ..Scene::default()
+    };
+    let o = Options {
+        find: FindOptions {
+            threshold: Threshold::Global(30.0),
+            ..FindOptions::default()
+        },
+        fit: FitOptions {
+            geometry: scene.geometry(),
+            centre: (1023.5, 1023.5),
+            lm: LmOptions::default(),
+        },
+        dark: Dark::Value(scene.background as f32),
+        flood: None,
+        mask: None,
+        omega_start: 0.0,
+        omega_step: 0.25,
+        frames: None,
+    };
+    let (mut fitted, mut truth, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    for f in 0..2u32 {
+        let (counts, peaks) = scene.frame(f);
+        let raw: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+        let (found, _) = pipeline::frame(&raw, scene.rows, scene.cols, f as usize, &o);
+        for p in &found {
+            fitted.push((f, p.y_cen, p.z_cen));
+            if p.n_peaks == 1 {
+                single.push((f, p.y_cen, p.z_cen));
+            }
+        }
+        truth.extend(peaks.iter().map(|p| (f, p.row, p.col)));
+    }
+    let (recall, _) = pipeline::match_truth(&fitted, &truth, 2.0);
+    // Centre error of true peaks found by single-peak regions.
+    let (_, errs) = pipeline::match_truth(&single, &truth, 2.0);
+    let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+    (recall, mean, errs.len())
+}
+
+#[test]
+fn finds_and_fits_synthetic_cartesian_peaks() {
+    let (recall, mean, n) = accuracy(false);
+    eprintln!("cartesian: recall {recall:.4}, single-peak centre error {mean:.4} px over {n}");
+    assert!(recall >= 0.99, "recall {recall}");
+    assert!(n >= 450, "only {n} single-peak matches");
+    assert!(mean <= 0.06, "mean centre error {mean} px");
+}
+
+#[test]
+fn finds_and_fits_synthetic_polar_peaks() {
+    let (recall, mean, n) = accuracy(true);
+    eprintln!("polar: recall {recall:.4}, single-peak centre error {mean:.4} px over {n}");
+    assert!(recall >= 0.99, "recall {recall}");
+    assert!(mean <= 0.06, "mean centre error {mean} px");
+}
