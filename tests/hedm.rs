@@ -97,7 +97,7 @@ fn model_and_jacobian_at_the_start_match() {
             .enumerate()
         {
             for (j, want) in nums(row).iter().enumerate() {
-                let ours = jac[i * x0.len() + j];
+                let ours = jac[j * m + i];
                 assert!(
                     (ours - want).abs() <= 1e-9 * want.abs().max(1e-9),
                     "region {k} J[{i},{j}]: {ours} vs {want}"
@@ -204,10 +204,12 @@ fn accuracy(polar: bool) -> (f64, f64, usize) {
         frames: None,
     };
     let (mut fitted, mut truth, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = beamflow_kernels::hedm::regions::Scratch::default();
     for f in 0..2u32 {
         let (counts, peaks) = scene.frame(f);
         let raw: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
-        let (found, _) = pipeline::frame(&raw, scene.rows, scene.cols, f as usize, &o);
+        let (found, _) =
+            pipeline::frame(&raw, scene.rows, scene.cols, f as usize, &o, &mut scratch);
         for p in &found {
             fitted.push((f, p.y_cen, p.z_cen));
             if p.n_peaks == 1 {

@@ -68,13 +68,15 @@ pub fn eval(x: &[f64], u: &[f64], v: &[f64], out: &mut [f64]) {
     }
 }
 
-/// The model and its Jacobian (row-major, one row of `x.len()` per pixel).
+/// The model and its Jacobian, column-major: the derivatives by parameter
+/// `k` at every pixel are `jac[k * m..(k + 1) * m]` (m pixels), so that the
+/// normal equations are dot products of contiguous columns.
 pub fn eval_jac(x: &[f64], u: &[f64], v: &[f64], out: &mut [f64], jac: &mut [f64]) {
     let np = x.len();
+    let m = u.len();
     let n = (np - 1) / SLOTS;
-    for i in 0..u.len() {
-        let row = &mut jac[i * np..(i + 1) * np];
-        row[0] = 1.0;
+    jac[..m].fill(1.0);
+    for i in 0..m {
         let mut s = x[0];
         for j in 0..n {
             let p = &x[1 + SLOTS * j..1 + SLOTS * (j + 1)];
@@ -85,15 +87,15 @@ pub fn eval_jac(x: &[f64], u: &[f64], v: &[f64], out: &mut [f64], jac: &mut [f64
             s += a * prof;
             let am = a * mu * t.l;
             let ag = a * (1.0 - mu) * t.g;
-            let r = &mut row[1 + SLOTS * j..1 + SLOTS * (j + 1)];
-            r[0] = prof;
-            r[1] = am * 2.0 * t.du * t.lu / (glu * glu) + ag * t.du / (sgu * sgu);
-            r[2] = am * 2.0 * t.dv * t.lv / (glv * glv) + ag * t.dv / (sgv * sgv);
-            r[3] = a * (t.l - t.g);
-            r[4] = ag * t.du * t.du / (sgu * sgu * sgu);
-            r[5] = am * 2.0 * t.du * t.du * t.lu / (glu * glu * glu);
-            r[6] = ag * t.dv * t.dv / (sgv * sgv * sgv);
-            r[7] = am * 2.0 * t.dv * t.dv * t.lv / (glv * glv * glv);
+            let c = (1 + SLOTS * j) * m + i;
+            jac[c] = prof;
+            jac[c + m] = am * 2.0 * t.du * t.lu / (glu * glu) + ag * t.du / (sgu * sgu);
+            jac[c + 2 * m] = am * 2.0 * t.dv * t.lv / (glv * glv) + ag * t.dv / (sgv * sgv);
+            jac[c + 3 * m] = a * (t.l - t.g);
+            jac[c + 4 * m] = ag * t.du * t.du / (sgu * sgu * sgu);
+            jac[c + 5 * m] = am * 2.0 * t.du * t.du * t.lu / (glu * glu * glu);
+            jac[c + 6 * m] = ag * t.dv * t.dv / (sgv * sgv * sgv);
+            jac[c + 7 * m] = am * 2.0 * t.dv * t.dv * t.lv / (glv * glv * glv);
         }
         out[i] = s;
     }
@@ -127,7 +129,7 @@ mod tests {
             eval(&xm, &u, &v, &mut fm);
             for i in 0..25 {
                 let fd = (fp[i] - fm[i]) / (2.0 * h);
-                let an = jac[i * x.len() + k];
+                let an = jac[k * 25 + i];
                 assert!(
                     (fd - an).abs() <= 1e-5 * an.abs().max(1e-2),
                     "param {k} pixel {i}: analytic {an} vs fd {fd}"

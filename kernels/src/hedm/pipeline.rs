@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::fit::{fit_regions, FitOptions, Peak};
 use super::io::Stack;
-use super::regions::{correct, find, Corrections, FindOptions, FindStats};
+use super::regions::{correct, find, Corrections, FindOptions, FindStats, Scratch};
 
 /// Everything a search needs besides the frames.
 #[derive(Clone, Debug)]
@@ -63,13 +63,15 @@ pub struct Summary {
     pub find_ms_per_frame: f64,
 }
 
-/// Finds and fits the peaks of one frame (`raw`, row-major).
+/// Finds and fits the peaks of one frame (`raw`, row-major); `scratch` is
+/// reused from frame to frame.
 pub fn frame(
     raw: &[f32],
     rows: usize,
     cols: usize,
     index: usize,
     o: &Options,
+    scratch: &mut Scratch,
 ) -> (Vec<Peak>, FrameStats) {
     let t = Instant::now();
     let (dark, dark_value) = match &o.dark {
@@ -83,8 +85,8 @@ pub fn frame(
         flood: o.flood.as_deref(),
         mask: o.mask.as_deref(),
     };
-    let (img, thr) = correct(raw, rows, cols, &c, &o.find.threshold);
-    let (regions, st): (_, FindStats) = find(&img, &thr, rows, cols, o.mask.as_deref(), &o.find);
+    correct(raw, rows, cols, &c, &o.find.threshold, scratch);
+    let (regions, st): (_, FindStats) = find(scratch, rows, cols, o.mask.as_deref(), &o.find);
     let find_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let omega = o.omega_start + o.omega_step * index as f64;
@@ -139,9 +141,10 @@ pub fn run(
     }
     let mut all = Vec::new();
     let mut s = Summary::default();
+    let mut scratch = Scratch::default();
     for i in first..last {
         let raw = stack.frame(i)?;
-        let (peaks, st) = frame(&raw, stack.rows, stack.cols, i, o);
+        let (peaks, st) = frame(&raw, stack.rows, stack.cols, i, o, &mut scratch);
         s.regions += st.regions;
         s.find_s += st.find_s;
         s.fit_s += st.fit_s;

@@ -21,6 +21,23 @@ pub enum Threshold {
     },
 }
 
+impl Threshold {
+    /// The threshold of pixel (row, col); `None` where no ring passes.
+    #[inline]
+    pub fn at(&self, row: usize, col: usize) -> Option<f32> {
+        match self {
+            Threshold::Global(g) => Some(*g as f32),
+            Threshold::Rings { row0, col0, rings } => {
+                let rad = ((row as f64 - row0).powi(2) + (col as f64 - col0).powi(2)).sqrt();
+                rings
+                    .iter()
+                    .find(|g| (rad - g.radius).abs() <= g.width)
+                    .map(|g| g.threshold as f32)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ring {
@@ -98,38 +115,55 @@ pub struct FindStats {
     pub over_limit: usize,
 }
 
-/// The corrected, thresholded frame (0 where nothing is) and each pixel's
-/// threshold, computed a row at a time in parallel.
+/// Buffers reused from frame to frame: a 2048² frame needs 32 MB of them,
+/// and fresh pages cost more than the arithmetic.
+#[derive(Default)]
+pub struct Scratch {
+    /// The corrected, thresholded frame (0 where nothing is).
+    pub img: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+/// Corrects `raw` into `s.img`: (raw − dark)/flood where it reaches the
+/// pixel's threshold, 0 elsewhere (masked, off the rings, below threshold).
+/// Rows are done in parallel.
 pub fn correct(
     raw: &[f32],
     rows: usize,
     cols: usize,
     c: &Corrections,
     t: &Threshold,
-) -> (Vec<f32>, Vec<f32>) {
+    s: &mut Scratch,
+) {
     let n = rows * cols;
-    let mut out = vec![0f32; n];
-    let mut thr = vec![0f32; n];
-    out.par_chunks_mut(cols)
-        .zip(thr.par_chunks_mut(cols))
+    // Every pixel is written below: no need to clear.
+    s.img.resize(n, 0.0);
+    let plain = c.mask.is_none() && c.dark.is_none() && c.flood.is_none();
+    s.img[..n]
+        .par_chunks_mut(cols)
         .enumerate()
-        .for_each(|(r, (out, thr))| {
-            for col in 0..cols {
-                let i = r * cols + col;
+        .for_each(|(r, out)| {
+            let base = r * cols;
+            let row = &raw[base..base + cols];
+            if let (true, Threshold::Global(g)) = (plain, t) {
+                // The common case, branch-free so that it vectorises.
+                let (th, dv) = (*g as f32, c.dark_value);
+                for (o, &x) in out.iter_mut().zip(row) {
+                    let v = x - dv;
+                    *o = if v >= th && v > 0.0 { v } else { 0.0 };
+                }
+                return;
+            }
+            for (col, o) in out.iter_mut().enumerate() {
+                let i = base + col;
+                *o = 0.0;
                 if c.mask.is_some_and(|m| m[i] != 0) {
                     continue;
                 }
-                let th = match t {
-                    Threshold::Global(g) => *g as f32,
-                    Threshold::Rings { row0, col0, rings } => {
-                        let rad = ((r as f64 - row0).powi(2) + (col as f64 - col0).powi(2)).sqrt();
-                        match rings.iter().find(|g| (rad - g.radius).abs() <= g.width) {
-                            Some(g) => g.threshold as f32,
-                            None => continue,
-                        }
-                    }
+                let Some(th) = t.at(r, col) else {
+                    continue;
                 };
-                let mut v = raw[i] - c.dark_value;
+                let mut v = row[col] - c.dark_value;
                 if let Some(d) = c.dark {
                     v -= d[i];
                 }
@@ -138,25 +172,23 @@ pub fn correct(
                         v /= f[i];
                     }
                 }
-                thr[col] = th;
                 if v >= th && v > 0.0 {
-                    out[col] = v;
+                    *o = v;
                 }
             }
         });
-    (out, thr)
 }
 
-/// Regions of a corrected frame (see [`correct`]).
+/// Regions of the frame [`correct`] left in `s`.
 pub fn find(
-    img: &[f32],
-    thr: &[f32],
+    s: &mut Scratch,
     rows: usize,
     cols: usize,
     mask: Option<&[u8]>,
     o: &FindOptions,
 ) -> (Vec<Region>, FindStats) {
-    let labels = label(img, rows, cols);
+    let labels = label(&s.img[..rows * cols], rows, cols, &mut s.labels);
+    let img = &s.img[..rows * cols];
     let mut stats = FindStats::default();
     let mut regions = Vec::with_capacity(labels.len());
     for pixels in labels {
@@ -185,7 +217,10 @@ pub fn find(
             cols: pixels.iter().map(|&i| i % cols as u32).collect(),
             z: pixels.iter().map(|&i| img[i as usize] as f64).collect(),
             maxima: Vec::new(),
-            threshold: thr[pixels[0] as usize] as f64,
+            threshold: o
+                .threshold
+                .at((pixels[0] as usize) / cols, (pixels[0] as usize) % cols)
+                .unwrap_or(0.0) as f64,
             mask_touched: false,
         };
         let mut touched = false;
@@ -264,9 +299,10 @@ fn prominent(reg: &Region, img: &[f32], cols: usize, p: f64) -> Vec<usize> {
 
 /// 8-connected components of the non-zero pixels, each a list of pixel
 /// indices in row-major order; components ordered by their first pixel.
-pub fn label(img: &[f32], rows: usize, cols: usize) -> Vec<Vec<u32>> {
+/// `lab` is scratch space (all zero between calls).
+pub fn label(img: &[f32], rows: usize, cols: usize, lab: &mut Vec<u32>) -> Vec<Vec<u32>> {
     // Union-find over provisional labels, one pass over the frame.
-    let mut lab = vec![0u32; rows * cols];
+    lab.resize(rows * cols, 0);
     let mut parent: Vec<u32> = vec![0];
     fn find(parent: &mut [u32], mut x: u32) -> u32 {
         while parent[x as usize] != x {
@@ -276,10 +312,19 @@ pub fn label(img: &[f32], rows: usize, cols: usize) -> Vec<Vec<u32>> {
         x
     }
     let mut fg: Vec<u32> = Vec::new();
+    const RUN: usize = 16;
     for r in 0..rows {
-        for c in 0..cols {
+        let row = &img[r * cols..(r + 1) * cols];
+        let mut c = 0;
+        while c < cols {
+            // Most of a frame is empty: skip whole runs of zeros at once.
+            if c % RUN == 0 && c + RUN <= cols && row[c..c + RUN].iter().all(|&v| v == 0.0) {
+                c += RUN;
+                continue;
+            }
             let i = r * cols + c;
-            if img[i] == 0.0 {
+            if row[c] == 0.0 {
+                c += 1;
                 continue;
             }
             fg.push(i as u32);
@@ -317,6 +362,7 @@ pub fn label(img: &[f32], rows: usize, cols: usize) -> Vec<Vec<u32>> {
                 parent.push(l);
             }
             lab[i] = l;
+            c += 1;
         }
     }
     // Roots in order of first appearance → components.
@@ -329,6 +375,9 @@ pub fn label(img: &[f32], rows: usize, cols: usize) -> Vec<Vec<u32>> {
             comps.push(Vec::new());
         }
         comps[slot[root as usize] as usize].push(i);
+    }
+    for &i in &fg {
+        lab[i as usize] = 0;
     }
     comps
 }
@@ -373,7 +422,7 @@ mod tests {
                 (5, 7, 1.0),
             ],
         );
-        let comps = label(&img, 6, 8);
+        let comps = label(&img, 6, 8, &mut Vec::new());
         let sizes: Vec<usize> = comps.iter().map(|c| c.len()).collect();
         assert_eq!(sizes, vec![2, 7, 1]);
         assert_eq!(comps[0], vec![0, 9]);
@@ -389,9 +438,11 @@ mod tests {
         // A saturated region.
         on.push((6, 2, 100.0));
         on.push((6, 3, 20000.0));
-        let img = frame(8, 8, &on);
-        let thr = vec![30f32; 64];
-        let (regs, st) = find(&img, &thr, 8, 8, None, &FindOptions::default());
+        let mut s = Scratch {
+            img: frame(8, 8, &on),
+            ..Scratch::default()
+        };
+        let (regs, st) = find(&mut s, 8, 8, None, &FindOptions::default());
         assert_eq!(
             st,
             FindStats {
@@ -414,7 +465,7 @@ mod tests {
             prominence: Some(25.0),
             ..FindOptions::default()
         };
-        let (regs, _) = find(&img, &thr, 8, 8, None, &o);
+        let (regs, _) = find(&mut s, 8, 8, None, &o);
         assert_eq!(regs[0].maxima.len(), 1);
     }
 
@@ -432,10 +483,11 @@ mod tests {
             flood: Some(&flood),
             mask: Some(&mask),
         };
-        let (img, _) = correct(&raw, 4, 4, &c, &Threshold::Global(50.0));
-        assert_eq!(img[0], 90.0);
-        assert_eq!(img[5], 0.0); // 45 < 50
-        assert_eq!(img[6], 0.0); // masked
+        let mut s = Scratch::default();
+        correct(&raw, 4, 4, &c, &Threshold::Global(50.0), &mut s);
+        assert_eq!(s.img[0], 90.0);
+        assert_eq!(s.img[5], 0.0); // 45 < 50
+        assert_eq!(s.img[6], 0.0); // masked
         let t = Threshold::Rings {
             row0: 0.0,
             col0: 0.0,
@@ -445,9 +497,10 @@ mod tests {
                 threshold: 10.0,
             }],
         };
-        let (img, thr) = correct(&raw, 4, 4, &Corrections::default(), &t);
-        assert_eq!(img[3], 100.0); // (0,3): radius 3
-        assert_eq!(thr[3], 10.0);
-        assert_eq!(img[0], 0.0); // radius 0: on no ring
+        correct(&raw, 4, 4, &Corrections::default(), &t, &mut s);
+        assert_eq!(s.img[3], 100.0); // (0,3): radius 3
+        assert_eq!(t.at(0, 3), Some(10.0));
+        assert_eq!(s.img[0], 0.0); // radius 0: on no ring
+        assert_eq!(t.at(0, 0), None);
     }
 }
