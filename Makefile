@@ -28,6 +28,7 @@ test: setup lint
 
 bench: build
 	@$(ENV) && ./target/release/beamflow bench engine --json
+	@$(ENV) && ./target/release/beamflow bench hedm --frames 16 --json
 
 clean:
 	cargo clean

@@ -241,3 +241,98 @@ fn finds_and_fits_synthetic_polar_peaks() {
     assert!(recall >= 0.99, "recall {recall}");
     assert!(mean <= 0.06, "mean centre error {mean} px");
 }
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    use beamflow_kernels::hedm::config::Config;
+    let t = tempfile::tempdir().unwrap();
+    let junk = t.path().join("frames.h5");
+    std::fs::write(&junk, b"not an HDF5 file").unwrap();
+    let cfg = Config {
+        frames: junk.clone(),
+        out: t.path().join("out"),
+        ..Config::default()
+    };
+    let e = cfg.run(&mut |_, _| {}).unwrap_err();
+    assert!(
+        e.contains(&junk.display().to_string()) && e.contains("cannot open as HDF5"),
+        "{e}"
+    );
+
+    // A stack whose dataset is not where it is said to be, and one with a bad dark.
+    let good = t.path().join("stack.h5");
+    beamflow_kernels::hedm::io::write_stack(&good, &[vec![0u16; 64 * 64]], 64, 64).unwrap();
+    let e = Config {
+        frames: good.clone(),
+        dataset: Some("/entry/missing".into()),
+        out: t.path().join("out"),
+        ..Config::default()
+    }
+    .run(&mut |_, _| {})
+    .unwrap_err();
+    assert!(e.contains("/entry/missing"), "{e}");
+    let e = Config {
+        frames: good.clone(),
+        dark: Some(junk.clone()),
+        out: t.path().join("out"),
+        ..Config::default()
+    }
+    .run(&mut |_, _| {})
+    .unwrap_err();
+    assert!(e.starts_with("dark: ") && e.contains("frames.h5"), "{e}");
+    let e = Config {
+        frames: good,
+        geometry: "spherical".into(),
+        out: t.path().join("out"),
+        ..Config::default()
+    }
+    .run(&mut |_, _| {})
+    .unwrap_err();
+    assert!(e.contains("geometry"), "{e}");
+}
+
+#[test]
+fn peak_tables_round_trip_through_hdf5_and_csv() {
+    use beamflow_kernels::hedm::config::Config;
+    use beamflow_kernels::hedm::io::read_peaks_h5;
+    use beamflow_kernels::synthetic::hedm::{write_dataset, Scene};
+    let t = tempfile::tempdir().unwrap();
+    let scene = Scene {
+        rows: 256,
+        cols: 256,
+        peaks_per_frame: 12,
+        ..Scene::default()
+    };
+    let files = write_dataset(&scene, 2, t.path(), "s", &mut |_| {}).unwrap();
+    let r = Config {
+        frames: files.frames,
+        out: t.path().join("out"),
+        dark_value: Some(10.0),
+        omega_start: 5.0,
+        omega_step: 0.25,
+        ..Config::default()
+    }
+    .run(&mut |_, _| {})
+    .unwrap();
+    let rows = read_peaks_h5(&r.peaks_h5).unwrap();
+    assert_eq!(rows.len(), r.summary.peaks);
+    assert!(r.summary.peaks >= 24, "{:?}", r.summary);
+    // Spot ids from 1; omega from the frame index (column 2, frame column 29).
+    for (k, p) in rows.iter().enumerate() {
+        assert_eq!(p[0], (k + 1) as f64);
+        assert_eq!(p[2], 5.0 + 0.25 * p[29]);
+    }
+    let csv = std::fs::read_to_string(&r.peaks_csv).unwrap();
+    assert_eq!(csv.lines().count(), rows.len() + 1);
+    let first: Vec<f64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (a, b) in first.iter().zip(rows[0].iter()) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    assert!(r.overlay.unwrap().exists());
+}
