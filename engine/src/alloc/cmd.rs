@@ -200,36 +200,25 @@ pub async fn alloc_cmd(
                     .map(|c| c.url)
                     .context("the pilots need the server's URL: pass --url, set pilot.server_url in the site config, or start the server first")?,
             };
-            let exe = target.pilot.command.clone().unwrap_or_else(|| {
-                std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "beamflow".into())
-            });
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "beamflow".into());
             let reservation = a.shape.reservation.clone();
-            let mut serves = vec![target.target.clone()];
-            if reservation.is_some() && target.target != "realtime" {
-                serves.insert(0, "realtime".to_string());
-            }
+            let pilot = PilotCommand::for_target(
+                &target,
+                &exe,
+                &url,
+                home.join("token"),
+                super::serves(&target.target, reservation.is_some()),
+                idle,
+            );
             let req = JobRequest {
                 name: format!("bf-{}", target.target),
                 nodes,
                 walltime_s,
                 reservation,
                 dir: home.join("alloc").join("script"),
-                pilot: PilotCommand {
-                    exe,
-                    url,
-                    token_file: home.join("token"),
-                    targets: serves,
-                    idle_timeout_s: (idle > 0).then_some(idle),
-                    prefetch: target.pilot.prefetch.unwrap_or(1),
-                    drain_margin_s: target
-                        .pilot
-                        .drain_margin
-                        .as_deref()
-                        .and_then(|d| crate::flow::parse_duration(d).ok())
-                        .unwrap_or(60.0) as u64,
-                },
+                pilot,
                 target,
             };
             print!("{}", req.render()?);

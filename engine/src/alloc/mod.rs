@@ -48,17 +48,9 @@ pub struct Reservation {
 }
 
 impl QueueSpec {
-    /// Targets the queue's pilots serve. Reservation pilots serve `realtime`
-    /// first and the queue's own target when idle.
+    /// Targets the queue's pilots serve.
     pub fn serves(&self) -> Vec<String> {
-        let mut t = Vec::new();
-        if self.reservation.is_some() {
-            t.push("realtime".to_string());
-        }
-        if !t.contains(&self.target.target) {
-            t.push(self.target.target.clone());
-        }
-        t
+        serves(&self.target.target, self.reservation.is_some())
     }
 
     /// Targets whose waiting tasks make this queue submit.
@@ -68,6 +60,19 @@ impl QueueSpec {
             None => vec![self.target.target.clone()],
         }
     }
+}
+
+/// Targets pilots for `target` serve: in a reservation, `realtime` first and
+/// `target` when idle.
+pub fn serves(target: &str, in_reservation: bool) -> Vec<String> {
+    let mut t = Vec::new();
+    if in_reservation {
+        t.push("realtime".to_string());
+    }
+    if !t.iter().any(|x| x == target) {
+        t.push(target.to_string());
+    }
+    t
 }
 
 /// One queue as `alloc list` shows it.

@@ -45,6 +45,35 @@ pub struct PilotCommand {
     pub drain_margin_s: u64,
 }
 
+impl PilotCommand {
+    /// The pilot command for `target`: the site's `pilot` settings where it
+    /// has them (executable, server URL, prefetch, drain margin), else
+    /// `exe` and `url` and the defaults.
+    pub fn for_target(
+        target: &EffectiveTarget,
+        exe: &str,
+        url: &str,
+        token_file: PathBuf,
+        targets: Vec<String>,
+        idle_timeout_s: u64,
+    ) -> Self {
+        let p = &target.pilot;
+        PilotCommand {
+            exe: p.command.clone().unwrap_or_else(|| exe.to_string()),
+            url: p.server_url.clone().unwrap_or_else(|| url.to_string()),
+            token_file,
+            targets,
+            idle_timeout_s: (idle_timeout_s > 0).then_some(idle_timeout_s),
+            prefetch: p.prefetch.unwrap_or(1),
+            drain_margin_s: p
+                .drain_margin
+                .as_deref()
+                .and_then(|d| crate::flow::parse_duration(d).ok())
+                .unwrap_or(60.0) as u64,
+        }
+    }
+}
+
 impl JobRequest {
     /// Checks the request against the target's limits.
     pub fn check(&self) -> anyhow::Result<()> {

@@ -226,20 +226,14 @@ impl Core {
                     walltime_s,
                     reservation: spec.reservation.as_ref().map(|r| r.name.clone()),
                     dir: dir.clone(),
-                    pilot: PilotCommand {
-                        exe: t.pilot.command.clone().unwrap_or(cfg.exe.clone()),
-                        url: t.pilot.server_url.clone().unwrap_or(cfg.url.clone()),
-                        token_file: cfg.token_file.clone(),
-                        targets: spec.serves(),
-                        idle_timeout_s: (idle_timeout_s > 0).then_some(idle_timeout_s),
-                        prefetch: t.pilot.prefetch.unwrap_or(1),
-                        drain_margin_s: t
-                            .pilot
-                            .drain_margin
-                            .as_deref()
-                            .and_then(|d| crate::flow::parse_duration(d).ok())
-                            .unwrap_or(60.0) as u64,
-                    },
+                    pilot: PilotCommand::for_target(
+                        t,
+                        &cfg.exe,
+                        &cfg.url,
+                        cfg.token_file.clone(),
+                        spec.serves(),
+                        idle_timeout_s,
+                    ),
                     target: spec.target.clone(),
                 };
                 tokio::spawn(async move {
