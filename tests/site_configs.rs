@@ -247,6 +247,17 @@ fn limits_are_enforced_when_rendering() {
         .contains("no batch scheduler"));
 }
 
+/// `beamflow site validate FILE` must fail; its stderr.
+fn validate_fails(p: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beamflow"))
+        .args(["site", "validate"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_site_config_names_file_line_and_key_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,13 +267,7 @@ fn bad_site_config_names_file_line_and_key_and_exits_nonzero() {
         "name = \"broken\"\nscheduler = \"slurm\"\n\n[targets.gpu]\nqueue = \"gpu\"\nwalltime = \"2h\"\ncpus_per_node = \"many\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beamflow"))
-        .args(["site", "validate"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_fails(&p);
     assert!(err.contains(&format!("{}:7:", p.display())), "{err}");
     assert!(err.contains("invalid type"), "{err}");
 
@@ -271,13 +276,7 @@ fn bad_site_config_names_file_line_and_key_and_exits_nonzero() {
         "name = \"broken\"\nscheduler = \"pbs\"\naccount = \"A\"\n\n[targets.gpu]\nqueue = \"prod\"\nwalltime = \"1:00:00\"\nqos = \"premium\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beamflow"))
-        .args(["site", "validate"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_fails(&p);
     assert!(
         err.contains(&format!(
             "{}:8: targets.gpu.qos: is a Slurm option",

@@ -123,6 +123,23 @@ impl Server {
         std::fs::write(&p, src).unwrap();
         self.cli_ok(&["flow", "register", p.to_str().unwrap()]);
     }
+    /// A `local-slurm` cpu queue of at most two jobs, both may wait at once.
+    fn add_cpu_queue(&self, idle_timeout: &str) -> String {
+        self.cli_ok(&[
+            "alloc",
+            "add",
+            "--site",
+            "local-slurm",
+            "--target",
+            "cpu",
+            "--max-jobs",
+            "2",
+            "--backlog",
+            "2",
+            "--idle-timeout",
+            idle_timeout,
+        ])
+    }
     fn log(&self) -> String {
         self.cli_ok(&["alloc", "log"])
     }
@@ -221,20 +238,7 @@ fn burst_runs_on_pilots_the_manager_submits_and_idle_pilots_leave() {
         "gated",
         "name = \"gated\"\nversion = 1\n[[steps]]\nname = \"hold\"\naction = \"shell\"\non = \"edge\"\nparams = { argv = [\"true\"] }\n[[steps]]\nname = \"work\"\naction = \"shell\"\non = \"cpu\"\nafter = [\"hold\"]\nparams = { argv = [\"true\"] }\n",
     );
-    let out = s.cli_ok(&[
-        "alloc",
-        "add",
-        "--site",
-        "local-slurm",
-        "--target",
-        "cpu",
-        "--max-jobs",
-        "2",
-        "--backlog",
-        "2",
-        "--idle-timeout",
-        "3s",
-    ]);
+    let out = s.add_cpu_queue("3s");
     assert!(out.contains("allocation queue 1"), "{out}");
     rt().block_on(async {
         // Nothing waits: nothing is submitted. Nor for a cpu step still
@@ -343,20 +347,7 @@ timeout = "2m"
 script = 'sleep 4; echo done {{ input.n }}'
 "#,
     );
-    s.cli_ok(&[
-        "alloc",
-        "add",
-        "--site",
-        "local-slurm",
-        "--target",
-        "cpu",
-        "--max-jobs",
-        "2",
-        "--backlog",
-        "2",
-        "--idle-timeout",
-        "2s",
-    ]);
+    s.add_cpu_queue("2s");
     rt().block_on(async {
         let ids = submit(
             &s.client,

@@ -37,25 +37,10 @@ const PEAK_PARAMS: &[&str] = &[
     "plot",
 ];
 
-/// Fields that hold numbers, booleans or lists: templated parameters arrive
-/// as strings and are read as JSON for these.
-const TYPED: &[&str] = &[
-    "dark_value",
-    "threshold",
-    "rings",
-    "centre",
-    "min_pixels",
-    "max_pixels",
-    "saturation",
-    "max_peaks",
-    "prominence",
-    "omega_start",
-    "omega_step",
-    "first_frame",
-    "last_frame",
-    "max_iter",
-    "tol",
-    "plot",
+/// Fields that hold paths and names; every other one holds a number, a
+/// boolean or a list, and arrives from a template as a string read as JSON.
+const TEXT_PARAMS: &[&str] = &[
+    "frames", "dataset", "out", "name", "dark", "flood", "mask", "geometry",
 ];
 
 /// The step's parameters as a [`Config`]; the attempt's directory is the
@@ -63,7 +48,8 @@ const TYPED: &[&str] = &[
 pub fn config(params: &Value, ctx: &KernelContext) -> Result<Config, KernelError> {
     let mut m = params.as_object().cloned().unwrap_or_default();
     for (k, v) in m.iter_mut() {
-        if let (true, Value::String(s)) = (TYPED.contains(&k.as_str()), &*v) {
+        let typed = PEAK_PARAMS.contains(&k.as_str()) && !TEXT_PARAMS.contains(&k.as_str());
+        if let (true, Value::String(s)) = (typed, &*v) {
             *v = serde_json::from_str(s.trim()).map_err(|_| {
                 KernelError::param(k, format!("`{s}` is not a number, boolean or list"))
             })?;
