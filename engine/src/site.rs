@@ -238,6 +238,47 @@ pub struct EffectiveTarget {
     pub pilot: PilotLaunch,
 }
 
+impl EffectiveTarget {
+    /// Whether a job of `nodes` nodes for `walltime_s` seconds can be
+    /// submitted for this target at all; the reason if not.
+    pub fn check_job(&self, nodes: u32, walltime_s: u64) -> Result<(), String> {
+        if self.scheduler == Scheduler::Local {
+            return Err(format!(
+                "site `{}` has no batch scheduler: start pilots with `beamflow pilot`",
+                self.site
+            ));
+        }
+        if self.manual {
+            return Err(format!(
+                "target `{}` of site `{}` is served by pilots started by hand (manual = true)",
+                self.target, self.site
+            ));
+        }
+        if nodes == 0 {
+            return Err("an allocation needs at least one node".into());
+        }
+        if let Some(m) = self.max_nodes.filter(|&m| nodes > m) {
+            return Err(format!(
+                "{nodes} nodes: target `{}` of site `{}` takes at most {m}",
+                self.target, self.site
+            ));
+        }
+        if let Some(m) = self.max_walltime_s.filter(|&m| walltime_s > m) {
+            return Err(format!(
+                "walltime {}: target `{}` of site `{}` allows at most {}",
+                fmt_walltime(walltime_s),
+                self.target,
+                self.site,
+                fmt_walltime(m)
+            ));
+        }
+        if self.scheduler == Scheduler::Pbs && self.account.is_none() {
+            return Err("PBS jobs need an account: set `account` in the site config".into());
+        }
+        Ok(())
+    }
+}
+
 /// Walltime of an allocation when neither the target nor the request says.
 pub const DEFAULT_WALLTIME_S: u64 = 3600;
 

@@ -77,48 +77,9 @@ impl PilotCommand {
 impl JobRequest {
     /// Checks the request against the target's limits.
     pub fn check(&self) -> anyhow::Result<()> {
-        let t = &self.target;
-        if t.scheduler == Scheduler::Local {
-            anyhow::bail!(
-                "site `{}` has no batch scheduler: start pilots with `beamflow pilot`",
-                t.site
-            );
-        }
-        if t.manual {
-            anyhow::bail!(
-                "target `{}` of site `{}` is served by pilots started by hand (manual = true)",
-                t.target,
-                t.site
-            );
-        }
-        if self.nodes == 0 {
-            anyhow::bail!("an allocation needs at least one node");
-        }
-        if let Some(m) = t.max_nodes {
-            if self.nodes > m {
-                anyhow::bail!(
-                    "{} nodes: target `{}` of site `{}` takes at most {m}",
-                    self.nodes,
-                    t.target,
-                    t.site
-                );
-            }
-        }
-        if let Some(m) = t.max_walltime_s {
-            if self.walltime_s > m {
-                anyhow::bail!(
-                    "walltime {}: target `{}` of site `{}` allows at most {}",
-                    fmt_walltime(self.walltime_s),
-                    t.target,
-                    t.site,
-                    fmt_walltime(m)
-                );
-            }
-        }
-        if t.scheduler == Scheduler::Pbs && t.account.is_none() {
-            anyhow::bail!("PBS jobs need an account: set `account` in the site config");
-        }
-        Ok(())
+        self.target
+            .check_job(self.nodes, self.walltime_s)
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The job script.

@@ -303,11 +303,7 @@ impl Core {
                 self.batch.ops.push(Op::PutAllocJob {
                     queue,
                     job,
-                    phase: match j.phase {
-                        crate::alloc::manager::Phase::Queued => "queued",
-                        crate::alloc::manager::Phase::Running => "running",
-                        crate::alloc::manager::Phase::Ended => "ended",
-                    },
+                    phase: j.phase.name(),
                     data: serde_json::to_string(j).unwrap_or_default(),
                 });
             }
@@ -326,44 +322,11 @@ impl Core {
 /// A queue the manager can work with: the scheduler and the sizes make sense.
 fn check_spec(s: &QueueSpec) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::new(400, m));
-    if Scheduler::for_site(s.target.scheduler).is_none() {
-        return bad(format!(
-            "site `{}` has no batch scheduler: start pilots there with `beamflow pilot`",
-            s.target.site
-        ));
-    }
-    if s.target.manual {
-        return bad(format!(
-            "target `{}` of site `{}` is served by pilots started by hand (manual = true)",
-            s.target.target, s.target.site
-        ));
-    }
     if s.max_jobs == 0 {
         return bad("--max-jobs must be at least 1".into());
     }
     if s.backlog == 0 {
         return bad("--backlog must be at least 1".into());
-    }
-    if s.nodes_per_job == 0 {
-        return bad("--nodes must be at least 1".into());
-    }
-    if let Some(m) = s.target.max_nodes {
-        if s.nodes_per_job > m {
-            return bad(format!(
-                "--nodes {}: target `{}` takes at most {m} nodes per job",
-                s.nodes_per_job, s.target.target
-            ));
-        }
-    }
-    if let Some(m) = s.target.max_walltime_s {
-        if s.walltime_s > m {
-            return bad(format!(
-                "--walltime {}: target `{}` allows at most {}",
-                crate::site::fmt_walltime(s.walltime_s),
-                s.target.target,
-                crate::site::fmt_walltime(m)
-            ));
-        }
     }
     if let Some(r) = &s.reservation {
         if let (Some(a), Some(b)) = (r.start_us, r.end_us) {
@@ -372,7 +335,9 @@ fn check_spec(s: &QueueSpec) -> Result<(), ApiError> {
             }
         }
     }
-    Ok(())
+    s.target
+        .check_job(s.nodes_per_job, s.walltime_s)
+        .or_else(bad)
 }
 
 /// Renders, writes and submits one job script; the job id or the reason.
