@@ -117,10 +117,11 @@ fn centres(x: &[f64]) -> Vec<(f64, f64)> {
 #[test]
 fn converged_fits_match_the_golden_solutions() {
     let mut ws = Workspace::default();
+    // The reference's tolerances; region 2 has a width crawling towards its
+    // bound, which takes SciPy ~35,000 evaluations too.
     let opts = LmOptions {
-        max_iter: 2000,
+        max_iter: 50_000,
         tol: 1e-10,
-        ..LmOptions::default()
     };
     for (k, c) in cases().iter().enumerate() {
         let (lo, hi) = (nums(&c.r["lo"]), nums(&c.r["hi"]));
@@ -141,36 +142,22 @@ fn converged_fits_match_the_golden_solutions() {
                 "region {k}: from the golden solution, centre moved {a:?} vs {b:?}"
             );
         }
-        // From MIDAS's starting values.
+        // From MIDAS's starting values: the same minimum, also for the
+        // two-peak regions, whose joint fits have several (the solver follows
+        // the path of the reference's MINPACK fits).
         let mut x = nums(&c.r["x0"]);
         let f = lm::fit(&mut x, &lo, &hi, &c.u, &c.v, &c.z, &opts, &mut ws);
-        if c.maxima.len() == 1 {
-            // One peak: the same minimum (a parameter pinned at a bound may
-            // sit a little closer to it here, for a lower SSE).
-            assert!(
-                f.sse <= sse * (1.0 + 1e-7) && f.sse >= sse * (1.0 - 1e-4),
-                "region {k}: SSE {} vs {sse} ({f:?})",
-                f.sse
-            );
-            let (a, b) = (centres(&x)[0], centres(&want)[0]);
+        // (Region 2's golden fit stopped short of the bound: SSE 1.3e-5
+        // higher than where its crawl ends.)
+        assert!(
+            f.sse <= sse * (1.0 + 1e-7) && f.sse >= sse * (1.0 - 1e-4),
+            "region {k}: SSE {} vs {sse} ({f:?})",
+            f.sse
+        );
+        for (a, b) in centres(&x).iter().zip(centres(&want)) {
             assert!(
                 (a.0 - b.0).abs() <= 1e-4 && (a.1 - b.1).abs() <= 1e-4,
                 "region {k}: centre {a:?} vs {b:?} ({f:?})"
-            );
-        } else {
-            // Two peaks, one of them pinned at its bounds in the golden fit:
-            // the joint fit has several minima. Ours is never worse, and the
-            // bright peak sits where the golden one does, within the 0.05 px
-            // MIDAS's own port is held to against the C code.
-            assert!(
-                f.sse <= sse * (1.0 + 1e-7),
-                "region {k}: SSE {} vs {sse}",
-                f.sse
-            );
-            let (a, b) = (centres(&x)[0], centres(&want)[0]);
-            assert!(
-                (a.0 - b.0).abs() <= 0.05 && (a.1 - b.1).abs() <= 0.05,
-                "region {k}: bright peak {a:?} vs {b:?} ({f:?})"
             );
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use beamflow_kernels::hedm::config::{Config, Report};
 use beamflow_kernels::hedm::io::read_peaks_h5;
 use beamflow_kernels::hedm::pipeline::match_truth;
-use beamflow_kernels::hedm::Ring;
+use beamflow_kernels::hedm::{LmOptions, Ring};
 use beamflow_kernels::synthetic::hedm::{write_dataset, Scene, TruePeak};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -87,10 +87,12 @@ pub struct PeaksArgs {
     /// Last frame (exclusive).
     #[arg(long)]
     last: Option<usize>,
-    #[arg(long, default_value_t = 200)]
+    /// Most trial steps (model evaluations) per region fit.
+    #[arg(long, default_value_t = LmOptions::default().max_iter)]
     max_iter: u32,
-    /// Relative change of cost and parameters at which a fit has converged.
-    #[arg(long, default_value_t = 1e-5)]
+    /// Relative tolerance on the cost reduction, the step and the gradient
+    /// at which a fit has converged.
+    #[arg(long, default_value_t = LmOptions::default().tol)]
     tol: f64,
     /// Skip the overlay PNG.
     #[arg(long)]
@@ -197,7 +199,7 @@ pub fn run(cmd: HedmCmd, json_out: bool) -> anyhow::Result<()> {
                 ("peaks", s.peaks.to_string()),
                 (
                     "converged / max-iter / stalled",
-                    format!("{} / {} / {}", s.converged, s.max_iter, s.lambda_saturated),
+                    format!("{} / {} / {}", s.converged, s.max_iter, s.stalled),
                 ),
                 ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
                 ("peaks/s fitted", format!("{:.0}", s.peaks_per_s_fit)),
@@ -320,7 +322,7 @@ pub fn bench(b: BenchHedm) -> anyhow::Result<Value> {
         "wall_s": s.wall_s,
         "converged": s.converged,
         "max_iter": s.max_iter,
-        "stalled": s.lambda_saturated,
+        "stalled": s.stalled,
         "recall": recall,
         "precision": all_err.len() as f64 / s.peaks.max(1) as f64,
         "centre_error_mean_px": mean(&all_err),

@@ -171,7 +171,6 @@ impl Config {
                 lm: LmOptions {
                     max_iter: self.max_iter,
                     tol: self.tol,
-                    ..LmOptions::default()
                 },
             },
             dark,

@@ -54,7 +54,7 @@ pub struct Summary {
     pub peaks: usize,
     pub converged: usize,
     pub max_iter: usize,
-    pub lambda_saturated: usize,
+    pub stalled: usize,
     pub find_s: f64,
     pub fit_s: f64,
     pub wall_s: f64,
@@ -156,7 +156,7 @@ pub fn run(
         match p.return_code {
             0 => s.converged += 1,
             1 => s.max_iter += 1,
-            _ => s.lambda_saturated += 1,
+            _ => s.stalled += 1,
         }
     }
     s.frames = last - first;
