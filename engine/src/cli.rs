@@ -248,15 +248,32 @@ enum KernelCmd {
     /// HEDM Bragg peaks: search and pseudo-Voigt fit, synthetic frames.
     #[command(subcommand)]
     Hedm(crate::hedm::HedmCmd),
+    /// Ptychography: reconstruction (ePIE, rPIE, DM), synthetic datasets.
+    #[command(subcommand)]
+    Ptycho(crate::ptycho::PtychoCmd),
 }
 
 #[derive(Args)]
 struct BenchArgs {
     /// What to measure: `engine` (tasks/s, latency), `xpcs` (kernel,
-    /// end-to-end and two-time speed on a synthetic dataset) or `alloc`
-    /// (wait for a pilot submitted through the site's batch scheduler).
-    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm"])]
+    /// end-to-end and two-time speed on a synthetic dataset), `hedm` (peak
+    /// search and fit), `ptycho` (engines' time per iteration and error) or
+    /// `alloc` (wait for a pilot submitted through the site's batch
+    /// scheduler).
+    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm", "ptycho"])]
     name: String,
+    /// ptycho: dataset preset (tiny, small, medium, large).
+    #[arg(long, default_value = "medium")]
+    dataset: String,
+    /// ptycho: iterations per engine.
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// ptycho: engines to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "rpie,epie,dm")]
+    engines: Vec<beamflow_kernels::ptycho::Engine>,
+    /// ptycho: thread counts to run each engine with (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
     /// hedm: peaks per frame.
     #[arg(long, default_value_t = 300)]
     peaks: usize,
@@ -531,6 +548,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || crate::hedm::run(h, json_out)).await??;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Kernel(KernelCmd::Ptycho(p)) => {
+            let json_out = cli.json;
+            tokio::task::spawn_blocking(move || crate::ptycho::run(p, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Kernel(KernelCmd::Xpcs(x)) => {
             let json_out = cli.json;
             tokio::task::spawn_blocking(move || crate::xpcs::run(x, json_out)).await??;
@@ -570,6 +592,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 data: b.data,
             };
             let out = tokio::task::spawn_blocking(move || crate::hedm::bench(spec)).await??;
+            if cli.json {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "ptycho" => {
+            let spec = crate::ptycho::BenchPtycho {
+                dataset: b.dataset,
+                iterations: b.iterations,
+                engines: b.engines,
+                threads: b.threads,
+            };
+            let out = tokio::task::spawn_blocking(move || crate::ptycho::bench(spec)).await??;
             if cli.json {
                 println!("{}", serde_json::to_string(&out)?);
             } else {

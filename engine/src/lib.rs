@@ -18,6 +18,7 @@ pub mod hedm;
 pub mod local;
 pub mod pilot;
 pub mod protocol;
+pub mod ptycho;
 pub mod report;
 pub mod server;
 pub mod site;

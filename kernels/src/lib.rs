@@ -18,6 +18,7 @@ unsafe extern "C" {}
 pub mod builtin;
 pub mod hedm;
 pub mod inherit;
+pub mod ptycho;
 pub mod registry;
 pub mod synthetic;
 pub mod xpcs;

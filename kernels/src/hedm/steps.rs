@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::config::Config;
-use crate::registry::{param_f64, Kernel, KernelContext, KernelError};
+use crate::registry::{param_f64, typed_params, Kernel, KernelContext, KernelError};
 use crate::synthetic::hedm::{write_dataset, Scene};
 
 /// Every [`Config`] field, as flow validation needs them.
@@ -46,35 +46,7 @@ const TEXT_PARAMS: &[&str] = &[
 /// The step's parameters as a [`Config`]; the attempt's directory is the
 /// default output directory.
 pub fn config(params: &Value, ctx: &KernelContext) -> Result<Config, KernelError> {
-    let mut m = params.as_object().cloned().unwrap_or_default();
-    for (k, v) in m.iter_mut() {
-        let typed = PEAK_PARAMS.contains(&k.as_str()) && !TEXT_PARAMS.contains(&k.as_str());
-        if let (true, Value::String(s)) = (typed, &*v) {
-            *v = serde_json::from_str(s.trim()).map_err(|_| {
-                KernelError::param(k, format!("`{s}` is not a number, boolean or list"))
-            })?;
-        }
-    }
-    m.retain(|_, v| !v.is_null());
-    if !m.contains_key("out") {
-        m.insert(
-            "out".into(),
-            json!(ctx.ensure_work_dir()?.display().to_string()),
-        );
-    }
-    if !m.contains_key("frames") {
-        return Err(KernelError::param("frames", "the frame file is required"));
-    }
-    serde_json::from_value(Value::Object(m)).map_err(|e| {
-        let msg = e.to_string();
-        let name = msg
-            .split('`')
-            .nth(1)
-            .filter(|n| PEAK_PARAMS.contains(n))
-            .unwrap_or("params")
-            .to_string();
-        KernelError::param(&name, msg)
-    })
+    typed_params(params, ctx, PEAK_PARAMS, TEXT_PARAMS, "frames")
 }
 
 pub struct PeaksStep;

@@ -1,4 +1,5 @@
 //! Synthetic data with known truth, for tests, the demo and benchmarks.
 
 pub mod hedm;
+pub mod ptycho;
 pub mod xpcs;

@@ -161,7 +161,7 @@ pub fn g2_panels(
 }
 
 /// A false-colour map of `values` (row 0 at the top), `scale` applied first.
-fn heat_map(
+pub(crate) fn heat_map(
     path: &Path,
     values: &Array2<f32>,
     side: u32,

@@ -1,0 +1,285 @@
+//! `beamflow kernel ptycho …` and `beamflow bench ptycho`: ptychographic
+//! reconstruction of HDF5 datasets outside any flow, with a progress bar
+//! that shows the loss.
+
+use std::path::PathBuf;
+
+use beamflow_kernels::ptycho::config::{Config, Report};
+use beamflow_kernels::ptycho::{reconstruct, Complex32, Engine, Field, Options, Truth};
+use beamflow_kernels::synthetic::ptycho::{simulate, write_dataset, Scene};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::xpcs::bar;
+
+#[derive(Subcommand)]
+pub enum PtychoCmd {
+    /// Reconstruct object (and probe): result HDF5, amplitude/phase PNGs, summary JSON.
+    Reconstruct(Box<ReconArgs>),
+    /// Simulate a dataset with known object and probe.
+    Synthetic(SyntheticArgs),
+}
+
+#[derive(Args)]
+pub struct ReconArgs {
+    /// Dataset HDF5 (/data/intensities + /positions/…), or a Ptychodus
+    /// diffraction file (/dp) with --meta.
+    #[arg(long)]
+    data: PathBuf,
+    /// Ptychodus product file (probe, object geometry, positions in metres).
+    #[arg(long)]
+    meta: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, short = 'o', default_value = ".")]
+    out: PathBuf,
+    /// Base name of the outputs (default: the data file's stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// epie, rpie or dm.
+    #[arg(long, default_value = "rpie")]
+    engine: Engine,
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// Starting probe: init (the file's /init/probe or the product file's
+    /// probe), truth (/truth/probe) or an HDF5 file with /probe.
+    #[arg(long, default_value = "init")]
+    probe: String,
+    /// Retrieve the probe too.
+    #[arg(long)]
+    update_probe: bool,
+    /// First iteration of probe updates.
+    #[arg(long, default_value_t = 5)]
+    probe_start: usize,
+    /// Incoherent probe modes.
+    #[arg(long, default_value_t = 1)]
+    modes: usize,
+    /// rPIE's α (object weight).
+    #[arg(long, default_value_t = 0.1)]
+    alpha: f32,
+    /// rPIE's β (probe weight).
+    #[arg(long, default_value_t = 0.1)]
+    beta: f32,
+    /// Visit positions in a fixed order instead of a random one.
+    #[arg(long)]
+    fixed_order: bool,
+    /// Seed of the position order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// DM: exit-wave relaxation β.
+    #[arg(long, default_value_t = 1.0)]
+    dm_beta: f32,
+    /// DM: Fourier relaxation (0 = exact modulus projection).
+    #[arg(long, default_value_t = 0.05)]
+    dm_relax: f32,
+    /// DM: probe/object alternations per iteration.
+    #[arg(long, default_value_t = 1)]
+    dm_inner: usize,
+    /// Skip the PNGs.
+    #[arg(long)]
+    no_plot: bool,
+}
+
+impl ReconArgs {
+    fn config(&self) -> Config {
+        Config {
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            out: self.out.clone(),
+            name: self.name.clone(),
+            probe: self.probe.clone(),
+            modes: self.modes,
+            options: Options {
+                engine: self.engine,
+                iterations: self.iterations,
+                alpha: self.alpha,
+                beta: self.beta,
+                update_probe: self.update_probe,
+                probe_start: self.probe_start,
+                shuffle: !self.fixed_order,
+                seed: self.seed,
+                dm_beta: self.dm_beta,
+                dm_inner: self.dm_inner,
+                dm_relax: self.dm_relax,
+                ..Options::default()
+            },
+            plot: !self.no_plot,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SyntheticArgs {
+    /// Output directory.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    #[arg(long, default_value = "ptycho")]
+    name: String,
+    /// tiny, small, medium (256 positions, 128² probe) or large (1024).
+    #[arg(long, default_value = "medium")]
+    size: String,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Exact intensities instead of Poisson counts.
+    #[arg(long)]
+    no_noise: bool,
+    /// Also write the Ptychodus pair (NAME_dp.hdf5 + NAME_meta.hdf5).
+    #[arg(long)]
+    ptychodus: bool,
+}
+
+fn reconstruct_with_bar(cfg: &Config, quiet: bool) -> anyhow::Result<Report> {
+    let b = bar(cfg.options.iterations as u64, "iterations");
+    if quiet {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let r = cfg.run(&mut |it, _, loss| {
+        b.set_position(it as u64);
+        b.set_message(format!("loss {loss:.4e}"));
+        true
+    });
+    b.finish_and_clear();
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
+pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        PtychoCmd::Reconstruct(a) => {
+            let r = reconstruct_with_bar(&a.config(), json_out)?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let mut t = crate::cli::table(&["figure", "value"]);
+            let mut rows = vec![
+                ("engine", r.engine.clone()),
+                ("iterations", r.iterations.to_string()),
+                ("positions", format!("{} of {}²", r.positions, r.n)),
+                (
+                    "object",
+                    format!("{}×{}", r.object_shape.0, r.object_shape.1),
+                ),
+                ("final loss", format!("{:.4e}", r.final_loss)),
+                ("s/iteration", format!("{:.4}", r.seconds_per_iteration)),
+                ("positions/s", format!("{:.0}", r.positions_per_s)),
+            ];
+            if let Some(e) = r.final_error {
+                rows.push(("object NRMSE", format!("{:.4}", e.nrmse)));
+                rows.push(("phase RMS, rad", format!("{:.4}", e.phase_rms)));
+            }
+            for (k, v) in rows {
+                t.add_row(vec![k.to_string(), v]);
+            }
+            println!("{t}");
+            println!("result: {}", r.result.display());
+            if let (Some(a), Some(p)) = (&r.amplitude_png, &r.phase_png) {
+                println!("images: {}\n        {}", a.display(), p.display());
+            }
+            Ok(())
+        }
+        PtychoCmd::Synthetic(a) => {
+            let mut scene = Scene::preset(&a.size).map_err(|e| anyhow::anyhow!(e))?;
+            scene.seed = a.seed;
+            scene.noise = !a.no_noise;
+            let f = write_dataset(&scene, &a.dir, &a.name, a.ptychodus)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                println!(
+                    "{} positions of {}², object {}×{}: {}",
+                    f.positions,
+                    f.n,
+                    f.object_shape.0,
+                    f.object_shape.1,
+                    f.data.display()
+                );
+                if let (Some(dp), Some(meta)) = (&f.dp, &f.meta) {
+                    println!("ptychodus: {}\n           {}", dp.display(), meta.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `beamflow bench ptycho`.
+pub struct BenchPtycho {
+    /// Dataset preset.
+    pub dataset: String,
+    pub iterations: usize,
+    pub engines: Vec<Engine>,
+    /// Thread counts to run each engine with.
+    pub threads: Vec<usize>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Seconds per iteration and positions per second of each engine, with each
+/// thread count, on a simulated dataset with a known probe; and the object
+/// error reached.
+pub fn bench(b: BenchPtycho) -> anyhow::Result<Value> {
+    let scene = Scene::preset(&b.dataset).map_err(|e| anyhow::anyhow!(e))?;
+    let sim = simulate(&scene).map_err(|e| anyhow::anyhow!(e))?;
+    let data = sim.data().map_err(|e| anyhow::anyhow!(e))?;
+    let mut runs = Vec::new();
+    for &engine in &b.engines {
+        for &threads in &b.threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let o = Options {
+                engine,
+                iterations: b.iterations,
+                ..Options::default()
+            };
+            let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
+            let out = pool
+                .install(|| {
+                    reconstruct(
+                        &data,
+                        obj,
+                        sim.probe.clone(),
+                        &o,
+                        Some(Truth {
+                            object: &sim.object,
+                            mask: &sim.mask,
+                        }),
+                        &mut |_, _, _| true,
+                    )
+                })
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let mut secs = out.history.seconds.clone();
+            let (lo, hi) = secs
+                .iter()
+                .fold((f64::INFINITY, 0.0f64), |(a, c), &s| (a.min(s), c.max(s)));
+            let med = median(&mut secs);
+            let e = out.history.error.last().copied().unwrap_or_default();
+            runs.push(json!({
+                "engine": engine.name(),
+                "threads": threads,
+                "s_per_iteration": med,
+                "s_per_iteration_min": lo,
+                "s_per_iteration_max": hi,
+                "positions_per_s": data.positions() as f64 / med,
+                "final_loss": out.history.loss.last(),
+                "nrmse": e.nrmse,
+                "phase_rms": e.phase_rms,
+            }));
+        }
+    }
+    Ok(json!({
+        "dataset": b.dataset,
+        "positions": data.positions(),
+        "n": data.n,
+        "object_shape": [data.shape.0, data.shape.1],
+        "iterations": b.iterations,
+        "probe": "known",
+        "runs": runs,
+    }))
+}

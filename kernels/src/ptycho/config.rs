@@ -1,0 +1,223 @@
+//! One description of a reconstruction, shared by the CLI and flow steps:
+//! the files, the engine and its settings, and what to write.
+
+use std::path::{Path, PathBuf};
+
+use rustfft::num_complex::Complex32;
+use serde::{Deserialize, Serialize};
+
+use super::io;
+use super::metrics::Error;
+use super::model::{Field, Probe};
+use super::recon::{reconstruct, Options, Truth};
+
+/// A reconstruction of one dataset. (Unknown keys cannot be refused here —
+/// serde does not combine that with the flattened engine options — so the
+/// flow step checks parameter names against its list before this is built.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The dataset file, or a Ptychodus diffraction file (`/dp`) with `meta`.
+    pub data: PathBuf,
+    /// The Ptychodus product file (probe, object geometry, positions).
+    pub meta: Option<PathBuf>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Base name of the outputs (default: the data file's stem).
+    pub name: Option<String>,
+    /// Where the starting probe comes from: `init` (the file's `/init/probe`
+    /// or the product file's probe), `truth` (`/truth/probe`, for tests with
+    /// a known probe), or a path to an HDF5 file with a complex `/probe`.
+    pub probe: String,
+    /// Incoherent probe modes to retrieve (extra modes are started from the
+    /// first at 10 % of its amplitude).
+    pub modes: usize,
+    #[serde(flatten)]
+    pub options: Options,
+    /// Write amplitude and phase PNGs.
+    pub plot: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::new(),
+            meta: None,
+            out: PathBuf::from("."),
+            name: None,
+            probe: "init".into(),
+            modes: 1,
+            options: Options::default(),
+            plot: true,
+        }
+    }
+}
+
+/// What a reconstruction produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub engine: String,
+    pub iterations: usize,
+    pub positions: usize,
+    pub n: usize,
+    pub object_shape: (usize, usize),
+    pub final_loss: f64,
+    /// Against `/truth/object`, when the file has one.
+    pub final_error: Option<Error>,
+    pub seconds: f64,
+    pub seconds_per_iteration: f64,
+    pub positions_per_s: f64,
+    pub result: PathBuf,
+    pub amplitude_png: Option<PathBuf>,
+    pub phase_png: Option<PathBuf>,
+    pub summary_json: PathBuf,
+}
+
+impl Config {
+    fn starting_probe(&self, loaded: &io::Loaded) -> Result<Probe, String> {
+        let probe = match self.probe.as_str() {
+            "init" => loaded.init_probe.clone().ok_or_else(|| {
+                format!(
+                    "{}: no initial probe (/init/probe); say probe = \"truth\" or a file",
+                    self.data.display()
+                )
+            })?,
+            "truth" => loaded
+                .truth_probe
+                .clone()
+                .ok_or_else(|| format!("{}: no /truth/probe", self.data.display()))?,
+            path => {
+                let p = Path::new(path);
+                let f = hdf5::File::open(p).map_err(|e| format!("probe: {path}: {e}"))?;
+                let d = f
+                    .dataset("probe")
+                    .map_err(|e| format!("probe: {path}: probe: {e}"))?;
+                let s = d.shape();
+                let v = d
+                    .read_raw::<Complex32>()
+                    .map_err(|e| format!("probe: {path}: probe: {e}"))?;
+                let n = *s.last().unwrap_or(&0);
+                if n == 0 || v.len() % (n * n) != 0 {
+                    return Err(format!("probe: {path}: shape {s:?} is not (modes,) n × n"));
+                }
+                Probe {
+                    n,
+                    modes: v.len() / (n * n),
+                    data: v,
+                }
+            }
+        };
+        let probe = Probe {
+            modes: 1,
+            data: probe.mode(0).to_vec(),
+            ..probe
+        };
+        Ok(if self.modes > 1 {
+            probe.with_modes(self.modes - 1, 0.1)
+        } else {
+            probe
+        })
+    }
+
+    /// Runs the reconstruction and writes `NAME_recon.h5`,
+    /// `NAME_summary.json` and (with `plot`) `NAME_amplitude.png` and
+    /// `NAME_phase.png`. `progress(iteration, total, loss)` after each
+    /// iteration; returning `false` cancels.
+    pub fn run(
+        &self,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<Report, String> {
+        if self.options.iterations == 0 {
+            return Err("iterations must be at least 1".into());
+        }
+        if self.modes == 0 {
+            return Err("modes must be at least 1".into());
+        }
+        let loaded = io::read(&self.data, self.meta.as_deref())?;
+        let probe = self.starting_probe(&loaded)?;
+        let data = &loaded.data;
+        let object = Field::filled(data.shape.0, data.shape.1, Complex32::new(1.0, 0.0));
+        let truth = match (&loaded.truth_object, &loaded.truth_mask) {
+            (Some(o), Some(m)) => Some(Truth { object: o, mask: m }),
+            _ => None,
+        };
+        let total = self.options.iterations;
+        let mut cancelled = false;
+        let out = reconstruct(
+            data,
+            object,
+            probe,
+            &self.options,
+            truth,
+            &mut |it, loss, _| {
+                let go = progress(it, total, loss);
+                cancelled = !go;
+                go
+            },
+        )
+        .map_err(|e| format!("{}: {e}", self.data.display()))?;
+        if cancelled {
+            return Err("cancelled".into());
+        }
+        std::fs::create_dir_all(&self.out)
+            .map_err(|e| format!("{}: cannot create: {e}", self.out.display()))?;
+        let name = self.name.clone().unwrap_or_else(|| {
+            self.data
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "ptycho".into())
+        });
+        let at = |suffix: &str| self.out.join(format!("{name}_{suffix}"));
+        let result = at("recon.h5");
+        io::write_result(
+            &result,
+            &out.object,
+            &out.probe,
+            &out.history,
+            &[
+                ("source", self.data.display().to_string()),
+                ("settings", serde_json::to_string(self).unwrap_or_default()),
+                ("loss", self.options.engine.loss_name().to_string()),
+                (
+                    "creator",
+                    format!("beamflow-kernels {}", env!("CARGO_PKG_VERSION")),
+                ),
+            ],
+        )?;
+        let (amplitude_png, phase_png) = if self.plot {
+            let (a, p) = (at("amplitude.png"), at("phase.png"));
+            super::plot::object(&a, &p, &out.object)?;
+            (Some(a), Some(p))
+        } else {
+            (None, None)
+        };
+        let seconds: f64 = out.history.seconds.iter().sum();
+        let iters = out.history.seconds.len().max(1);
+        let report = Report {
+            engine: self.options.engine.name().into(),
+            iterations: out.history.loss.len(),
+            positions: data.positions(),
+            n: data.n,
+            object_shape: data.shape,
+            final_loss: out.history.loss.last().copied().unwrap_or(f64::NAN),
+            final_error: out.history.error.last().copied(),
+            seconds,
+            seconds_per_iteration: seconds / iters as f64,
+            positions_per_s: (data.positions() * iters) as f64 / seconds.max(1e-9),
+            result,
+            amplitude_png,
+            phase_png,
+            summary_json: at("summary.json"),
+        };
+        std::fs::write(
+            &report.summary_json,
+            serde_json::to_string_pretty(&serde_json::json!({
+                "report": &report,
+                "history": &out.history,
+            }))
+            .unwrap_or_default(),
+        )
+        .map_err(|e| format!("{}: cannot write: {e}", report.summary_json.display()))?;
+        Ok(report)
+    }
+}

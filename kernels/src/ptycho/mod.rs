@@ -1,0 +1,18 @@
+//! Far-field ptychographic phase retrieval: ePIE/rPIE (sequential) and the
+//! difference map (parallel over positions), object and probe retrieval
+//! with incoherent probe modes, on pty-chi's data model and conventions.
+
+pub mod config;
+pub mod dm;
+pub mod fft;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod pie;
+pub mod plot;
+pub mod recon;
+pub mod steps;
+
+pub use model::{Data, Field, Probe};
+pub use recon::{reconstruct, Engine, History, Options, Outcome, Truth};
+pub use rustfft::num_complex::Complex32;

@@ -1,0 +1,110 @@
+//! ePIE and rPIE: one position at a time, object and probe updated from the
+//! same exit-wave correction (Maiden & Rodenburg 2009; Maiden, Johnson & Li
+//! 2017, Table 1):
+//!
+//! ```text
+//! O_j ← O_j + γ_O · Σ_m conj(P_m) Δψ_m / ((1−α) Σ_m|P_m|² + α max Σ_m|P_m|²)
+//! P_m ← P_m + γ_P · conj(O_j) Δψ_m   / ((1−β) |O_j|²     + β max |O_j|²)
+//! ```
+//!
+//! with `Δψ = Π_F(ψ) − ψ` and both updates from the pre-update `O_j`, `P`.
+//! α = β = 1 is ePIE. Sequential by nature (each position sees the previous
+//! one's update); the parallelism is inside the FFTs' row batches.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rustfft::num_complex::Complex32;
+
+use super::model::{Data, Field, Probe, Scratch};
+
+/// rPIE's weights and step sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct PieOptions {
+    /// α of the object update (1 = ePIE).
+    pub alpha: f32,
+    /// β of the probe update (1 = ePIE).
+    pub beta: f32,
+    /// γ_O.
+    pub object_step: f32,
+    /// γ_P.
+    pub probe_step: f32,
+}
+
+/// Buffers reused across epochs.
+pub struct Pie {
+    scratch: Scratch,
+    pint: Vec<f32>,
+    order: Vec<usize>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Pie {
+    pub fn new(data: &Data, probe: &Probe, seed: u64) -> Pie {
+        Pie {
+            scratch: Scratch::new(data.n, probe.modes),
+            pint: vec![0.0; data.n * data.n],
+            order: (0..data.positions()).collect(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// One pass over every position, in random order when `shuffle`.
+    /// Returns the mean MSE-of-square-roots loss.
+    pub fn epoch(
+        &mut self,
+        data: &Data,
+        obj: &mut Field,
+        probe: &mut Probe,
+        o: &PieOptions,
+        update_probe: bool,
+        shuffle: bool,
+    ) -> f64 {
+        if shuffle {
+            self.order.shuffle(&mut self.rng);
+        }
+        let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
+        let mut loss = 0.0;
+        let mut pmax = probe.intensity(&mut self.pint);
+        for k in 0..self.order.len() {
+            let j = self.order[k];
+            let c = data.corners[j];
+            let s = &mut self.scratch;
+            obj.extract(c, n, &mut s.oj);
+            s.exit_waves(probe);
+            loss += s.project(modes, data.amp(j), 0.0);
+            // The projected waves are in `s.waves`; ψ = P·O_j is recomputed
+            // in the update loop rather than kept.
+            let omax = if update_probe {
+                s.oj.iter().map(|v| v.norm_sqr()).fold(0.0, f32::max)
+            } else {
+                0.0
+            };
+            let ao = o.alpha * pmax;
+            let bo = o.beta * omax;
+            for r in 0..n {
+                let row = &mut obj.data[(c.0 + r) * obj.cols + c.1..][..n];
+                for (k2, ov) in row.iter_mut().enumerate() {
+                    let i = r * n + k2;
+                    let oj = s.oj[i];
+                    let mut num = Complex32::default();
+                    for m in 0..modes {
+                        let p = probe.data[m * nn + i];
+                        let d = s.waves[m * nn + i] - p * oj;
+                        num += p.conj() * d;
+                        if update_probe {
+                            let w = o.probe_step
+                                / ((1.0 - o.beta) * oj.norm_sqr() + bo).max(f32::MIN_POSITIVE);
+                            probe.data[m * nn + i] = p + oj.conj() * d * w;
+                        }
+                    }
+                    let den = ((1.0 - o.alpha) * self.pint[i] + ao).max(f32::MIN_POSITIVE);
+                    *ov += num * (o.object_step / den);
+                }
+            }
+            if update_probe {
+                pmax = probe.intensity(&mut self.pint);
+            }
+        }
+        loss / (self.order.len() * nn) as f64
+    }
+}

@@ -1,0 +1,210 @@
+//! Running an engine for a number of iterations, with the per-iteration
+//! history a user watches: the data loss, and the object error when the
+//! truth is known.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::dm::{Dm, DmOptions};
+use super::metrics::{object_error, Error};
+use super::model::{Data, Field, Probe};
+use super::pie::{Pie, PieOptions};
+
+/// The reconstruction algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// ePIE: rPIE with α = β = 1.
+    Epie,
+    Rpie,
+    Dm,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Engine, String> {
+        match s {
+            "epie" => Ok(Engine::Epie),
+            "rpie" => Ok(Engine::Rpie),
+            "dm" => Ok(Engine::Dm),
+            other => Err(format!("unknown engine {other:?} (epie, rpie, dm)")),
+        }
+    }
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Epie => "epie",
+            Engine::Rpie => "rpie",
+            Engine::Dm => "dm",
+        }
+    }
+
+    /// What the engine's loss is.
+    pub fn loss_name(self) -> &'static str {
+        match self {
+            Engine::Dm => "exit-wave change sqrt(Σ‖Δψ‖²)",
+            _ => "mean (sqrt(I_pred) − sqrt(I_meas))²",
+        }
+    }
+}
+
+/// How to reconstruct.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    pub engine: Engine,
+    pub iterations: usize,
+    /// rPIE's α (object) and β (probe) weights.
+    pub alpha: f32,
+    pub beta: f32,
+    /// Step sizes γ_O and γ_P of the PIE engines.
+    pub object_step: f32,
+    pub probe_step: f32,
+    /// Retrieve the probe as well as the object.
+    pub update_probe: bool,
+    /// First iteration (0-based) at which the probe is updated: a few
+    /// object-only iterations first keep a poor initial probe from
+    /// absorbing the object.
+    pub probe_start: usize,
+    /// Random position order each epoch (PIE engines); fixed order if off.
+    pub shuffle: bool,
+    pub seed: u64,
+    /// DM's exit-wave relaxation and overlap alternations.
+    pub dm_beta: f32,
+    pub dm_inner: usize,
+    /// DM's Fourier relaxation (PtyPy's `fourier_relax_factor`): with the
+    /// exact projection (0) DM chases the Poisson noise and drifts away
+    /// after ~30 iterations; 0.05 converges.
+    pub dm_relax: f32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            engine: Engine::Rpie,
+            iterations: 100,
+            alpha: 0.1,
+            beta: 0.1,
+            object_step: 1.0,
+            probe_step: 1.0,
+            update_probe: false,
+            probe_start: 5,
+            shuffle: true,
+            seed: 0,
+            dm_beta: 1.0,
+            dm_inner: 1,
+            dm_relax: 0.05,
+        }
+    }
+}
+
+/// Per-iteration history.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct History {
+    pub loss: Vec<f64>,
+    /// Object error against the truth, when known.
+    pub error: Vec<Error>,
+    pub seconds: Vec<f64>,
+}
+
+/// What a reconstruction produced.
+pub struct Outcome {
+    pub object: Field,
+    pub probe: Probe,
+    pub history: History,
+}
+
+/// The truth, for the error history.
+pub struct Truth<'a> {
+    pub object: &'a Field,
+    pub mask: &'a [bool],
+}
+
+/// Runs `o.iterations` iterations of `o.engine` from `object`, `probe`.
+/// `progress(iteration, loss, error)` after each; returning `false` stops
+/// (cancellation) with what was reached.
+pub fn reconstruct(
+    data: &Data,
+    mut object: Field,
+    mut probe: Probe,
+    o: &Options,
+    truth: Option<Truth>,
+    progress: &mut dyn FnMut(usize, f64, Option<Error>) -> bool,
+) -> Result<Outcome, String> {
+    if probe.n != data.n {
+        return Err(format!(
+            "the probe is {}×{} but the patterns are {}×{}",
+            probe.n, probe.n, data.n, data.n
+        ));
+    }
+    if (object.rows, object.cols) != data.shape {
+        return Err(format!(
+            "the object is {}×{} but the positions need {}×{}",
+            object.rows, object.cols, data.shape.0, data.shape.1
+        ));
+    }
+    let mut history = History::default();
+    let pie_opts = |engine| PieOptions {
+        alpha: if engine == Engine::Epie { 1.0 } else { o.alpha },
+        beta: if engine == Engine::Epie { 1.0 } else { o.beta },
+        object_step: o.object_step,
+        probe_step: o.probe_step,
+    };
+    enum State {
+        Pie(Box<Pie>, PieOptions),
+        Dm(Dm, DmOptions),
+    }
+    let mut state = match o.engine {
+        Engine::Epie | Engine::Rpie => {
+            State::Pie(Box::new(Pie::new(data, &probe, o.seed)), pie_opts(o.engine))
+        }
+        Engine::Dm => State::Dm(
+            Dm::new(data, &object, &probe),
+            DmOptions {
+                beta: o.dm_beta,
+                inner: o.dm_inner,
+                relax: o.dm_relax,
+            },
+        ),
+    };
+    for it in 0..o.iterations {
+        let t = Instant::now();
+        let update_probe = o.update_probe && it >= o.probe_start;
+        let loss = match &mut state {
+            State::Pie(pie, po) => {
+                pie.epoch(data, &mut object, &mut probe, po, update_probe, o.shuffle)
+            }
+            State::Dm(dm, dopt) => dm.iterate(data, &mut object, &mut probe, dopt, update_probe),
+        };
+        if update_probe && probe.modes > 1 {
+            probe.orthogonalise();
+        }
+        history.seconds.push(t.elapsed().as_secs_f64());
+        if !loss.is_finite() {
+            return Err(format!(
+                "{} diverged at iteration {}: the loss is {loss}",
+                o.engine.name(),
+                it + 1
+            ));
+        }
+        history.loss.push(loss);
+        let err = match &truth {
+            Some(t) => Some(object_error(&object, t.object, t.mask)?),
+            None => None,
+        };
+        if let Some(e) = err {
+            history.error.push(e);
+        }
+        if !progress(it + 1, loss, err) {
+            break;
+        }
+    }
+    Ok(Outcome {
+        object,
+        probe,
+        history,
+    })
+}
