@@ -248,7 +248,7 @@ enum KernelCmd {
     /// HEDM Bragg peaks: search and pseudo-Voigt fit, synthetic frames.
     #[command(subcommand)]
     Hedm(crate::hedm::HedmCmd),
-    /// Ptychography: reconstruction (ePIE, rPIE, DM), synthetic datasets.
+    /// Ptychography: reconstruction (ePIE, rPIE, DM, LSQ-ML), synthetic datasets.
     #[command(subcommand)]
     Ptycho(crate::ptycho::PtychoCmd),
 }
@@ -269,7 +269,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     iterations: usize,
     /// ptycho: engines to run (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "rpie,epie,dm")]
+    #[arg(long, value_delimiter = ',', default_value = "rpie,epie,dm,lsqml")]
     engines: Vec<beamflow_kernels::ptycho::Engine>,
     /// ptycho: thread counts to run each engine with (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]

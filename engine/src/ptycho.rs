@@ -35,7 +35,7 @@ pub struct ReconArgs {
     /// Base name of the outputs (default: the data file's stem).
     #[arg(long)]
     name: Option<String>,
-    /// epie, rpie or dm.
+    /// epie, rpie, dm or lsqml.
     #[arg(long, default_value = "rpie")]
     engine: Engine,
     #[arg(long, default_value_t = 100)]
@@ -74,6 +74,9 @@ pub struct ReconArgs {
     /// DM: probe/object alternations per iteration.
     #[arg(long, default_value_t = 1)]
     dm_inner: usize,
+    /// LSQ-ML: positions per minibatch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Skip the PNGs.
     #[arg(long)]
     no_plot: bool,
@@ -100,6 +103,7 @@ impl ReconArgs {
                 dm_beta: self.dm_beta,
                 dm_inner: self.dm_inner,
                 dm_relax: self.dm_relax,
+                batch: self.batch,
                 ..Options::default()
             },
             plot: !self.no_plot,

@@ -1,11 +1,12 @@
-//! Far-field ptychographic phase retrieval: ePIE/rPIE (sequential) and the
-//! difference map (parallel over positions), object and probe retrieval
+//! Far-field ptychographic phase retrieval: ePIE/rPIE (sequential), the
+//! difference map and LSQ-ML (parallel over positions), object and probe retrieval
 //! with incoherent probe modes, on pty-chi's data model and conventions.
 
 pub mod config;
 pub mod dm;
 pub mod fft;
 pub mod io;
+pub mod lsqml;
 pub mod metrics;
 pub mod model;
 pub mod pie;

@@ -34,6 +34,7 @@ pub struct PieOptions {
 pub struct Pie {
     scratch: Scratch,
     pint: Vec<f32>,
+    weight: Vec<Complex32>,
     order: Vec<usize>,
     rng: rand::rngs::StdRng,
 }
@@ -43,8 +44,28 @@ impl Pie {
         Pie {
             scratch: Scratch::new(data.n, probe.modes),
             pint: vec![0.0; data.n * data.n],
+            weight: Vec::new(),
             order: (0..data.positions()).collect(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The object update's weights `γ_O·conj(P_m) / ((1−α)Σ|P|² + α max)`,
+    /// for the current probe.
+    fn refresh(&mut self, probe: &Probe, o: &PieOptions) {
+        let nn = probe.n * probe.n;
+        let pmax = probe.intensity(&mut self.pint);
+        let ao = o.alpha * pmax;
+        self.weight.resize(probe.modes * nn, Complex32::default());
+        for m in 0..probe.modes {
+            for ((w, p), &pi) in self.weight[m * nn..(m + 1) * nn]
+                .iter_mut()
+                .zip(probe.mode(m))
+                .zip(&self.pint)
+            {
+                let den = ((1.0 - o.alpha) * pi + ao).max(f32::MIN_POSITIVE);
+                *w = p.conj() * (o.object_step / den);
+            }
         }
     }
 
@@ -64,7 +85,7 @@ impl Pie {
         }
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let mut loss = 0.0;
-        let mut pmax = probe.intensity(&mut self.pint);
+        self.refresh(probe, o);
         for k in 0..self.order.len() {
             let j = self.order[k];
             let c = data.corners[j];
@@ -74,35 +95,45 @@ impl Pie {
             loss += s.project(modes, data.amp(j), 0.0);
             // The projected waves are in `s.waves`; ψ = P·O_j is recomputed
             // in the update loop rather than kept.
-            let omax = if update_probe {
-                s.oj.iter().map(|v| v.norm_sqr()).fold(0.0, f32::max)
+            if update_probe {
+                let omax = s.oj.iter().map(|v| v.norm_sqr()).fold(0.0, f32::max);
+                let bo = o.beta * omax;
+                for m in 0..modes {
+                    let pm = &mut probe.data[m * nn..(m + 1) * nn];
+                    for (i, p) in pm.iter_mut().enumerate() {
+                        let oj = s.oj[i];
+                        let d = s.waves[m * nn + i] - *p * oj;
+                        let w = o.probe_step
+                            / ((1.0 - o.beta) * oj.norm_sqr() + bo).max(f32::MIN_POSITIVE);
+                        // The object update below needs the old probe's
+                        // Δψ: keep it in place of the projected wave.
+                        s.waves[m * nn + i] = d;
+                        *p += oj.conj() * d * w;
+                    }
+                }
             } else {
-                0.0
-            };
-            let ao = o.alpha * pmax;
-            let bo = o.beta * omax;
+                for m in 0..modes {
+                    let pm = probe.mode(m);
+                    for ((w, p), oj) in s.waves[m * nn..(m + 1) * nn].iter_mut().zip(pm).zip(&s.oj)
+                    {
+                        *w -= p * oj;
+                    }
+                }
+            }
+            // O_j += Σ_m weight_m ⊙ Δψ_m, straight into the object.
             for r in 0..n {
                 let row = &mut obj.data[(c.0 + r) * obj.cols + c.1..][..n];
-                for (k2, ov) in row.iter_mut().enumerate() {
-                    let i = r * n + k2;
-                    let oj = s.oj[i];
-                    let mut num = Complex32::default();
-                    for m in 0..modes {
-                        let p = probe.data[m * nn + i];
-                        let d = s.waves[m * nn + i] - p * oj;
-                        num += p.conj() * d;
-                        if update_probe {
-                            let w = o.probe_step
-                                / ((1.0 - o.beta) * oj.norm_sqr() + bo).max(f32::MIN_POSITIVE);
-                            probe.data[m * nn + i] = p + oj.conj() * d * w;
-                        }
+                for m in 0..modes {
+                    let w = &self.weight[m * nn + r * n..m * nn + (r + 1) * n];
+                    let d = &s.waves[m * nn + r * n..m * nn + (r + 1) * n];
+                    for ((ov, w), d) in row.iter_mut().zip(w).zip(d) {
+                        *ov += w * d;
                     }
-                    let den = ((1.0 - o.alpha) * self.pint[i] + ao).max(f32::MIN_POSITIVE);
-                    *ov += num * (o.object_step / den);
                 }
             }
             if update_probe {
-                pmax = probe.intensity(&mut self.pint);
+                // Weights from the probe before this update were used above.
+                self.refresh(probe, o);
             }
         }
         loss / (self.order.len() * nn) as f64

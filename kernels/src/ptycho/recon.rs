@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::dm::{Dm, DmOptions};
+use super::lsqml::{Lsqml, LsqmlOptions};
 use super::metrics::{object_error, Error};
 use super::model::{Data, Field, Probe};
 use super::pie::{Pie, PieOptions};
@@ -19,6 +20,7 @@ pub enum Engine {
     Epie,
     Rpie,
     Dm,
+    Lsqml,
 }
 
 impl std::str::FromStr for Engine {
@@ -28,7 +30,8 @@ impl std::str::FromStr for Engine {
             "epie" => Ok(Engine::Epie),
             "rpie" => Ok(Engine::Rpie),
             "dm" => Ok(Engine::Dm),
-            other => Err(format!("unknown engine {other:?} (epie, rpie, dm)")),
+            "lsqml" => Ok(Engine::Lsqml),
+            other => Err(format!("unknown engine {other:?} (epie, rpie, dm, lsqml)")),
         }
     }
 }
@@ -39,6 +42,7 @@ impl Engine {
             Engine::Epie => "epie",
             Engine::Rpie => "rpie",
             Engine::Dm => "dm",
+            Engine::Lsqml => "lsqml",
         }
     }
 
@@ -79,6 +83,8 @@ pub struct Options {
     /// exact projection (0) DM chases the Poisson noise and drifts away
     /// after ~30 iterations; 0.05 converges.
     pub dm_relax: f32,
+    /// LSQ-ML's minibatch size.
+    pub batch: usize,
 }
 
 impl Default for Options {
@@ -97,6 +103,7 @@ impl Default for Options {
             dm_beta: 1.0,
             dm_inner: 1,
             dm_relax: 0.05,
+            batch: 100,
         }
     }
 }
@@ -156,11 +163,16 @@ pub fn reconstruct(
     enum State {
         Pie(Box<Pie>, PieOptions),
         Dm(Dm, DmOptions),
+        Lsqml(Box<Lsqml>, LsqmlOptions),
     }
     let mut state = match o.engine {
         Engine::Epie | Engine::Rpie => {
             State::Pie(Box::new(Pie::new(data, &probe, o.seed)), pie_opts(o.engine))
         }
+        Engine::Lsqml => State::Lsqml(
+            Box::new(Lsqml::new(data, &probe, o.seed)),
+            LsqmlOptions { batch: o.batch },
+        ),
         Engine::Dm => State::Dm(
             Dm::new(data, &object, &probe),
             DmOptions {
@@ -178,6 +190,9 @@ pub fn reconstruct(
                 pie.epoch(data, &mut object, &mut probe, po, update_probe, o.shuffle)
             }
             State::Dm(dm, dopt) => dm.iterate(data, &mut object, &mut probe, dopt, update_probe),
+            State::Lsqml(l, lo) => {
+                l.epoch(data, &mut object, &mut probe, lo, update_probe, o.shuffle)
+            }
         };
         if update_probe && probe.modes > 1 {
             probe.orthogonalise();

@@ -32,6 +32,7 @@ const RECON_PARAMS: &[&str] = &[
     "dm_beta",
     "dm_inner",
     "dm_relax",
+    "batch",
 ];
 
 /// Parameters that hold paths, names and words.
@@ -44,7 +45,7 @@ impl Kernel for ReconstructStep {
         "ptycho.reconstruct"
     }
     fn summary(&self) -> &'static str {
-        "reconstructs object (and probe) from far-field ptychography data with ePIE, rPIE or DM (result HDF5, amplitude/phase PNGs)"
+        "reconstructs object (and probe) from far-field ptychography data with ePIE, rPIE, DM or LSQ-ML (result HDF5, amplitude/phase PNGs)"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &[

@@ -1,0 +1,273 @@
+//! LSQ-ML (Odstrčil, Menzel & Guizar-Sicairos 2018) with the Gaussian
+//! noise model, in the PtychoShelves flavour pty-chi implements. Per
+//! minibatch B of positions (object and probe fixed within it, so the
+//! positions are processed in parallel):
+//!
+//! ```text
+//! χ_j  = Π_F(ψ_j) − ψ_j                                  exit-wave correction
+//! ΔP̂   = mean_j Σ χ_j conj(O_j)                          probe direction
+//! ΔÔ   = Σ_j S_jᵀ(Σ_m χ_jm conj(P_m)) / sqrt(W² + (0.1 max W)²)
+//!        with W = Σ_all j S_jᵀ Σ_m|P_m|²                  preconditioned object direction
+//! per j: u = ΔÔ_j P, v = ΔP̂ O_j, a11 = Σ|u|² + λ, a22 = Σ|v|² + λ (each
+//!        + 0.1·its batch mean), a12 = Σ u conj(v), b1 = Re Σ conj(u) χ,
+//!        b2 = Re Σ conj(v) χ; solve for (α_O, α_P), clip at 0, × 0.9
+//! O ← O + trimmed-mean_10%(α_O)·ΔÔ,   P ← P + mean(α_P)·ΔP̂
+//! ```
+//!
+//! With a fixed probe α_O = b1/a11 per position.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use rustfft::num_complex::Complex32;
+
+use super::model::{Data, Field, Probe, Scratch};
+
+/// pty-chi's `optimal_step_size_scaler`.
+const STEP_SCALE: f32 = 0.9;
+/// Relative floor of the illumination in the preconditioner.
+const PRECOND_DAMPING: f32 = 0.1;
+
+#[derive(Clone, Copy, Debug)]
+pub struct LsqmlOptions {
+    /// Positions per minibatch.
+    pub batch: usize,
+}
+
+pub struct Lsqml {
+    order: Vec<usize>,
+    rng: rand::rngs::StdRng,
+    scratch: Scratch,
+    /// The illumination W, averaged over epochs.
+    illum: Vec<f32>,
+}
+
+/// One position's share of a minibatch.
+struct Part {
+    j: usize,
+    loss: f64,
+    /// χ per mode.
+    chi: Vec<Complex32>,
+    /// The object patch it saw.
+    oj: Vec<Complex32>,
+}
+
+impl Lsqml {
+    pub fn new(data: &Data, probe: &Probe, seed: u64) -> Lsqml {
+        Lsqml {
+            order: (0..data.positions()).collect(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            scratch: Scratch::new(data.n, probe.modes),
+            illum: Vec::new(),
+        }
+    }
+
+    fn illumination(data: &Data, probe: &Probe, shape: (usize, usize)) -> Vec<f32> {
+        let n = data.n;
+        let mut pint = vec![0f32; n * n];
+        probe.intensity(&mut pint);
+        let mut w = vec![0f32; shape.0 * shape.1];
+        for &c in &data.corners {
+            for r in 0..n {
+                let row = &mut w[(c.0 + r) * shape.1 + c.1..][..n];
+                for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
+                    *a += p;
+                }
+            }
+        }
+        w
+    }
+
+    /// One epoch of minibatches; returns the mean MSE-of-square-roots loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn epoch(
+        &mut self,
+        data: &Data,
+        obj: &mut Field,
+        probe: &mut Probe,
+        o: &LsqmlOptions,
+        update_probe: bool,
+        shuffle: bool,
+    ) -> f64 {
+        let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
+        let (rows, cols) = (obj.rows, obj.cols);
+        // W, averaged with the previous epoch's as PtychoShelves does.
+        let w_new = Self::illumination(data, probe, (rows, cols));
+        if self.illum.len() == w_new.len() {
+            for (a, b) in self.illum.iter_mut().zip(&w_new) {
+                *a = 0.5 * (*a + b);
+            }
+        } else {
+            self.illum = w_new;
+        }
+        let wmax = self.illum.iter().copied().fold(0.0, f32::max);
+        let floor = (PRECOND_DAMPING * wmax).powi(2);
+        if shuffle {
+            self.order.shuffle(&mut self.rng);
+        }
+        let lambda = 1.2e-7 / nn as f32;
+        let mut loss = 0.0;
+        let order = self.order.clone();
+        for batch in order.chunks(o.batch.max(1)) {
+            let (obj_r, probe_r) = (&*obj, &*probe);
+            // Exit-wave corrections, in parallel.
+            let parts: Vec<Part> = batch
+                .par_iter()
+                .map_init(
+                    || self.scratch.clone(),
+                    |s, &j| {
+                        obj_r.extract(data.corners[j], n, &mut s.oj);
+                        s.exit_waves(probe_r);
+                        let loss = s.project(modes, data.amp(j), 0.0);
+                        let mut chi = s.waves.clone();
+                        for m in 0..modes {
+                            for ((c, p), oj) in chi[m * nn..(m + 1) * nn]
+                                .iter_mut()
+                                .zip(probe_r.mode(m))
+                                .zip(&s.oj)
+                            {
+                                *c -= p * oj;
+                            }
+                        }
+                        Part {
+                            j,
+                            loss,
+                            chi,
+                            oj: s.oj.clone(),
+                        }
+                    },
+                )
+                .collect();
+            loss += parts.iter().map(|p| p.loss).sum::<f64>();
+            // Object direction: scatter-add, then precondition.
+            let mut d_obj = vec![Complex32::default(); rows * cols];
+            for p in &parts {
+                let c = data.corners[p.j];
+                for r in 0..n {
+                    let row = &mut d_obj[(c.0 + r) * cols + c.1..][..n];
+                    for m in 0..modes {
+                        let pm = &probe.mode(m)[r * n..(r + 1) * n];
+                        let ch = &p.chi[m * nn + r * n..m * nn + (r + 1) * n];
+                        for ((d, pv), cv) in row.iter_mut().zip(pm).zip(ch) {
+                            *d += cv * pv.conj();
+                        }
+                    }
+                }
+            }
+            for (d, w) in d_obj.iter_mut().zip(&self.illum) {
+                *d /= (w * w + floor).sqrt().max(f32::MIN_POSITIVE);
+            }
+            // Probe direction: the batch mean.
+            let mut d_probe = vec![Complex32::default(); modes * nn];
+            if update_probe {
+                for p in &parts {
+                    for m in 0..modes {
+                        for ((d, c), oj) in d_probe[m * nn..(m + 1) * nn]
+                            .iter_mut()
+                            .zip(&p.chi[m * nn..(m + 1) * nn])
+                            .zip(&p.oj)
+                        {
+                            *d += c * oj.conj();
+                        }
+                    }
+                }
+                let k = 1.0 / parts.len() as f32;
+                d_probe.iter_mut().for_each(|d| *d *= k);
+            }
+            // Step sizes per position, in parallel.
+            let (d_obj_r, d_probe_r, probe_r) = (&d_obj, &d_probe, &*probe);
+            let sums: Vec<[f64; 6]> = parts
+                .par_iter()
+                .map(|p| {
+                    let c = data.corners[p.j];
+                    // a11, a22, Re a12, Im a12, b1, b2
+                    let mut s = [0f64; 6];
+                    for r in 0..n {
+                        let drow = &d_obj_r[(c.0 + r) * cols + c.1..][..n];
+                        for m in 0..modes {
+                            for k in 0..n {
+                                let i = r * n + k;
+                                let u = drow[k] * probe_r.data[m * nn + i];
+                                let chi = p.chi[m * nn + i];
+                                s[0] += f64::from(u.norm_sqr());
+                                s[4] += f64::from((u.conj() * chi).re);
+                                if update_probe {
+                                    let v = d_probe_r[m * nn + i] * p.oj[i];
+                                    s[1] += f64::from(v.norm_sqr());
+                                    let x = u * v.conj();
+                                    s[2] += f64::from(x.re);
+                                    s[3] += f64::from(x.im);
+                                    s[5] += f64::from((v.conj() * chi).re);
+                                }
+                            }
+                        }
+                    }
+                    s
+                })
+                .collect();
+            let nb = sums.len() as f64;
+            let mean = |k: usize| sums.iter().map(|s| s[k]).sum::<f64>() / nb;
+            let (m11, m22) = (mean(0), mean(1));
+            let lam = f64::from(lambda);
+            let mut alpha_o = Vec::with_capacity(sums.len());
+            let mut alpha_p = Vec::with_capacity(sums.len());
+            for s in &sums {
+                let a11 = s[0] + lam + 0.1 * m11;
+                if update_probe {
+                    let a22 = s[1] + lam + 0.1 * m22;
+                    // Real 2×2 solve of [[a11, a12], [conj a12, a22]] x = b,
+                    // keeping the real part of x.
+                    let (re12, im12) = (s[2], s[3]);
+                    let det_re = a11 * a22 - (re12 * re12 + im12 * im12);
+                    if det_re.abs() > 0.0 {
+                        let xo = (a22 * s[4] - re12 * s[5]) / det_re;
+                        let xp = (a11 * s[5] - re12 * s[4]) / det_re;
+                        alpha_o.push(xo.max(0.0));
+                        alpha_p.push(xp.max(0.0));
+                    } else {
+                        alpha_o.push(0.0);
+                        alpha_p.push(0.0);
+                    }
+                } else {
+                    alpha_o.push((s[4] / a11).max(0.0));
+                }
+            }
+            let ao = trimmed_mean(&mut alpha_o, 0.1) as f32 * STEP_SCALE / modes as f32;
+            for (o, d) in obj.data.iter_mut().zip(&d_obj) {
+                *o += ao * d;
+            }
+            if update_probe {
+                let ap =
+                    alpha_p.iter().sum::<f64>() as f32 / alpha_p.len().max(1) as f32 * STEP_SCALE;
+                for (p, d) in probe.data.iter_mut().zip(&d_probe) {
+                    *p += ap * d;
+                }
+            }
+        }
+        loss / (data.positions() * nn) as f64
+    }
+}
+
+/// Mean after dropping `frac` of the values at each end.
+fn trimmed_mean(v: &mut [f64], frac: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = (v.len() as f64 * frac).floor() as usize;
+    let kept = &v[k..v.len() - k];
+    kept.iter().sum::<f64>() / kept.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_mean_drops_the_tails() {
+        let mut v: Vec<f64> = (0..10).map(f64::from).collect();
+        v[9] = 1000.0;
+        // 10 % of 10 values: one dropped at each end → mean of 1..=8.
+        assert!((trimmed_mean(&mut v, 0.1) - 4.5).abs() < 1e-12);
+    }
+}
