@@ -185,9 +185,9 @@ impl Lsqml {
                     for r in 0..n {
                         let drow = &d_obj_r[(c.0 + r) * cols + c.1..][..n];
                         for m in 0..modes {
-                            for k in 0..n {
+                            for (k, dv) in drow.iter().enumerate() {
                                 let i = r * n + k;
-                                let u = drow[k] * probe_r.data[m * nn + i];
+                                let u = dv * probe_r.data[m * nn + i];
                                 let chi = p.chi[m * nn + i];
                                 s[0] += f64::from(u.norm_sqr());
                                 s[4] += f64::from((u.conj() * chi).re);

@@ -1,0 +1,216 @@
+//! Ptychography kernel against simulated data with known object and probe:
+//! the reference's `medium` recipe (Fermat scan, 256 positions, 128² probe,
+//! 70 % overlap, 1e6 photons per pattern, Poisson noise).
+
+use std::sync::OnceLock;
+
+use beamflow_kernels::ptycho::config::Config;
+use beamflow_kernels::ptycho::{reconstruct, Complex32, Engine, Field, Options, Truth};
+use beamflow_kernels::synthetic::ptycho::{simulate, write_dataset, Scene, Simulated};
+
+fn medium() -> &'static Simulated {
+    static SIM: OnceLock<Simulated> = OnceLock::new();
+    SIM.get_or_init(|| simulate(&Scene::preset("medium").unwrap()).unwrap())
+}
+
+/// Object NRMSE after `iterations` of `o` from a flat object.
+fn error_after(sim: &Simulated, o: Options, probe_known: bool) -> f64 {
+    let data = sim.data().unwrap();
+    let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
+    let probe = if probe_known {
+        sim.probe.clone()
+    } else {
+        sim.init_probe.clone()
+    };
+    let truth = Truth {
+        object: &sim.object,
+        mask: &sim.mask,
+    };
+    let out = reconstruct(&data, obj, probe, &o, Some(truth), &mut |_, _, _| true).unwrap();
+    assert_eq!(out.history.loss.len(), o.iterations);
+    // The loss falls.
+    assert!(
+        out.history.loss.last() < out.history.loss.first(),
+        "{:?}",
+        out.history.loss
+    );
+    out.history.error.last().unwrap().nrmse
+}
+
+#[test]
+fn rpie_reaches_the_reference_error_with_a_known_probe() {
+    let e = error_after(medium(), Options::default(), true);
+    eprintln!("rPIE, 100 epochs: NRMSE {e:.4}");
+    assert!(e <= 0.06, "{e}");
+}
+
+#[test]
+fn lsqml_converges_with_a_known_probe() {
+    let o = Options {
+        engine: Engine::Lsqml,
+        ..Options::default()
+    };
+    let e = error_after(medium(), o, true);
+    eprintln!("LSQ-ML, 100 epochs: NRMSE {e:.4}");
+    assert!(e <= 0.10, "{e}");
+}
+
+#[test]
+fn relaxed_dm_converges_where_the_exact_projection_drifts() {
+    let o = Options {
+        engine: Engine::Dm,
+        ..Options::default()
+    };
+    let relaxed = error_after(medium(), o.clone(), true);
+    let exact = error_after(medium(), Options { dm_relax: 0.0, ..o }, true);
+    eprintln!("DM, 100 iterations: NRMSE {relaxed:.4} relaxed, {exact:.4} exact");
+    assert!(relaxed <= 0.08, "{relaxed}");
+    assert!(exact > 2.0 * relaxed, "{exact} vs {relaxed}");
+}
+
+#[test]
+fn joint_probe_retrieval_converges_from_the_reference_start() {
+    let o = Options {
+        update_probe: true,
+        ..Options::default()
+    };
+    let e = error_after(medium(), o, false);
+    eprintln!("rPIE with probe retrieval, 100 epochs: NRMSE {e:.4}");
+    assert!(e <= 0.06, "{e}");
+}
+
+#[test]
+fn epie_is_rpie_with_alpha_one() {
+    let sim = simulate(&Scene::preset("small").unwrap()).unwrap();
+    let run = |o: Options| {
+        let data = sim.data().unwrap();
+        let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
+        reconstruct(&data, obj, sim.probe.clone(), &o, None, &mut |_, _, _| true)
+            .unwrap()
+            .object
+    };
+    let base = Options {
+        iterations: 3,
+        ..Options::default()
+    };
+    let a = run(Options {
+        engine: Engine::Epie,
+        ..base.clone()
+    });
+    let b = run(Options {
+        alpha: 1.0,
+        beta: 1.0,
+        ..base
+    });
+    assert_eq!(a, b);
+}
+
+#[test]
+fn ptychodus_pair_and_dataset_file_give_the_same_reconstruction() {
+    let t = tempfile::tempdir().unwrap();
+    let mut scene = Scene::preset("tiny").unwrap();
+    scene.seed = 3;
+    let f = write_dataset(&scene, t.path(), "tiny", true).unwrap();
+    let run = |data, meta: Option<std::path::PathBuf>, out: &str| {
+        let cfg = Config {
+            data,
+            meta,
+            out: t.path().join(out),
+            options: Options {
+                iterations: 4,
+                ..Options::default()
+            },
+            ..Config::default()
+        };
+        cfg.run(&mut |_, _, _| true).unwrap()
+    };
+    let a = run(f.data.clone(), None, "a");
+    let b = run(f.dp.clone().unwrap(), f.meta.clone(), "b");
+    assert_eq!(a.object_shape, b.object_shape);
+    assert_eq!(a.final_loss, b.final_loss);
+    // The dataset file carries the truth, the pair does not.
+    assert!(a.final_error.is_some() && b.final_error.is_none());
+    // The result file.
+    let h = hdf5::File::open(&a.result).unwrap();
+    let obj = h.dataset("object").unwrap();
+    assert_eq!(obj.shape(), vec![a.object_shape.0, a.object_shape.1]);
+    let probe = h.dataset("probe").unwrap();
+    assert_eq!(probe.shape(), vec![1, 64, 64]);
+    let loss = h
+        .dataset("history/loss")
+        .unwrap()
+        .read_raw::<f64>()
+        .unwrap();
+    assert_eq!(loss.len(), 4);
+    assert_eq!(*loss.last().unwrap(), a.final_loss);
+    let nrmse = h
+        .dataset("history/nrmse")
+        .unwrap()
+        .read_raw::<f64>()
+        .unwrap();
+    assert_eq!(nrmse[3], a.final_error.unwrap().nrmse);
+    for p in [&a.amplitude_png, &a.phase_png] {
+        let bytes = std::fs::read(p.as_ref().unwrap()).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = |data: std::path::PathBuf| Config {
+        data,
+        out: t.path().join("out"),
+        ..Config::default()
+    };
+    // Not HDF5.
+    let p = t.path().join("notes.h5");
+    std::fs::write(&p, "hello").unwrap();
+    let e = cfg(p.clone()).run(&mut |_, _, _| true).unwrap_err();
+    assert!(e.contains("notes.h5") && e.contains("HDF5"), "{e}");
+    // A NaN in a pattern.
+    let scene = Scene::preset("tiny").unwrap();
+    let sim = simulate(&scene).unwrap();
+    let d = sim.data().unwrap();
+    let mut bad = sim.intensities.clone();
+    bad[64 * 64 * 2 + 65] = f32::NAN;
+    let p = t.path().join("nan.h5");
+    beamflow_kernels::ptycho::io::write_dataset(
+        &p,
+        &bad,
+        64,
+        &sim.centres,
+        &d.corners,
+        None,
+        Some(&sim.init_probe),
+        &[],
+    )
+    .unwrap();
+    let e = cfg(p).run(&mut |_, _, _| true).unwrap_err();
+    assert!(
+        e.contains("nan.h5") && e.contains("pattern 2 pixel (1, 1)"),
+        "{e}"
+    );
+    // A Ptychodus diffraction file without its product file.
+    let f = write_dataset(&scene, t.path(), "pair", true).unwrap();
+    let e = cfg(f.dp.unwrap()).run(&mut |_, _, _| true).unwrap_err();
+    assert!(e.contains("--meta"), "{e}");
+    // No initial probe in the file and none named.
+    let p = t.path().join("noprobe.h5");
+    beamflow_kernels::ptycho::io::write_dataset(
+        &p,
+        &sim.intensities,
+        64,
+        &sim.centres,
+        &d.corners,
+        None,
+        None,
+        &[],
+    )
+    .unwrap();
+    let e = cfg(p).run(&mut |_, _, _| true).unwrap_err();
+    assert!(
+        e.contains("noprobe.h5") && e.contains("initial probe"),
+        "{e}"
+    );
+}
