@@ -1107,3 +1107,67 @@ fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
     assert!(dest.join("results/scan_peaks.h5").exists());
     assert!(dest.join("results/scan_overlay.png").exists());
 }
+
+#[test]
+fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bf = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .env("BEAMFLOW_HOME", &env.home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "beamflow {args:?}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let data = env.home.join("beamline");
+    let dest = env.home.join("back");
+    bf(&[
+        "kernel",
+        "ptycho",
+        "synthetic",
+        "--dir",
+        data.to_str().unwrap(),
+        "--name",
+        "scan",
+        "--size",
+        "tiny",
+        "--ptychodus",
+    ]);
+    let out = bf(&[
+        "run",
+        root.join("jobs/ptycho.toml").to_str().unwrap(),
+        "--local",
+        "--wait",
+        "--set",
+        &format!("data={}", data.join("scan_dp.hdf5").display()),
+        "--set",
+        &format!("meta={}", data.join("scan_meta.hdf5").display()),
+        "--set",
+        &format!("dest={}", dest.display()),
+        "--set",
+        "iterations=20",
+        "--set",
+        "engine=lsqml",
+        "--set",
+        "sample=siemens-star",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    // The reconstruction came back with its history and images.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dest.join("results/scan_dp_summary.json")).unwrap(),
+    )
+    .unwrap();
+    let loss: Vec<f64> = serde_json::from_value(summary["history"]["loss"].clone()).unwrap();
+    assert_eq!(loss.len(), 20);
+    assert!(loss[19] < loss[0], "{loss:?}");
+    assert_eq!(summary["report"]["engine"], "lsqml");
+    assert!(dest.join("results/scan_dp_recon.h5").exists());
+    assert!(dest.join("results/scan_dp_phase.png").exists());
+}

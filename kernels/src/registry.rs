@@ -111,7 +111,8 @@ pub fn find(name: &str) -> Option<&'static dyn Kernel> {
 /// defaults): parameters in `all` but not in `text` hold numbers, booleans
 /// or lists, and arrive from templates as strings read as JSON; `null`s are
 /// dropped; `out`, when `T` has one and the step did not set it, is the
-/// attempt's directory; `required` must be present. Errors name the
+/// attempt's directory; empty text (an optional input left unset in the
+/// flow) counts as absent; `required` must be present. Errors name the
 /// parameter.
 pub fn typed_params<T: serde::de::DeserializeOwned>(
     params: &Value,
@@ -129,7 +130,7 @@ pub fn typed_params<T: serde::de::DeserializeOwned>(
             })?;
         }
     }
-    m.retain(|_, v| !v.is_null());
+    m.retain(|k, v| !(v.is_null() || (text.contains(&k.as_str()) && v.as_str() == Some(""))));
     if all.contains(&"out") && !m.contains_key("out") {
         m.insert(
             "out".into(),
