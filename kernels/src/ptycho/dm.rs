@@ -48,6 +48,8 @@ pub struct DmOptions {
 pub struct Dm {
     psi: Vec<Complex32>,
     scratch: Scratch,
+    /// Σ I per pattern, for the Fourier relaxation's bound.
+    power: Vec<f32>,
 }
 
 impl Dm {
@@ -60,7 +62,14 @@ impl Dm {
             scratch.exit_waves(probe);
             w.copy_from_slice(&scratch.waves);
         }
-        Dm { psi, scratch }
+        let power = (0..data.positions())
+            .map(|j| data.amp(j).iter().map(|a| a * a).sum())
+            .collect();
+        Dm {
+            psi,
+            scratch,
+            power,
+        }
     }
 
     /// One iteration; returns pty-chi's DM error, the norm of the exit-wave
@@ -76,6 +85,7 @@ impl Dm {
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let chunk = modes * nn;
         let (obj_r, probe_r) = (&*obj, &*probe);
+        let power = &self.power;
         let change: f64 = self
             .psi
             .par_chunks_mut(chunk)
@@ -85,18 +95,25 @@ impl Dm {
                 |s, (j, psi)| {
                     obj_r.extract(data.corners[j], n, &mut s.oj);
                     s.exit_waves(probe_r);
-                    let phi = s.waves.clone();
                     for (w, p) in s.waves.iter_mut().zip(psi.iter()) {
                         *w = 2.0 * *w - p;
                     }
-                    let pbound =
-                        o.relax * o.relax * 0.25 * data.amp(j).iter().map(|a| a * a).sum::<f32>();
+                    let pbound = o.relax * o.relax * 0.25 * power[j];
                     s.project(modes, data.amp(j), pbound);
+                    // φ = P·O_j again, rather than a copy kept per position.
                     let mut change = 0.0f64;
-                    for ((p, w), f) in psi.iter_mut().zip(&s.waves).zip(&phi) {
-                        let d = o.beta * (w - f);
-                        change += f64::from(d.norm_sqr());
-                        *p += d;
+                    for m in 0..modes {
+                        let pm = probe_r.mode(m);
+                        for (((p, w), pv), ov) in psi[m * nn..(m + 1) * nn]
+                            .iter_mut()
+                            .zip(&s.waves[m * nn..(m + 1) * nn])
+                            .zip(pm)
+                            .zip(&s.oj)
+                        {
+                            let d = o.beta * (w - pv * ov);
+                            change += f64::from(d.norm_sqr());
+                            *p += d;
+                        }
                     }
                     change
                 },

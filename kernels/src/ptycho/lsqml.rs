@@ -40,6 +40,10 @@ pub struct Lsqml {
     scratch: Scratch,
     /// The illumination W, averaged over epochs.
     illum: Vec<f32>,
+    /// Per-batch buffers, kept across batches.
+    parts: Vec<Part>,
+    d_obj: Vec<Complex32>,
+    d_probe: Vec<Complex32>,
 }
 
 /// One position's share of a minibatch.
@@ -59,6 +63,9 @@ impl Lsqml {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             scratch: Scratch::new(data.n, probe.modes),
             illum: Vec::new(),
+            parts: Vec::new(),
+            d_obj: Vec::new(),
+            d_probe: Vec::new(),
         }
     }
 
@@ -110,38 +117,44 @@ impl Lsqml {
         let order = self.order.clone();
         for batch in order.chunks(o.batch.max(1)) {
             let (obj_r, probe_r) = (&*obj, &*probe);
-            // Exit-wave corrections, in parallel.
-            let parts: Vec<Part> = batch
-                .par_iter()
-                .map_init(
-                    || self.scratch.clone(),
-                    |s, &j| {
-                        obj_r.extract(data.corners[j], n, &mut s.oj);
-                        s.exit_waves(probe_r);
-                        let loss = s.project(modes, data.amp(j), 0.0);
-                        let mut chi = s.waves.clone();
-                        for m in 0..modes {
-                            for ((c, p), oj) in chi[m * nn..(m + 1) * nn]
-                                .iter_mut()
-                                .zip(probe_r.mode(m))
-                                .zip(&s.oj)
-                            {
-                                *c -= p * oj;
-                            }
+            // Exit-wave corrections, in parallel, into buffers kept from the
+            // previous batch.
+            while self.parts.len() < batch.len() {
+                self.parts.push(Part {
+                    j: 0,
+                    loss: 0.0,
+                    chi: vec![Complex32::default(); modes * nn],
+                    oj: vec![Complex32::default(); nn],
+                });
+            }
+            let parts = &mut self.parts[..batch.len()];
+            parts.par_iter_mut().zip(batch.par_iter()).for_each_init(
+                || self.scratch.clone(),
+                |s, (part, &j)| {
+                    obj_r.extract(data.corners[j], n, &mut s.oj);
+                    s.exit_waves(probe_r);
+                    part.j = j;
+                    part.loss = s.project(modes, data.amp(j), 0.0);
+                    part.oj.copy_from_slice(&s.oj);
+                    part.chi.copy_from_slice(&s.waves);
+                    for m in 0..modes {
+                        for ((c, p), oj) in part.chi[m * nn..(m + 1) * nn]
+                            .iter_mut()
+                            .zip(probe_r.mode(m))
+                            .zip(&s.oj)
+                        {
+                            *c -= p * oj;
                         }
-                        Part {
-                            j,
-                            loss,
-                            chi,
-                            oj: s.oj.clone(),
-                        }
-                    },
-                )
-                .collect();
+                    }
+                },
+            );
+            let parts = &self.parts[..batch.len()];
             loss += parts.iter().map(|p| p.loss).sum::<f64>();
             // Object direction: scatter-add, then precondition.
-            let mut d_obj = vec![Complex32::default(); rows * cols];
-            for p in &parts {
+            let d_obj = &mut self.d_obj;
+            d_obj.clear();
+            d_obj.resize(rows * cols, Complex32::default());
+            for p in parts {
                 let c = data.corners[p.j];
                 for r in 0..n {
                     let row = &mut d_obj[(c.0 + r) * cols + c.1..][..n];
@@ -158,9 +171,11 @@ impl Lsqml {
                 *d /= (w * w + floor).sqrt().max(f32::MIN_POSITIVE);
             }
             // Probe direction: the batch mean.
-            let mut d_probe = vec![Complex32::default(); modes * nn];
+            let d_probe = &mut self.d_probe;
+            d_probe.clear();
+            d_probe.resize(modes * nn, Complex32::default());
             if update_probe {
-                for p in &parts {
+                for p in parts {
                     for m in 0..modes {
                         for ((d, c), oj) in d_probe[m * nn..(m + 1) * nn]
                             .iter_mut()
@@ -175,7 +190,7 @@ impl Lsqml {
                 d_probe.iter_mut().for_each(|d| *d *= k);
             }
             // Step sizes per position, in parallel.
-            let (d_obj_r, d_probe_r, probe_r) = (&d_obj, &d_probe, &*probe);
+            let (d_obj_r, d_probe_r, probe_r) = (&*d_obj, &*d_probe, &*probe);
             let sums: Vec<[f64; 6]> = parts
                 .par_iter()
                 .map(|p| {
@@ -233,13 +248,13 @@ impl Lsqml {
                 }
             }
             let ao = trimmed_mean(&mut alpha_o, 0.1) as f32 * STEP_SCALE / modes as f32;
-            for (o, d) in obj.data.iter_mut().zip(&d_obj) {
+            for (o, d) in obj.data.iter_mut().zip(d_obj.iter()) {
                 *o += ao * d;
             }
             if update_probe {
                 let ap =
                     alpha_p.iter().sum::<f64>() as f32 / alpha_p.len().max(1) as f32 * STEP_SCALE;
-                for (p, d) in probe.data.iter_mut().zip(&d_probe) {
+                for (p, d) in probe.data.iter_mut().zip(d_probe.iter()) {
                     *p += ap * d;
                 }
             }
