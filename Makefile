@@ -29,6 +29,7 @@ test: setup lint
 bench: build
 	@$(ENV) && ./target/release/beamflow bench engine --json
 	@$(ENV) && ./target/release/beamflow bench hedm --frames 16 --json
+	@$(ENV) && ./target/release/beamflow bench ptycho --json
 
 clean:
 	cargo clean
