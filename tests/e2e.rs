@@ -44,6 +44,22 @@ impl Env {
         }
     }
 
+    /// Runs the CLI against this home; it must succeed. Returns stdout.
+    fn beamflow_ok(&self, args: &[&str]) -> String {
+        let o = Command::new(BIN)
+            .env("BEAMFLOW_HOME", &self.home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "beamflow {args:?}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     fn log(&self, name: &str) -> std::fs::File {
         std::fs::create_dir_all(&self.home).unwrap();
         std::fs::File::create(self.home.join(format!("{name}.log"))).unwrap()
@@ -1051,20 +1067,7 @@ fn a_reservation_pilot_keeps_to_realtime_steps_while_busy() {
 fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bf = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .env("BEAMFLOW_HOME", &env.home)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "beamflow {args:?}:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let bf = |args: &[&str]| env.beamflow_ok(args);
     let data = env.home.join("beamline");
     let dest = env.home.join("back");
     bf(&[
@@ -1112,20 +1115,7 @@ fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
 fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bf = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .env("BEAMFLOW_HOME", &env.home)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "beamflow {args:?}:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let bf = |args: &[&str]| env.beamflow_ok(args);
     let data = env.home.join("beamline");
     let dest = env.home.join("back");
     bf(&[

@@ -358,6 +358,18 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// A benchmark's report: one line of JSON with `--json` (for files and
+/// scripts), indented otherwise.
+fn print_report(v: &serde_json::Value, compact: bool) -> anyhow::Result<()> {
+    let text = if compact {
+        serde_json::to_string(v)?
+    } else {
+        serde_json::to_string_pretty(v)?
+    };
+    println!("{text}");
+    Ok(())
+}
+
 pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -576,11 +588,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let out =
                 tokio::task::spawn_blocking(move || crate::xpcs::bench(&spec, json_out)).await??;
-            if json_out {
-                println!("{}", serde_json::to_string(&out)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            print_report(&out, json_out)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "hedm" => {
@@ -592,11 +600,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 data: b.data,
             };
             let out = tokio::task::spawn_blocking(move || crate::hedm::bench(spec)).await??;
-            if cli.json {
-                println!("{}", serde_json::to_string(&out)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            print_report(&out, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "ptycho" => {
@@ -607,11 +611,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: b.threads,
             };
             let out = tokio::task::spawn_blocking(move || crate::ptycho::bench(spec)).await??;
-            if cli.json {
-                println!("{}", serde_json::to_string(&out)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            print_report(&out, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "alloc" => {
@@ -622,11 +622,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 warm: b.warm,
             })
             .await?;
-            if cli.json {
-                println!("{}", serde_json::to_string(&out)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            print_report(&out, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {

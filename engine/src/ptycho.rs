@@ -74,6 +74,10 @@ pub struct ReconArgs {
     /// DM: probe/object alternations per iteration.
     #[arg(long, default_value_t = 1)]
     dm_inner: usize,
+    /// cpu, or torch[:DEVICE] (lsqml on libtorch: torch:cuda, torch:cuda:N,
+    /// torch:cpu; falls back to the CPU with a message where there is no GPU).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
     /// LSQ-ML: positions per minibatch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -104,6 +108,7 @@ impl ReconArgs {
                 dm_inner: self.dm_inner,
                 dm_relax: self.dm_relax,
                 batch: self.batch,
+                backend: self.backend.clone(),
                 ..Options::default()
             },
             plot: !self.no_plot,
@@ -149,6 +154,9 @@ pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         PtychoCmd::Reconstruct(a) => {
             let r = reconstruct_with_bar(&a.config(), json_out)?;
+            if let Some(why) = &r.device_note {
+                eprintln!("note: {why}");
+            }
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
@@ -156,6 +164,7 @@ pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
             let mut t = crate::cli::table(&["figure", "value"]);
             let mut rows = vec![
                 ("engine", r.engine.clone()),
+                ("device", r.device.clone()),
                 ("iterations", r.iterations.to_string()),
                 ("positions", format!("{} of {}²", r.positions, r.n)),
                 (

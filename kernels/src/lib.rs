@@ -15,6 +15,7 @@
 #[link(name = "openblas")]
 unsafe extern "C" {}
 
+pub mod backend;
 pub mod builtin;
 pub mod hedm;
 pub mod inherit;

@@ -61,6 +61,18 @@ impl KernelContext {
         Ok(&self.work_dir)
     }
 
+    /// Runs `f` on a thread pool of the cores granted to this attempt.
+    pub fn on_granted_cores<T: Send>(
+        &self,
+        f: impl FnOnce() -> T + Send,
+    ) -> Result<T, KernelError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.cpus.max(1))
+            .build()
+            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
+        Ok(pool.install(f))
+    }
+
     /// True once the engine asked this attempt to stop. Long kernels check it
     /// between iterations and return [`KernelError::Cancelled`].
     pub fn cancelled(&self) -> bool {

@@ -77,16 +77,12 @@ impl Kernel for PeaksStep {
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         let cfg = config(params, ctx)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.cpus.max(1))
-            .build()
-            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
         let mut cancelled = false;
-        let r = pool.install(|| {
+        let r = ctx.on_granted_cores(|| {
             cfg.run(&mut |_, _| {
                 cancelled |= ctx.cancelled();
             })
-        });
+        })?;
         if cancelled {
             return Err(KernelError::Cancelled);
         }
@@ -169,12 +165,8 @@ impl Kernel for SyntheticStep {
             .and_then(|v| v.as_str())
             .unwrap_or("hedm");
         let count = int("frames", 4)?.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.cpus.max(1))
-            .build()
-            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
-        let f = pool
-            .install(|| write_dataset(&scene, count, &dir, name, &mut |_| {}))
+        let f = ctx
+            .on_granted_cores(|| write_dataset(&scene, count, &dir, name, &mut |_| {}))?
             .map_err(KernelError::Failed)?;
         Ok(json!({
             "dir": dir.display().to_string(),

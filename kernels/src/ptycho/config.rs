@@ -57,6 +57,9 @@ impl Default for Config {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub engine: String,
+    /// Where it ran (`cpu`, `torch:cuda:0`, …), and why not where asked.
+    pub device: String,
+    pub device_note: Option<String>,
     pub iterations: usize,
     pub positions: usize,
     pub n: usize,
@@ -195,6 +198,8 @@ impl Config {
         let iters = out.history.seconds.len().max(1);
         let report = Report {
             engine: self.options.engine.name().into(),
+            device: out.device.clone(),
+            device_note: out.device_note.clone(),
             iterations: out.history.loss.len(),
             positions: data.positions(),
             n: data.n,

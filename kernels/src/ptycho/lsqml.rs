@@ -26,7 +26,7 @@ use super::model::{Data, Field, Probe, Scratch};
 /// pty-chi's `optimal_step_size_scaler`.
 const STEP_SCALE: f32 = 0.9;
 /// Relative floor of the illumination in the preconditioner.
-const PRECOND_DAMPING: f32 = 0.1;
+pub(crate) const PRECOND_DAMPING: f32 = 0.1;
 
 #[derive(Clone, Copy, Debug)]
 pub struct LsqmlOptions {
@@ -69,22 +69,6 @@ impl Lsqml {
         }
     }
 
-    fn illumination(data: &Data, probe: &Probe, shape: (usize, usize)) -> Vec<f32> {
-        let n = data.n;
-        let mut pint = vec![0f32; n * n];
-        probe.intensity(&mut pint);
-        let mut w = vec![0f32; shape.0 * shape.1];
-        for &c in &data.corners {
-            for r in 0..n {
-                let row = &mut w[(c.0 + r) * shape.1 + c.1..][..n];
-                for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
-                    *a += p;
-                }
-            }
-        }
-        w
-    }
-
     /// One epoch of minibatches; returns the mean MSE-of-square-roots loss.
     #[allow(clippy::too_many_arguments)]
     pub fn epoch(
@@ -99,7 +83,7 @@ impl Lsqml {
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let (rows, cols) = (obj.rows, obj.cols);
         // W, averaged with the previous epoch's as PtychoShelves does.
-        let w_new = Self::illumination(data, probe, (rows, cols));
+        let w_new = illumination(data, probe, (rows, cols));
         if self.illum.len() == w_new.len() {
             for (a, b) in self.illum.iter_mut().zip(&w_new) {
                 *a = 0.5 * (*a + b);
@@ -112,7 +96,6 @@ impl Lsqml {
         if shuffle {
             self.order.shuffle(&mut self.rng);
         }
-        let lambda = 1.2e-7 / nn as f32;
         let mut loss = 0.0;
         let order = self.order.clone();
         for batch in order.chunks(o.batch.max(1)) {
@@ -220,40 +203,11 @@ impl Lsqml {
                     s
                 })
                 .collect();
-            let nb = sums.len() as f64;
-            let mean = |k: usize| sums.iter().map(|s| s[k]).sum::<f64>() / nb;
-            let (m11, m22) = (mean(0), mean(1));
-            let lam = f64::from(lambda);
-            let mut alpha_o = Vec::with_capacity(sums.len());
-            let mut alpha_p = Vec::with_capacity(sums.len());
-            for s in &sums {
-                let a11 = s[0] + lam + 0.1 * m11;
-                if update_probe {
-                    let a22 = s[1] + lam + 0.1 * m22;
-                    // Real 2×2 solve of [[a11, a12], [conj a12, a22]] x = b,
-                    // keeping the real part of x.
-                    let (re12, im12) = (s[2], s[3]);
-                    let det_re = a11 * a22 - (re12 * re12 + im12 * im12);
-                    if det_re.abs() > 0.0 {
-                        let xo = (a22 * s[4] - re12 * s[5]) / det_re;
-                        let xp = (a11 * s[5] - re12 * s[4]) / det_re;
-                        alpha_o.push(xo.max(0.0));
-                        alpha_p.push(xp.max(0.0));
-                    } else {
-                        alpha_o.push(0.0);
-                        alpha_p.push(0.0);
-                    }
-                } else {
-                    alpha_o.push((s[4] / a11).max(0.0));
-                }
-            }
-            let ao = trimmed_mean(&mut alpha_o, 0.1) as f32 * STEP_SCALE / modes as f32;
+            let (ao, ap) = step_sizes(&sums, nn, modes, update_probe);
             for (o, d) in obj.data.iter_mut().zip(d_obj.iter()) {
                 *o += ao * d;
             }
             if update_probe {
-                let ap =
-                    alpha_p.iter().sum::<f64>() as f32 / alpha_p.len().max(1) as f32 * STEP_SCALE;
                 for (p, d) in probe.data.iter_mut().zip(d_probe.iter()) {
                     *p += ap * d;
                 }
@@ -261,6 +215,66 @@ impl Lsqml {
         }
         loss / (data.positions() * nn) as f64
     }
+}
+
+/// `W = Σ_j S_jᵀ Σ_m|P_m|²`: how much probe intensity each object pixel
+/// receives over the whole scan.
+pub(crate) fn illumination(data: &Data, probe: &Probe, shape: (usize, usize)) -> Vec<f32> {
+    let n = data.n;
+    let mut pint = vec![0f32; n * n];
+    probe.intensity(&mut pint);
+    let mut w = vec![0f32; shape.0 * shape.1];
+    for &c in &data.corners {
+        for r in 0..n {
+            let row = &mut w[(c.0 + r) * shape.1 + c.1..][..n];
+            for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
+                *a += p;
+            }
+        }
+    }
+    w
+}
+
+/// The object and probe step sizes of a minibatch from each position's
+/// sums `[Σ|u|², Σ|v|², Re Σ u·conj(v), Im Σ u·conj(v), Re Σ conj(u)χ,
+/// Re Σ conj(v)χ]`: per position the 2×2 system (each diagonal damped by
+/// λ and 0.1 of its batch mean; the real part of the solution, clipped at
+/// 0), then the 10 % trimmed mean of α_O and the mean of α_P, × 0.9 (α_O
+/// also divided among the probe modes).
+pub(crate) fn step_sizes(
+    sums: &[[f64; 6]],
+    nn: usize,
+    modes: usize,
+    update_probe: bool,
+) -> (f32, f32) {
+    let lam = 1.2e-7 / nn as f64;
+    let nb = sums.len().max(1) as f64;
+    let mean = |k: usize| sums.iter().map(|s| s[k]).sum::<f64>() / nb;
+    let (m11, m22) = (mean(0), mean(1));
+    let mut alpha_o = Vec::with_capacity(sums.len());
+    let mut alpha_p = Vec::with_capacity(sums.len());
+    for s in sums {
+        let a11 = s[0] + lam + 0.1 * m11;
+        if update_probe {
+            let a22 = s[1] + lam + 0.1 * m22;
+            // [[a11, a12], [conj a12, a22]] x = b with b real: the
+            // determinant is real, keep the real part of x.
+            let (re12, im12) = (s[2], s[3]);
+            let det = a11 * a22 - (re12 * re12 + im12 * im12);
+            if det.abs() > 0.0 {
+                alpha_o.push(((a22 * s[4] - re12 * s[5]) / det).max(0.0));
+                alpha_p.push(((a11 * s[5] - re12 * s[4]) / det).max(0.0));
+            } else {
+                alpha_o.push(0.0);
+                alpha_p.push(0.0);
+            }
+        } else {
+            alpha_o.push((s[4] / a11).max(0.0));
+        }
+    }
+    let ao = trimmed_mean(&mut alpha_o, 0.1) as f32 * STEP_SCALE / modes as f32;
+    let ap = alpha_p.iter().sum::<f64>() as f32 / alpha_p.len().max(1) as f32 * STEP_SCALE;
+    (ao, ap)
 }
 
 /// Mean after dropping `frac` of the values at each end.

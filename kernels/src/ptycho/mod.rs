@@ -13,6 +13,8 @@ pub mod pie;
 pub mod plot;
 pub mod recon;
 pub mod steps;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 pub use model::{Data, Field, Probe};
 pub use recon::{reconstruct, Engine, History, Options, Outcome, Truth};

@@ -85,6 +85,8 @@ pub struct Options {
     pub dm_relax: f32,
     /// LSQ-ML's minibatch size.
     pub batch: usize,
+    /// `cpu`, or `torch[:DEVICE]` (LSQ-ML on libtorch tensors, for GPUs).
+    pub backend: String,
 }
 
 impl Default for Options {
@@ -104,6 +106,7 @@ impl Default for Options {
             dm_inner: 1,
             dm_relax: 0.05,
             batch: 100,
+            backend: "cpu".into(),
         }
     }
 }
@@ -122,6 +125,10 @@ pub struct Outcome {
     pub object: Field,
     pub probe: Probe,
     pub history: History,
+    /// Where it ran (`cpu`, `torch:cuda:0`, …).
+    pub device: String,
+    /// Why that is not the device asked for, when it is not.
+    pub device_note: Option<String>,
 }
 
 /// The truth, for the error history.
@@ -164,23 +171,52 @@ pub fn reconstruct(
         Pie(Box<Pie>, PieOptions),
         Dm(Dm, DmOptions),
         Lsqml(Box<Lsqml>, LsqmlOptions),
+        #[cfg(feature = "torch")]
+        Torch(Box<super::torch::TorchLsqml>, LsqmlOptions),
     }
-    let mut state = match o.engine {
-        Engine::Epie | Engine::Rpie => {
-            State::Pie(Box::new(Pie::new(data, &probe, o.seed)), pie_opts(o.engine))
+    let (mut device, mut device_note) = ("cpu".to_string(), None);
+    let backend = crate::backend::Backend::parse(&o.backend)?;
+    let mut state = match (o.engine, backend) {
+        (Engine::Lsqml, crate::backend::Backend::Torch { device: want }) => {
+            #[cfg(feature = "torch")]
+            {
+                let (d, why) = crate::backend::device(&want)?;
+                device = crate::backend::device_name(d);
+                device_note = why;
+                State::Torch(
+                    Box::new(super::torch::TorchLsqml::new(data, o.seed, d)),
+                    LsqmlOptions { batch: o.batch },
+                )
+            }
+            #[cfg(not(feature = "torch"))]
+            {
+                let _ = want;
+                return Err("this build has no torch backend (feature `torch`)".into());
+            }
         }
-        Engine::Lsqml => State::Lsqml(
-            Box::new(Lsqml::new(data, &probe, o.seed)),
-            LsqmlOptions { batch: o.batch },
-        ),
-        Engine::Dm => State::Dm(
-            Dm::new(data, &object, &probe),
-            DmOptions {
-                beta: o.dm_beta,
-                inner: o.dm_inner,
-                relax: o.dm_relax,
-            },
-        ),
+        (engine, crate::backend::Backend::Torch { .. }) => {
+            return Err(format!(
+                "the torch backend runs lsqml (the batched engine); {} runs on the cpu backend",
+                engine.name()
+            ))
+        }
+        (engine, crate::backend::Backend::Cpu) => match engine {
+            Engine::Epie | Engine::Rpie => {
+                State::Pie(Box::new(Pie::new(data, &probe, o.seed)), pie_opts(o.engine))
+            }
+            Engine::Lsqml => State::Lsqml(
+                Box::new(Lsqml::new(data, &probe, o.seed)),
+                LsqmlOptions { batch: o.batch },
+            ),
+            Engine::Dm => State::Dm(
+                Dm::new(data, &object, &probe),
+                DmOptions {
+                    beta: o.dm_beta,
+                    inner: o.dm_inner,
+                    relax: o.dm_relax,
+                },
+            ),
+        },
     };
     for it in 0..o.iterations {
         let t = Instant::now();
@@ -192,6 +228,10 @@ pub fn reconstruct(
             State::Dm(dm, dopt) => dm.iterate(data, &mut object, &mut probe, dopt, update_probe),
             State::Lsqml(l, lo) => {
                 l.epoch(data, &mut object, &mut probe, lo, update_probe, o.shuffle)
+            }
+            #[cfg(feature = "torch")]
+            State::Torch(t, lo) => {
+                t.epoch(data, &mut object, &mut probe, lo, update_probe, o.shuffle)?
             }
         };
         if update_probe && probe.modes > 1 {
@@ -221,5 +261,7 @@ pub fn reconstruct(
         object,
         probe,
         history,
+        device,
+        device_note,
     })
 }

@@ -33,10 +33,11 @@ const RECON_PARAMS: &[&str] = &[
     "dm_inner",
     "dm_relax",
     "batch",
+    "backend",
 ];
 
 /// Parameters that hold paths, names and words.
-const TEXT_PARAMS: &[&str] = &["data", "meta", "out", "name", "probe", "engine"];
+const TEXT_PARAMS: &[&str] = &["data", "meta", "out", "name", "probe", "engine", "backend"];
 
 pub struct ReconstructStep;
 
@@ -58,6 +59,7 @@ impl Kernel for ReconstructStep {
             "nrmse",
             "seconds_per_iteration",
             "positions_per_s",
+            "device",
         ]
     }
     fn params(&self) -> &'static [&'static str] {
@@ -73,11 +75,7 @@ impl Kernel for ReconstructStep {
             params["engine"] = json!(e.name());
         }
         let cfg: Config = typed_params(&params, ctx, RECON_PARAMS, TEXT_PARAMS, "data")?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.cpus.max(1))
-            .build()
-            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
-        let r = pool.install(|| cfg.run(&mut |_, _, _| !ctx.cancelled()));
+        let r = ctx.on_granted_cores(|| cfg.run(&mut |_, _, _| !ctx.cancelled()))?;
         if ctx.cancelled() {
             return Err(KernelError::Cancelled);
         }
@@ -97,6 +95,7 @@ impl Kernel for ReconstructStep {
             "nrmse": r.final_error.map(|e| e.nrmse),
             "seconds_per_iteration": r.seconds_per_iteration,
             "positions_per_s": r.positions_per_s,
+            "device": r.device,
         }))
     }
 }
@@ -137,12 +136,8 @@ impl Kernel for SyntheticStep {
         };
         let name = word("name").unwrap_or("ptycho");
         let ptychodus = flag("ptychodus", false)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.cpus.max(1))
-            .build()
-            .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
-        let f = pool
-            .install(|| write_dataset(&scene, &dir, name, ptychodus))
+        let f = ctx
+            .on_granted_cores(|| write_dataset(&scene, &dir, name, ptychodus))?
             .map_err(KernelError::Failed)?;
         let s = |p: &Option<PathBuf>| {
             p.as_ref()

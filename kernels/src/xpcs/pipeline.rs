@@ -297,32 +297,7 @@ impl Batch {
     }
 }
 
-/// Which multi-tau implementation runs, and where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Native: register-blocked SIMD over rayon (the reference backend).
-    Cpu,
-    /// libtorch tensors on `device` ("cpu", "cuda", "cuda:N", "auto").
-    Torch { device: String },
-}
-
-impl Backend {
-    /// `cpu`, `torch` (device auto), or `torch:DEVICE`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.split_once(':') {
-            None if s == "cpu" => Ok(Backend::Cpu),
-            None if s == "torch" => Ok(Backend::Torch {
-                device: "auto".into(),
-            }),
-            Some(("torch", d)) => Ok(Backend::Torch {
-                device: d.to_string(),
-            }),
-            _ => Err(format!(
-                "unknown backend {s:?} (expected cpu, torch or torch:DEVICE, e.g. torch:cuda)"
-            )),
-        }
-    }
-}
+pub use crate::backend::Backend;
 
 /// A multi-tau correlator of either backend over the valid pixels.
 enum Correlator {

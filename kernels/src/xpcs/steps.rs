@@ -52,18 +52,6 @@ fn flag(params: &Value, name: &str) -> Result<bool, KernelError> {
     }
 }
 
-/// Runs `f` on a pool of the cores granted to this attempt.
-fn on_granted_cores<T: Send>(
-    ctx: &KernelContext,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, KernelError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(ctx.cpus.max(1))
-        .build()
-        .map_err(|e| KernelError::Failed(format!("thread pool: {e}")))?;
-    Ok(pool.install(f))
-}
-
 /// The analysis options from step parameters shared by both correlations.
 fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, KernelError> {
     let out = match text(params, "out")? {
@@ -103,7 +91,7 @@ fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, K
 
 fn analyse(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Value, KernelError> {
     let opts = options(params, ctx, mode)?;
-    let res = on_granted_cores(ctx, || pipeline::run(&opts, &mut |_| !ctx.cancelled()))?;
+    let res = ctx.on_granted_cores(|| pipeline::run(&opts, &mut |_| !ctx.cancelled()))?;
     let out = match res {
         Ok(o) => o,
         Err(PipelineError::Cancelled) => return Err(KernelError::Cancelled),
@@ -364,7 +352,8 @@ impl Kernel for SyntheticStep {
             None => ctx.ensure_work_dir()?.to_path_buf(),
         };
         let name = text(params, "name")?.unwrap_or("synthetic");
-        let files = on_granted_cores(ctx, || write_dataset(&cfg, &dir, name, |_| {}))?
+        let files = ctx
+            .on_granted_cores(|| write_dataset(&cfg, &dir, name, |_| {}))?
             .map_err(KernelError::Failed)?;
         let s = |p: &Path| p.display().to_string();
         Ok(json!({

@@ -18,42 +18,7 @@ use super::multitau::{all_frames_pushed, frames_in_chunk, PixelSums};
 
 const HISTORY: i64 = 8;
 
-/// The device `want` names ("cpu", "cuda", "cuda:N" or "auto"), or the CPU
-/// with the reason when that device is not available here.
-pub fn device(want: &str) -> Result<(Device, Option<String>), String> {
-    let cuda = tch::Cuda::is_available();
-    let n = if cuda { tch::Cuda::device_count() } else { 0 };
-    match want {
-        "cpu" => Ok((Device::Cpu, None)),
-        "auto" | "cuda" | "gpu" if cuda => Ok((Device::Cuda(0), None)),
-        "auto" => Ok((Device::Cpu, None)),
-        "cuda" | "gpu" => Ok((
-            Device::Cpu,
-            Some("no CUDA device visible to libtorch: the torch backend runs on the CPU".into()),
-        )),
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
-            Some(i) if (i as i64) < n => Ok((Device::Cuda(i), None)),
-            Some(i) => Ok((
-                Device::Cpu,
-                Some(format!(
-                    "CUDA device {i} not visible to libtorch ({n} visible): the torch backend runs on the CPU"
-                )),
-            )),
-            None => Err(format!(
-                "unknown device {other:?} (expected cpu, cuda, cuda:N or auto)"
-            )),
-        },
-    }
-}
-
-/// Human name of a device for summaries.
-pub fn device_name(d: Device) -> String {
-    match d {
-        Device::Cpu => "torch:cpu".into(),
-        Device::Cuda(i) => format!("torch:cuda:{i}"),
-        other => format!("torch:{other:?}").to_lowercase(),
-    }
-}
+pub use crate::backend::{device, device_name};
 
 struct Level {
     /// Last 8 frames at this level, oldest first (zeros before the start).

@@ -1,0 +1,75 @@
+//! Where a kernel runs: the native CPU code, or libtorch tensors on a
+//! device (CUDA, ROCm, XPU or the CPU). One choice for every kernel that
+//! has both, with one rule for falling back to the CPU.
+
+/// Which implementation of a kernel runs, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code over rayon (the reference backend).
+    Cpu,
+    /// libtorch tensors on `device` ("cpu", "cuda", "cuda:N", "auto").
+    Torch { device: String },
+}
+
+impl Backend {
+    /// `cpu`, `torch` (device auto), or `torch:DEVICE`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(Backend::Cpu),
+            None if s == "torch" => Ok(Backend::Torch {
+                device: "auto".into(),
+            }),
+            Some(("torch", d)) => Ok(Backend::Torch {
+                device: d.to_string(),
+            }),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected cpu, torch or torch:DEVICE, e.g. torch:cuda)"
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "torch")]
+mod torch_device {
+    use tch::Device;
+
+    /// The device `want` names ("cpu", "cuda", "cuda:N" or "auto"), or the CPU
+    /// with the reason when that device is not available here.
+    pub fn device(want: &str) -> Result<(Device, Option<String>), String> {
+        let cuda = tch::Cuda::is_available();
+        let n = if cuda { tch::Cuda::device_count() } else { 0 };
+        match want {
+            "cpu" => Ok((Device::Cpu, None)),
+            "auto" | "cuda" | "gpu" if cuda => Ok((Device::Cuda(0), None)),
+            "auto" => Ok((Device::Cpu, None)),
+            "cuda" | "gpu" => Ok((
+                Device::Cpu,
+                Some("no CUDA device visible to libtorch: the torch backend runs on the CPU".into()),
+            )),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) if (i as i64) < n => Ok((Device::Cuda(i), None)),
+                Some(i) => Ok((
+                    Device::Cpu,
+                    Some(format!(
+                        "CUDA device {i} not visible to libtorch ({n} visible): the torch backend runs on the CPU"
+                    )),
+                )),
+                None => Err(format!(
+                    "unknown device {other:?} (expected cpu, cuda, cuda:N or auto)"
+                )),
+            },
+        }
+    }
+
+    /// Human name of a device for summaries.
+    pub fn device_name(d: Device) -> String {
+        match d {
+            Device::Cpu => "torch:cpu".into(),
+            Device::Cuda(i) => format!("torch:cuda:{i}"),
+            other => format!("torch:{other:?}").to_lowercase(),
+        }
+    }
+}
+
+#[cfg(feature = "torch")]
+pub use torch_device::{device, device_name};
