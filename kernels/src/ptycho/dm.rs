@@ -28,7 +28,7 @@
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
-use super::model::{Data, Field, Probe, Scratch};
+use super::model::{illumination, Data, Field, Probe, Scratch};
 
 /// Relative floor of the overlap step's denominators, as pty-chi.
 const REG: f32 = 0.05;
@@ -170,17 +170,7 @@ impl Dm {
     fn solve_object(&self, data: &Data, obj: &mut Field, probe: &Probe) {
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let (rows, cols) = (obj.rows, obj.cols);
-        let mut pint = vec![0f32; nn];
-        probe.intensity(&mut pint);
-        let mut illum = vec![0f32; rows * cols];
-        for &c in &data.corners {
-            for r in 0..n {
-                let row = &mut illum[(c.0 + r) * cols + c.1..][..n];
-                for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
-                    *a += p;
-                }
-            }
-        }
+        let illum = illumination(probe, &data.corners, (rows, cols));
         let chunk = modes * nn;
         let zero = || vec![Complex32::default(); rows * cols];
         let num = self

@@ -21,12 +21,12 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
-use super::model::{Data, Field, Probe, Scratch};
+use super::model::{illumination, Data, Field, Probe, Scratch};
 
 /// pty-chi's `optimal_step_size_scaler`.
 const STEP_SCALE: f32 = 0.9;
 /// Relative floor of the illumination in the preconditioner.
-pub(crate) const PRECOND_DAMPING: f32 = 0.1;
+const PRECOND_DAMPING: f32 = 0.1;
 
 #[derive(Clone, Copy, Debug)]
 pub struct LsqmlOptions {
@@ -82,17 +82,7 @@ impl Lsqml {
     ) -> f64 {
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let (rows, cols) = (obj.rows, obj.cols);
-        // W, averaged with the previous epoch's as PtychoShelves does.
-        let w_new = illumination(data, probe, (rows, cols));
-        if self.illum.len() == w_new.len() {
-            for (a, b) in self.illum.iter_mut().zip(&w_new) {
-                *a = 0.5 * (*a + b);
-            }
-        } else {
-            self.illum = w_new;
-        }
-        let wmax = self.illum.iter().copied().fold(0.0, f32::max);
-        let floor = (PRECOND_DAMPING * wmax).powi(2);
+        let floor = update_illumination(&mut self.illum, data, probe, (rows, cols));
         if shuffle {
             self.order.shuffle(&mut self.rng);
         }
@@ -217,22 +207,25 @@ impl Lsqml {
     }
 }
 
-/// `W = Σ_j S_jᵀ Σ_m|P_m|²`: how much probe intensity each object pixel
-/// receives over the whole scan.
-pub(crate) fn illumination(data: &Data, probe: &Probe, shape: (usize, usize)) -> Vec<f32> {
-    let n = data.n;
-    let mut pint = vec![0f32; n * n];
-    probe.intensity(&mut pint);
-    let mut w = vec![0f32; shape.0 * shape.1];
-    for &c in &data.corners {
-        for r in 0..n {
-            let row = &mut w[(c.0 + r) * shape.1 + c.1..][..n];
-            for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
-                *a += p;
-            }
+/// Folds this epoch's illumination into `illum` (the average with the
+/// previous epoch's, as PtychoShelves does; the first epoch's as it is) and
+/// returns the preconditioner's floor `(0.1·max W)²`.
+pub(crate) fn update_illumination(
+    illum: &mut Vec<f32>,
+    data: &Data,
+    probe: &Probe,
+    shape: (usize, usize),
+) -> f32 {
+    let w_new = illumination(probe, &data.corners, shape);
+    if illum.len() == w_new.len() {
+        for (a, b) in illum.iter_mut().zip(&w_new) {
+            *a = 0.5 * (*a + b);
         }
+    } else {
+        *illum = w_new;
     }
-    w
+    let wmax = illum.iter().copied().fold(0.0, f32::max);
+    (PRECOND_DAMPING * wmax).powi(2)
 }
 
 /// The object and probe step sizes of a minibatch from each position's

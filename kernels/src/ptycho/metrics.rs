@@ -18,7 +18,7 @@
 
 use rustfft::num_complex::Complex32;
 
-use super::model::Field;
+use super::model::{illumination, Field, Probe};
 
 /// Errors of a reconstruction.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -101,21 +101,12 @@ fn num(v: Complex32) -> C64 {
 /// Pixels where the summed probe intensity over all positions reaches
 /// `frac` of its maximum: the region the data say anything about.
 pub fn illuminated(
-    shape: (usize, usize),
+    probe: &Probe,
     corners: &[(usize, usize)],
-    pint: &[f32],
-    n: usize,
+    shape: (usize, usize),
     frac: f32,
 ) -> Vec<bool> {
-    let mut illum = vec![0f32; shape.0 * shape.1];
-    for &c in corners {
-        for r in 0..n {
-            let row = &mut illum[(c.0 + r) * shape.1 + c.1..][..n];
-            for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
-                *a += p;
-            }
-        }
-    }
+    let illum = illumination(probe, corners, shape);
     let max = illum.iter().copied().fold(0.0, f32::max);
     illum
         .iter()

@@ -127,6 +127,24 @@ impl Probe {
     }
 }
 
+/// `W = Σ_j S_jᵀ Σ_m|P_m|²` over the patches at `corners`: how much probe
+/// intensity each pixel of a `shape` object receives over the scan.
+pub fn illumination(probe: &Probe, corners: &[(usize, usize)], shape: (usize, usize)) -> Vec<f32> {
+    let n = probe.n;
+    let mut pint = vec![0f32; n * n];
+    probe.intensity(&mut pint);
+    let mut w = vec![0f32; shape.0 * shape.1];
+    for &c in corners {
+        for r in 0..n {
+            let row = &mut w[(c.0 + r) * shape.1 + c.1..][..n];
+            for (a, p) in row.iter_mut().zip(&pint[r * n..(r + 1) * n]) {
+                *a += p;
+            }
+        }
+    }
+    w
+}
+
 /// Measured data in the engines' layout.
 #[derive(Clone, Debug)]
 pub struct Data {

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
-use super::lsqml::{illumination, step_sizes, LsqmlOptions, PRECOND_DAMPING};
+use super::lsqml::{step_sizes, update_illumination, LsqmlOptions};
 use super::model::{Data, Field, Probe};
 use super::Complex32;
 
@@ -97,16 +97,12 @@ impl TorchLsqml {
     ) -> Result<f64, String> {
         let (n, nn, modes) = (data.n as i64, data.n * data.n, probe.modes as i64);
         let (rows, cols) = (obj.rows, obj.cols);
-        let w_new = illumination(data, probe, (rows, cols));
-        if self.illum.len() == w_new.len() {
-            for (a, b) in self.illum.iter_mut().zip(&w_new) {
-                *a = 0.5 * (*a + b);
-            }
-        } else {
-            self.illum = w_new;
-        }
-        let wmax = self.illum.iter().copied().fold(0.0, f32::max);
-        let floor = f64::from((PRECOND_DAMPING * wmax).powi(2));
+        let floor = f64::from(update_illumination(
+            &mut self.illum,
+            data,
+            probe,
+            (rows, cols),
+        ));
         let precond = (Tensor::from_slice(&self.illum)
             .to_device(self.device)
             .square()

@@ -380,9 +380,7 @@ pub fn simulate(s: &Scene) -> Result<Simulated, String> {
         modes: 1,
         data: init.iter().map(|v| v * k).collect(),
     };
-    let mut pint = vec![0f32; n * n];
-    truth_probe.intensity(&mut pint);
-    let mask = illuminated((rows, cols), &geometry.corners, &pint, n, 0.1);
+    let mask = illuminated(&truth_probe, &geometry.corners, (rows, cols), 0.1);
     Ok(Simulated {
         intensities,
         centres,
