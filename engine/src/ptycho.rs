@@ -81,6 +81,19 @@ pub struct ReconArgs {
     /// LSQ-ML: positions per minibatch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Refine the scan positions (epie, rpie, lsqml): the refined corners go
+    /// to the result file's /positions/px_corner_yx.
+    #[arg(long)]
+    correct_positions: bool,
+    /// First iteration of position correction.
+    #[arg(long, default_value_t = 5)]
+    position_start: usize,
+    /// Fraction of each position's least-squares shift applied per iteration.
+    #[arg(long, default_value_t = 0.3)]
+    position_step: f64,
+    /// Largest move of a position per iteration, px.
+    #[arg(long, default_value_t = 0.1)]
+    position_limit: f64,
     /// Skip the PNGs.
     #[arg(long)]
     no_plot: bool,
@@ -109,6 +122,10 @@ impl ReconArgs {
                 dm_relax: self.dm_relax,
                 batch: self.batch,
                 backend: self.backend.clone(),
+                correct_positions: self.correct_positions,
+                position_start: self.position_start,
+                position_step: self.position_step,
+                position_limit: self.position_limit,
                 ..Options::default()
             },
             plot: !self.no_plot,
@@ -178,6 +195,12 @@ pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
             if let Some(e) = r.final_error {
                 rows.push(("object NRMSE", format!("{:.4}", e.nrmse)));
                 rows.push(("phase RMS, rad", format!("{:.4}", e.phase_rms)));
+            }
+            if let (Some(max), Some(mean)) = (r.positions_moved_max_px, r.positions_moved_mean_px) {
+                rows.push((
+                    "positions moved, px",
+                    format!("mean {mean:.2}, max {max:.2}"),
+                ));
             }
             for (k, v) in rows {
                 t.add_row(vec![k.to_string(), v]);

@@ -67,6 +67,10 @@ pub struct Report {
     pub final_loss: f64,
     /// Against `/truth/object`, when the file has one.
     pub final_error: Option<Error>,
+    /// How far position correction moved the positions from where the file
+    /// put them (rounded to pixels): largest and mean, px.
+    pub positions_moved_max_px: Option<f64>,
+    pub positions_moved_mean_px: Option<f64>,
     pub seconds: f64,
     pub seconds_per_iteration: f64,
     pub positions_per_s: f64,
@@ -177,6 +181,7 @@ impl Config {
             &out.object,
             &out.probe,
             &out.history,
+            out.positions.as_deref(),
             &[
                 ("source", self.data.display().to_string()),
                 ("settings", serde_json::to_string(self).unwrap_or_default()),
@@ -195,6 +200,12 @@ impl Config {
             (None, None)
         };
         let seconds: f64 = out.history.seconds.iter().sum();
+        let moved: Option<Vec<f64>> = out.positions.as_ref().map(|p| {
+            p.iter()
+                .zip(&data.corners)
+                .map(|(a, b)| (a[0] - b.0 as f64).hypot(a[1] - b.1 as f64))
+                .collect()
+        });
         let iters = out.history.seconds.len().max(1);
         let report = Report {
             engine: self.options.engine.name().into(),
@@ -206,6 +217,12 @@ impl Config {
             object_shape: data.shape,
             final_loss: out.history.loss.last().copied().unwrap_or(f64::NAN),
             final_error: out.history.error.last().copied(),
+            positions_moved_max_px: moved
+                .as_ref()
+                .map(|m| m.iter().copied().fold(0.0, f64::max)),
+            positions_moved_mean_px: moved
+                .as_ref()
+                .map(|m| m.iter().sum::<f64>() / m.len().max(1) as f64),
             seconds,
             seconds_per_iteration: seconds / iters as f64,
             positions_per_s: (data.positions() * iters) as f64 / seconds.max(1e-9),

@@ -395,6 +395,7 @@ pub fn write_result(
     obj: &Field,
     probe: &Probe,
     history: &History,
+    positions: Option<&[[f64; 2]]>,
     attrs: &[(&str, String)],
 ) -> Result<(), String> {
     atomically(path, |f, p| {
@@ -415,6 +416,12 @@ pub fn write_result(
             write_f64(f, p, "history/nrmse", &e, &[e.len()])?;
             let e: Vec<f64> = history.error.iter().map(|e| e.phase_rms).collect();
             write_f64(f, p, "history/phase_rms", &e, &[e.len()])?;
+        }
+        if let Some(pos) = positions {
+            f.create_group("positions")
+                .map_err(|e| err(p, "positions", e))?;
+            let flat: Vec<f64> = pos.iter().flatten().copied().collect();
+            write_f64(f, p, "positions/px_corner_yx", &flat, &[pos.len(), 2])?;
         }
         for (k, v) in attrs {
             write_str_attr(f, p, k, v)?;

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
 use super::model::{illumination, Data, Field, Probe, Scratch};
+use super::position;
 
 /// pty-chi's `optimal_step_size_scaler`.
 const STEP_SCALE: f32 = 0.9;
@@ -54,6 +55,8 @@ struct Part {
     chi: Vec<Complex32>,
     /// The object patch it saw.
     oj: Vec<Complex32>,
+    /// Its least-squares position shift, when asked for.
+    shift: [f64; 2],
 }
 
 impl Lsqml {
@@ -70,6 +73,8 @@ impl Lsqml {
     }
 
     /// One epoch of minibatches; returns the mean MSE-of-square-roots loss.
+    /// With `shifts`, each position's least-squares position shift goes
+    /// there.
     #[allow(clippy::too_many_arguments)]
     pub fn epoch(
         &mut self,
@@ -79,6 +84,7 @@ impl Lsqml {
         o: &LsqmlOptions,
         update_probe: bool,
         shuffle: bool,
+        mut shifts: Option<&mut [[f64; 2]]>,
     ) -> f64 {
         let (n, nn, modes) = (data.n, data.n * data.n, probe.modes);
         let (rows, cols) = (obj.rows, obj.cols);
@@ -98,9 +104,11 @@ impl Lsqml {
                     loss: 0.0,
                     chi: vec![Complex32::default(); modes * nn],
                     oj: vec![Complex32::default(); nn],
+                    shift: [0.0; 2],
                 });
             }
             let parts = &mut self.parts[..batch.len()];
+            let want_shifts = shifts.is_some();
             parts.par_iter_mut().zip(batch.par_iter()).for_each_init(
                 || self.scratch.clone(),
                 |s, (part, &j)| {
@@ -119,9 +127,17 @@ impl Lsqml {
                             *c -= p * oj;
                         }
                     }
+                    if want_shifts {
+                        part.shift = position::shift(&part.oj, probe_r.mode(0), &part.chi[..nn], n);
+                    }
                 },
             );
             let parts = &self.parts[..batch.len()];
+            if let Some(sh) = shifts.as_deref_mut() {
+                for p in parts {
+                    sh[p.j] = p.shift;
+                }
+            }
             loss += parts.iter().map(|p| p.loss).sum::<f64>();
             // Object direction: scatter-add, then precondition.
             let d_obj = &mut self.d_obj;

@@ -1,6 +1,7 @@
 //! Far-field ptychographic phase retrieval: ePIE/rPIE (sequential), the
 //! difference map and LSQ-ML (parallel over positions), object and probe retrieval
-//! with incoherent probe modes, on pty-chi's data model and conventions.
+//! with incoherent probe modes and scan-position correction, on pty-chi's
+//! data model and conventions.
 
 pub mod config;
 pub mod dm;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod pie;
 pub mod plot;
+pub mod position;
 pub mod recon;
 pub mod steps;
 #[cfg(feature = "torch")]

@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use rustfft::num_complex::Complex32;
 
 use super::model::{Data, Field, Probe, Scratch};
+use super::position;
 
 /// rPIE's weights and step sizes.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +71,9 @@ impl Pie {
     }
 
     /// One pass over every position, in random order when `shuffle`.
-    /// Returns the mean MSE-of-square-roots loss.
+    /// Returns the mean MSE-of-square-roots loss. With `shifts`, each
+    /// position's least-squares position shift goes there.
+    #[allow(clippy::too_many_arguments)]
     pub fn epoch(
         &mut self,
         data: &Data,
@@ -79,6 +82,7 @@ impl Pie {
         o: &PieOptions,
         update_probe: bool,
         shuffle: bool,
+        mut shifts: Option<&mut [[f64; 2]]>,
     ) -> f64 {
         if shuffle {
             self.order.shuffle(&mut self.rng);
@@ -119,6 +123,9 @@ impl Pie {
                         *w -= p * oj;
                     }
                 }
+            }
+            if let Some(sh) = shifts.as_deref_mut() {
+                sh[j] = position::shift(&s.oj, probe.mode(0), &s.waves[..nn], n);
             }
             // O_j += Σ_m weight_m ⊙ Δψ_m, straight into the object.
             for r in 0..n {

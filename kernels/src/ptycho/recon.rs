@@ -2,6 +2,7 @@
 //! history a user watches: the data loss, and the object error when the
 //! truth is known.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use super::lsqml::{Lsqml, LsqmlOptions};
 use super::metrics::{object_error, Error};
 use super::model::{Data, Field, Probe};
 use super::pie::{Pie, PieOptions};
+use super::position::{PositionOptions, Positions};
 
 /// The reconstruction algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,14 @@ pub struct Options {
     pub batch: usize,
     /// `cpu`, or `torch[:DEVICE]` (LSQ-ML on libtorch tensors, for GPUs).
     pub backend: String,
+    /// Refine the scan positions (ePIE, rPIE, LSQ-ML; see
+    /// [`super::position`]), from iteration `position_start` (0-based), a
+    /// fraction `position_step` of each estimate, at most
+    /// `position_limit` px per position and iteration.
+    pub correct_positions: bool,
+    pub position_start: usize,
+    pub position_step: f64,
+    pub position_limit: f64,
 }
 
 impl Default for Options {
@@ -107,6 +117,10 @@ impl Default for Options {
             dm_relax: 0.05,
             batch: 100,
             backend: "cpu".into(),
+            correct_positions: false,
+            position_start: PositionOptions::default().start,
+            position_step: PositionOptions::default().step,
+            position_limit: PositionOptions::default().limit,
         }
     }
 }
@@ -129,6 +143,9 @@ pub struct Outcome {
     pub device: String,
     /// Why that is not the device asked for, when it is not.
     pub device_note: Option<String>,
+    /// The refined top-left corners (row, col), px, when positions were
+    /// corrected.
+    pub positions: Option<Vec<[f64; 2]>>,
 }
 
 /// The truth, for the error history.
@@ -160,6 +177,28 @@ pub fn reconstruct(
             object.rows, object.cols, data.shape.0, data.shape.1
         ));
     }
+    let popts = PositionOptions {
+        enabled: o.correct_positions,
+        start: o.position_start,
+        step: o.position_step,
+        limit: o.position_limit,
+    };
+    if popts.enabled {
+        if !(popts.step > 0.0 && popts.limit > 0.0) {
+            return Err(format!(
+                "position correction needs position_step > 0 and position_limit > 0 (got {} and {})",
+                popts.step, popts.limit
+            ));
+        }
+        if o.engine == Engine::Dm || o.backend != "cpu" {
+            return Err(format!(
+                "position correction runs with epie, rpie or lsqml on the cpu backend, not {} on {}",
+                o.engine.name(),
+                o.backend
+            ));
+        }
+    }
+    let mut positions = popts.enabled.then(|| Positions::new(&data.corners));
     let mut history = History::default();
     let pie_opts = |engine| PieOptions {
         alpha: if engine == Engine::Epie { 1.0 } else { o.alpha },
@@ -218,22 +257,47 @@ pub fn reconstruct(
             ),
         },
     };
+    // The patch corners change as positions are refined: the data are
+    // copied (once) when that first happens.
+    let mut data = Cow::Borrowed(data);
     for it in 0..o.iterations {
         let t = Instant::now();
         let update_probe = o.update_probe && it >= o.probe_start;
+        let shifts = match &mut positions {
+            Some(p) if it >= popts.start => Some(&mut p.proposed[..]),
+            _ => None,
+        };
+        let correcting = shifts.is_some();
+        let d = &*data;
         let loss = match &mut state {
-            State::Pie(pie, po) => {
-                pie.epoch(data, &mut object, &mut probe, po, update_probe, o.shuffle)
-            }
-            State::Dm(dm, dopt) => dm.iterate(data, &mut object, &mut probe, dopt, update_probe),
-            State::Lsqml(l, lo) => {
-                l.epoch(data, &mut object, &mut probe, lo, update_probe, o.shuffle)
-            }
+            State::Pie(pie, po) => pie.epoch(
+                d,
+                &mut object,
+                &mut probe,
+                po,
+                update_probe,
+                o.shuffle,
+                shifts,
+            ),
+            State::Dm(dm, dopt) => dm.iterate(d, &mut object, &mut probe, dopt, update_probe),
+            State::Lsqml(l, lo) => l.epoch(
+                d,
+                &mut object,
+                &mut probe,
+                lo,
+                update_probe,
+                o.shuffle,
+                shifts,
+            ),
             #[cfg(feature = "torch")]
             State::Torch(t, lo) => {
-                t.epoch(data, &mut object, &mut probe, lo, update_probe, o.shuffle)?
+                t.epoch(d, &mut object, &mut probe, lo, update_probe, o.shuffle)?
             }
         };
+        if let (true, Some(p)) = (correcting, &mut positions) {
+            let (n, shape) = (data.n, data.shape);
+            p.apply(&popts, n, shape, &mut data.to_mut().corners);
+        }
         if update_probe && probe.modes > 1 {
             probe.orthogonalise();
         }
@@ -263,5 +327,6 @@ pub fn reconstruct(
         history,
         device,
         device_note,
+        positions: positions.map(|p| p.corners),
     })
 }

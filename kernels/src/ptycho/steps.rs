@@ -34,6 +34,10 @@ const RECON_PARAMS: &[&str] = &[
     "dm_relax",
     "batch",
     "backend",
+    "correct_positions",
+    "position_start",
+    "position_step",
+    "position_limit",
 ];
 
 /// Parameters that hold paths, names and words.
