@@ -284,7 +284,15 @@ pub fn fit(
         let mut gn = GaussNewton::default();
         loop {
             let gn = (&mut gn, &mut *gn_x);
-            par = match lm_parameter(n, a, g, diag, delta, par, step, chol, gn, (w1, w2, w3, w4)) {
+            let bufs = (&mut *w1, &mut *w2, &mut *w3, &mut *w4);
+            let p = if n == model::n_params(1) {
+                // One peak, most regions: the linear algebra's loop bounds
+                // become constants, which the compiler unrolls.
+                lm_parameter(9, a, g, diag, delta, par, step, chol, gn, bufs)
+            } else {
+                lm_parameter(n, a, g, diag, delta, par, step, chol, gn, bufs)
+            };
+            par = match p {
                 Some(p) => p,
                 None => break 'outer Rc::Stalled,
             };
@@ -400,7 +408,7 @@ fn quad_form(a: &[f64], n: usize, p: &[f64]) -> f64 {
 /// Cholesky factor `L` (lower triangle of `l`; the reciprocals of its
 /// diagonal in `inv`) of `A + par·D²`, `A` given by its lower triangle.
 /// `false` if the matrix is not numerically positive definite.
-#[inline]
+#[inline(always)]
 fn cholesky(a: &[f64], n: usize, par: f64, diag: &[f64], l: &mut [f64], inv: &mut [f64]) -> bool {
     for k in 0..n {
         let (done, rest) = l.split_at_mut(k * n);
@@ -421,7 +429,7 @@ fn cholesky(a: &[f64], n: usize, par: f64, diag: &[f64], l: &mut [f64], inv: &mu
 }
 
 /// Solves `L y = b` in place.
-#[inline]
+#[inline(always)]
 fn forward(l: &[f64], inv: &[f64], n: usize, y: &mut [f64]) {
     for i in 0..n {
         let li = &l[i * n..i * n + i];
@@ -431,7 +439,7 @@ fn forward(l: &[f64], inv: &[f64], n: usize, y: &mut [f64]) {
 }
 
 /// Solves `Lᵀ y = b` in place.
-#[inline]
+#[inline(always)]
 fn backward(l: &[f64], inv: &[f64], n: usize, y: &mut [f64]) {
     for i in (0..n).rev() {
         y[i] *= inv[i];
@@ -465,6 +473,7 @@ struct GaussNewton {
 /// `par_in`). The step is `−x`; `None` if no step can be computed (a
 /// Jacobian or residual that is not finite).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn lm_parameter(
     n: usize,
     a: &[f64],
