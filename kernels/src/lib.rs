@@ -16,6 +16,8 @@
 unsafe extern "C" {}
 
 pub mod backend;
+#[cfg(feature = "torch")]
+pub mod braggnn;
 pub mod builtin;
 pub mod hedm;
 pub mod inherit;

@@ -1,0 +1,86 @@
+//! BraggNN against the reference's golden weights (trained on its synthetic
+//! peaks, PyTorch names and layouts) and the outputs PyTorch gives with them
+//! for 32 normalised test patches.
+#![cfg(feature = "torch")]
+
+use std::path::PathBuf;
+
+use beamflow_kernels::braggnn::{weights, BraggNN, Shape};
+use tch::{nn, Device, Tensor};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/braggnn")
+        .join(name)
+}
+
+fn golden_io() -> (Tensor, Tensor) {
+    let io: std::collections::HashMap<String, Tensor> = Tensor::read_npz(data("braggnn_io.npz"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    (io["X"].shallow_clone(), io["Y"].shallow_clone())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn golden_weights_reproduce_the_golden_outputs() {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = BraggNN::new(&vs.root(), Shape::default()).unwrap();
+    let count: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+    assert_eq!(count, 33_172);
+    assert_eq!(Shape::default().parameters(), 33_172);
+    weights::load(&mut vs, &data("braggnn_weights.npz")).unwrap();
+    let (x, y) = golden_io();
+    assert_eq!(x.size(), [32, 1, 11, 11]);
+    let out = tch::no_grad(|| net.forward(&x));
+    let d = max_abs_diff(&out, &y);
+    eprintln!("max |tch − PyTorch| = {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+    // The outputs are positions in the patch, not all alike.
+    assert!(y.std(true).double_value(&[]) > 0.01);
+}
+
+#[test]
+fn weights_for_another_shape_are_refused_by_name() {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let shape = Shape {
+        psz: 11,
+        fcsz: vec![32, 16, 8, 4],
+    };
+    let _net = BraggNN::new(&vs.root(), shape).unwrap();
+    let e = weights::load(&mut vs, &data("braggnn_weights.npz")).unwrap_err();
+    assert!(
+        e.contains("braggnn_weights.npz") && e.contains("dense_layers.0.") && e.contains("[32]"),
+        "{e}"
+    );
+    let e = BraggNN::new(
+        &nn::VarStore::new(Device::Cpu).root(),
+        Shape {
+            psz: 10,
+            ..Shape::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("odd"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_round_trips() {
+    let t = tempfile::tempdir().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = BraggNN::new(&vs.root(), Shape::default()).unwrap();
+    weights::load(&mut vs, &data("braggnn_weights.npz")).unwrap();
+    let ck = t.path().join("best.safetensors");
+    weights::save(&vs, &ck).unwrap();
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let net2 = BraggNN::new(&vs2.root(), Shape::default()).unwrap();
+    weights::load(&mut vs2, &ck).unwrap();
+    let (x, _) = golden_io();
+    let d = tch::no_grad(|| max_abs_diff(&net.forward(&x), &net2.forward(&x)));
+    assert_eq!(d, 0.0);
+    assert!(weights::save(&vs, &t.path().join("best.pt")).is_err());
+}
