@@ -293,15 +293,15 @@ fn bad_inputs_are_clear_errors() {
         "{e}"
     );
     // Position correction with an engine that has none.
-    let o = Options {
-        engine: Engine::Dm,
-        correct_positions: true,
-        ..Options::default()
-    };
-    let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
-    let e = reconstruct(&d, obj, sim.probe.clone(), &o, None, &mut |_, _, _| true)
-        .err()
-        .unwrap();
+    let e = refusal(
+        &sim,
+        &d,
+        Options {
+            engine: Engine::Dm,
+            correct_positions: true,
+            ..Options::default()
+        },
+    );
     assert!(e.contains("position correction") && e.contains("dm"), "{e}");
     // A Ptychodus diffraction file without its product file.
     let f = write_dataset(&scene, t.path(), "pair", true).unwrap();
@@ -381,16 +381,24 @@ fn torch_lsqml_agrees_with_cpu_lsqml() {
     let probe = relative_difference(&cpu.probe.data, &torch.probe.data);
     assert!(probe < 2e-2, "probe differs by {probe}");
     // Other engines are refused on torch, by name.
-    let o = Options {
-        engine: Engine::Rpie,
-        backend: "torch".into(),
-        ..Options::default()
-    };
-    let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
-    let e = reconstruct(&data, obj, sim.probe.clone(), &o, None, &mut |_, _, _| true)
-        .err()
-        .unwrap();
+    let e = refusal(
+        &sim,
+        &data,
+        Options {
+            engine: Engine::Rpie,
+            backend: "torch".into(),
+            ..Options::default()
+        },
+    );
     assert!(e.contains("rpie") && e.contains("cpu backend"), "{e}");
+}
+
+/// The error `reconstruct` refuses `o` with, from a flat object.
+fn refusal(sim: &Simulated, data: &beamflow_kernels::ptycho::Data, o: Options) -> String {
+    let obj = Field::filled(sim.object.rows, sim.object.cols, Complex32::new(1.0, 0.0));
+    reconstruct(data, obj, sim.probe.clone(), &o, None, &mut |_, _, _| true)
+        .err()
+        .expect("refused")
 }
 
 /// `‖a − b‖ / ‖a‖` over complex values.

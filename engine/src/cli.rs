@@ -251,6 +251,9 @@ enum KernelCmd {
     /// Ptychography: reconstruction (ePIE, rPIE, DM, LSQ-ML), synthetic datasets.
     #[command(subcommand)]
     Ptycho(crate::ptycho::PtychoCmd),
+    /// BraggNN: synthetic training patches, training.
+    #[command(subcommand)]
+    Braggnn(crate::braggnn::BraggnnCmd),
 }
 
 #[derive(Args)]
@@ -563,6 +566,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Kernel(KernelCmd::Ptycho(p)) => {
             let json_out = cli.json;
             tokio::task::spawn_blocking(move || crate::ptycho::run(p, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kernel(KernelCmd::Braggnn(b)) => {
+            let json_out = cli.json;
+            tokio::task::spawn_blocking(move || crate::braggnn::run(b, json_out)).await??;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kernel(KernelCmd::Xpcs(x)) => {

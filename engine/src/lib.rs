@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod batch;
 pub mod bench;
 pub mod bench_alloc;
+pub mod braggnn;
 pub mod cli;
 pub mod client;
 pub mod demo;

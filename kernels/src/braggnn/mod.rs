@@ -3,7 +3,12 @@
 //! fraction of a pixel, at thousands of patches per second per core —
 //! the fast alternative to a pseudo-Voigt fit for HEDM peak positions.
 
+pub mod data;
+pub mod io;
 pub mod model;
+pub mod plot;
+pub mod train;
 pub mod weights;
 
 pub use model::{BraggNN, Shape};
+pub use train::{train, Epoch, TrainOptions, Trained};

@@ -150,12 +150,7 @@ impl Scene {
                 continue;
             }
             grid[gr * gcols + gc].push((row, col));
-            let height = (rng.random_range(100f64.ln()..3000f64.ln())).exp();
-            let mu = rng.random_range(0.0..1.0);
-            let sgu = rng.random_range(0.6..1.6);
-            let glu = rng.random_range(0.5..1.5);
-            let mut sgv = rng.random_range(0.6..1.6);
-            let mut glv = rng.random_range(0.5..1.5);
+            let [height, mu, sgu, glu, mut sgv, mut glv] = random_profile(rng);
             if let Some(s) = w_scale {
                 sgv *= s;
                 glv *= s;
@@ -169,6 +164,21 @@ impl Scene {
         }
         out
     }
+}
+
+/// A peak's height and shape, `[IMax, Mu, SigmaGU, GammaLU, SigmaGV,
+/// GammaLV]` (widths in px), from the reference's distribution: heights
+/// log-uniform in 100–3000 counts, Mu uniform, Gaussian σ in 0.6–1.6 px and
+/// Lorentzian γ in 0.5–1.5 px independently per axis.
+pub(crate) fn random_profile(rng: &mut impl Rng) -> [f64; 6] {
+    [
+        (rng.random_range(100f64.ln()..3000f64.ln())).exp(),
+        rng.random_range(0.0..1.0),
+        rng.random_range(0.6..1.6),
+        rng.random_range(0.5..1.5),
+        rng.random_range(0.6..1.6),
+        rng.random_range(0.5..1.5),
+    ]
 }
 
 /// Files written by [`write_dataset`].

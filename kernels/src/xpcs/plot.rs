@@ -47,7 +47,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// Registers a sans-serif font once; plotters has no built-in font.
-fn font() -> Result<(), String> {
+pub(crate) fn font() -> Result<(), String> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let env = std::env::var("BEAMFLOW_FONT").ok();
@@ -70,7 +70,7 @@ fn font() -> Result<(), String> {
     .clone()
 }
 
-fn fail(path: &Path, e: impl std::fmt::Display) -> String {
+pub(crate) fn fail(path: &Path, e: impl std::fmt::Display) -> String {
     format!("{}: cannot draw: {e}", path.display())
 }
 
