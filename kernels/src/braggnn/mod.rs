@@ -3,6 +3,7 @@
 //! fraction of a pixel, at thousands of patches per second per core —
 //! the fast alternative to a pseudo-Voigt fit for HEDM peak positions.
 
+pub mod baseline;
 pub mod data;
 pub mod io;
 pub mod model;

@@ -1,0 +1,36 @@
+//! The yardstick BraggNN is judged by: a pseudo-Voigt fit of the whole
+//! patch (MIDAS's model, the HEDM kernel's Levenberg–Marquardt), with the
+//! reference's patch-fit bounds — background in [0, max], centre within
+//! 1.5 px of the maximum pixel, widths in [0.05, psz] px, Mu in [0, 1].
+
+use crate::hedm::lm::{fit, LmOptions, Workspace};
+use crate::hedm::model::n_params;
+
+/// The fitted peak centre (row, col) in the pixel coordinates of the
+/// `side`×`side` patch `p` (raw counts), or `None` for a flat patch.
+pub fn fit_centre(p: &[f32], side: usize, ws: &mut Workspace) -> Option<[f64; 2]> {
+    let (mut lo_v, mut hi_v, mut at) = (f64::INFINITY, f64::NEG_INFINITY, 0);
+    for (i, &v) in p.iter().enumerate() {
+        let v = f64::from(v);
+        lo_v = lo_v.min(v);
+        if v > hi_v {
+            hi_v = v;
+            at = i;
+        }
+    }
+    if hi_v <= lo_v {
+        return None;
+    }
+    let (r, c) = ((at / side) as f64, (at % side) as f64);
+    let w = side as f64;
+    // [BG, IMax, row, col, Mu, σG row, γL row, σG col, γL col]
+    let mut x = [lo_v, hi_v - lo_v, r, c, 0.5, 1.0, 1.0, 1.0, 1.0];
+    let lo = [0.0, 0.0, r - 1.5, c - 1.5, 0.0, 0.05, 0.05, 0.05, 0.05];
+    let hi = [hi_v, 2.0 * (hi_v - lo_v), r + 1.5, c + 1.5, 1.0, w, w, w, w];
+    debug_assert_eq!(x.len(), n_params(1));
+    let u: Vec<f64> = (0..side * side).map(|i| (i / side) as f64).collect();
+    let v: Vec<f64> = (0..side * side).map(|i| (i % side) as f64).collect();
+    let z: Vec<f64> = p.iter().map(|&q| f64::from(q)).collect();
+    fit(&mut x, &lo, &hi, &u, &v, &z, &LmOptions::default(), ws);
+    Some([x[2], x[3]])
+}
