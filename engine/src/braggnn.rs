@@ -152,11 +152,8 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
                 return Ok(());
             }
             let mut t = crate::cli::table(&["figure", "value"]);
-            let median_rate = {
-                let mut r: Vec<f64> = tr.history.iter().map(|e| e.samples_per_s).collect();
-                r.sort_by(f64::total_cmp);
-                r[r.len() / 2]
-            };
+            let mut rates: Vec<f64> = tr.history.iter().map(|e| e.samples_per_s).collect();
+            let median_rate = crate::util::median(&mut rates);
             for (k, v) in [
                 ("device", tr.device.clone()),
                 ("patches", format!("{} of {}²", set.len(), set.psz)),

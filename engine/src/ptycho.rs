@@ -248,14 +248,6 @@ pub struct BenchPtycho {
     pub threads: Vec<usize>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 /// Seconds per iteration and positions per second of each engine, with each
 /// thread count, on a simulated dataset with a known probe; and the object
 /// error reached.
@@ -294,7 +286,7 @@ pub fn bench(b: BenchPtycho) -> anyhow::Result<Value> {
             let (lo, hi) = secs
                 .iter()
                 .fold((f64::INFINITY, 0.0f64), |(a, c), &s| (a.min(s), c.max(s)));
-            let med = median(&mut secs);
+            let med = crate::util::median(&mut secs);
             let e = out.history.error.last().copied().unwrap_or_default();
             runs.push(json!({
                 "engine": engine.name(),

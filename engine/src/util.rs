@@ -1,4 +1,4 @@
-//! Small shared helpers: clocks and the beamflow home directory.
+//! Small shared helpers: clocks, the beamflow home directory, a median.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,4 +66,13 @@ pub fn machine() -> serde_json::Value {
         "arch": std::env::consts::ARCH,
         "beamflow": env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// The upper median of `v` (sorted in place); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
 }

@@ -40,8 +40,6 @@ use rustfft::num_complex::Complex32;
 /// How positions are corrected.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PositionOptions {
-    /// Correct positions at all.
-    pub enabled: bool,
     /// First epoch (0-based) with corrections: the object needs a few
     /// epochs before its gradients say anything.
     pub start: usize,
@@ -54,7 +52,6 @@ pub struct PositionOptions {
 impl Default for PositionOptions {
     fn default() -> Self {
         PositionOptions {
-            enabled: false,
             start: 5,
             step: 0.3,
             limit: 0.1,
@@ -265,7 +262,6 @@ mod tests {
         let mut pos = Positions::new(&[(10, 10), (10, 30), (30, 10), (30, 30)]);
         let mut patches = vec![(10, 10), (10, 30), (30, 10), (30, 30)];
         let o = PositionOptions {
-            enabled: true,
             start: 0,
             step: 1.0,
             limit: 0.1,

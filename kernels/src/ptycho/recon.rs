@@ -178,12 +178,11 @@ pub fn reconstruct(
         ));
     }
     let popts = PositionOptions {
-        enabled: o.correct_positions,
         start: o.position_start,
         step: o.position_step,
         limit: o.position_limit,
     };
-    if popts.enabled {
+    if o.correct_positions {
         if !(popts.step > 0.0 && popts.limit > 0.0) {
             return Err(format!(
                 "position correction needs position_step > 0 and position_limit > 0 (got {} and {})",
@@ -198,7 +197,7 @@ pub fn reconstruct(
             ));
         }
     }
-    let mut positions = popts.enabled.then(|| Positions::new(&data.corners));
+    let mut positions = o.correct_positions.then(|| Positions::new(&data.corners));
     let mut history = History::default();
     let pie_opts = |engine| PieOptions {
         alpha: if engine == Engine::Epie { 1.0 } else { o.alpha },
