@@ -35,6 +35,9 @@ NUMPY_VERSION="2.4.6"
 XPCS_VIEWER_VERSION="1.2.2"
 PYSIDE6_VERSION="6.12.0"
 H5PY_VERSION="3.16.0"
+# PyTorch's ONNX exporter needs the onnx package: tests/braggnn/torch_export.py
+# writes a peak model the way a user outside beamflow would.
+ONNX_VERSION="1.23.2"
 PY_REQUIREMENTS=(
   "torch==${TORCH_VERSION}"
   "onnxruntime==${ONNXRUNTIME_VERSION}"
@@ -42,6 +45,7 @@ PY_REQUIREMENTS=(
   "xpcs-viewer==${XPCS_VIEWER_VERSION}"
   "PySide6==${PYSIDE6_VERSION}"
   "h5py==${H5PY_VERSION}"
+  "onnx==${ONNX_VERSION}"
 )
 # -----------------------------------------------------------------------------
 

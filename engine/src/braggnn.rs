@@ -1,22 +1,81 @@
-//! `beamflow kernel braggnn …`: synthetic training patches and training
-//! BraggNN outside any flow, with a progress bar that shows the validation
-//! error.
+//! `beamflow kernel braggnn …`: training patches (synthetic or cut from
+//! frames around fitted peaks), training with a progress bar that shows
+//! the validation error, ONNX export checked against libtorch, and peak
+//! positions on raw frames — outside any flow.
 
 use std::path::PathBuf;
 
-use beamflow_kernels::braggnn::{self, io, Shape, TrainOptions};
+use beamflow_kernels::braggnn::data::push_crop;
+use beamflow_kernels::braggnn::{self, infer, io, onnx, prepare, Predictor, Shape, TrainOptions};
 use beamflow_kernels::synthetic::braggnn::patches;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::hedm::SearchArgs;
 use crate::xpcs::bar;
 
 #[derive(Subcommand)]
 pub enum BraggnnCmd {
     /// Single-peak patches with known centres (HDF5: /patches, /centres).
     Synthetic(SyntheticArgs),
-    /// Train from scratch: best checkpoint, history JSON, learning-curve PNG.
+    /// Training patches cut from frames around the peaks of a `hedm peaks`
+    /// table (lone, converged peaks; the fitted centre is the label).
+    Prepare(Box<PrepareArgs>),
+    /// Train from scratch: best checkpoint, ONNX model, history JSON,
+    /// learning-curve PNG.
     Train(TrainArgs),
+    /// Write trained weights as an ONNX model, checked against libtorch.
+    Export(ExportArgs),
+    /// Peak positions on raw frames with a peak model (.onnx through ONNX
+    /// Runtime, .safetensors/.npz weights through libtorch).
+    Infer(Box<InferArgs>),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    search: SearchArgs,
+    /// Peak table from `beamflow kernel hedm peaks` (NAME_peaks.h5) for these frames.
+    #[arg(long)]
+    peaks: PathBuf,
+    /// The network's patch side (odd).
+    #[arg(long, default_value_t = 11)]
+    psz: usize,
+    /// Extra pixels per side for shifted training crops.
+    #[arg(long, default_value_t = 1)]
+    aug: usize,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Trained weights (.safetensors from `train`, or .npz with PyTorch names).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// A fixed batch size (some accelerator compilers want one); symbolic
+    /// by default.
+    #[arg(long)]
+    batch: Option<i64>,
+    /// Synthetic patches run through both runtimes to check the export.
+    #[arg(long, default_value_t = 512)]
+    check: usize,
+}
+
+#[derive(Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    search: SearchArgs,
+    /// Peak model: .onnx, or BraggNN weights (.safetensors, .npz).
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Patches per inference call.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -109,6 +168,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
                 device: a.device.clone(),
             };
             let ck = a.out.join("best.safetensors");
+            let model = a.out.join("braggnn.onnx");
             let b = bar(a.epochs as u64, "epochs");
             if json_out {
                 b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -128,6 +188,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             if let Some(why) = &tr.device_note {
                 eprintln!("note: {why}");
             }
+            onnx::export(&tr.vs, &tr.net.shape, None, &model).map_err(|e| anyhow::anyhow!(e))?;
             let history = a.out.join("history.json");
             let curve = a.out.join("learning_curve.png");
             let kept = tr.history[tr.best];
@@ -141,6 +202,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
                 "best_epoch": kept.epoch,
                 "best": kept,
                 "checkpoint": ck,
+                "onnx": model,
                 "learning_curve": curve,
                 "history": tr.history,
             });
@@ -172,9 +234,145 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             }
             println!("{t}");
             println!("checkpoint: {}", ck.display());
+            println!("onnx:       {}", model.display());
             println!("history:    {}", history.display());
             println!("curve:      {}", curve.display());
             Ok(())
         }
+        BraggnnCmd::Prepare(a) => {
+            let b = bar(0, "frames");
+            if json_out {
+                b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let r = prepare::run(
+                &a.search.config(),
+                &a.peaks,
+                a.psz,
+                a.aug,
+                &mut |done, total| {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                },
+            );
+            b.finish_and_clear();
+            let (file, st) = r.map_err(|e| anyhow::anyhow!(e))?;
+            if json_out {
+                println!("{}", json!({"patches": file, "stats": st}));
+            } else {
+                println!(
+                    "{} patches of {}² (+{} px margin) from {} peaks ({} crowded, {} not converged, {} masked, {} at the edge, {} off centre): {}",
+                    st.kept, a.psz, a.aug, st.peaks, st.crowded, st.not_converged, st.masked, st.edge, st.off_centre,
+                    file.display()
+                );
+            }
+            Ok(())
+        }
+        BraggnnCmd::Export(a) => {
+            let shape = onnx::export_weights(&a.weights, a.batch, &a.out)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let diff = if a.check > 0 {
+                Some(export_difference(
+                    &a.weights,
+                    &a.out,
+                    shape.psz as usize,
+                    a.check,
+                )?)
+            } else {
+                None
+            };
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"onnx": a.out, "psz": shape.psz, "fcsz": shape.fcsz, "parameters": shape.parameters(), "checked_patches": a.check, "max_abs_difference": diff})
+                );
+            } else {
+                println!(
+                    "{}: BraggNN psz {}, fcsz {:?}, {} parameters{}",
+                    a.out.display(),
+                    shape.psz,
+                    shape.fcsz,
+                    shape.parameters(),
+                    diff.map(|d| format!(
+                        "; ONNX Runtime vs libtorch on {} patches: max |difference| {d:.1e}",
+                        a.check
+                    ))
+                    .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        BraggnnCmd::Infer(a) => {
+            let cfg = infer::Config {
+                model: a.model.clone(),
+                device: a.device.clone(),
+                batch: a.batch,
+                search: a.search.config(),
+            };
+            let b = bar(0, "frames");
+            if json_out {
+                b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let r = cfg.run(&mut |done, total| {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            });
+            b.finish_and_clear();
+            let r = r.map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(why) = &r.summary.device_note {
+                eprintln!("note: {why}");
+            }
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let s = &r.summary;
+            let mut t = crate::cli::table(&["figure", "value"]);
+            for (k, v) in [
+                (
+                    "model",
+                    format!("{} ({}, psz {})", s.model.display(), s.device, s.psz),
+                ),
+                ("frames", s.frames.to_string()),
+                ("regions", s.regions.to_string()),
+                ("peaks", s.peaks.to_string()),
+                (
+                    "lone / crowded / at the edge",
+                    format!("{} / {} / {}", s.lone, s.crowded, s.edge),
+                ),
+                ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
+                ("patches/s (network)", format!("{:.0}", s.patches_per_s)),
+                ("frames/s", format!("{:.2}", s.frames_per_s)),
+            ] {
+                t.add_row(vec![k.to_string(), v]);
+            }
+            println!("{t}");
+            println!("peaks: {}", r.peaks_h5.display());
+            println!("       {}", r.peaks_csv.display());
+            Ok(())
+        }
     }
+}
+
+/// The largest difference between libtorch with `weights` and ONNX
+/// Runtime with the exported `model` on `n` synthetic patches.
+fn export_difference(
+    weights: &std::path::Path,
+    model: &std::path::Path,
+    psz: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let set = patches(n, psz, 0, 7);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        push_crop(&set, i, (0, 0), &mut x, &mut y);
+    }
+    let run = |path: &std::path::Path| -> anyhow::Result<Vec<[f32; 2]>> {
+        let mut net = Predictor::open(path, "cpu", 0).map_err(|e| anyhow::anyhow!(e))?;
+        net.predict(&x, n, 512).map_err(|e| anyhow::anyhow!(e))
+    };
+    let (a, b) = (run(weights)?, run(model)?);
+    Ok(a.iter()
+        .zip(&b)
+        .flat_map(|(p, q)| [(p[0] - q[0]).abs(), (p[1] - q[1]).abs()])
+        .fold(0f32, f32::max) as f64)
 }

@@ -22,8 +22,10 @@ pub enum HedmCmd {
     Synthetic(SyntheticArgs),
 }
 
+/// The frames, corrections and region search, shared by every command
+/// that searches frames (`hedm peaks`, `braggnn infer`, `braggnn prepare`).
 #[derive(Args)]
-pub struct PeaksArgs {
+pub struct SearchArgs {
     /// HDF5 frame stack (uint8/16/32 or float32/64).
     #[arg(long)]
     frames: PathBuf,
@@ -55,9 +57,6 @@ pub struct PeaksArgs {
     /// only pixels on a ring are searched, each with its ring's threshold.
     #[arg(long = "ring", value_parser = ring)]
     rings: Vec<Ring>,
-    /// Fitting coordinates: cartesian (row, col) or polar (R, Eta).
-    #[arg(long, default_value = "cartesian", value_parser = ["cartesian", "polar"])]
-    geometry: String,
     /// Beam centre ROW,COL (default: the frame's centre).
     #[arg(long, value_delimiter = ',', num_args = 2)]
     centre: Option<Vec<f64>>,
@@ -87,6 +86,44 @@ pub struct PeaksArgs {
     /// Last frame (exclusive).
     #[arg(long)]
     last: Option<usize>,
+}
+
+impl SearchArgs {
+    /// The search as a [`Config`] with the fit's defaults.
+    pub fn config(&self) -> Config {
+        Config {
+            frames: self.frames.clone(),
+            dataset: Some(self.dataset.clone()),
+            out: self.out.clone(),
+            name: self.name.clone(),
+            dark: self.dark.clone(),
+            dark_value: self.dark_value,
+            flood: self.flood.clone(),
+            mask: self.mask.clone(),
+            threshold: self.threshold,
+            rings: self.rings.clone(),
+            centre: self.centre.as_ref().map(|c| [c[0], c[1]]),
+            min_pixels: self.min_pixels,
+            max_pixels: self.max_pixels,
+            saturation: self.saturation,
+            max_peaks: self.max_peaks,
+            prominence: self.prominence,
+            omega_start: self.omega_start,
+            omega_step: self.omega_step,
+            first_frame: self.first,
+            last_frame: self.last,
+            ..Config::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PeaksArgs {
+    #[command(flatten)]
+    search: SearchArgs,
+    /// Fitting coordinates: cartesian (row, col) or polar (R, Eta).
+    #[arg(long, default_value = "cartesian", value_parser = ["cartesian", "polar"])]
+    geometry: String,
     /// Most trial steps (model evaluations) per region fit.
     #[arg(long, default_value_t = LmOptions::default().max_iter)]
     max_iter: u32,
@@ -141,30 +178,11 @@ fn ring(s: &str) -> Result<Ring, String> {
 impl PeaksArgs {
     fn config(&self) -> Config {
         Config {
-            frames: self.frames.clone(),
-            dataset: Some(self.dataset.clone()),
-            out: self.out.clone(),
-            name: self.name.clone(),
-            dark: self.dark.clone(),
-            dark_value: self.dark_value,
-            flood: self.flood.clone(),
-            mask: self.mask.clone(),
-            threshold: self.threshold,
-            rings: self.rings.clone(),
             geometry: self.geometry.clone(),
-            centre: self.centre.as_ref().map(|c| [c[0], c[1]]),
-            min_pixels: self.min_pixels,
-            max_pixels: self.max_pixels,
-            saturation: self.saturation,
-            max_peaks: self.max_peaks,
-            prominence: self.prominence,
-            omega_start: self.omega_start,
-            omega_step: self.omega_step,
-            first_frame: self.first,
-            last_frame: self.last,
             max_iter: self.max_iter,
             tol: self.tol,
             plot: !self.no_plot,
+            ..self.search.config()
         }
     }
 }

@@ -29,6 +29,34 @@ impl Backend {
     }
 }
 
+/// The device a flow step asks for: `auto` is the first GPU the pilot
+/// granted the attempt (`cuda:N`), or the CPU when it granted none; any
+/// other value stands.
+pub fn granted_device(want: &str, gpus: &[u32]) -> String {
+    match (want, gpus.first()) {
+        ("auto", Some(g)) => format!("cuda:{g}"),
+        ("auto", None) => "cpu".into(),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// The CUDA device index `want` ("cpu", "cuda", "gpu", "cuda:N" or
+/// "auto") asks for; `None` for the CPU. Runtimes other than libtorch
+/// (ONNX Runtime) use it to pick their execution provider.
+pub fn cuda_request(want: &str) -> Result<Option<usize>, String> {
+    match want {
+        "cpu" => Ok(None),
+        "auto" | "cuda" | "gpu" => Ok(Some(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                format!("unknown device {other:?} (expected cpu, cuda, cuda:N or auto)")
+            }),
+    }
+}
+
 #[cfg(feature = "torch")]
 mod torch_device {
     use tch::Device;

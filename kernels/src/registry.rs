@@ -110,6 +110,14 @@ pub fn kernels() -> &'static [&'static dyn Kernel] {
         &crate::hedm::steps::PeaksStep,
         &crate::ptycho::steps::SyntheticStep,
         &crate::ptycho::steps::ReconstructStep,
+        #[cfg(feature = "torch")]
+        &crate::braggnn::steps::SyntheticStep,
+        #[cfg(feature = "torch")]
+        &crate::braggnn::steps::PrepareStep,
+        #[cfg(feature = "torch")]
+        &crate::braggnn::steps::TrainStep,
+        #[cfg(feature = "torch")]
+        &crate::braggnn::steps::InferStep,
     ];
     ALL
 }

@@ -22,8 +22,9 @@ use super::model::{BraggNN, Shape};
 use super::weights;
 use crate::synthetic::braggnn::PatchSet;
 
-/// How to train.
-#[derive(Clone, Debug)]
+/// How to train (also a flow step's parameters).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default)]
 pub struct TrainOptions {
     pub epochs: usize,
     pub batch: usize,

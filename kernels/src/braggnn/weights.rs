@@ -14,8 +14,10 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-/// Reads `path` (`.npz` or `.safetensors`) into the variables of `vs`.
-pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), String> {
+use super::Shape;
+
+/// The named tensors of a `.npz` or `.safetensors` file.
+fn read(path: &Path) -> Result<HashMap<String, Tensor>, String> {
     let p = path.display();
     let named = match path.extension().and_then(|e| e.to_str()) {
         Some("npz") => Tensor::read_npz(path),
@@ -23,7 +25,47 @@ pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), String> {
         _ => return Err(format!("{p}: weights must be .npz or .safetensors")),
     }
     .map_err(|e| format!("{p}: {e}"))?;
-    let mut file: HashMap<String, Tensor> = named.into_iter().collect();
+    Ok(named.into_iter().collect())
+}
+
+/// The network shape the weights in `path` are for, read from the dense
+/// layers' sizes: the first takes 8·(psz − 6)² features, each maps to the
+/// next width, the last to 2.
+pub fn shape_of(path: &Path) -> Result<Shape, String> {
+    let file = read(path)?;
+    let p = path.display();
+    let size = |k: usize| {
+        file.get(&format!("dense_layers.{}.weight", 2 * k))
+            .map(|t| t.size())
+    };
+    let first = size(0).ok_or_else(|| format!("{p}: no parameter dense_layers.0.weight"))?;
+    let side = ((first.get(1).copied().unwrap_or(0) / 8) as f64)
+        .sqrt()
+        .round() as i64;
+    if first.len() != 2 || 8 * side * side != first[1] {
+        return Err(format!(
+            "{p}: dense_layers.0.weight has shape {first:?}, not [width, 8·side²]"
+        ));
+    }
+    let mut widths = Vec::new();
+    while let Some(s) = size(widths.len()) {
+        widths.push(s[0]);
+    }
+    if widths.pop() != Some(2) || widths.is_empty() {
+        return Err(format!(
+            "{p}: the last dense layer must map to 2 outputs (x, y)"
+        ));
+    }
+    Ok(Shape {
+        psz: side + 6,
+        fcsz: widths,
+    })
+}
+
+/// Reads `path` (`.npz` or `.safetensors`) into the variables of `vs`.
+pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), String> {
+    let p = path.display();
+    let mut file = read(path)?;
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();

@@ -185,6 +185,17 @@ impl Config {
         })
     }
 
+    /// `OUT/NAME_suffix`: NAME is `name`, or the frame file's stem.
+    pub fn output(&self, suffix: &str) -> PathBuf {
+        let name = self.name.clone().unwrap_or_else(|| {
+            self.frames
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "hedm".into())
+        });
+        self.out.join(format!("{name}_{suffix}"))
+    }
+
     /// Runs the search and writes `NAME_peaks.h5`, `NAME_peaks.csv`,
     /// `NAME_summary.json` and (with `plot`) `NAME_overlay.png`.
     pub fn run(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Report, String> {
@@ -196,13 +207,7 @@ impl Config {
         let (peaks, summary) = pipeline::run(&stack, &o, progress)?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| format!("{}: cannot create: {e}", self.out.display()))?;
-        let name = self.name.clone().unwrap_or_else(|| {
-            self.frames
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "hedm".into())
-        });
-        let at = |suffix: &str| self.out.join(format!("{name}_{suffix}"));
+        let at = |suffix: &str| self.output(suffix);
         let (h5, csv, js) = (at("peaks.h5"), at("peaks.csv"), at("summary.json"));
         let settings = serde_json::to_string(self).unwrap_or_default();
         io::write_peaks_h5(

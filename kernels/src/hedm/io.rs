@@ -158,21 +158,31 @@ pub fn write_stack(
 /// Peaks as an HDF5 table `/peaks` (n × 30 doubles, column names in its
 /// `columns` attribute) with `attrs` as string attributes of the root.
 pub fn write_peaks_h5(path: &Path, peaks: &[Peak], attrs: &[(&str, String)]) -> Result<(), String> {
+    let flat: Vec<f64> = peaks.iter().flat_map(|p| p.values()).collect();
+    write_table_h5(path, &COLUMNS, flat, attrs)
+}
+
+/// A table of numbers as HDF5 `/peaks` (rows × `columns.len()` doubles
+/// from `flat`, row after row; the names in its `columns` attribute) with
+/// `attrs` as string attributes of the root, written through a temporary
+/// file renamed into place.
+pub fn write_table_h5(
+    path: &Path,
+    columns: &[&str],
+    flat: Vec<f64>,
+    attrs: &[(&str, String)],
+) -> Result<(), String> {
     let tmp = path.with_extension("h5.temp");
     {
         let f = hdf5::File::create(&tmp).map_err(|e| err(&tmp, "cannot create", e))?;
-        let mut flat = Vec::with_capacity(peaks.len() * COLUMNS.len());
-        for p in peaks {
-            flat.extend_from_slice(&p.values());
-        }
-        let a = ndarray::Array2::from_shape_vec((peaks.len(), COLUMNS.len()), flat)
+        let a = ndarray::Array2::from_shape_vec((flat.len() / columns.len(), columns.len()), flat)
             .map_err(|e| err(&tmp, "/peaks", e))?;
         let ds = f
             .new_dataset_builder()
             .with_data(&a)
             .create("peaks")
             .map_err(|e| err(&tmp, "/peaks", e))?;
-        let names: Vec<hdf5::types::VarLenUnicode> = COLUMNS
+        let names: Vec<hdf5::types::VarLenUnicode> = columns
             .iter()
             .map(|c| c.parse().expect("column names are plain ASCII"))
             .collect();
@@ -217,19 +227,42 @@ pub fn read_peaks_h5(path: &Path) -> Result<Vec<[f64; 30]>, String> {
 
 /// Peaks as CSV with MIDAS's column names.
 pub fn write_peaks_csv(path: &Path, peaks: &[Peak]) -> Result<(), String> {
+    let flat: Vec<f64> = peaks.iter().flat_map(|p| p.values()).collect();
+    let ints = [
+        "SpotID",
+        "NrPixels",
+        "NrPxTot",
+        "nPeaks",
+        "returnCode",
+        "maskTouched",
+        "Frame",
+    ];
+    write_table_csv(path, &COLUMNS, &flat, &ints)
+}
+
+/// A table of numbers as CSV (header `columns`; the columns named in
+/// `ints` as integers, the others with 6 decimals).
+pub fn write_table_csv(
+    path: &Path,
+    columns: &[&str],
+    flat: &[f64],
+    ints: &[&str],
+) -> Result<(), String> {
     let f = std::fs::File::create(path).map_err(|e| err(path, "cannot create", e))?;
     let mut w = std::io::BufWriter::new(f);
+    let int: Vec<bool> = columns.iter().map(|c| ints.contains(c)).collect();
     let mut write = || -> std::io::Result<()> {
-        writeln!(w, "{}", COLUMNS.join(","))?;
-        for p in peaks {
-            let v = p.values();
+        writeln!(w, "{}", columns.join(","))?;
+        for v in flat.chunks_exact(columns.len()) {
             let row: Vec<String> = v
                 .iter()
-                .enumerate()
-                .map(|(k, x)| match COLUMNS[k] {
-                    "SpotID" | "NrPixels" | "NrPxTot" | "nPeaks" | "returnCode" | "maskTouched"
-                    | "Frame" => format!("{}", *x as i64),
-                    _ => format!("{x:.6}"),
+                .zip(&int)
+                .map(|(x, &i)| {
+                    if i {
+                        format!("{}", *x as i64)
+                    } else {
+                        format!("{x:.6}")
+                    }
                 })
                 .collect();
             writeln!(w, "{}", row.join(","))?;

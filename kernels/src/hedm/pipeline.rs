@@ -27,6 +27,23 @@ pub struct Options {
     pub frames: Option<(usize, usize)>,
 }
 
+impl Options {
+    /// The per-pixel corrections these options ask for.
+    pub fn corrections(&self) -> Corrections<'_> {
+        let (dark, dark_value) = match &self.dark {
+            Dark::None => (None, 0.0),
+            Dark::Value(v) => (None, *v),
+            Dark::Image(d) => (Some(&d[..]), 0.0),
+        };
+        Corrections {
+            dark,
+            dark_value,
+            flood: self.flood.as_deref(),
+            mask: self.mask.as_deref(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Dark {
     None,
@@ -74,18 +91,14 @@ pub fn frame(
     scratch: &mut Scratch,
 ) -> (Vec<Peak>, FrameStats) {
     let t = Instant::now();
-    let (dark, dark_value) = match &o.dark {
-        Dark::None => (None, 0.0),
-        Dark::Value(v) => (None, *v),
-        Dark::Image(d) => (Some(&d[..]), 0.0),
-    };
-    let c = Corrections {
-        dark,
-        dark_value,
-        flood: o.flood.as_deref(),
-        mask: o.mask.as_deref(),
-    };
-    correct(raw, rows, cols, &c, &o.find.threshold, scratch);
+    correct(
+        raw,
+        rows,
+        cols,
+        &o.corrections(),
+        &o.find.threshold,
+        scratch,
+    );
     let (regions, st): (_, FindStats) = find(scratch, rows, cols, o.mask.as_deref(), &o.find);
     let find_s = t.elapsed().as_secs_f64();
     let t = Instant::now();

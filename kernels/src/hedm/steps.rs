@@ -10,7 +10,7 @@ use crate::registry::{param_f64, typed_params, Kernel, KernelContext, KernelErro
 use crate::synthetic::hedm::{write_dataset, Scene};
 
 /// Every [`Config`] field, as flow validation needs them.
-const PEAK_PARAMS: &[&str] = &[
+pub const PEAK_PARAMS: &[&str] = &[
     "frames",
     "dataset",
     "out",
@@ -39,7 +39,7 @@ const PEAK_PARAMS: &[&str] = &[
 
 /// Fields that hold paths and names; every other one holds a number, a
 /// boolean or a list, and arrives from a template as a string read as JSON.
-const TEXT_PARAMS: &[&str] = &[
+pub const TEXT_PARAMS: &[&str] = &[
     "frames", "dataset", "out", "name", "dark", "flood", "mask", "geometry",
 ];
 

@@ -73,11 +73,9 @@ fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, K
     // `auto` (the default): torch on the granted GPU when the pilot granted
     // one, else the native CPU kernel.
     o.backend = match text(params, "backend")?.unwrap_or("auto") {
-        "auto" => match ctx.gpus.first() {
-            Some(g) => pipeline::Backend::Torch {
-                device: format!("cuda:{g}"),
-            },
-            None => pipeline::Backend::Cpu,
+        "auto" => match crate::backend::granted_device("auto", &ctx.gpus).as_str() {
+            "cpu" => pipeline::Backend::Cpu,
+            gpu => pipeline::Backend::Torch { device: gpu.into() },
         },
         b => pipeline::Backend::parse(b).map_err(|e| KernelError::param("backend", e))?,
     };

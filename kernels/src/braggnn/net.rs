@@ -1,0 +1,108 @@
+//! One way to run a peak model, whichever runtime holds it: weights
+//! (`.safetensors`, `.npz`) run in libtorch, `.onnx` files in ONNX Runtime.
+//! Both take normalised patches and give (x, y)/psz.
+
+use std::path::Path;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::model::BraggNN;
+use super::onnx::OnnxNet;
+use super::weights;
+
+enum Runtime {
+    Torch {
+        _vs: VarStore,
+        net: Box<BraggNN>,
+        device: Device,
+    },
+    Onnx(OnnxNet),
+}
+
+/// A peak model ready to predict.
+pub struct Predictor {
+    rt: Runtime,
+    /// The patch side the model takes.
+    pub psz: usize,
+    /// Where it runs: `torch:cpu`, `torch:cuda:0`, `ort:cpu`, `ort:cuda:0`.
+    pub device: String,
+    /// Why the device is not the one asked for.
+    pub device_note: Option<String>,
+}
+
+impl Predictor {
+    /// Opens the model at `path` on `device` (`cpu`, `cuda`, `cuda:N` or
+    /// `auto`) with `threads` threads for the runtime (0: its default).
+    pub fn open(path: &Path, device: &str, threads: usize) -> Result<Predictor, String> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => {
+                let net = OnnxNet::open(path, device, threads)?;
+                Ok(Predictor {
+                    psz: net.psz(),
+                    device: net.device.clone(),
+                    device_note: net.device_note.clone(),
+                    rt: Runtime::Onnx(net),
+                })
+            }
+            Some("safetensors" | "npz") => {
+                let shape = weights::shape_of(path)?;
+                let (dev, note) = crate::backend::device(device)?;
+                if threads > 0 {
+                    tch::set_num_threads(threads as i32);
+                }
+                let mut vs = VarStore::new(dev);
+                let net = BraggNN::new(&vs.root(), shape)?;
+                weights::load(&mut vs, path)?;
+                Ok(Predictor {
+                    psz: net.shape.psz as usize,
+                    device: crate::backend::device_name(dev),
+                    device_note: note,
+                    rt: Runtime::Torch {
+                        _vs: vs,
+                        net: Box::new(net),
+                        device: dev,
+                    },
+                })
+            }
+            _ => Err(format!(
+                "{}: a peak model is an .onnx file or BraggNN weights (.safetensors, .npz)",
+                path.display()
+            )),
+        }
+    }
+
+    /// `n` normalised patches (row-major, `psz²` each) → `n` (x, y)/psz,
+    /// run `batch` patches at a time.
+    pub fn predict(&mut self, x: &[f32], n: usize, batch: usize) -> Result<Vec<[f32; 2]>, String> {
+        let per = self.psz * self.psz;
+        if x.len() != n * per {
+            return Err(format!(
+                "{} values for {n} patches of {}²",
+                x.len(),
+                self.psz
+            ));
+        }
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(n);
+        for chunk in x.chunks(batch * per) {
+            let m = chunk.len() / per;
+            match &mut self.rt {
+                Runtime::Onnx(net) => out.extend(net.predict(chunk, m)?),
+                Runtime::Torch { net, device, .. } => {
+                    let p = self.psz as i64;
+                    let t = Tensor::from_slice(chunk)
+                        .view([m as i64, 1, p, p])
+                        .to_device(*device);
+                    let y = tch::no_grad(|| net.forward(&t))
+                        .to_device(Device::Cpu)
+                        .to_kind(Kind::Float)
+                        .flatten(0, -1);
+                    let y = Vec::<f32>::try_from(y).map_err(|e| format!("torch output: {e}"))?;
+                    out.extend(y.chunks_exact(2).map(|c| [c[0], c[1]]));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,308 @@
+//! BraggNN kernels for flows: `braggnn.synthetic` (patches with known
+//! centres), `braggnn.prepare` (patches cut from frames around fitted
+//! peaks), `braggnn.train` (a network, its ONNX export and learning curve)
+//! and `braggnn.infer` (peak positions on raw frames).
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{infer, io, onnx, plot, prepare, train, Shape, TrainOptions};
+use crate::backend::granted_device;
+use crate::hedm::steps::{PEAK_PARAMS, TEXT_PARAMS};
+use crate::registry::{typed_params, Kernel, KernelContext, KernelError};
+use crate::synthetic::braggnn::patches;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `list` followed by `extra`, for parameter lists built on the search's.
+fn with(list: &'static [&'static str], extra: &[&'static str]) -> Vec<&'static str> {
+    list.iter().chain(extra).copied().collect()
+}
+
+fn failed(e: String) -> KernelError {
+    KernelError::Failed(e)
+}
+
+pub struct SyntheticStep;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SyntheticParams {
+    out: PathBuf,
+    count: usize,
+    psz: usize,
+    aug: usize,
+    seed: u64,
+}
+
+impl Default for SyntheticParams {
+    fn default() -> Self {
+        SyntheticParams {
+            out: PathBuf::new(),
+            count: 50_000,
+            psz: 11,
+            aug: 1,
+            seed: 1234,
+        }
+    }
+}
+
+impl Kernel for SyntheticStep {
+    fn name(&self) -> &'static str {
+        "braggnn.synthetic"
+    }
+    fn summary(&self) -> &'static str {
+        "writes single-peak training patches with known centres (HDF5 /patches, /centres)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["patches", "count"]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        &["out", "count", "psz", "aug", "seed"]
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let p: SyntheticParams = typed_params(params, ctx, self.params(), &["out"], "out")?;
+        if p.psz < 7 || p.psz.is_multiple_of(2) {
+            return Err(KernelError::param("psz", "must be odd and at least 7"));
+        }
+        let file = if p.out.extension().is_some_and(|e| e == "h5") {
+            p.out.clone()
+        } else {
+            std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
+            p.out.join("patches.h5")
+        };
+        let set = ctx.on_granted_cores(|| patches(p.count, p.psz, p.aug, p.seed))?;
+        io::write(&file, &set).map_err(failed)?;
+        Ok(json!({"patches": s(&file), "count": set.len()}))
+    }
+}
+
+pub struct PrepareStep;
+
+static PREPARE_PARAMS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| with(PEAK_PARAMS, &["peaks", "psz", "aug"]));
+static PREPARE_TEXT: LazyLock<Vec<&'static str>> = LazyLock::new(|| with(TEXT_PARAMS, &["peaks"]));
+
+#[derive(Deserialize)]
+struct PrepareParams {
+    peaks: PathBuf,
+    #[serde(default = "psz")]
+    psz: usize,
+    #[serde(default = "aug")]
+    aug: usize,
+    #[serde(flatten)]
+    search: crate::hedm::config::Config,
+}
+
+fn psz() -> usize {
+    11
+}
+fn aug() -> usize {
+    1
+}
+
+impl Kernel for PrepareStep {
+    fn name(&self) -> &'static str {
+        "braggnn.prepare"
+    }
+    fn summary(&self) -> &'static str {
+        "cuts training patches from frames around the peaks of a hedm.peaks table (lone, converged peaks; the fit is the label)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["patches", "count", "peaks", "crowded", "edge"]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        &PREPARE_PARAMS
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let p: PrepareParams = typed_params(params, ctx, &PREPARE_PARAMS, &PREPARE_TEXT, "peaks")?;
+        let (file, st) = ctx
+            .on_granted_cores(|| prepare::run(&p.search, &p.peaks, p.psz, p.aug, &mut |_, _| {}))?
+            .map_err(failed)?;
+        Ok(json!({
+            "patches": s(&file),
+            "count": st.kept,
+            "peaks": st.peaks,
+            "crowded": st.crowded,
+            "edge": st.edge,
+        }))
+    }
+}
+
+pub struct TrainStep;
+
+const TRAIN_PARAMS: &[&str] = &[
+    "patches",
+    "out",
+    "epochs",
+    "batch",
+    "lr",
+    "patience",
+    "validation",
+    "fcsz",
+    "device",
+    "seed",
+];
+
+#[derive(Deserialize)]
+struct TrainParams {
+    patches: PathBuf,
+    out: PathBuf,
+    #[serde(default)]
+    fcsz: Option<Vec<i64>>,
+    #[serde(flatten)]
+    o: TrainOptions,
+}
+
+impl Kernel for TrainStep {
+    fn name(&self) -> &'static str {
+        "braggnn.train"
+    }
+    fn summary(&self) -> &'static str {
+        "trains BraggNN on a patch file (best-epoch weights, ONNX export, history, learning curve)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
+            "weights",
+            "onnx",
+            "history",
+            "curve",
+            "best_epoch",
+            "epochs_run",
+            "val_mean_px",
+            "val_p95_px",
+            "samples_per_s",
+            "device",
+        ]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        TRAIN_PARAMS
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let mut p: TrainParams = typed_params(
+            params,
+            ctx,
+            TRAIN_PARAMS,
+            &["patches", "out", "device"],
+            "patches",
+        )?;
+        p.o.device = granted_device(&p.o.device, &ctx.gpus);
+        let set = io::read(&p.patches).map_err(failed)?;
+        std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
+        let shape = Shape {
+            psz: set.psz as i64,
+            fcsz: p.fcsz.clone().unwrap_or_else(|| Shape::default().fcsz),
+        };
+        let weights = p.out.join("best.safetensors");
+        let mut cancelled = false;
+        let tr = ctx.on_granted_cores(|| {
+            tch::set_num_threads(ctx.cpus.max(1) as i32);
+            train(&set, shape.clone(), &p.o, Some(&weights), &mut |_| {
+                cancelled = ctx.cancelled();
+                !cancelled
+            })
+        })?;
+        if cancelled {
+            return Err(KernelError::Cancelled);
+        }
+        let tr = tr.map_err(|e| failed(format!("{}: {e}", s(&p.patches))))?;
+        let model = p.out.join("braggnn.onnx");
+        onnx::export(&tr.vs, &shape, None, &model).map_err(failed)?;
+        let curve = p.out.join("learning_curve.png");
+        plot::learning_curve(&curve, &tr.history, tr.best).map_err(failed)?;
+        let history = p.out.join("history.json");
+        let kept = tr.history[tr.best];
+        let mut rates: Vec<f64> = tr.history.iter().map(|e| e.samples_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        let out = json!({
+            "weights": s(&weights),
+            "onnx": s(&model),
+            "history": s(&history),
+            "curve": s(&curve),
+            "best_epoch": kept.epoch,
+            "epochs_run": tr.history.len(),
+            "val_mean_px": kept.val_mean_px,
+            "val_p95_px": kept.val_p95_px,
+            "samples_per_s": rates[rates.len() / 2],
+            "device": tr.device,
+        });
+        let record = json!({
+            "patches": s(&p.patches),
+            "psz": shape.psz,
+            "fcsz": shape.fcsz,
+            "device_note": tr.device_note,
+            "best": kept,
+            "history": tr.history,
+        });
+        std::fs::write(
+            &history,
+            serde_json::to_string_pretty(&record).unwrap_or_default(),
+        )
+        .map_err(|e| failed(format!("{}: {e}", s(&history))))?;
+        Ok(out)
+    }
+}
+
+pub struct InferStep;
+
+static INFER_PARAMS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| with(PEAK_PARAMS, &["model", "device", "batch"]));
+static INFER_TEXT: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| with(TEXT_PARAMS, &["model", "device"]));
+
+impl Kernel for InferStep {
+    fn name(&self) -> &'static str {
+        "braggnn.infer"
+    }
+    fn summary(&self) -> &'static str {
+        "locates Bragg peaks on raw frames with a peak model (.onnx through ONNX Runtime, or BraggNN weights through libtorch)"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
+            "peaks",
+            "lone",
+            "frames",
+            "peaks_h5",
+            "peaks_csv",
+            "summary",
+            "patches_per_s",
+            "device",
+        ]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        &INFER_PARAMS
+    }
+    fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
+        let mut cfg: infer::Config =
+            typed_params(params, ctx, &INFER_PARAMS, &INFER_TEXT, "frames")?;
+        if cfg.model.as_os_str().is_empty() {
+            return Err(KernelError::param("model", "required"));
+        }
+        cfg.device = granted_device(&cfg.device, &ctx.gpus);
+        let mut cancelled = false;
+        let r = ctx.on_granted_cores(|| {
+            cfg.run(&mut |_, _| {
+                cancelled |= ctx.cancelled();
+            })
+        })?;
+        if cancelled {
+            return Err(KernelError::Cancelled);
+        }
+        let r = r.map_err(failed)?;
+        Ok(json!({
+            "peaks": r.summary.peaks,
+            "lone": r.summary.lone,
+            "frames": r.summary.frames,
+            "peaks_h5": s(&r.peaks_h5),
+            "peaks_csv": s(&r.peaks_csv),
+            "summary": s(&r.summary_json),
+            "patches_per_s": r.summary.patches_per_s,
+            "device": r.summary.device,
+        }))
+    }
+}
