@@ -1161,3 +1161,177 @@ fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
     assert!(dest.join("results/scan_dp_recon.h5").exists());
     assert!(dest.join("results/scan_dp_phase.png").exists());
 }
+
+/// The two BraggNN flows back to back, as a beamline would use them: train
+/// on a stack (labels from the pseudo-Voigt fit, a few epochs here), the
+/// model comes back to the "edge" folder, and the inference flow locates
+/// the peaks of another stack with it through ONNX Runtime.
+#[test]
+fn the_braggnn_flows_train_a_model_and_locate_peaks_with_it() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bf = |args: &[&str]| env.beamflow_ok(args);
+    let data = env.home.join("beamline");
+    let edge = env.home.join("edge");
+    for (name, seed) in [("train", "5"), ("scan", "6")] {
+        bf(&[
+            "kernel",
+            "hedm",
+            "synthetic",
+            "--dir",
+            data.to_str().unwrap(),
+            "--name",
+            name,
+            "--frames",
+            "2",
+            "--size",
+            "512",
+            "--peaks",
+            "40",
+            "--seed",
+            seed,
+        ]);
+    }
+    let out = bf(&[
+        "run",
+        root.join("jobs/braggnn.toml").to_str().unwrap(),
+        "--local",
+        "--wait",
+        "--set",
+        &format!("frames={}", data.join("train.h5").display()),
+        "--set",
+        &format!("dest={}", edge.display()),
+        "--set",
+        "dark_value=10",
+        "--set",
+        "epochs=3",
+        "--set",
+        "batch=16",
+        "--set",
+        "sample=ruby",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let model = edge.join("model");
+    for f in [
+        "best.safetensors",
+        "braggnn.onnx",
+        "history.json",
+        "learning_curve.png",
+    ] {
+        assert!(model.join(f).exists(), "{f} did not come back:\n{out}");
+    }
+    let history: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("history.json")).unwrap())
+            .unwrap();
+    assert_eq!(history["history"].as_array().unwrap().len(), 3);
+    assert_eq!(history["psz"], 11);
+    let back = env.home.join("back");
+    let out = bf(&[
+        "run",
+        root.join("jobs/braggnn-infer.toml").to_str().unwrap(),
+        "--local",
+        "--wait",
+        "--set",
+        &format!("frames={}", data.join("scan.h5").display()),
+        "--set",
+        &format!("model={}", model.join("braggnn.onnx").display()),
+        "--set",
+        &format!("dest={}", back.display()),
+        "--set",
+        "dark_value=10",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    // A row per seeded peak (80 true peaks and MIDAS's noise maxima).
+    let csv = std::fs::read_to_string(back.join("results/scan_braggnn.csv")).unwrap();
+    let rows = csv.lines().count() - 1;
+    assert!((80..=130).contains(&rows), "{rows} peaks:\n{csv}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(back.join("results/scan_braggnn_summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["summary"]["device"], "ort:cpu");
+    assert_eq!(summary["summary"]["peaks"], rows);
+}
+
+/// What a user gets wrong with `kernel braggnn infer`: a missing model, a
+/// frame file that is not HDF5, no ONNX Runtime library — each a clear
+/// error naming the culprit and a non-zero exit.
+#[test]
+fn braggnn_infer_errors_name_the_culprit() {
+    let env = Env::new();
+    let dir = env.home.join("d");
+    env.beamflow_ok(&[
+        "kernel",
+        "hedm",
+        "synthetic",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "f",
+        "--frames",
+        "1",
+        "--size",
+        "256",
+        "--peaks",
+        "5",
+    ]);
+    let model = dir.join("m.onnx");
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/braggnn/braggnn_weights.npz");
+    env.beamflow_ok(&[
+        "kernel",
+        "braggnn",
+        "export",
+        "--weights",
+        weights.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    let junk = dir.join("junk.h5");
+    std::fs::write(&junk, "not hdf5").unwrap();
+    let frames = dir.join("f.h5");
+    let fail = |frames: &Path, model: &Path, ort: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.env("BEAMFLOW_HOME", &env.home).args([
+            "kernel",
+            "braggnn",
+            "infer",
+            "--frames",
+            frames.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            dir.join("out").to_str().unwrap(),
+        ]);
+        if let Some(lib) = ort {
+            c.env("ORT_DYLIB_PATH", lib);
+        }
+        let o = c.output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = fail(&frames, &dir.join("nope.onnx"), None);
+    assert!(e.contains("nope.onnx"), "{e}");
+    let e = fail(&junk, &model, None);
+    assert!(e.contains("junk.h5"), "{e}");
+    let e = fail(&frames, &model, Some("/nonexistent/libonnxruntime.so"));
+    assert!(
+        e.contains("/nonexistent/libonnxruntime.so") && e.contains("ORT_DYLIB_PATH"),
+        "{e}"
+    );
+    // The same frames and model work.
+    let out = env.beamflow_ok(&[
+        "kernel",
+        "braggnn",
+        "infer",
+        "--frames",
+        frames.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--dark-value",
+        "10",
+        "-o",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert!(out.contains("ort:cpu"), "{out}");
+}
