@@ -30,6 +30,7 @@ bench: build
 	@$(ENV) && ./target/release/beamflow bench engine --json
 	@$(ENV) && ./target/release/beamflow bench hedm --frames 16 --json
 	@$(ENV) && ./target/release/beamflow bench ptycho --json
+	@$(ENV) && ./target/release/beamflow bench braggnn --json
 
 clean:
 	cargo clean

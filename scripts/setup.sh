@@ -35,8 +35,8 @@ NUMPY_VERSION="2.4.6"
 XPCS_VIEWER_VERSION="1.2.2"
 PYSIDE6_VERSION="6.12.0"
 H5PY_VERSION="3.16.0"
-# PyTorch's ONNX exporter needs the onnx package: tests/braggnn/torch_export.py
-# writes a peak model the way a user outside beamflow would.
+# PyTorch's ONNX exporter needs the onnx package: `benches/braggnn_pytorch.py
+# export` writes a peak model the way a user outside beamflow would (tests).
 ONNX_VERSION="1.23.2"
 PY_REQUIREMENTS=(
   "torch==${TORCH_VERSION}"

@@ -244,7 +244,8 @@ fn a_model_exported_by_pytorch_runs_under_the_contract() {
     let t = tempfile::tempdir().unwrap();
     let path = t.path().join("torch.onnx");
     let o = python()
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/braggnn/torch_export.py"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/braggnn_pytorch.py"))
+        .arg("export")
         .arg(data("braggnn_weights.npz"))
         .arg(&path)
         .output()

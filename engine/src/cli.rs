@@ -262,8 +262,9 @@ struct BenchArgs {
     /// end-to-end and two-time speed on a synthetic dataset), `hedm` (peak
     /// search and fit), `ptycho` (engines' time per iteration and error) or
     /// `alloc` (wait for a pilot submitted through the site's batch
-    /// scheduler).
-    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm", "ptycho"])]
+    /// scheduler) or `braggnn` (inference and training throughput in
+    /// libtorch, ONNX Runtime and PyTorch; frames end to end).
+    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm", "ptycho", "braggnn"])]
     name: String,
     /// ptycho: dataset preset (tiny, small, medium, large).
     #[arg(long, default_value = "medium")]
@@ -274,9 +275,20 @@ struct BenchArgs {
     /// ptycho: engines to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "rpie,epie,dm,lsqml")]
     engines: Vec<beamflow_kernels::ptycho::Engine>,
-    /// ptycho: thread counts to run each engine with (comma-separated).
+    /// ptycho, braggnn: thread counts to run with (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
+    /// braggnn: inference batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,64,512,4096")]
+    batches: Vec<usize>,
+    /// braggnn: patches per inference measurement.
+    #[arg(long, default_value_t = 8192)]
+    patches: usize,
+    /// braggnn: training patches (80 % trained on) and epochs.
+    #[arg(long, default_value_t = 20_000)]
+    train_patches: usize,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
     /// hedm: peaks per frame.
     #[arg(long, default_value_t = 300)]
     peaks: usize,
@@ -298,7 +310,7 @@ struct BenchArgs {
     /// xpcs, hedm: detector side, pixels (xpcs 512, hedm 2048).
     #[arg(long)]
     size: Option<usize>,
-    /// xpcs, hedm: frames in the dataset (xpcs 2000, hedm 4).
+    /// xpcs, hedm, braggnn: frames in the dataset (xpcs 2000, hedm and braggnn 4).
     #[arg(long)]
     frames: Option<usize>,
     /// xpcs: frames for the two-time case.
@@ -371,6 +383,15 @@ fn print_report(v: &serde_json::Value, compact: bool) -> anyhow::Result<()> {
     };
     println!("{text}");
     Ok(())
+}
+
+/// A kernel's report as a two-column table of named figures.
+pub(crate) fn figures<K: ToString>(rows: impl IntoIterator<Item = (K, String)>) -> Table {
+    let mut t = table(&["figure", "value"]);
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    t
 }
 
 pub(crate) fn table(header: &[&str]) -> Table {
@@ -619,6 +640,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: b.threads,
             };
             let out = tokio::task::spawn_blocking(move || crate::ptycho::bench(spec)).await??;
+            print_report(&out, cli.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "braggnn" => {
+            let spec = crate::braggnn::BenchBraggnn {
+                threads: b.threads,
+                batches: b.batches,
+                patches: b.patches,
+                train_patches: b.train_patches,
+                epochs: b.epochs,
+                frames: b.frames.unwrap_or(4),
+            };
+            let out = tokio::task::spawn_blocking(move || crate::braggnn::bench(spec)).await??;
             print_report(&out, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }

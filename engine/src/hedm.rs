@@ -210,8 +210,7 @@ pub fn run(cmd: HedmCmd, json_out: bool) -> anyhow::Result<()> {
                 return Ok(());
             }
             let s = &r.summary;
-            let mut t = crate::cli::table(&["figure", "value"]);
-            for (k, v) in [
+            let t = crate::cli::figures([
                 ("frames", s.frames.to_string()),
                 ("regions", s.regions.to_string()),
                 ("peaks", s.peaks.to_string()),
@@ -222,9 +221,7 @@ pub fn run(cmd: HedmCmd, json_out: bool) -> anyhow::Result<()> {
                 ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
                 ("peaks/s fitted", format!("{:.0}", s.peaks_per_s_fit)),
                 ("frames/s", format!("{:.2}", s.frames_per_s)),
-            ] {
-                t.add_row(vec![k.to_string(), v]);
-            }
+            ]);
             println!("{t}");
             println!("peaks: {}", r.peaks_h5.display());
             println!("       {}", r.peaks_csv.display());

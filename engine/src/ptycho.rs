@@ -178,7 +178,6 @@ pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
-            let mut t = crate::cli::table(&["figure", "value"]);
             let mut rows = vec![
                 ("engine", r.engine.clone()),
                 ("device", r.device.clone()),
@@ -202,10 +201,7 @@ pub fn run(cmd: PtychoCmd, json_out: bool) -> anyhow::Result<()> {
                     format!("mean {mean:.2}, max {max:.2}"),
                 ));
             }
-            for (k, v) in rows {
-                t.add_row(vec![k.to_string(), v]);
-            }
-            println!("{t}");
+            println!("{}", crate::cli::figures(rows));
             println!("result: {}", r.result.display());
             if let (Some(a), Some(p)) = (&r.amplitude_png, &r.phase_png) {
                 println!("images: {}\n        {}", a.display(), p.display());

@@ -210,26 +210,13 @@ impl Config {
             batch: self.batch.max(1),
             ..Summary::default()
         };
+        o.check_images(stack.rows, stack.cols)?;
         let corr = o.corrections();
         let mut scratch = Scratch::default();
         let (mut pending, mut out) = (Pending::default(), Vec::new());
         let mut find_s = 0.0;
         for i in first..last {
             let raw = stack.frame(i)?;
-            if let Some(len) = [
-                corr.dark.map(<[f32]>::len),
-                corr.flood.map(<[f32]>::len),
-                corr.mask.map(<[u8]>::len),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|&n| n != raw.len())
-            {
-                return Err(format!(
-                    "dark/flood/mask: {len} pixels, the frames have {} × {}",
-                    stack.rows, stack.cols
-                ));
-            }
             let t = Instant::now();
             correct(
                 &raw,

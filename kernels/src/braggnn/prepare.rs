@@ -54,6 +54,7 @@ pub fn from_fits(
     let rows = read_peaks_h5(peaks)?;
     let stack = Stack::open(&search.frames, search.dataset.as_deref())?;
     let o = search.options(stack.rows, stack.cols)?;
+    o.check_images(stack.rows, stack.cols)?;
     let corr = o.corrections();
     let [frame, y, z, npk, rc, mask] = [
         "Frame",

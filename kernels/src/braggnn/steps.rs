@@ -136,6 +136,7 @@ impl Kernel for PrepareStep {
 
 pub struct TrainStep;
 
+/// `threads` is not one: a step trains on the cores its pilot granted.
 const TRAIN_PARAMS: &[&str] = &[
     "patches",
     "out",
@@ -200,8 +201,8 @@ impl Kernel for TrainStep {
         };
         let weights = p.out.join("best.safetensors");
         let mut cancelled = false;
+        p.o.threads = ctx.cpus.max(1);
         let tr = ctx.on_granted_cores(|| {
-            tch::set_num_threads(ctx.cpus.max(1) as i32);
             train(&set, shape.clone(), &p.o, Some(&weights), &mut |_| {
                 cancelled = ctx.cancelled();
                 !cancelled
@@ -217,8 +218,6 @@ impl Kernel for TrainStep {
         plot::learning_curve(&curve, &tr.history, tr.best).map_err(failed)?;
         let history = p.out.join("history.json");
         let kept = tr.history[tr.best];
-        let mut rates: Vec<f64> = tr.history.iter().map(|e| e.samples_per_s).collect();
-        rates.sort_by(f64::total_cmp);
         let out = json!({
             "weights": s(&weights),
             "onnx": s(&model),
@@ -228,7 +227,7 @@ impl Kernel for TrainStep {
             "epochs_run": tr.history.len(),
             "val_mean_px": kept.val_mean_px,
             "val_p95_px": kept.val_p95_px,
-            "samples_per_s": rates[rates.len() / 2],
+            "samples_per_s": tr.median_samples_per_s(),
             "device": tr.device,
         });
         let record = json!({

@@ -36,6 +36,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto` (falls back to the CPU with a note).
     pub device: String,
+    /// libtorch's intra-op threads (a process-wide setting); 0 leaves it.
+    pub threads: usize,
 }
 
 impl Default for TrainOptions {
@@ -48,6 +50,7 @@ impl Default for TrainOptions {
             validation: 0.2,
             seed: 0,
             device: "auto".into(),
+            threads: 0,
         }
     }
 }
@@ -80,6 +83,15 @@ pub struct Trained {
     pub device_note: Option<String>,
 }
 
+impl Trained {
+    /// The median training throughput over the epochs run.
+    pub fn median_samples_per_s(&self) -> f64 {
+        let mut r: Vec<f64> = self.history.iter().map(|e| e.samples_per_s).collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+}
+
 /// Trains a new `shape` network on `set`. The best weights so far are
 /// written to `checkpoint` (safetensors) after every improvement;
 /// `progress` sees each epoch and stops training by returning `false`.
@@ -106,6 +118,9 @@ pub fn train(
         ));
     }
     let (device, device_note) = crate::backend::device(&o.device)?;
+    if o.threads > 0 {
+        tch::set_num_threads(o.threads as i32);
+    }
     tch::manual_seed(o.seed as i64);
     let mut vs = nn::VarStore::new(device);
     let net = BraggNN::new(&vs.root(), shape.clone())?;

@@ -28,6 +28,25 @@ pub struct Options {
 }
 
 impl Options {
+    /// That the dark, flood and mask images fit frames of `rows` × `cols`.
+    pub fn check_images(&self, rows: usize, cols: usize) -> Result<(), String> {
+        let c = self.corrections();
+        let sizes = [
+            ("dark", c.dark.map(<[f32]>::len)),
+            ("flood", c.flood.map(<[f32]>::len)),
+            ("mask", c.mask.map(<[u8]>::len)),
+        ];
+        match sizes
+            .into_iter()
+            .find(|(_, n)| n.is_some_and(|n| n != rows * cols))
+        {
+            Some((what, Some(len))) => Err(format!(
+                "{what}: {len} pixels, the frames have {rows} × {cols}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The per-pixel corrections these options ask for.
     pub fn corrections(&self) -> Corrections<'_> {
         let (dark, dark_value) = match &self.dark {
@@ -133,25 +152,7 @@ pub fn run(
             stack.frames
         ));
     }
-    let check = |what: &str, len: usize| {
-        if len != stack.rows * stack.cols {
-            Err(format!(
-                "{what}: {len} pixels, the frames have {} × {}",
-                stack.rows, stack.cols
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    if let Dark::Image(d) = &o.dark {
-        check("dark", d.len())?;
-    }
-    if let Some(f) = &o.flood {
-        check("flood", f.len())?;
-    }
-    if let Some(m) = &o.mask {
-        check("mask", m.len())?;
-    }
+    o.check_images(stack.rows, stack.cols)?;
     let mut all = Vec::new();
     let mut s = Summary::default();
     let mut scratch = Scratch::default();
