@@ -139,22 +139,12 @@ fn training_on_synthetic_patches_learns_the_centres() {
 /// 0.053 px, 1.38×, on the same 2,000).
 #[test]
 fn the_golden_network_is_within_reach_of_the_pseudo_voigt_fit() {
-    use beamflow_kernels::braggnn::baseline::fit_centre;
+    use beamflow_kernels::braggnn::baseline;
     use beamflow_kernels::synthetic::braggnn::patches;
-    let set = patches(2_000, 11, 0, 77);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let net = BraggNN::new(&vs.root(), Shape::default()).unwrap();
-    weights::load(&mut vs, &data("braggnn_weights.npz")).unwrap();
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let nn_err = beamflow_kernels::braggnn::train::errors(&net, &set, &idx, Device::Cpu);
-    let mut ws = beamflow_kernels::hedm::Workspace::default();
-    let fit_err: Vec<f64> = idx
-        .iter()
-        .map(|&i| {
-            let c = fit_centre(set.patch(i), 11, &mut ws).unwrap();
-            (c[0] - set.centres[i][0]).hypot(c[1] - set.centres[i][1])
-        })
-        .collect();
+    let set = patches(2_000, 11, 1, 77);
+    let mut net = Predictor::open(&data("braggnn_weights.npz"), "cpu", 0).unwrap();
+    let nn_err = net.errors(&set, 512).unwrap();
+    let fit_err = baseline::errors(&set);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (a, b) = (mean(&nn_err), mean(&fit_err));
     eprintln!(

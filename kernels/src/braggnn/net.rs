@@ -7,9 +7,11 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::data::push_crop;
 use super::model::BraggNN;
 use super::onnx::OnnxNet;
 use super::weights;
+use crate::synthetic::braggnn::PatchSet;
 
 enum Runtime {
     Torch {
@@ -104,5 +106,28 @@ impl Predictor {
             }
         }
         Ok(out)
+    }
+}
+
+impl Predictor {
+    /// The centre error, px, on each patch of `set` (unshifted windows,
+    /// labels from the file), `batch` patches per call.
+    pub fn errors(&mut self, set: &PatchSet, batch: usize) -> Result<Vec<f64>, String> {
+        if set.psz != self.psz {
+            return Err(format!(
+                "the patches are {}² but the model takes {}²",
+                set.psz, self.psz
+            ));
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in 0..set.len() {
+            push_crop(set, i, (0, 0), &mut x, &mut y);
+        }
+        let p = self.predict(&x, set.len(), batch)?;
+        let psz = self.psz as f64;
+        Ok(p.iter()
+            .zip(y.chunks_exact(2))
+            .map(|(a, b)| f64::from(a[0] - b[0]).hypot(f64::from(a[1] - b[1])) * psz)
+            .collect())
     }
 }
