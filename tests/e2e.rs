@@ -1335,3 +1335,165 @@ fn braggnn_infer_errors_name_the_culprit() {
     ]);
     assert!(out.contains("ort:cpu"), "{out}");
 }
+
+// ---- File triggers (`beamflow watch`) -----------------------------------------
+
+const INGEST: &str = r#"
+name = "ingest"
+version = 1
+[input.files]
+type = "list"
+[[steps]]
+name = "a"
+action = "kernel"
+kernel = "noop"
+"#;
+
+/// Starts `beamflow watch DIR` for the `ingest` flow, 10 files a run at
+/// most (a partial batch after 300 ms), with `extra` flags.
+fn watcher(env: &Env, dir: &Path, flow: &Path, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["--home", env.home.to_str().unwrap(), "watch"])
+            .arg(dir)
+            .args([
+                "--flow",
+                flow.to_str().unwrap(),
+                "--pattern",
+                "*.h5",
+                "--settle",
+                "300ms",
+            ])
+            .args(["--batch", "10", "--flush-after", "300ms"])
+            .args(extra)
+            .stdout(env.log("watch-out"))
+            .stderr(env.log("watch-err"))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Every file named by the runs of `ingest`, with how often, and the
+/// earliest creation time of a run naming each.
+async fn ingested(c: &Client) -> std::collections::BTreeMap<String, (usize, i64)> {
+    let runs: Vec<beamflow::store::RunRow> =
+        c.get("/api/runs?flow=ingest&limit=100000").await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for r in runs {
+        for f in r.input["files"].as_array().unwrap() {
+            let name = Path::new(f.as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let e = seen.entry(name).or_insert((0, i64::MAX));
+            e.0 += 1;
+            e.1 = e.1.min(r.created_us);
+        }
+    }
+    seen
+}
+
+async fn wait_ingested(c: &Client, n: usize) -> std::collections::BTreeMap<String, (usize, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = ingested(c).await;
+        if s.len() >= n {
+            // Anything fired twice would show up by now too.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            return ingested(c).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} files ingested",
+            s.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// With inotify and with a polling scan: a slow writer (pauses shorter
+/// than the settle time between writes, longer under inotify while the
+/// file is open) fires once, after its last write; a file written under a
+/// temporary name fires once under its final name; other names never; a
+/// burst of 1,000 files fires each exactly once, in batches of 10, even
+/// with the watcher killed (SIGKILL) in the middle and started again; a
+/// file already ingested is not ingested again after the restart.
+#[test]
+fn watch_fires_once_per_complete_file_across_a_restart() {
+    for mode in [&[][..], &["--poll", "100ms"][..]] {
+        let env = Env::new();
+        let (_server, c) = env.server("127.0.0.1:0", &[]);
+        let _pilot = env.pilot("a", 2);
+        let flow = env.flow("ingest", INGEST);
+        let dir = env.home.join("detector");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = watcher(&env, &dir, &flow, mode);
+        rt().block_on(async {
+            wait_pilots(&c, 1).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A slow writer: five chunks 150 ms apart (inotify: and a
+            // 600 ms pause with the file open).
+            let slow = dir.join("slow.h5");
+            let mut f = std::fs::File::create(&slow).unwrap();
+            for k in 0..5 {
+                use std::io::Write;
+                f.write_all(&[k; 4096]).unwrap();
+                f.flush().unwrap();
+                let pause = if mode.is_empty() && k == 2 { 600 } else { 150 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            drop(f);
+            let written = now_us();
+            // Write-then-rename, and names the pattern leaves out.
+            std::fs::write(dir.join(".partial"), b"frame").unwrap();
+            std::fs::rename(dir.join(".partial"), dir.join("renamed.h5")).unwrap();
+            std::fs::write(dir.join("notes.txt"), b"not a frame").unwrap();
+            let s = wait_ingested(&c, 2).await;
+            assert_eq!(
+                s.keys().collect::<Vec<_>>(),
+                ["renamed.h5", "slow.h5"],
+                "{s:?}"
+            );
+            assert!(s.values().all(|v| v.0 == 1), "{s:?}");
+            assert!(
+                s["slow.h5"].1 >= written,
+                "slow.h5 fired before its last write"
+            );
+            // A burst of 1,000; the watcher is killed after ~400 and restarted.
+            for i in 0..1000 {
+                std::fs::write(dir.join(format!("burst_{i:04}.h5")), [i as u8; 512]).unwrap();
+                if i == 400 {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while ingested(&c).await.len() < 100 {
+                        assert!(Instant::now() < deadline, "nothing fired from the burst");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    w.kill9();
+                }
+            }
+            let _w2 = watcher(&env, &dir, &flow, mode);
+            let s = wait_ingested(&c, 1002).await;
+            assert_eq!(s.len(), 1002, "{mode:?}");
+            let twice: Vec<_> = s.iter().filter(|(_, v)| v.0 != 1).collect();
+            assert!(
+                twice.is_empty(),
+                "{mode:?}: fired more than once: {twice:?}"
+            );
+            // Batches of at most 10.
+            let runs: Vec<beamflow::store::RunRow> =
+                c.get("/api/runs?flow=ingest&limit=100000").await.unwrap();
+            assert!(runs
+                .iter()
+                .all(|r| r.input["files"].as_array().unwrap().len() <= 10));
+            assert!(runs.len() >= 101, "{} runs", runs.len());
+        });
+    }
+}

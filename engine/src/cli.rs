@@ -51,6 +51,9 @@ enum Cmd {
     /// List, show, cancel, retry and wait for runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// Start a flow for each new file (or batch of files) in a directory,
+    /// once the file is complete; each file once, across restarts.
+    Watch(WatchArgs),
     /// Search the catalog of published records.
     #[command(subcommand)]
     Catalog(CatalogCmd),
@@ -193,6 +196,44 @@ struct RunArgs {
     /// Server and pilot in this process: no server needed.
     #[arg(long)]
     local: bool,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The directory the instrument writes to.
+    dir: PathBuf,
+    /// Flow name, or a flow file (registered first).
+    #[arg(long)]
+    flow: String,
+    /// Glob on file names, e.g. `*.h5` (with --recursive: on the path below DIR).
+    #[arg(long, default_value = "*")]
+    pattern: String,
+    /// Watch subdirectories too.
+    #[arg(long)]
+    recursive: bool,
+    /// Files per run (one run per 512 images: --batch 512).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// How long a closed file must stay unchanged to count as complete.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: std::time::Duration,
+    /// Start a run for a partial batch whose oldest file waited this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    flush_after: Option<std::time::Duration>,
+    /// The run input as a JSON template: {{ file }}, {{ files | tojson }},
+    /// {{ count }}, {{ dir }} (default {"file": "{{ file }}"}, or
+    /// {"files": [...]} with --batch).
+    #[arg(long)]
+    input_template: Option<String>,
+    /// Scan at this interval instead of inotify (GPFS, Lustre, NFS).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    poll: Option<std::time::Duration>,
+    /// State file (default: HOME/watch/<hash of dir, flow, pattern>.sqlite).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Stop after starting this many runs.
+    #[arg(long)]
+    max_runs: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -487,6 +528,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Flow(f) => flow_cmd(f, &client, cli.json).await,
         Cmd::Run(a) => run_cmd(a, &client, cli.json, &home).await,
         Cmd::Runs(r) => runs_cmd(r, &client()?, cli.json).await,
+        Cmd::Watch(a) => {
+            let mut spec = crate::watch::WatchSpec {
+                dir: a.dir,
+                flow: a.flow,
+                pattern: a.pattern,
+                recursive: a.recursive,
+                batch: a.batch,
+                settle: a.settle,
+                flush_after: a.flush_after,
+                input_template: a.input_template,
+                poll: a.poll,
+                state: PathBuf::new(),
+                max_runs: a.max_runs,
+            };
+            spec.state = a
+                .state
+                .unwrap_or_else(|| crate::watch::default_state(&home, &spec));
+            crate::watch::watch(spec, client()?, cli.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Catalog(CatalogCmd::Search {
             text,
             fields,

@@ -25,4 +25,5 @@ pub mod server;
 pub mod site;
 pub mod store;
 pub mod util;
+pub mod watch;
 pub mod xpcs;

@@ -1,0 +1,424 @@
+//! `beamflow watch`: a file trigger. New files in a directory that match a
+//! pattern start runs of a flow once they are complete ([`settle`]), one
+//! run per file or per batch of N files, each file exactly once, across
+//! restarts ([`state`]).
+//!
+//! Files are noticed through inotify (close-write and rename events) with a
+//! slow rescan behind it, or, with `--poll`, by a stat scan alone — for
+//! GPFS, Lustre and NFS, where inotify does not see other hosts' writes.
+//! Either way the same rule decides when a file is complete. Files already
+//! in the directory when the trigger starts, and not recorded as seen,
+//! count as new.
+
+pub mod settle;
+pub mod state;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use globset::{Glob, GlobMatcher};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use settle::{stat, Settle};
+use state::{Batch, State};
+
+/// What to watch and what to start.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub dir: PathBuf,
+    /// Flow name, or a flow file (registered first).
+    pub flow: String,
+    /// Glob on file names (`*.h5`); with `recursive`, on the path below `dir`.
+    pub pattern: String,
+    pub recursive: bool,
+    /// Files per run.
+    pub batch: usize,
+    /// Quiet time before a closed file counts as complete.
+    pub settle: Duration,
+    /// Start a run for a partial batch whose oldest file has waited this long.
+    pub flush_after: Option<Duration>,
+    /// The run's input, a JSON template (minijinja): `file`, `files`,
+    /// `count`, `dir`.
+    pub input_template: Option<String>,
+    /// Scan every interval instead of using inotify.
+    pub poll: Option<Duration>,
+    /// The trigger's state file.
+    pub state: PathBuf,
+    /// Stop after starting this many runs (tests, one-shot ingestion).
+    pub max_runs: Option<usize>,
+}
+
+/// The default state file of a trigger: one per directory, flow and pattern.
+pub fn default_state(home: &Path, spec: &WatchSpec) -> PathBuf {
+    let dir = std::fs::canonicalize(&spec.dir).unwrap_or_else(|_| spec.dir.clone());
+    let key = format!("{}\n{}\n{}", dir.display(), spec.flow, spec.pattern);
+    let h = blake3::hash(key.as_bytes()).to_hex();
+    home.join("watch").join(format!("{}.sqlite", &h[..16]))
+}
+
+/// The run input for `files`, from the template.
+fn render(template: &str, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value> {
+    let env = minijinja::Environment::new();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let ctx = minijinja::context! {
+        file => names.first().cloned().unwrap_or_default(),
+        files => names,
+        count => files.len(),
+        dir => dir.display().to_string(),
+    };
+    let text = env
+        .render_str(template, ctx)
+        .map_err(|e| anyhow!("--input-template: {e}"))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("--input-template gives `{text}`, not JSON: {e}"))?;
+    anyhow::ensure!(
+        v.is_object(),
+        "--input-template gives `{text}`, not a JSON object"
+    );
+    Ok(v)
+}
+
+/// Whether the server's stored `input` is the one we submitted (the server
+/// fills in defaults and types numbers, so every key we gave must match).
+fn same_input(ours: &Value, stored: &Value) -> bool {
+    let (Some(a), Some(b)) = (ours.as_object(), stored.as_object()) else {
+        return false;
+    };
+    a.iter().all(|(k, v)| match (v, b.get(k)) {
+        (Value::Number(x), Some(Value::Number(y))) => x.as_f64() == y.as_f64(),
+        (x, Some(y)) => x == y,
+        _ => false,
+    })
+}
+
+struct Trigger {
+    spec: WatchSpec,
+    matcher: GlobMatcher,
+    client: Client,
+    flow: String,
+    template: String,
+    state: State,
+    known: HashSet<PathBuf>,
+    settle: Settle,
+    started: usize,
+    json: bool,
+}
+
+impl Trigger {
+    fn matches(&self, path: &Path) -> bool {
+        let rel = if self.spec.recursive {
+            path.strip_prefix(&self.spec.dir).unwrap_or(path)
+        } else {
+            if path.parent() != Some(self.spec.dir.as_path()) {
+                return false;
+            }
+            match path.file_name() {
+                Some(n) => Path::new(n),
+                None => return false,
+            }
+        };
+        self.matcher.is_match(rel)
+    }
+
+    /// Every matching file below the directory not yet recorded.
+    fn scan(&mut self, now: Instant) {
+        let mut stack = vec![self.spec.dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && self.spec.recursive => stack.push(p),
+                    Ok(t) if t.is_file() && !self.known.contains(&p) && self.matches(&p) => {
+                        if let Some(s) = stat(&p) {
+                            self.settle.scanned(&p, s, now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, ev: notify::Event, now: Instant) {
+        let writing = match ev.kind {
+            EventKind::Create(CreateKind::File | CreateKind::Any) => true,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => true,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => false,
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                // paths = [from, to]: only the new name is a candidate.
+                if let Some(to) = ev.paths.get(1) {
+                    if !self.known.contains(to) && self.matches(to) {
+                        self.settle.event(to, false, now);
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        for p in &ev.paths {
+            if !self.known.contains(p) && self.matches(p) {
+                self.settle.event(p, writing, now);
+            }
+        }
+    }
+
+    /// Records files that are complete, then starts every full batch (and a
+    /// partial one that waited `flush_after`).
+    async fn advance(&mut self, now: Instant) -> anyhow::Result<()> {
+        for (p, s) in self.settle.ready(now, stat) {
+            self.state.complete(&p, s)?;
+            self.known.insert(p);
+        }
+        loop {
+            if self.spec.max_runs.is_some_and(|m| self.started >= m) {
+                return Ok(());
+            }
+            let (queued, oldest) = self.state.queued()?;
+            let waited = oldest.map(|us| {
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
+                Duration::from_micros((now_us - us).max(0) as u64)
+            });
+            let flush = matches!((self.spec.flush_after, waited), (Some(f), Some(w)) if w >= f);
+            let take = if queued.len() >= self.spec.batch {
+                self.spec.batch
+            } else if flush && !queued.is_empty() {
+                queued.len()
+            } else {
+                return Ok(());
+            };
+            let mut files = queued[..take].to_vec();
+            files.sort();
+            let input = render(&self.template, &self.spec.dir, &files)?;
+            let b = self.state.form(&files, &input)?;
+            self.submit(b).await?;
+        }
+    }
+
+    async fn submit(&mut self, b: Batch) -> anyhow::Result<()> {
+        let ids = self
+            .client
+            .submit(&self.flow, None, vec![b.input.clone()])
+            .await?;
+        self.state.submitted(b.id, &ids)?;
+        self.started += 1;
+        self.say(&b, &ids, "");
+        Ok(())
+    }
+
+    fn say(&self, b: &Batch, ids: &[u64], how: &str) {
+        if self.json {
+            println!(
+                "{}",
+                json!({"runs": ids, "files": b.files, "recovered": !how.is_empty()})
+            );
+            return;
+        }
+        let what = match &b.files[..] {
+            [one] => one.display().to_string(),
+            many => format!(
+                "{} files ({} … {})",
+                many.len(),
+                many.first()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                many.last()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        };
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        println!("run {} ← {what}{how}", ids.join(","));
+    }
+
+    /// Batches recorded but not known submitted when the trigger last
+    /// stopped: found on the server, or submitted now.
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        let open = self.state.unsubmitted()?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let flow = form_urlencoded::byte_serialize(self.flow.as_bytes()).collect::<String>();
+        let runs: Vec<crate::store::RunRow> = self
+            .client
+            .get(&format!("/api/runs?flow={flow}&limit=100000"))
+            .await?;
+        let mut claimed = self.state.claimed_runs()?;
+        for b in open {
+            let found = runs
+                .iter()
+                .filter(|r| !claimed.contains(&r.id) && same_input(&b.input, &r.input))
+                .map(|r| r.id)
+                .min();
+            match found {
+                Some(id) => {
+                    self.state.submitted(b.id, &[id])?;
+                    claimed.insert(id);
+                    self.started += 1;
+                    self.say(&b, &[id], " (found on the server after a restart)");
+                }
+                None => self.submit(b).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the trigger until interrupted (or `max_runs` runs are started).
+pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(spec.batch >= 1, "--batch must be at least 1");
+    let dir = std::fs::canonicalize(&spec.dir)
+        .with_context(|| format!("{}: cannot watch", spec.dir.display()))?;
+    anyhow::ensure!(dir.is_dir(), "{}: not a directory", dir.display());
+    let matcher = Glob::new(&spec.pattern)
+        .map_err(|e| anyhow!("--pattern {}: {e}", spec.pattern))?
+        .compile_matcher();
+    let template = spec.input_template.clone().unwrap_or_else(|| {
+        if spec.batch == 1 {
+            r#"{"file": "{{ file }}"}"#.into()
+        } else {
+            r#"{"files": {{ files | tojson }}}"#.into()
+        }
+    });
+    render(&template, &dir, &[dir.join("example")])?;
+    let is_file = spec.flow.ends_with(".toml") || Path::new(&spec.flow).is_file();
+    let flow = if is_file {
+        client.register(Path::new(&spec.flow)).await?.0
+    } else {
+        spec.flow.clone()
+    };
+    let state = State::open(&spec.state)?;
+    let known = state.known()?;
+    let mut t = Trigger {
+        settle: Settle::new(spec.settle),
+        spec: WatchSpec { dir, ..spec },
+        matcher,
+        client,
+        flow,
+        template,
+        known,
+        state,
+        started: 0,
+        json: json_out,
+    };
+    t.recover().await?;
+    // inotify first, then the scan: a file written in between is seen twice,
+    // never missed.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher = match t.spec.poll {
+        Some(_) => None,
+        None => {
+            let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+                let _ = tx.send(e);
+            })
+            .context("inotify (use --poll on file systems without it)")?;
+            let mode = if t.spec.recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            w.watch(&t.spec.dir, mode)
+                .with_context(|| format!("{}: cannot watch (use --poll)", t.spec.dir.display()))?;
+            Some(w)
+        }
+    };
+    t.scan(Instant::now());
+    if !json_out {
+        eprintln!(
+            "watching {} for {} ({}, settle {:?}{}): flow {}",
+            t.spec.dir.display(),
+            t.spec.pattern,
+            match t.spec.poll {
+                Some(p) => format!("scan every {p:?}"),
+                None => "inotify".into(),
+            },
+            t.spec.settle,
+            if t.spec.batch > 1 {
+                format!(", {} files a run", t.spec.batch)
+            } else {
+                String::new()
+            },
+            t.flow
+        );
+    }
+    // The settle clock is checked four times per settle time; a scan runs
+    // at the poll interval, or every 10 s behind inotify (missed events,
+    // queue overflows).
+    let tick = (t.spec.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let rescan = t.spec.poll.unwrap_or(Duration::from_secs(10));
+    let mut last_scan = Instant::now();
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if t.spec.max_runs.is_some_and(|m| t.started >= m) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if now.duration_since(last_scan) >= rescan {
+                    t.scan(now);
+                    last_scan = now;
+                }
+                t.advance(now).await?;
+            }
+            Some(ev) = rx.recv() => {
+                match ev {
+                    Ok(ev) => t.event(ev, Instant::now()),
+                    // An overflowed queue: rescan now.
+                    Err(e) => {
+                        tracing::warn!("inotify: {e}; rescanning");
+                        t.scan(Instant::now());
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                if !json_out {
+                    eprintln!("stopped: {} runs started", t.state.runs_started()?);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_and_stored_inputs() {
+        let d = Path::new("/data");
+        let f = [PathBuf::from("/data/a.h5"), PathBuf::from("/data/b.h5")];
+        let v = render(r#"{"frames": "{{ file }}", "n": {{ count }}}"#, d, &f).unwrap();
+        assert_eq!(v, json!({"frames": "/data/a.h5", "n": 2}));
+        let v = render(r#"{"files": {{ files | tojson }}}"#, d, &f).unwrap();
+        assert_eq!(v["files"][1], "/data/b.h5");
+        assert!(render("{{ file }}", d, &f)
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
+        assert!(render("[1]", d, &f)
+            .unwrap_err()
+            .to_string()
+            .contains("not a JSON object"));
+        let stored = json!({"frames": "/data/a.h5", "n": 2.0, "dark": 0.0});
+        assert!(same_input(&v_frames(), &stored));
+        assert!(!same_input(&json!({"frames": "/data/b.h5"}), &stored));
+    }
+
+    fn v_frames() -> Value {
+        json!({"frames": "/data/a.h5", "n": 2})
+    }
+}
