@@ -1497,3 +1497,108 @@ fn watch_fires_once_per_complete_file_across_a_restart() {
         });
     }
 }
+
+/// A flow's `[[trigger]]` table runs in the server: files closed in its
+/// directory start runs with the templated input (typed by the flow's
+/// schema); a restarted server picks the trigger up again from the store
+/// and neither repeats nor misses a file (one written while it was down
+/// is started after); a new version of the flow replaces the trigger.
+#[test]
+fn the_server_runs_a_flows_trigger_table_across_restarts() {
+    let env = Env::new();
+    let dir = env.home.join("detector");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = |version: u32, pattern: &str| {
+        format!(
+            r#"
+name = "ingest"
+version = {version}
+[input.frame]
+type = "path"
+[input.count]
+type = "int"
+[[trigger]]
+dir = "{}"
+pattern = "{pattern}"
+settle = "200ms"
+input = {{ frame = "{{{{ file }}}}", count = "{{{{ count }}}}" }}
+[[steps]]
+name = "a"
+action = "kernel"
+kernel = "noop"
+"#,
+            dir.display()
+        )
+    };
+    let v1 = env.flow("ingest-v1", &src(1, "*.h5"));
+    let bind = free_bind();
+    let frames = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let runs: Vec<beamflow::store::RunRow> =
+                c.get("/api/runs?flow=ingest&limit=1000").await.unwrap();
+            let mut v: Vec<(String, i64)> = runs
+                .iter()
+                .map(|r| {
+                    let f = r.input["frame"].as_str().unwrap();
+                    (
+                        Path::new(f)
+                            .file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                        r.input["count"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let wait_for = |c: &Client, n: usize| {
+        let c = c.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let v = frames(&c).await;
+                if v.len() >= n {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    return frames(&c).await;
+                }
+                assert!(Instant::now() < deadline, "{} of {n} runs: {v:?}", v.len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    {
+        let (_server, c) = env.server(&bind, &[]);
+        let _pilot = env.pilot("a", 1);
+        env.beamflow_ok(&["flow", "register", v1.to_str().unwrap()]);
+        rt().block_on(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::write(dir.join("a.h5"), b"1").unwrap();
+            std::fs::write(dir.join("b.h5"), b"2").unwrap();
+            std::fs::write(dir.join("b.txt"), b"no").unwrap();
+            let v = wait_for(&c, 2).await;
+            assert_eq!(v, [("a.h5".to_string(), 1), ("b.h5".to_string(), 1)]);
+        });
+    }
+    // Written while the server is down.
+    std::fs::write(dir.join("c.h5"), b"3").unwrap();
+    let (_server, c) = env.server(&bind, &[]);
+    let _pilot = env.pilot("b", 1);
+    rt().block_on(async {
+        let v = wait_for(&c, 3).await;
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(v[2].0, "c.h5");
+        // Version 2 watches *.dat instead.
+        let v2 = env.flow("ingest-v2", &src(2, "*.dat"));
+        env.beamflow_ok(&["flow", "register", v2.to_str().unwrap()]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(dir.join("d.h5"), b"4").unwrap();
+        std::fs::write(dir.join("e.dat"), b"5").unwrap();
+        let v = wait_for(&c, 4).await;
+        let names: Vec<&str> = v.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(names, ["a.h5", "b.h5", "c.h5", "e.dat"]);
+    });
+}

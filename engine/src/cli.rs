@@ -537,7 +537,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch: a.batch,
                 settle: a.settle,
                 flush_after: a.flush_after,
-                input_template: a.input_template,
+                input: a.input_template.map(crate::watch::Input::Json),
                 poll: a.poll,
                 state: PathBuf::new(),
                 max_runs: a.max_runs,
@@ -545,7 +545,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             spec.state = a
                 .state
                 .unwrap_or_else(|| crate::watch::default_state(&home, &spec));
-            crate::watch::watch(spec, client()?, cli.json).await?;
+            let say = if cli.json {
+                crate::watch::Say::Json
+            } else {
+                crate::watch::Say::Text
+            };
+            crate::watch::watch(spec, client()?, say).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Catalog(CatalogCmd::Search {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,6 +70,28 @@ struct RawFlow {
     input: BTreeMap<Spanned<String>, Spanned<RawInput>>,
     #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    trigger: Vec<Spanned<RawTrigger>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    dir: Spanned<String>,
+    #[serde(default)]
+    pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    recursive: bool,
+    #[serde(default)]
+    batch: Option<Spanned<i64>>,
+    #[serde(default)]
+    settle: Option<Spanned<String>>,
+    #[serde(default)]
+    flush_after: Option<Spanned<String>>,
+    #[serde(default)]
+    poll: Option<Spanned<String>>,
+    #[serde(default)]
+    input: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +297,12 @@ fn build(cx: &mut Ctx, raw: RawFlow, site: Option<&SiteConfig>) -> FlowSpec {
                 None
             }
         });
+    let triggers = raw
+        .trigger
+        .iter()
+        .enumerate()
+        .map(|(i, t)| build_trigger(cx, t.get_ref(), &format!("trigger[{i}]"), &inputs))
+        .collect();
     let spec = FlowSpec {
         name,
         version: version.clamp(0, i64::from(u32::MAX)) as u32,
@@ -282,12 +311,107 @@ fn build(cx: &mut Ctx, raw: RawFlow, site: Option<&SiteConfig>) -> FlowSpec {
         steps,
         priority,
         deadline_s,
+        triggers,
     };
     check_edges(cx, &raw, &spec);
     if cx.errors.is_empty() {
         check_templates(cx, &raw, &spec, site);
     }
     spec
+}
+
+/// A `[[trigger]]` table: an absolute directory, a glob, sizes and
+/// durations in range, and an input that names the flow's inputs (every
+/// required one) with templates that compile.
+fn build_trigger(cx: &mut Ctx, t: &RawTrigger, key: &str, inputs: &[InputSpec]) -> TriggerSpec {
+    let dir = t.dir.get_ref().clone();
+    if !Path::new(&dir).is_absolute() {
+        cx.err(
+            t.dir.span(),
+            format!("{key}.dir"),
+            format!("`{dir}` must be an absolute path (on the server's machine)"),
+        );
+    }
+    let pattern = t
+        .pattern
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .unwrap_or_else(|| "*".into());
+    if let (Some(p), Err(e)) = (&t.pattern, globset::Glob::new(&pattern)) {
+        cx.err(p.span(), format!("{key}.pattern"), e.to_string());
+    }
+    let batch = match &t.batch {
+        Some(b) if !(1..=1_000_000).contains(b.get_ref()) => {
+            cx.err(
+                b.span(),
+                format!("{key}.batch"),
+                "must be from 1 to 1000000",
+            );
+            1
+        }
+        Some(b) => *b.get_ref() as usize,
+        None => 1,
+    };
+    let mut duration = |d: &Option<Spanned<String>>, name: &str| -> Option<f64> {
+        let d = d.as_ref()?;
+        match parse_duration(d.get_ref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                cx.err(d.span(), format!("{key}.{name}"), e);
+                None
+            }
+        }
+    };
+    let settle_s = duration(&t.settle, "settle").unwrap_or(2.0);
+    let flush_after_s = duration(&t.flush_after, "flush_after");
+    let poll_s = duration(&t.poll, "poll");
+    if let Some((p, 0.0)) = t.poll.as_ref().zip(poll_s) {
+        cx.err(p.span(), format!("{key}.poll"), "must be longer than zero");
+    }
+    let mut input = serde_json::Map::new();
+    let env = minijinja::Environment::new();
+    if let Some(tbl) = &t.input {
+        for (k, v) in tbl.get_ref() {
+            let at = cx.find(tbl.span(), k);
+            if !inputs.iter().any(|i| &i.name == k) {
+                let known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                cx.err(
+                    at,
+                    format!("{key}.input.{k}"),
+                    format!(
+                        "the flow has no input `{k}` (it takes: {})",
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let toml::Value::String(text) = v {
+                if let Err(e) = env.template_from_str(text) {
+                    cx.err(at, format!("{key}.input.{k}"), e.to_string());
+                }
+            }
+            input.insert(k.clone(), toml_to_json(v));
+        }
+    }
+    for i in inputs.iter().filter(|i| i.required && i.default.is_none()) {
+        if !input.contains_key(&i.name) {
+            cx.err(
+                t.dir.span(),
+                format!("{key}.input"),
+                format!("sets no value for the required input `{}` (e.g. input = {{ {} = \"{{{{ file }}}}\" }})", i.name, i.name),
+            );
+        }
+    }
+    TriggerSpec {
+        dir,
+        pattern,
+        recursive: t.recursive,
+        batch,
+        settle_s,
+        flush_after_s,
+        poll_s,
+        input,
+    }
 }
 
 /// Priorities are small integers; anything outside ±1000 is a typo.

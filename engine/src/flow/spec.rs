@@ -19,6 +19,27 @@ pub struct FlowSpec {
     /// of runs with the earliest deadline are placed first.
     #[serde(default)]
     pub deadline_s: Option<f64>,
+    /// Directories the server watches for new files, each starting runs.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSpec>,
+}
+
+/// A `[[trigger]]` table: new files in `dir` start runs of the flow (the
+/// server runs it as `beamflow watch` would; see `crate::watch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TriggerSpec {
+    /// Absolute, on the server's machine.
+    pub dir: String,
+    pub pattern: String,
+    pub recursive: bool,
+    pub batch: usize,
+    pub settle_s: f64,
+    pub flush_after_s: Option<f64>,
+    /// A stat scan at this interval instead of inotify.
+    pub poll_s: Option<f64>,
+    /// Flow input → value; strings are templates over `file`, `files`,
+    /// `count` and `dir`, typed by the flow's input schema.
+    pub input: serde_json::Map<String, Value>,
 }
 
 impl FlowSpec {

@@ -111,6 +111,7 @@ async fn register_flow(
     let path = b.path.unwrap_or_else(|| "<api>".to_string());
     let spec = crate::flow::parse(&b.source, &path, Some(&app.site))
         .map_err(|e| ApiError::new(400, e.to_string()))?;
+    let for_triggers = spec.clone();
     let r = ask(&app, |reply| CoreMsg::Register {
         spec,
         source: b.source,
@@ -118,6 +119,9 @@ async fn register_flow(
         reply,
     })
     .await?;
+    if r.changed {
+        app.triggers.flow(for_triggers);
+    }
     Ok(Json(serde_json::to_value(r).map_err(internal)?))
 }
 

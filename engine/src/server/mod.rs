@@ -4,6 +4,7 @@ mod api;
 mod api_alloc;
 pub mod core;
 mod pilot_conn;
+mod triggers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,7 @@ pub(crate) struct App {
     pub token: Arc<String>,
     pub site: Arc<SiteConfig>,
     pub next_conn: Arc<AtomicU64>,
+    pub triggers: triggers::Triggers,
 }
 
 /// A server running inside this process (for `demo`, `run --local`, `bench`).
@@ -176,7 +178,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             }
         });
     }
+    // The newest version of each flow decides its triggers.
+    let mut newest: Vec<crate::flow::FlowSpec> = store
+        .read(crate::store::flows)?
+        .into_iter()
+        .map(|f| f.spec)
+        .collect();
+    newest.dedup_by(|b, a| a.name == b.name);
+    let triggers = triggers::Triggers::start(home.clone(), url.clone(), token.clone(), newest);
     let app = App {
+        triggers,
         core: core_tx,
         store: store.clone(),
         updates,

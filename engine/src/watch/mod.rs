@@ -42,15 +42,58 @@ pub struct WatchSpec {
     pub settle: Duration,
     /// Start a run for a partial batch whose oldest file has waited this long.
     pub flush_after: Option<Duration>,
-    /// The run's input, a JSON template (minijinja): `file`, `files`,
-    /// `count`, `dir`.
-    pub input_template: Option<String>,
+    /// The run's input (default: `file`, or `files` with a batch).
+    pub input: Option<Input>,
     /// Scan every interval instead of using inotify.
     pub poll: Option<Duration>,
     /// The trigger's state file.
     pub state: PathBuf,
     /// Stop after starting this many runs (tests, one-shot ingestion).
     pub max_runs: Option<usize>,
+}
+
+/// How a run's input is made from its files; templates (minijinja) see
+/// `file` (the first), `files`, `count` and `dir`.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// One template that renders to a JSON object (`--input-template`).
+    Json(String),
+    /// Input name → value, strings rendered as templates and typed by the
+    /// flow's schema (a `[[trigger]]` table's `input`).
+    Fields(serde_json::Map<String, Value>),
+}
+
+impl WatchSpec {
+    /// The watch a flow's `[[trigger]]` table asks the server for.
+    pub fn from_trigger(flow: &str, t: &crate::flow::TriggerSpec, home: &Path) -> WatchSpec {
+        let secs = Duration::from_secs_f64;
+        let mut w = WatchSpec {
+            dir: PathBuf::from(&t.dir),
+            flow: flow.to_string(),
+            pattern: t.pattern.clone(),
+            recursive: t.recursive,
+            batch: t.batch,
+            settle: secs(t.settle_s),
+            flush_after: t.flush_after_s.map(secs),
+            input: (!t.input.is_empty()).then(|| Input::Fields(t.input.clone())),
+            poll: t.poll_s.map(secs),
+            state: PathBuf::new(),
+            max_runs: None,
+        };
+        w.state = default_state(home, &w);
+        w
+    }
+}
+
+/// Where a trigger says what it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Say {
+    /// A line per run on stdout.
+    Text,
+    /// A JSON object per run on stdout.
+    Json,
+    /// The server's log.
+    Log,
 }
 
 /// The default state file of a trigger: one per directory, flow and pattern.
@@ -61,8 +104,8 @@ pub fn default_state(home: &Path, spec: &WatchSpec) -> PathBuf {
     home.join("watch").join(format!("{}.sqlite", &h[..16]))
 }
 
-/// The run input for `files`, from the template.
-fn render(template: &str, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value> {
+/// The run input for `files`.
+fn render(input: &Input, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value> {
     let env = minijinja::Environment::new();
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let ctx = minijinja::context! {
@@ -71,29 +114,54 @@ fn render(template: &str, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value
         count => files.len(),
         dir => dir.display().to_string(),
     };
-    let text = env
-        .render_str(template, ctx)
-        .map_err(|e| anyhow!("--input-template: {e}"))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("--input-template gives `{text}`, not JSON: {e}"))?;
-    anyhow::ensure!(
-        v.is_object(),
-        "--input-template gives `{text}`, not a JSON object"
-    );
-    Ok(v)
+    match input {
+        Input::Json(template) => {
+            let text = env
+                .render_str(template, ctx)
+                .map_err(|e| anyhow!("--input-template: {e}"))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("--input-template gives `{text}`, not JSON: {e}"))?;
+            anyhow::ensure!(
+                v.is_object(),
+                "--input-template gives `{text}`, not a JSON object"
+            );
+            Ok(v)
+        }
+        Input::Fields(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(t) => env
+                    .render_str(t, ctx.clone())
+                    .map(|r| (k.clone(), Value::String(r)))
+                    .map_err(|e| anyhow!("trigger input `{k}`: {e}")),
+                other => Ok((k.clone(), other.clone())),
+            })
+            .collect::<anyhow::Result<serde_json::Map<_, _>>>()
+            .map(Value::Object),
+    }
 }
 
-/// Whether the server's stored `input` is the one we submitted (the server
-/// fills in defaults and types numbers, so every key we gave must match).
+/// Whether the server's stored `input` is the one we submitted: the server
+/// fills in defaults and types values by the flow's schema (numbers, lists
+/// from their JSON text), so every key we gave must match after that.
 fn same_input(ours: &Value, stored: &Value) -> bool {
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+            (Value::String(s), other) if !other.is_string() => {
+                serde_json::from_str::<Value>(s).is_ok_and(|v| same(&v, other))
+                    || other
+                        .as_f64()
+                        .is_some_and(|y| s.trim().parse::<f64>().ok() == Some(y))
+                    || other.as_bool().is_some_and(|y| s.trim() == y.to_string())
+            }
+            (x, y) => x == y,
+        }
+    }
     let (Some(a), Some(b)) = (ours.as_object(), stored.as_object()) else {
         return false;
     };
-    a.iter().all(|(k, v)| match (v, b.get(k)) {
-        (Value::Number(x), Some(Value::Number(y))) => x.as_f64() == y.as_f64(),
-        (x, Some(y)) => x == y,
-        _ => false,
-    })
+    a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
 }
 
 struct Trigger {
@@ -101,12 +169,12 @@ struct Trigger {
     matcher: GlobMatcher,
     client: Client,
     flow: String,
-    template: String,
+    input: Input,
     state: State,
     known: HashSet<PathBuf>,
     settle: Settle,
     started: usize,
-    json: bool,
+    say: Say,
 }
 
 impl Trigger {
@@ -200,7 +268,7 @@ impl Trigger {
             };
             let mut files = queued[..take].to_vec();
             files.sort();
-            let input = render(&self.template, &self.spec.dir, &files)?;
+            let input = render(&self.input, &self.spec.dir, &files)?;
             let b = self.state.form(&files, &input)?;
             self.submit(b).await?;
         }
@@ -218,7 +286,7 @@ impl Trigger {
     }
 
     fn say(&self, b: &Batch, ids: &[u64], how: &str) {
-        if self.json {
+        if self.say == Say::Json {
             println!(
                 "{}",
                 json!({"runs": ids, "files": b.files, "recovered": !how.is_empty()})
@@ -239,7 +307,15 @@ impl Trigger {
             ),
         };
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        println!("run {} ← {what}{how}", ids.join(","));
+        let line = format!("run {} ← {what}{how}", ids.join(","));
+        match self.say {
+            Say::Log => tracing::info!(
+                "trigger {} ({}): {line}",
+                self.flow,
+                self.spec.dir.display()
+            ),
+            _ => println!("{line}"),
+        }
     }
 
     /// Batches recorded but not known submitted when the trigger last
@@ -276,7 +352,7 @@ impl Trigger {
 }
 
 /// Runs the trigger until interrupted (or `max_runs` runs are started).
-pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::Result<()> {
+pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<()> {
     anyhow::ensure!(spec.batch >= 1, "--batch must be at least 1");
     let dir = std::fs::canonicalize(&spec.dir)
         .with_context(|| format!("{}: cannot watch", spec.dir.display()))?;
@@ -284,14 +360,14 @@ pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::R
     let matcher = Glob::new(&spec.pattern)
         .map_err(|e| anyhow!("--pattern {}: {e}", spec.pattern))?
         .compile_matcher();
-    let template = spec.input_template.clone().unwrap_or_else(|| {
-        if spec.batch == 1 {
+    let input = spec.input.clone().unwrap_or_else(|| {
+        Input::Json(if spec.batch == 1 {
             r#"{"file": "{{ file }}"}"#.into()
         } else {
             r#"{"files": {{ files | tojson }}}"#.into()
-        }
+        })
     });
-    render(&template, &dir, &[dir.join("example")])?;
+    render(&input, &dir, &[dir.join("example")])?;
     let is_file = spec.flow.ends_with(".toml") || Path::new(&spec.flow).is_file();
     let flow = if is_file {
         client.register(Path::new(&spec.flow)).await?.0
@@ -306,11 +382,11 @@ pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::R
         matcher,
         client,
         flow,
-        template,
+        input,
         known,
         state,
         started: 0,
-        json: json_out,
+        say,
     };
     t.recover().await?;
     // inotify first, then the scan: a file written in between is seen twice,
@@ -334,8 +410,8 @@ pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::R
         }
     };
     t.scan(Instant::now());
-    if !json_out {
-        eprintln!(
+    if say != Say::Json {
+        let line = format!(
             "watching {} for {} ({}, settle {:?}{}): flow {}",
             t.spec.dir.display(),
             t.spec.pattern,
@@ -351,6 +427,10 @@ pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::R
             },
             t.flow
         );
+        match say {
+            Say::Log => tracing::info!("{line}"),
+            _ => eprintln!("{line}"),
+        }
     }
     // The settle clock is checked four times per settle time; a scan runs
     // at the poll interval, or every 10 s behind inotify (missed events,
@@ -383,8 +463,8 @@ pub async fn watch(spec: WatchSpec, client: Client, json_out: bool) -> anyhow::R
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
-                if !json_out {
+            _ = tokio::signal::ctrl_c(), if say != Say::Log => {
+                if say == Say::Text {
                     eprintln!("stopped: {} runs started", t.state.runs_started()?);
                 }
                 return Ok(());
@@ -401,24 +481,36 @@ mod tests {
     fn templates_and_stored_inputs() {
         let d = Path::new("/data");
         let f = [PathBuf::from("/data/a.h5"), PathBuf::from("/data/b.h5")];
-        let v = render(r#"{"frames": "{{ file }}", "n": {{ count }}}"#, d, &f).unwrap();
+        let j = |t: &str| Input::Json(t.into());
+        let v = render(&j(r#"{"frames": "{{ file }}", "n": {{ count }}}"#), d, &f).unwrap();
         assert_eq!(v, json!({"frames": "/data/a.h5", "n": 2}));
-        let v = render(r#"{"files": {{ files | tojson }}}"#, d, &f).unwrap();
+        let v = render(&j(r#"{"files": {{ files | tojson }}}"#), d, &f).unwrap();
         assert_eq!(v["files"][1], "/data/b.h5");
-        assert!(render("{{ file }}", d, &f)
-            .unwrap_err()
-            .to_string()
-            .contains("not JSON"));
-        assert!(render("[1]", d, &f)
-            .unwrap_err()
-            .to_string()
-            .contains("not a JSON object"));
-        let stored = json!({"frames": "/data/a.h5", "n": 2.0, "dark": 0.0});
-        assert!(same_input(&v_frames(), &stored));
+        let e = render(&j("{{ file }}"), d, &f).unwrap_err().to_string();
+        assert!(e.contains("not JSON"), "{e}");
+        let e = render(&j("[1]"), d, &f).unwrap_err().to_string();
+        assert!(e.contains("not a JSON object"), "{e}");
+        let fields = json!({
+            "frames": "{{ file }}",
+            "n": "{{ count }}",
+            "all": "{{ files | tojson }}",
+            "dark": 10
+        });
+        let v = render(&Input::Fields(fields.as_object().unwrap().clone()), d, &f).unwrap();
+        assert_eq!(
+            v,
+            json!({"frames": "/data/a.h5", "n": "2", "all": "[\"/data/a.h5\",\"/data/b.h5\"]", "dark": 10})
+        );
+        // As the server stores it: typed by the schema, defaults added.
+        let stored = json!({
+            "frames": "/data/a.h5",
+            "n": 2,
+            "all": ["/data/a.h5", "/data/b.h5"],
+            "dark": 10.0,
+            "x": 0
+        });
+        assert!(same_input(&v, &stored));
         assert!(!same_input(&json!({"frames": "/data/b.h5"}), &stored));
-    }
-
-    fn v_frames() -> Value {
-        json!({"frames": "/data/a.h5", "n": 2})
+        assert!(!same_input(&json!({"n": "3"}), &stored));
     }
 }
