@@ -271,6 +271,59 @@ fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
             assert!(a.finished_us.unwrap() <= a.recorded_us.unwrap());
         }
     });
+    // The report over the 200: every step in every run, the shell steps
+    // taking measurable time, several runs at once on 2 × 2 cores, the
+    // figures written as PNG.
+    let pngs = env.home.join("report");
+    let out = env.beamflow_ok(&[
+        "--json",
+        "report",
+        "--flow",
+        "four",
+        "-o",
+        pngs.to_str().unwrap(),
+    ]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let rep = &r["report"];
+    assert_eq!(rep["succeeded"], 200);
+    let steps: Vec<&str> = rep["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["make", "think", "check", "publish"]);
+    for s in rep["steps"].as_array().unwrap() {
+        assert_eq!(s["runs"], 200);
+        let q = &s["runtime_s"];
+        assert!(
+            q["q1"].as_f64() <= q["median"].as_f64() && q["median"].as_f64() <= q["q3"].as_f64(),
+            "{s}"
+        );
+    }
+    assert!(
+        rep["steps"][0]["runtime_s"]["median"].as_f64().unwrap() > 1e-4,
+        "{rep}"
+    );
+    assert!(rep["max_concurrent"].as_u64().unwrap() >= 2, "{rep}");
+    for p in r["plots"].as_array().unwrap() {
+        let bytes = std::fs::read(p.as_str().unwrap()).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{p}");
+    }
+    let o = Command::new(BIN)
+        .env("BEAMFLOW_HOME", &env.home)
+        .args([
+            "report",
+            "--flow",
+            "four",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--no-plots",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no succeeded runs"));
 }
 
 #[test]

@@ -54,6 +54,9 @@ enum Cmd {
     /// Start a flow for each new file (or batch of files) in a directory,
     /// once the file is complete; each file once, across restarts.
     Watch(WatchArgs),
+    /// Where a flow's runs spent their time: per-step medians and
+    /// quartiles, runtime box plots and runs in flight over time (PNG).
+    Report(ReportArgs),
     /// Search the catalog of published records.
     #[command(subcommand)]
     Catalog(CatalogCmd),
@@ -196,6 +199,43 @@ struct RunArgs {
     /// Server and pilot in this process: no server needed.
     #[arg(long)]
     local: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The flow's name.
+    #[arg(long)]
+    flow: String,
+    /// Only runs created since: a duration ago (`2h`, `3d`) or a time
+    /// (`2026-12-01T08:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many of the newest runs.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Where the PNGs go.
+    #[arg(long, short = 'o', default_value = ".")]
+    out: PathBuf,
+    /// No PNGs.
+    #[arg(long)]
+    no_plots: bool,
+}
+
+/// `--since`: a duration ago or a time, as µs since the epoch.
+fn since_us(s: &str) -> anyhow::Result<i64> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(s) {
+        Ok(d) => now - d,
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            anyhow::anyhow!(
+                "--since `{s}`: give a duration (2h, 3d) or a time (2026-12-01T08:00:00Z)"
+            )
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0))
 }
 
 #[derive(Args)]
@@ -528,6 +568,45 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Flow(f) => flow_cmd(f, &client, cli.json).await,
         Cmd::Run(a) => run_cmd(a, &client, cli.json, &home).await,
         Cmd::Runs(r) => runs_cmd(r, &client()?, cli.json).await,
+        Cmd::Report(a) => {
+            let since = a.since.as_deref().map(since_us).transpose()?.unwrap_or(0);
+            let qs = form_urlencoded::Serializer::new(String::new())
+                .append_pair("flow", &a.flow)
+                .append_pair("limit", &a.limit.to_string())
+                .finish();
+            let data: Value = client()?.get(&format!("/api/report?{qs}")).await?;
+            let runs = serde_json::from_value(data["runs"].clone())?;
+            let attempts = serde_json::from_value(data["attempts"].clone())?;
+            let r = crate::flow_report::summarise(&a.flow, runs, attempts, since);
+            anyhow::ensure!(
+                r.succeeded > 0,
+                "flow {}: no succeeded runs to report on{}",
+                a.flow,
+                a.since.map(|s| format!(" since {s}")).unwrap_or_default()
+            );
+            let mut plots = Vec::new();
+            if !a.no_plots {
+                std::fs::create_dir_all(&a.out)?;
+                let box_png = a.out.join(format!("{}_runtimes.png", a.flow));
+                let conc_png = a.out.join(format!("{}_concurrency.png", a.flow));
+                crate::flow_report::boxplots(&r, &box_png)?;
+                crate::flow_report::concurrency_plot(&r, &conc_png)?;
+                plots = vec![box_png, conc_png];
+            }
+            if cli.json {
+                print_json(&json!({ "report": r, "plots": plots }));
+            } else {
+                println!(
+                    "flow {}: {} runs finished ({} succeeded, {} failed), at most {} at once",
+                    r.flow, r.runs, r.succeeded, r.failed, r.max_concurrent
+                );
+                println!("{}", crate::flow_report::table(&r));
+                for p in &plots {
+                    println!("plot: {}", p.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Watch(a) => {
             let mut spec = crate::watch::WatchSpec {
                 dir: a.dir,

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod flow;
+pub mod flow_report;
 pub mod hedm;
 pub mod local;
 pub mod pilot;

@@ -30,6 +30,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/events", get(events))
         .route("/api/pilots", get(list_pilots))
         .route("/api/catalog", get(search_catalog))
+        .route("/api/report", get(report_data))
         .route("/api/pilot", get(super::pilot_conn::upgrade))
         .merge(super::api_alloc::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
@@ -181,6 +182,36 @@ async fn submit_runs(
     })
     .await?;
     Ok(Json(json!({ "runs": ids })))
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    flow: String,
+    limit: Option<usize>,
+}
+
+/// The newest `limit` runs of a flow with all their attempts, for
+/// `beamflow report`.
+async fn report_data(
+    State(app): State<App>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let (runs, attempts) = read(&app, move |c| {
+        let f = store::RunFilter {
+            flow: Some(q.flow.clone()),
+            limit: Some(limit),
+            state: None,
+            since: None,
+            until: None,
+        };
+        Ok((
+            store::runs(c, &f)?,
+            store::attempts_of_flow(c, &q.flow, limit)?,
+        ))
+    })
+    .await?;
+    Ok(Json(json!({ "runs": runs, "attempts": attempts })))
 }
 
 async fn list_runs(

@@ -47,7 +47,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// Registers a sans-serif font once; plotters has no built-in font.
-pub(crate) fn font() -> Result<(), String> {
+pub fn font() -> Result<(), String> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let env = std::env::var("BEAMFLOW_FONT").ok();
