@@ -1655,3 +1655,106 @@ kernel = "noop"
         assert_eq!(names, ["a.h5", "b.h5", "c.h5", "e.dat"]);
     });
 }
+
+/// SSX-Prime's pattern: every run of the trigger's flow reports hits; each
+/// time the runs since the last follow-up add up to 300 hits, one run of
+/// the follow-up flow starts with those runs and their total.
+#[test]
+fn a_follow_up_flow_starts_when_the_runs_add_up() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _pilot = env.pilot("a", 2);
+    let hits = env.flow(
+        "hits",
+        r#"
+name = "hits"
+version = 1
+[input.file]
+type = "path"
+[[steps]]
+name = "count"
+action = "shell"
+outputs = ["hits"]
+params = { script = "printf '{\"hits\": 100}' > $BEAMFLOW_OUTPUTS" }
+"#,
+    );
+    let prime = env.flow(
+        "prime",
+        r#"
+name = "prime"
+version = 1
+[input.runs]
+type = "list"
+[input.total]
+type = "float"
+[[steps]]
+name = "merge"
+action = "kernel"
+kernel = "noop"
+"#,
+    );
+    let dir = env.home.join("ssx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _w = Proc(
+        Command::new(BIN)
+            .args(["--home", env.home.to_str().unwrap(), "watch"])
+            .arg(&dir)
+            .args([
+                "--flow",
+                hits.to_str().unwrap(),
+                "--pattern",
+                "*.cbf",
+                "--settle",
+                "200ms",
+            ])
+            .args([
+                "--then",
+                prime.to_str().unwrap(),
+                "--when",
+                "steps.count.outputs.hits >= 300",
+            ])
+            .args([
+                "--then-input-template",
+                r#"{"runs": {{ runs | tojson }}, "total": {{ total }}}"#,
+            ])
+            .stdout(env.log("watch-out"))
+            .stderr(env.log("watch-err"))
+            .spawn()
+            .unwrap(),
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..7 {
+            std::fs::write(dir.join(format!("img_{i}.cbf")), [i; 64]).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let primes = loop {
+            let p: Vec<beamflow::store::RunRow> = c.get("/api/runs?flow=prime").await.unwrap();
+            if p.len() >= 2 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                break c
+                    .get::<Vec<beamflow::store::RunRow>>("/api/runs?flow=prime")
+                    .await
+                    .unwrap();
+            }
+            assert!(Instant::now() < deadline, "{} follow-ups", p.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // 700 hits: two follow-ups of 300, 100 left over.
+        assert_eq!(primes.len(), 2, "{primes:?}");
+        let mut covered = Vec::new();
+        for p in &primes {
+            assert_eq!(p.input["total"], json!(300.0));
+            let runs = p.input["runs"].as_array().unwrap();
+            assert_eq!(runs.len(), 3);
+            covered.extend(runs.iter().map(|r| r.as_u64().unwrap()));
+        }
+        covered.sort();
+        covered.dedup();
+        assert_eq!(covered.len(), 6);
+        let all: Vec<beamflow::store::RunRow> = c.get("/api/runs?flow=hits").await.unwrap();
+        assert_eq!(all.len(), 7);
+        assert!(covered.iter().all(|id| all.iter().any(|r| r.id == *id)));
+    });
+}

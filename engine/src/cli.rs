@@ -274,6 +274,17 @@ struct WatchArgs {
     /// Stop after starting this many runs.
     #[arg(long)]
     max_runs: Option<usize>,
+    /// A follow-up flow (name or file), started each time the runs started
+    /// since the last one add up to --when.
+    #[arg(long, requires = "when")]
+    then: Option<String>,
+    /// `steps.STEP.outputs.KEY >= N`: the output summed over those runs.
+    #[arg(long, requires = "then")]
+    when: Option<String>,
+    /// The follow-up's input template: also {{ runs | tojson }} and {{ total }}
+    /// (default {"files": [...]}).
+    #[arg(long)]
+    then_input_template: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -620,6 +631,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll: a.poll,
                 state: PathBuf::new(),
                 max_runs: a.max_runs,
+                then: match (a.then, a.when) {
+                    (Some(flow), Some(when)) => {
+                        let (step, key, threshold) = crate::watch::FollowUp::parse_when(&when)
+                            .map_err(|e| anyhow::anyhow!("--when {e}"))?;
+                        Some(crate::watch::FollowUp {
+                            flow,
+                            step,
+                            key,
+                            threshold,
+                            input: crate::watch::Input::Json(
+                                a.then_input_template
+                                    .unwrap_or_else(|| r#"{"files": {{ files | tojson }}}"#.into()),
+                            ),
+                        })
+                    }
+                    _ => None,
+                },
             };
             spec.state = a
                 .state

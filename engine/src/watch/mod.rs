@@ -50,6 +50,38 @@ pub struct WatchSpec {
     pub state: PathBuf,
     /// Stop after starting this many runs (tests, one-shot ingestion).
     pub max_runs: Option<usize>,
+    /// A flow to start when the runs started so far add up to enough.
+    pub then: Option<FollowUp>,
+}
+
+/// A follow-up flow (SSX-Prime after 1,000 hits): started once each time
+/// the runs this trigger started — since the last follow-up — add up to
+/// `threshold` in the output `steps.STEP.outputs.KEY` (summed over their
+/// succeeded runs; a run without it adds 0). Its input template also sees
+/// `runs` (their ids) and `total`.
+#[derive(Clone, Debug)]
+pub struct FollowUp {
+    /// Flow name, or a flow file (registered first).
+    pub flow: String,
+    pub step: String,
+    pub key: String,
+    pub threshold: f64,
+    pub input: Input,
+}
+
+impl FollowUp {
+    /// Reads `steps.STEP.outputs.KEY >= N`.
+    pub fn parse_when(s: &str) -> Result<(String, String, f64), String> {
+        let bad = || format!("`{s}`: write steps.STEP.outputs.KEY >= NUMBER");
+        let (lhs, rhs) = s.split_once(">=").ok_or_else(bad)?;
+        let threshold: f64 = rhs.trim().parse().map_err(|_| bad())?;
+        match lhs.trim().split('.').collect::<Vec<_>>()[..] {
+            ["steps", step, "outputs", key] if !step.is_empty() && !key.is_empty() => {
+                Ok((step.to_string(), key.to_string(), threshold))
+            }
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// How a run's input is made from its files; templates (minijinja) see
@@ -79,6 +111,7 @@ impl WatchSpec {
             poll: t.poll_s.map(secs),
             state: PathBuf::new(),
             max_runs: None,
+            then: None,
         };
         w.state = default_state(home, &w);
         w
@@ -104,8 +137,13 @@ pub fn default_state(home: &Path, spec: &WatchSpec) -> PathBuf {
     home.join("watch").join(format!("{}.sqlite", &h[..16]))
 }
 
-/// The run input for `files`.
-fn render(input: &Input, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value> {
+/// The run input for `files` (`extra`: more template variables).
+fn render(
+    input: &Input,
+    dir: &Path,
+    files: &[PathBuf],
+    extra: minijinja::Value,
+) -> anyhow::Result<Value> {
     let env = minijinja::Environment::new();
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let ctx = minijinja::context! {
@@ -113,6 +151,7 @@ fn render(input: &Input, dir: &Path, files: &[PathBuf]) -> anyhow::Result<Value>
         files => names,
         count => files.len(),
         dir => dir.display().to_string(),
+        ..extra
     };
     match input {
         Input::Json(template) => {
@@ -175,6 +214,8 @@ struct Trigger {
     settle: Settle,
     started: usize,
     say: Say,
+    /// The follow-up flow's registered name.
+    then_flow: Option<String>,
 }
 
 impl Trigger {
@@ -268,7 +309,12 @@ impl Trigger {
             };
             let mut files = queued[..take].to_vec();
             files.sort();
-            let input = render(&self.input, &self.spec.dir, &files)?;
+            let input = render(
+                &self.input,
+                &self.spec.dir,
+                &files,
+                minijinja::Value::UNDEFINED,
+            )?;
             let b = self.state.form(&files, &input)?;
             self.submit(b).await?;
         }
@@ -325,11 +371,7 @@ impl Trigger {
         if open.is_empty() {
             return Ok(());
         }
-        let flow = form_urlencoded::byte_serialize(self.flow.as_bytes()).collect::<String>();
-        let runs: Vec<crate::store::RunRow> = self
-            .client
-            .get(&format!("/api/runs?flow={flow}&limit=100000"))
-            .await?;
+        let (runs, _) = runs_of(&self.client, &self.flow).await?;
         let mut claimed = self.state.claimed_runs()?;
         for b in open {
             let found = runs
@@ -345,6 +387,122 @@ impl Trigger {
                     self.say(&b, &[id], " (found on the server after a restart)");
                 }
                 None => self.submit(b).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The runs of `flow` the server has, newest first, with their attempts.
+async fn runs_of(
+    client: &Client,
+    flow: &str,
+) -> anyhow::Result<(Vec<crate::store::RunRow>, Vec<crate::store::AttemptRow>)> {
+    let qs = form_urlencoded::Serializer::new(String::new())
+        .append_pair("flow", flow)
+        .append_pair("limit", "100000")
+        .finish();
+    let data: Value = client.get(&format!("/api/report?{qs}")).await?;
+    Ok((
+        serde_json::from_value(data["runs"].clone())?,
+        serde_json::from_value(data["attempts"].clone())?,
+    ))
+}
+
+impl Trigger {
+    /// Tallies the batches whose runs have finished, then starts the
+    /// follow-up if their total reached the threshold.
+    async fn follow_up(&mut self) -> anyhow::Result<()> {
+        let (Some(f), Some(then)) = (self.spec.then.clone(), self.then_flow.clone()) else {
+            return Ok(());
+        };
+        let open = self.state.untallied()?;
+        if !open.is_empty() {
+            let (runs, attempts) = runs_of(&self.client, &self.flow).await?;
+            let state: std::collections::HashMap<u64, &str> =
+                runs.iter().map(|r| (r.id, r.state.as_str())).collect();
+            let value = |run: u64| -> f64 {
+                attempts
+                    .iter()
+                    .filter(|a| a.run_id == run && a.step == f.step && a.state == "succeeded")
+                    .filter_map(|a| a.outputs.as_ref()?.get(&f.key)?.as_f64())
+                    .next_back()
+                    .unwrap_or(0.0)
+            };
+            for (batch, ids) in open {
+                let done = ids
+                    .iter()
+                    .all(|i| matches!(state.get(i), Some(&("succeeded" | "failed" | "cancelled"))));
+                if done {
+                    let total = ids
+                        .iter()
+                        .filter(|i| state.get(i) == Some(&"succeeded"))
+                        .map(|&i| value(i))
+                        .sum();
+                    self.state.tally(batch, total)?;
+                }
+            }
+        }
+        // Oldest first, one follow-up each time the running sum reaches
+        // the threshold; what is left waits for more runs.
+        let (mut total, mut group) = (0.0, Vec::new());
+        for b in self.state.uncovered()? {
+            total += b.total;
+            group.push(b);
+            if total < f.threshold {
+                continue;
+            }
+            let ids: Vec<i64> = group.iter().map(|b| b.id).collect();
+            let runs: Vec<u64> = group.iter().flat_map(|b| b.runs.iter().copied()).collect();
+            let files: Vec<PathBuf> = group.iter().flat_map(|b| b.files.iter().cloned()).collect();
+            let input = render(
+                &f.input,
+                &self.spec.dir,
+                &files,
+                minijinja::context! { runs => runs, total => total },
+            )?;
+            let id = self.state.form_followup(&ids, &input)?;
+            let started = self.client.submit(&then, None, vec![input]).await?;
+            self.state.followup_submitted(id, &started)?;
+            self.say_followup(&then, &started, total, runs.len(), "");
+            (total, group) = (0.0, Vec::new());
+        }
+        Ok(())
+    }
+
+    fn say_followup(&self, then: &str, ids: &[u64], total: f64, runs: usize, how: &str) {
+        let line = format!(
+            "follow-up {then}: run {} after {runs} runs totalling {total}{how}",
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        match self.say {
+            Say::Json => println!("{}", json!({"followup": then, "runs": ids, "total": total})),
+            Say::Log => tracing::info!("trigger {}: {line}", self.flow),
+            Say::Text => println!("{line}"),
+        }
+    }
+
+    /// Follow-ups recorded but not known submitted: found on the server,
+    /// or submitted now.
+    async fn recover_followups(&mut self) -> anyhow::Result<()> {
+        let Some(then) = self.then_flow.clone() else {
+            return Ok(());
+        };
+        let open = self.state.unsubmitted_followups()?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let (runs, _) = runs_of(&self.client, &then).await?;
+        for (id, input) in open {
+            match runs.iter().find(|r| same_input(&input, &r.input)) {
+                Some(r) => self.state.followup_submitted(id, &[r.id])?,
+                None => {
+                    let ids = self.client.submit(&then, None, vec![input]).await?;
+                    self.state.followup_submitted(id, &ids)?;
+                }
             }
         }
         Ok(())
@@ -367,7 +525,27 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
             r#"{"files": {{ files | tojson }}}"#.into()
         })
     });
-    render(&input, &dir, &[dir.join("example")])?;
+    render(
+        &input,
+        &dir,
+        &[dir.join("example")],
+        minijinja::Value::UNDEFINED,
+    )?;
+    let mut then_flow = None;
+    if let Some(f) = &spec.then {
+        render(
+            &f.input,
+            &dir,
+            &[dir.join("example")],
+            minijinja::context! { runs => [1], total => 1.0 },
+        )?;
+        let is_file = f.flow.ends_with(".toml") || Path::new(&f.flow).is_file();
+        then_flow = Some(if is_file {
+            client.register(Path::new(&f.flow)).await?.0
+        } else {
+            f.flow.clone()
+        });
+    }
     let is_file = spec.flow.ends_with(".toml") || Path::new(&spec.flow).is_file();
     let flow = if is_file {
         client.register(Path::new(&spec.flow)).await?.0
@@ -387,8 +565,10 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
         state,
         started: 0,
         say,
+        then_flow,
     };
     t.recover().await?;
+    t.recover_followups().await?;
     // inotify first, then the scan: a file written in between is seen twice,
     // never missed.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -438,6 +618,7 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
     let tick = (t.spec.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
     let rescan = t.spec.poll.unwrap_or(Duration::from_secs(10));
     let mut last_scan = Instant::now();
+    let mut last_tally = Instant::now();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -452,6 +633,10 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
                     last_scan = now;
                 }
                 t.advance(now).await?;
+                if t.spec.then.is_some() && now.duration_since(last_tally) >= Duration::from_secs(1) {
+                    t.follow_up().await?;
+                    last_tally = now;
+                }
             }
             Some(ev) = rx.recv() => {
                 match ev {
@@ -477,18 +662,46 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
 mod tests {
     use super::*;
 
+    const U: minijinja::Value = minijinja::Value::UNDEFINED;
+
+    #[test]
+    fn follow_up_conditions() {
+        assert_eq!(
+            FollowUp::parse_when("steps.index.outputs.hits >= 1000"),
+            Ok(("index".into(), "hits".into(), 1000.0))
+        );
+        assert!(FollowUp::parse_when("hits >= 1000").is_err());
+        assert!(FollowUp::parse_when("steps.index.outputs.hits > 1000").is_err());
+        let v = render(
+            &Input::Json(
+                r#"{"runs": {{ runs | tojson }}, "total": {{ total }}, "n": {{ count }}}"#.into(),
+            ),
+            Path::new("/d"),
+            &[PathBuf::from("/d/a")],
+            minijinja::context! { runs => [3, 4], total => 1200.0 },
+        )
+        .unwrap();
+        assert_eq!(v, json!({"runs": [3, 4], "total": 1200.0, "n": 1}));
+    }
+
     #[test]
     fn templates_and_stored_inputs() {
         let d = Path::new("/data");
         let f = [PathBuf::from("/data/a.h5"), PathBuf::from("/data/b.h5")];
         let j = |t: &str| Input::Json(t.into());
-        let v = render(&j(r#"{"frames": "{{ file }}", "n": {{ count }}}"#), d, &f).unwrap();
+        let v = render(
+            &j(r#"{"frames": "{{ file }}", "n": {{ count }}}"#),
+            d,
+            &f,
+            U,
+        )
+        .unwrap();
         assert_eq!(v, json!({"frames": "/data/a.h5", "n": 2}));
-        let v = render(&j(r#"{"files": {{ files | tojson }}}"#), d, &f).unwrap();
+        let v = render(&j(r#"{"files": {{ files | tojson }}}"#), d, &f, U).unwrap();
         assert_eq!(v["files"][1], "/data/b.h5");
-        let e = render(&j("{{ file }}"), d, &f).unwrap_err().to_string();
+        let e = render(&j("{{ file }}"), d, &f, U).unwrap_err().to_string();
         assert!(e.contains("not JSON"), "{e}");
-        let e = render(&j("[1]"), d, &f).unwrap_err().to_string();
+        let e = render(&j("[1]"), d, &f, U).unwrap_err().to_string();
         assert!(e.contains("not a JSON object"), "{e}");
         let fields = json!({
             "frames": "{{ file }}",
@@ -496,7 +709,13 @@ mod tests {
             "all": "{{ files | tojson }}",
             "dark": 10
         });
-        let v = render(&Input::Fields(fields.as_object().unwrap().clone()), d, &f).unwrap();
+        let v = render(
+            &Input::Fields(fields.as_object().unwrap().clone()),
+            d,
+            &f,
+            U,
+        )
+        .unwrap();
         assert_eq!(
             v,
             json!({"frames": "/data/a.h5", "n": "2", "all": "[\"/data/a.h5\",\"/data/b.h5\"]", "dark": 10})

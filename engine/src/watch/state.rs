@@ -20,6 +20,15 @@ pub struct State {
     db: Connection,
 }
 
+/// A batch whose runs have finished, with what they add up to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tallied {
+    pub id: i64,
+    pub runs: Vec<u64>,
+    pub total: f64,
+    pub files: Vec<PathBuf>,
+}
+
 /// A batch of files and the run started for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
@@ -57,6 +66,14 @@ impl State {
              );
              CREATE INDEX IF NOT EXISTS files_queued ON files(batch, seen_us);
              CREATE TABLE IF NOT EXISTS batches (
+                 id INTEGER PRIMARY KEY,
+                 input TEXT NOT NULL,
+                 runs TEXT,
+                 formed_us INTEGER NOT NULL,
+                 total REAL,
+                 followup INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS followups (
                  id INTEGER PRIMARY KEY,
                  input TEXT NOT NULL,
                  runs TEXT,
@@ -176,6 +193,93 @@ impl State {
         Ok(out)
     }
 
+    /// Batches whose runs were started but whose total is not known yet.
+    pub fn untallied(&self) -> anyhow::Result<Vec<(i64, Vec<u64>)>> {
+        let rows: Vec<(i64, String)> = self
+            .db
+            .prepare(
+                "SELECT id, runs FROM batches WHERE runs IS NOT NULL AND total IS NULL ORDER BY id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, runs)| Ok((id, serde_json::from_str(&runs)?)))
+            .collect()
+    }
+
+    /// Records what batch `id`'s finished runs add to the follow-up's total.
+    pub fn tally(&self, id: i64, total: f64) -> anyhow::Result<()> {
+        self.db.execute(
+            "UPDATE batches SET total = ?2 WHERE id = ?1",
+            params![id, total],
+        )?;
+        Ok(())
+    }
+
+    /// The tallied batches no follow-up has covered yet, oldest first:
+    /// (id, runs, total, files).
+    pub fn uncovered(&self) -> anyhow::Result<Vec<Tallied>> {
+        let rows: Vec<(i64, String, f64)> = self
+            .db
+            .prepare("SELECT id, runs, total FROM batches WHERE total IS NOT NULL AND followup IS NULL ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, runs, total)| {
+                let files = self
+                    .db
+                    .prepare("SELECT path FROM files WHERE batch = ?1 ORDER BY path")?
+                    .query_map([id], |r| r.get::<_, String>(0))?
+                    .map(|p| p.map(PathBuf::from))
+                    .collect::<Result<_, _>>()?;
+                Ok(Tallied {
+                    id,
+                    runs: serde_json::from_str(&runs)?,
+                    total,
+                    files,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a follow-up covering `batches`, before it is submitted.
+    pub fn form_followup(&mut self, batches: &[i64], input: &Value) -> anyhow::Result<i64> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "INSERT INTO followups(input, formed_us) VALUES (?1, ?2)",
+            params![input.to_string(), now_us()],
+        )?;
+        let id = tx.last_insert_rowid();
+        for b in batches {
+            tx.execute(
+                "UPDATE batches SET followup = ?1 WHERE id = ?2",
+                params![id, b],
+            )?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn followup_submitted(&self, id: i64, runs: &[u64]) -> anyhow::Result<()> {
+        self.db.execute(
+            "UPDATE followups SET runs = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(runs)?],
+        )?;
+        Ok(())
+    }
+
+    /// Follow-ups recorded but not known to be submitted: (id, input).
+    pub fn unsubmitted_followups(&self) -> anyhow::Result<Vec<(i64, Value)>> {
+        let rows: Vec<(i64, String)> = self
+            .db
+            .prepare("SELECT id, input FROM followups WHERE runs IS NULL ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, i)| Ok((id, serde_json::from_str(&i)?)))
+            .collect()
+    }
+
     /// How many batches have runs, for reports.
     pub fn runs_started(&self) -> anyhow::Result<usize> {
         let n: Option<i64> = self
@@ -221,5 +325,23 @@ mod tests {
         assert_eq!(s.runs_started().unwrap(), 1);
         let _ = s.form(&[PathBuf::from("c")], &Value::Null).unwrap();
         assert!(s.queued().unwrap().0.is_empty());
+        // Tallies and a follow-up over them.
+        assert_eq!(s.untallied().unwrap(), vec![(b.id, vec![7])]);
+        s.tally(b.id, 600.0).unwrap();
+        let t = s.uncovered().unwrap();
+        let want = Tallied {
+            id: b.id,
+            runs: vec![7],
+            total: 600.0,
+            files: vec![PathBuf::from("a"), PathBuf::from("b")],
+        };
+        assert_eq!(t, vec![want]);
+        let f = s
+            .form_followup(&[b.id], &serde_json::json!({"total": 600}))
+            .unwrap();
+        assert!(s.uncovered().unwrap().is_empty());
+        assert_eq!(s.unsubmitted_followups().unwrap().len(), 1);
+        s.followup_submitted(f, &[9]).unwrap();
+        assert!(s.unsubmitted_followups().unwrap().is_empty());
     }
 }
