@@ -60,6 +60,25 @@ impl Env {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Runs the flow file `jobs/NAME.toml` in this process (`run --local
+    /// --wait`) with inputs KEY=VALUE; it must succeed. Returns stdout.
+    fn run_job(&self, name: &str, sets: &[String]) -> String {
+        let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../jobs/{name}.toml"));
+        let mut args = vec![
+            "run".to_string(),
+            flow.display().to_string(),
+            "--local".into(),
+            "--wait".into(),
+        ];
+        for s in sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.beamflow_ok(&args);
+        assert!(out.contains("succeeded"), "{out}");
+        out
+    }
+
     fn log(&self, name: &str) -> std::fs::File {
         std::fs::create_dir_all(&self.home).unwrap();
         std::fs::File::create(self.home.join(format!("{name}.log"))).unwrap()
@@ -1119,7 +1138,6 @@ fn a_reservation_pilot_keeps_to_realtime_steps_while_busy() {
 #[test]
 fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bf = |args: &[&str]| env.beamflow_ok(args);
     let data = env.home.join("beamline");
     let dest = env.home.join("back");
@@ -1139,21 +1157,15 @@ fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
         "25",
     ]);
     let frames = data.join("scan.h5");
-    let out = bf(&[
-        "run",
-        root.join("jobs/hedm.toml").to_str().unwrap(),
-        "--local",
-        "--wait",
-        "--set",
-        &format!("frames={}", frames.display()),
-        "--set",
-        &format!("dest={}", dest.display()),
-        "--set",
-        "dark_value=10",
-        "--set",
-        "sample=ruby",
-    ]);
-    assert!(out.contains("succeeded"), "{out}");
+    env.run_job(
+        "hedm",
+        &[
+            format!("frames={}", frames.display()),
+            format!("dest={}", dest.display()),
+            "dark_value=10".to_string(),
+            "sample=ruby".to_string(),
+        ],
+    );
     // The products came back: a CSV with a row per peak (50 true peaks,
     // a few extra maxima from noise as in MIDAS), the HDF5 table, the overlay.
     let csv = std::fs::read_to_string(dest.join("results/scan_peaks.csv")).unwrap();
@@ -1167,7 +1179,6 @@ fn the_hedm_flow_finds_the_peaks_of_a_synthetic_stack() {
 #[test]
 fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bf = |args: &[&str]| env.beamflow_ok(args);
     let data = env.home.join("beamline");
     let dest = env.home.join("back");
@@ -1183,25 +1194,17 @@ fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
         "tiny",
         "--ptychodus",
     ]);
-    let out = bf(&[
-        "run",
-        root.join("jobs/ptycho.toml").to_str().unwrap(),
-        "--local",
-        "--wait",
-        "--set",
-        &format!("data={}", data.join("scan_dp.hdf5").display()),
-        "--set",
-        &format!("meta={}", data.join("scan_meta.hdf5").display()),
-        "--set",
-        &format!("dest={}", dest.display()),
-        "--set",
-        "iterations=20",
-        "--set",
-        "engine=lsqml",
-        "--set",
-        "sample=siemens-star",
-    ]);
-    assert!(out.contains("succeeded"), "{out}");
+    env.run_job(
+        "ptycho",
+        &[
+            format!("data={}", data.join("scan_dp.hdf5").display()),
+            format!("meta={}", data.join("scan_meta.hdf5").display()),
+            format!("dest={}", dest.display()),
+            "iterations=20".to_string(),
+            "engine=lsqml".to_string(),
+            "sample=siemens-star".to_string(),
+        ],
+    );
     // The reconstruction came back with its history and images.
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dest.join("results/scan_dp_summary.json")).unwrap(),
@@ -1222,7 +1225,6 @@ fn the_ptycho_flow_reconstructs_a_ptychodus_scan() {
 #[test]
 fn the_braggnn_flows_train_a_model_and_locate_peaks_with_it() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bf = |args: &[&str]| env.beamflow_ok(args);
     let data = env.home.join("beamline");
     let edge = env.home.join("edge");
@@ -1245,25 +1247,17 @@ fn the_braggnn_flows_train_a_model_and_locate_peaks_with_it() {
             seed,
         ]);
     }
-    let out = bf(&[
-        "run",
-        root.join("jobs/braggnn.toml").to_str().unwrap(),
-        "--local",
-        "--wait",
-        "--set",
-        &format!("frames={}", data.join("train.h5").display()),
-        "--set",
-        &format!("dest={}", edge.display()),
-        "--set",
-        "dark_value=10",
-        "--set",
-        "epochs=3",
-        "--set",
-        "batch=16",
-        "--set",
-        "sample=ruby",
-    ]);
-    assert!(out.contains("succeeded"), "{out}");
+    let out = env.run_job(
+        "braggnn",
+        &[
+            format!("frames={}", data.join("train.h5").display()),
+            format!("dest={}", edge.display()),
+            "dark_value=10".to_string(),
+            "epochs=3".to_string(),
+            "batch=16".to_string(),
+            "sample=ruby".to_string(),
+        ],
+    );
     let model = edge.join("model");
     for f in [
         "best.safetensors",
@@ -1279,21 +1273,15 @@ fn the_braggnn_flows_train_a_model_and_locate_peaks_with_it() {
     assert_eq!(history["history"].as_array().unwrap().len(), 3);
     assert_eq!(history["psz"], 11);
     let back = env.home.join("back");
-    let out = bf(&[
-        "run",
-        root.join("jobs/braggnn-infer.toml").to_str().unwrap(),
-        "--local",
-        "--wait",
-        "--set",
-        &format!("frames={}", data.join("scan.h5").display()),
-        "--set",
-        &format!("model={}", model.join("braggnn.onnx").display()),
-        "--set",
-        &format!("dest={}", back.display()),
-        "--set",
-        "dark_value=10",
-    ]);
-    assert!(out.contains("succeeded"), "{out}");
+    env.run_job(
+        "braggnn-infer",
+        &[
+            format!("frames={}", data.join("scan.h5").display()),
+            format!("model={}", model.join("braggnn.onnx").display()),
+            format!("dest={}", back.display()),
+            "dark_value=10".to_string(),
+        ],
+    );
     // A row per seeded peak (80 true peaks and MIDAS's noise maxima).
     let csv = std::fs::read_to_string(back.join("results/scan_braggnn.csv")).unwrap();
     let rows = csv.lines().count() - 1;
