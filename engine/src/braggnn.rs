@@ -609,6 +609,7 @@ pub fn bench(b: BenchBraggnn) -> anyhow::Result<serde_json::Value> {
     let (_, s) = cfg.locate(&mut |_, _| {}).map_err(err)?;
     Ok(json!({
         "machine_threads": rayon::current_num_threads(),
+        "cpu_piece": beamflow_kernels::braggnn::net::CPU_PIECE,
         "pytorch": py.is_some(),
         "inference": inference,
         "training": training,

@@ -136,6 +136,11 @@ impl OnnxNet {
         })
     }
 
+    /// The batch size the model is fixed to, if it is.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
     /// The patch side the model takes.
     pub fn psz(&self) -> usize {
         self.psz
