@@ -1746,3 +1746,40 @@ kernel = "noop"
         assert!(covered.iter().all(|id| all.iter().any(|r| r.id == *id)));
     });
 }
+
+/// A trigger outlives a server restart: a file completed while the server
+/// is down stays recorded and starts its run once the server answers; the
+/// trigger neither exits nor repeats the file seen before.
+#[test]
+fn a_trigger_waits_out_a_server_restart() {
+    let env = Env::new();
+    let bind = free_bind();
+    let flow = env.flow("ingest", INGEST);
+    let dir = env.home.join("detector");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server, c) = env.server(&bind, &[]);
+    let mut w = watcher(&env, &dir, &flow, &[]);
+    rt().block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(dir.join("a.h5"), b"1").unwrap();
+        wait_ingested(&c, 1).await;
+    });
+    drop(server);
+    std::fs::write(dir.join("b.h5"), b"2").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "the trigger exited with the server down"
+    );
+    let (_server, c) = env.server(&bind, &[]);
+    rt().block_on(async {
+        let s = wait_ingested(&c, 2).await;
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["a.h5", "b.h5"]);
+        assert!(s.values().all(|v| v.0 == 1), "{s:?}");
+    });
+    let err = std::fs::read_to_string(env.home.join("watch-err.log")).unwrap();
+    assert!(
+        err.contains("warning: cannot reach the beamflow server"),
+        "{err}"
+    );
+}

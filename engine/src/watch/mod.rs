@@ -331,6 +331,17 @@ impl Trigger {
         Ok(())
     }
 
+    fn warn(&self, what: &str) {
+        match self.say {
+            Say::Log => tracing::warn!(
+                "trigger {} ({}): {what}",
+                self.flow,
+                self.spec.dir.display()
+            ),
+            _ => eprintln!("warning: {what}"),
+        }
+    }
+
     fn say(&self, b: &Batch, ids: &[u64], how: &str) {
         if self.say == Say::Json {
             println!(
@@ -619,6 +630,8 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
     let rescan = t.spec.poll.unwrap_or(Duration::from_secs(10));
     let mut last_scan = Instant::now();
     let mut last_tally = Instant::now();
+    let (mut stalled, mut backoff, mut pause_until) =
+        (false, Duration::from_secs(1), Instant::now());
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -632,10 +645,34 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
                     t.scan(now);
                     last_scan = now;
                 }
-                t.advance(now).await?;
-                if t.spec.then.is_some() && now.duration_since(last_tally) >= Duration::from_secs(1) {
-                    t.follow_up().await?;
-                    last_tally = now;
+                if now < pause_until {
+                    continue;
+                }
+                // The server may be restarting: what could not be submitted
+                // stays recorded and is submitted (or found) once it answers.
+                let step = async {
+                    if stalled {
+                        t.recover().await?;
+                        t.recover_followups().await?;
+                    }
+                    t.advance(now).await?;
+                    if t.spec.then.is_some() && now.duration_since(last_tally) >= Duration::from_secs(1) {
+                        t.follow_up().await?;
+                        last_tally = now;
+                    }
+                    anyhow::Ok(())
+                };
+                match step.await {
+                    Ok(()) => {
+                        stalled = false;
+                        backoff = Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        t.warn(&format!("{e:#}; trying again in {backoff:?}"));
+                        stalled = true;
+                        pause_until = now + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
                 }
             }
             Some(ev) = rx.recv() => {
