@@ -121,13 +121,13 @@ fn training_on_synthetic_patches_learns_the_centres() {
     assert!(best < 0.45, "{best}");
     // The returned network and the checkpoint hold the best epoch.
     let val: Vec<usize> = (4_800..6_000).collect();
-    let e = beamflow_kernels::braggnn::train::errors(&tr.net, &set, &val, Device::Cpu);
+    let e = beamflow_kernels::braggnn::train::errors(&tr.net, &set, &val, Device::Cpu).unwrap();
     let mean = e.iter().sum::<f64>() / e.len() as f64;
     assert!((mean - best).abs() < 1e-9, "{mean} vs {best}");
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = BraggNN::new(&vs.root(), Shape::default()).unwrap();
     weights::load(&mut vs, &ck).unwrap();
-    let e2 = beamflow_kernels::braggnn::train::errors(&net, &set, &val, Device::Cpu);
+    let e2 = beamflow_kernels::braggnn::train::errors(&net, &set, &val, Device::Cpu).unwrap();
     assert_eq!(e, e2);
 }
 

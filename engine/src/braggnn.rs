@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use beamflow_kernels::braggnn::data::push_crop;
+use beamflow_kernels::braggnn::data::crops;
 use beamflow_kernels::braggnn::{self, infer, io, onnx, prepare, Predictor, Shape, TrainOptions};
 use beamflow_kernels::synthetic::braggnn::patches;
 use clap::{Args, Subcommand};
@@ -152,9 +152,7 @@ pub struct TrainArgs {
 pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         BraggnnCmd::Synthetic(a) => {
-            if a.psz < 7 || a.psz % 2 == 0 {
-                anyhow::bail!("--psz {} must be odd and at least 7", a.psz);
-            }
+            braggnn::model::check_psz(a.psz).map_err(|e| anyhow::anyhow!("--psz: {e}"))?;
             let set = patches(a.count, a.psz, a.aug, a.seed);
             io::write(&a.out, &set).map_err(|e| anyhow::anyhow!(e))?;
             if json_out {
@@ -192,10 +190,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             };
             let ck = a.out.join("best.safetensors");
             let model = a.out.join("braggnn.onnx");
-            let b = bar(a.epochs as u64, "epochs");
-            if json_out {
-                b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
+            let b = bar(a.epochs as u64, "epochs", json_out);
             let mut best = f64::INFINITY;
             let tr = braggnn::train(&set, shape, &o, Some(&ck), &mut |e| {
                 best = best.min(e.val_mean_px);
@@ -259,10 +254,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             Ok(())
         }
         BraggnnCmd::Prepare(a) => {
-            let b = bar(0, "frames");
-            if json_out {
-                b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
+            let b = bar(0, "frames", json_out);
             let r = prepare::run(
                 &a.search.config(),
                 &a.peaks,
@@ -366,10 +358,7 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
                 batch: a.batch,
                 search: a.search.config(),
             };
-            let b = bar(0, "frames");
-            if json_out {
-                b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
+            let b = bar(0, "frames", json_out);
             let r = cfg.run(&mut |done, total| {
                 b.set_length(total as u64);
                 b.set_position(done as u64);
@@ -417,10 +406,7 @@ fn export_difference(
     n: usize,
 ) -> anyhow::Result<f64> {
     let set = patches(n, psz, 0, 7);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        push_crop(&set, i, (0, 0), &mut x, &mut y);
-    }
+    let (x, _) = crops(&set, 0..n);
     let run = |path: &std::path::Path| -> anyhow::Result<Vec<[f32; 2]>> {
         let mut net = Predictor::open(path, "cpu", 0).map_err(|e| anyhow::anyhow!(e))?;
         net.predict(&x, n, 512).map_err(|e| anyhow::anyhow!(e))
@@ -500,10 +486,7 @@ pub fn bench(b: BenchBraggnn) -> anyhow::Result<serde_json::Value> {
     let model = tmp.path().join("net.onnx");
     onnx::export(&tr.vs, &tr.net.shape, None, &model).map_err(err)?;
     let set = patches(b.patches, 11, 0, 2);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for i in 0..set.len() {
-        push_crop(&set, i, (0, 0), &mut x, &mut y);
-    }
+    let (x, _) = crops(&set, 0..set.len());
     let mut inference = Vec::new();
     for &t in &b.threads {
         for (runtime, path) in [("tch", &weights), ("ort", &model)] {

@@ -983,7 +983,7 @@ async fn run_cmd(
     home: &Path,
 ) -> anyhow::Result<ExitCode> {
     let input = run_input(&a)?;
-    let is_file = a.flow.ends_with(".toml") || Path::new(&a.flow).is_file();
+    let is_file = crate::client::is_flow_file(&a.flow);
     if a.local {
         anyhow::ensure!(
             is_file,

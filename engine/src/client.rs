@@ -97,6 +97,16 @@ impl Client {
             .await
     }
 
+    /// The flow `flow` names: itself, or — for a flow file — the name it
+    /// is registered under (registering it first).
+    pub async fn flow_name(&self, flow: &str) -> anyhow::Result<String> {
+        if is_flow_file(flow) {
+            Ok(self.register(Path::new(flow)).await?.0)
+        } else {
+            Ok(flow.to_string())
+        }
+    }
+
     /// Registers a flow file; returns (name, version, changed).
     pub async fn register(&self, path: &Path) -> anyhow::Result<(String, u32, bool)> {
         let source = std::fs::read_to_string(path)
@@ -298,4 +308,10 @@ fn update_bar(
         bar.set_length(n as u64);
         bar.set_position(finished as u64);
     }
+}
+
+/// Whether `flow` is a flow file (a `.toml` path, or any existing file)
+/// rather than a registered flow's name.
+pub fn is_flow_file(flow: &str) -> bool {
+    flow.ends_with(".toml") || Path::new(flow).is_file()
 }

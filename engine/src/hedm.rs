@@ -189,10 +189,7 @@ impl PeaksArgs {
 
 /// Runs a search with a progress bar.
 fn search(cfg: &Config, quiet: bool) -> anyhow::Result<Report> {
-    let b = bar(0, "peaks");
-    if quiet {
-        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let b = bar(0, "peaks", quiet);
     let r = cfg.run(&mut |done, total| {
         b.set_length(total as u64);
         b.set_position(done as u64);
@@ -239,7 +236,7 @@ pub fn run(cmd: HedmCmd, json_out: bool) -> anyhow::Result<()> {
                 seed: a.seed,
                 ..Scene::default()
             };
-            let b = bar(a.frames as u64, "synthetic");
+            let b = bar(a.frames as u64, "synthetic", false);
             let f = write_dataset(&scene, a.frames, &a.dir, &a.name, &mut |i| {
                 b.set_position(i as u64)
             })

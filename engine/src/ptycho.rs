@@ -154,10 +154,7 @@ pub struct SyntheticArgs {
 }
 
 fn reconstruct_with_bar(cfg: &Config, quiet: bool) -> anyhow::Result<Report> {
-    let b = bar(cfg.options.iterations as u64, "iterations");
-    if quiet {
-        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let b = bar(cfg.options.iterations as u64, "iterations", quiet);
     let r = cfg.run(&mut |it, _, loss| {
         b.set_position(it as u64);
         b.set_message(format!("loss {loss:.4e}"));

@@ -93,8 +93,12 @@ pub struct SyntheticArgs {
     seed: u64,
 }
 
-pub(crate) fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+/// A progress bar for `what`, drawn on stderr unless `quiet` (JSON output).
+pub(crate) fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {msg:14} [{bar:30}] {pos}/{len} frames {elapsed} ({per_sec}, eta {eta})",
@@ -127,10 +131,7 @@ fn options(a: &AnalysisArgs, mode: Mode) -> anyhow::Result<Options> {
 
 /// Runs one analysis with a progress bar; returns the summary as JSON.
 fn analyse(opts: &Options, quiet: bool) -> anyhow::Result<pipeline::Outcome> {
-    let b = bar(0, "");
-    if quiet {
-        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let b = bar(0, "", quiet);
     let res = pipeline::run(opts, &mut |p| {
         b.set_length(p.total);
         b.set_position(p.done);
@@ -230,10 +231,7 @@ fn generate(
     name: &str,
     quiet: bool,
 ) -> anyhow::Result<DatasetFiles> {
-    let b = bar(cfg.frames as u64, "generating");
-    if quiet {
-        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let b = bar(cfg.frames as u64, "generating", quiet);
     let files =
         write_dataset(cfg, dir, name, |n| b.set_position(n as u64)).map_err(anyhow::Error::msg)?;
     b.finish_and_clear();

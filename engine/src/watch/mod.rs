@@ -203,6 +203,22 @@ fn same_input(ours: &Value, stored: &Value) -> bool {
     a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
 }
 
+/// The runs of `flow` the server has, newest first, with their attempts.
+async fn runs_of(
+    client: &Client,
+    flow: &str,
+) -> anyhow::Result<(Vec<crate::store::RunRow>, Vec<crate::store::AttemptRow>)> {
+    let qs = form_urlencoded::Serializer::new(String::new())
+        .append_pair("flow", flow)
+        .append_pair("limit", "100000")
+        .finish();
+    let data: Value = client.get(&format!("/api/report?{qs}")).await?;
+    Ok((
+        serde_json::from_value(data["runs"].clone())?,
+        serde_json::from_value(data["attempts"].clone())?,
+    ))
+}
+
 struct Trigger {
     spec: WatchSpec,
     matcher: GlobMatcher,
@@ -402,25 +418,7 @@ impl Trigger {
         }
         Ok(())
     }
-}
 
-/// The runs of `flow` the server has, newest first, with their attempts.
-async fn runs_of(
-    client: &Client,
-    flow: &str,
-) -> anyhow::Result<(Vec<crate::store::RunRow>, Vec<crate::store::AttemptRow>)> {
-    let qs = form_urlencoded::Serializer::new(String::new())
-        .append_pair("flow", flow)
-        .append_pair("limit", "100000")
-        .finish();
-    let data: Value = client.get(&format!("/api/report?{qs}")).await?;
-    Ok((
-        serde_json::from_value(data["runs"].clone())?,
-        serde_json::from_value(data["attempts"].clone())?,
-    ))
-}
-
-impl Trigger {
     /// Tallies the batches whose runs have finished, then starts the
     /// follow-up if their total reached the threshold.
     async fn follow_up(&mut self) -> anyhow::Result<()> {
@@ -550,19 +548,9 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
             &[dir.join("example")],
             minijinja::context! { runs => [1], total => 1.0 },
         )?;
-        let is_file = f.flow.ends_with(".toml") || Path::new(&f.flow).is_file();
-        then_flow = Some(if is_file {
-            client.register(Path::new(&f.flow)).await?.0
-        } else {
-            f.flow.clone()
-        });
+        then_flow = Some(client.flow_name(&f.flow).await?);
     }
-    let is_file = spec.flow.ends_with(".toml") || Path::new(&spec.flow).is_file();
-    let flow = if is_file {
-        client.register(Path::new(&spec.flow)).await?.0
-    } else {
-        spec.flow.clone()
-    };
+    let flow = client.flow_name(&spec.flow).await?;
     let state = State::open(&spec.state)?;
     let known = state.known()?;
     let mut t = Trigger {

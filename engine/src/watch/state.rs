@@ -154,6 +154,17 @@ impl State {
         Ok(())
     }
 
+    /// The files of batch `id`, in name order.
+    fn files_of(&self, id: i64) -> anyhow::Result<Vec<PathBuf>> {
+        let mut st = self
+            .db
+            .prepare_cached("SELECT path FROM files WHERE batch = ?1 ORDER BY path")?;
+        let rows = st.query_map([id], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .map(|p| p.map(PathBuf::from))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Batches recorded but not known to be submitted.
     pub fn unsubmitted(&self) -> anyhow::Result<Vec<Batch>> {
         let ids: Vec<(i64, String)> = self
@@ -163,12 +174,7 @@ impl State {
             .collect::<Result<_, _>>()?;
         ids.into_iter()
             .map(|(id, input)| {
-                let files = self
-                    .db
-                    .prepare("SELECT path FROM files WHERE batch = ?1 ORDER BY path")?
-                    .query_map([id], |r| r.get::<_, String>(0))?
-                    .map(|p| p.map(PathBuf::from))
-                    .collect::<Result<_, _>>()?;
+                let files = self.files_of(id)?;
                 Ok(Batch {
                     id,
                     files,
@@ -226,12 +232,7 @@ impl State {
             .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(id, runs, total)| {
-                let files = self
-                    .db
-                    .prepare("SELECT path FROM files WHERE batch = ?1 ORDER BY path")?
-                    .query_map([id], |r| r.get::<_, String>(0))?
-                    .map(|p| p.map(PathBuf::from))
-                    .collect::<Result<_, _>>()?;
+                let files = self.files_of(id)?;
                 Ok(Tallied {
                     id,
                     runs: serde_json::from_str(&runs)?,

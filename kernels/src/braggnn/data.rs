@@ -27,6 +27,23 @@ pub fn push_crop(
     y.push(((c[0] - r0 as f64) / psz as f64) as f32);
 }
 
+/// Patches `idx` of `set`, unshifted, as network inputs and targets.
+pub fn crops(set: &PatchSet, idx: impl IntoIterator<Item = usize>) -> (Vec<f32>, Vec<f32>) {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in idx {
+        push_crop(set, i, (0, 0), &mut x, &mut y);
+    }
+    (x, y)
+}
+
+/// Centre errors, px: predicted against target (x, y)/psz, scaled by psz.
+pub fn errors_px(pred: &[[f32; 2]], targets: &[f32], psz: usize) -> Vec<f64> {
+    pred.iter()
+        .zip(targets.chunks_exact(2))
+        .map(|(p, t)| f64::from(p[0] - t[0]).hypot(f64::from(p[1] - t[1])) * psz as f64)
+        .collect()
+}
+
 /// Min–max to [0, 1] (BraggNN's input scaling); a flat patch is left as is.
 pub fn normalise(p: &mut [f32]) {
     let (lo, hi) = p

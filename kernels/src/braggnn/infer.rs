@@ -21,7 +21,7 @@ use super::net::Predictor;
 use super::patches::FrameView;
 use crate::hedm::config::Config as Search;
 use crate::hedm::io::{self, Stack};
-use crate::hedm::regions::{correct, find, Scratch};
+use crate::hedm::regions::Scratch;
 
 /// Inference over a frame stack: the model, where it runs, and the
 /// search's files and settings (those of `hedm.peaks`; the fit's are not
@@ -157,7 +157,7 @@ impl Pending {
     fn flush(
         &mut self,
         net: &mut Predictor,
-        o: &Config,
+        batch: usize,
         out: &mut Vec<Located>,
         s: &mut Summary,
     ) -> Result<(), String> {
@@ -165,7 +165,7 @@ impl Pending {
             return Ok(());
         }
         let t = Instant::now();
-        let y = net.predict(&self.x, self.peaks.len(), o.batch)?;
+        let y = net.predict(&self.x, self.peaks.len(), batch)?;
         s.infer_s += t.elapsed().as_secs_f64();
         let p = net.psz as f64;
         for ((mut l, c), xy) in self.peaks.drain(..).zip(&self.corners).zip(y) {
@@ -218,21 +218,7 @@ impl Config {
         for i in first..last {
             let raw = stack.frame(i)?;
             let t = Instant::now();
-            correct(
-                &raw,
-                stack.rows,
-                stack.cols,
-                &corr,
-                &o.find.threshold,
-                &mut scratch,
-            );
-            let (regions, _) = find(
-                &mut scratch,
-                stack.rows,
-                stack.cols,
-                o.mask.as_deref(),
-                &o.find,
-            );
+            let (regions, _) = o.regions(&raw, stack.rows, stack.cols, &mut scratch);
             find_s += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let view = FrameView {
@@ -280,11 +266,11 @@ impl Config {
             }
             s.cut_s += t.elapsed().as_secs_f64();
             if pending.peaks.len() >= s.batch {
-                pending.flush(&mut net, self, &mut out, &mut s)?;
+                pending.flush(&mut net, s.batch, &mut out, &mut s)?;
             }
             progress(i + 1 - first, last - first);
         }
-        pending.flush(&mut net, self, &mut out, &mut s)?;
+        pending.flush(&mut net, s.batch, &mut out, &mut s)?;
         s.frames = last - first;
         s.peaks = out.len();
         s.crowded = out.iter().filter(|l| l.region_peaks > 1).count();

@@ -36,6 +36,15 @@ impl Default for Shape {
     }
 }
 
+/// A patch side BraggNN takes: odd (the peak's pixel at the centre) and at
+/// least 7 (three 3×3 convolutions leave a 1×1 map).
+pub fn check_psz(psz: usize) -> Result<(), String> {
+    if psz < 7 || psz.is_multiple_of(2) {
+        return Err(format!("patch size {psz} must be odd and at least 7"));
+    }
+    Ok(())
+}
+
 impl Shape {
     /// Number of trainable parameters.
     pub fn parameters(&self) -> i64 {
@@ -107,12 +116,7 @@ impl BraggNN {
     /// `dense_layers.8.bias`, …), initialised as upstream trains it:
     /// Xavier-uniform weights, zero biases.
     pub fn new(root: &nn::Path, shape: Shape) -> Result<BraggNN, String> {
-        if shape.psz < 7 || shape.psz % 2 == 0 {
-            return Err(format!(
-                "patch size {} must be odd and at least 7",
-                shape.psz
-            ));
-        }
+        check_psz(usize::try_from(shape.psz).unwrap_or(0))?;
         if shape.fcsz.is_empty() || shape.fcsz.iter().any(|&w| w < 1) {
             return Err(format!("dense widths {:?} must be positive", shape.fcsz));
         }
@@ -149,6 +153,20 @@ impl BraggNN {
             }
         }
         y
+    }
+
+    /// `x` (`n` normalised patches, row-major) → `n` (x, y)/psz, run on
+    /// `device` in one call without gradients.
+    pub fn predict(&self, x: &[f32], device: tch::Device) -> Result<Vec<[f32; 2]>, String> {
+        let p = self.shape.psz;
+        let n = x.len() as i64 / (p * p);
+        let t = Tensor::from_slice(x).view([n, 1, p, p]).to_device(device);
+        let y = tch::no_grad(|| self.forward(&t))
+            .to_device(tch::Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .flatten(0, -1);
+        let y = Vec::<f32>::try_from(y).map_err(|e| format!("network output: {e}"))?;
+        Ok(y.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
     }
 }
 

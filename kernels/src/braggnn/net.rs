@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
-use super::data::push_crop;
+use super::data::{crops, errors_px};
 use super::model::BraggNN;
 use super::onnx::OnnxNet;
 use super::weights;
@@ -104,18 +104,7 @@ impl Predictor {
             let m = chunk.len() / per;
             match &mut self.rt {
                 Runtime::Onnx(net) => out.extend(net.predict(chunk, m)?),
-                Runtime::Torch { net, device, .. } => {
-                    let p = self.psz as i64;
-                    let t = Tensor::from_slice(chunk)
-                        .view([m as i64, 1, p, p])
-                        .to_device(*device);
-                    let y = tch::no_grad(|| net.forward(&t))
-                        .to_device(Device::Cpu)
-                        .to_kind(Kind::Float)
-                        .flatten(0, -1);
-                    let y = Vec::<f32>::try_from(y).map_err(|e| format!("torch output: {e}"))?;
-                    out.extend(y.chunks_exact(2).map(|c| [c[0], c[1]]));
-                }
+                Runtime::Torch { net, device, .. } => out.extend(net.predict(chunk, *device)?),
             }
         }
         Ok(out)
@@ -132,15 +121,8 @@ impl Predictor {
                 set.psz, self.psz
             ));
         }
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        for i in 0..set.len() {
-            push_crop(set, i, (0, 0), &mut x, &mut y);
-        }
+        let (x, y) = crops(set, 0..set.len());
         let p = self.predict(&x, set.len(), batch)?;
-        let psz = self.psz as f64;
-        Ok(p.iter()
-            .zip(y.chunks_exact(2))
-            .map(|(a, b)| f64::from(a[0] - b[0]).hypot(f64::from(a[1] - b[1])) * psz)
-            .collect())
+        Ok(errors_px(&p, &y, self.psz))
     }
 }

@@ -15,7 +15,7 @@ use super::patches::FrameView;
 use crate::hedm::config::Config as Search;
 use crate::hedm::fit::COLUMNS;
 use crate::hedm::io::{read_peaks_h5, Stack};
-use crate::hedm::regions::{correct, Scratch};
+use crate::hedm::regions::Scratch;
 use crate::synthetic::braggnn::PatchSet;
 
 /// What was kept and why the rest was not.
@@ -48,9 +48,7 @@ pub fn from_fits(
     aug: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(PatchSet, Prepared), String> {
-    if psz < 7 || psz.is_multiple_of(2) {
-        return Err(format!("psz {psz} must be odd and at least 7"));
-    }
+    super::model::check_psz(psz)?;
     let rows = read_peaks_h5(peaks)?;
     let stack = Stack::open(&search.frames, search.dataset.as_deref())?;
     let o = search.options(stack.rows, stack.cols)?;
@@ -102,14 +100,7 @@ pub fn from_fits(
     let total = by_frame.len();
     for (done, (f, centres)) in by_frame.into_iter().enumerate() {
         let raw = stack.frame(f)?;
-        correct(
-            &raw,
-            stack.rows,
-            stack.cols,
-            &corr,
-            &o.find.threshold,
-            &mut scratch,
-        );
+        o.correct(&raw, stack.rows, stack.cols, &mut scratch);
         let view = FrameView {
             raw: &raw,
             img: &scratch.img,

@@ -67,9 +67,7 @@ impl Kernel for SyntheticStep {
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         let p: SyntheticParams = typed_params(params, ctx, self.params(), &["out"], "out")?;
-        if p.psz < 7 || p.psz.is_multiple_of(2) {
-            return Err(KernelError::param("psz", "must be odd and at least 7"));
-        }
+        super::model::check_psz(p.psz).map_err(|e| KernelError::param("psz", e))?;
         let file = if p.out.extension().is_some_and(|e| e == "h5") {
             p.out.clone()
         } else {

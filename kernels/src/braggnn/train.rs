@@ -15,9 +15,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Reduction, Tensor};
 
-use super::data::push_crop;
+use super::data::{crops, errors_px, push_crop};
 use super::model::{BraggNN, Shape};
 use super::weights;
 use crate::synthetic::braggnn::PatchSet;
@@ -159,7 +159,7 @@ pub fn train(
             batches += 1;
         }
         let seconds = t.elapsed().as_secs_f64();
-        let mut err = errors(&net, set, &val, device);
+        let mut err = errors(&net, set, &val, device)?;
         err.sort_by(f64::total_cmp);
         let q = |f: f64| err[((err.len() - 1) as f64 * f).round() as usize];
         let e = Epoch {
@@ -204,28 +204,16 @@ pub fn train(
 }
 
 /// Centre errors, px, of `net` on patches `idx` of `set` (unshifted crops).
-pub fn errors(net: &BraggNN, set: &PatchSet, idx: &[usize], device: Device) -> Vec<f64> {
-    let psz = set.psz as i64;
+pub fn errors(
+    net: &BraggNN,
+    set: &PatchSet,
+    idx: &[usize],
+    device: Device,
+) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(idx.len());
-    let (mut x, mut y) = (Vec::new(), Vec::new());
     for chunk in idx.chunks(2048) {
-        x.clear();
-        y.clear();
-        for &i in chunk {
-            push_crop(set, i, (0, 0), &mut x, &mut y);
-        }
-        let b = chunk.len() as i64;
-        let xt = Tensor::from_slice(&x)
-            .view([b, 1, psz, psz])
-            .to_device(device);
-        let pred = tch::no_grad(|| net.forward(&xt))
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float);
-        let pred: Vec<f32> = Vec::<f32>::try_from(pred.flatten(0, -1)).unwrap_or_default();
-        for (p, t) in pred.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let (dx, dy) = (f64::from(p[0] - t[0]), f64::from(p[1] - t[1]));
-            out.push(dx.hypot(dy) * set.psz as f64);
-        }
+        let (x, y) = crops(set, chunk.iter().copied());
+        out.extend(errors_px(&net.predict(&x, device)?, &y, set.psz));
     }
-    out
+    Ok(out)
 }

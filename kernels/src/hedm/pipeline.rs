@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::fit::{fit_regions, FitOptions, Peak};
 use super::io::Stack;
-use super::regions::{correct, find, Corrections, FindOptions, FindStats, Scratch};
+use super::regions::{correct, find, Corrections, FindOptions, FindStats, Region, Scratch};
 
 /// Everything a search needs besides the frames.
 #[derive(Clone, Debug)]
@@ -45,6 +45,31 @@ impl Options {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Corrects and thresholds frame `raw` into `scratch.img`.
+    pub fn correct(&self, raw: &[f32], rows: usize, cols: usize, scratch: &mut Scratch) {
+        correct(
+            raw,
+            rows,
+            cols,
+            &self.corrections(),
+            &self.find.threshold,
+            scratch,
+        );
+    }
+
+    /// The peak regions of frame `raw` (corrected and thresholded into
+    /// `scratch.img` on the way).
+    pub fn regions(
+        &self,
+        raw: &[f32],
+        rows: usize,
+        cols: usize,
+        scratch: &mut Scratch,
+    ) -> (Vec<Region>, FindStats) {
+        self.correct(raw, rows, cols, scratch);
+        find(scratch, rows, cols, self.mask.as_deref(), &self.find)
     }
 
     /// The per-pixel corrections these options ask for.
@@ -110,15 +135,7 @@ pub fn frame(
     scratch: &mut Scratch,
 ) -> (Vec<Peak>, FrameStats) {
     let t = Instant::now();
-    correct(
-        raw,
-        rows,
-        cols,
-        &o.corrections(),
-        &o.find.threshold,
-        scratch,
-    );
-    let (regions, st): (_, FindStats) = find(scratch, rows, cols, o.mask.as_deref(), &o.find);
+    let (regions, st) = o.regions(raw, rows, cols, scratch);
     let find_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let omega = o.omega_start + o.omega_step * index as f64;
