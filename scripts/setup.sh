@@ -23,6 +23,7 @@ APT_PACKAGES=(
   fonts-dejavu-core   # the font for plots (g2 curves)
   time   # /usr/bin/time -v: peak memory in benches/boost/run.sh
   python3-venv   # only needed if the venv is built from Debian's /usr/bin/python3
+  chromium chromium-driver   # the web page's tests drive a headless browser (tests/ui.rs)
 )
 TORCH_VERSION="2.13.0"
 ONNXRUNTIME_VERSION="1.32.0"

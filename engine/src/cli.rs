@@ -62,6 +62,9 @@ enum Cmd {
     Catalog(CatalogCmd),
     /// List pilots the server knows.
     Pilots,
+    /// Print the link that opens the web page (runs, timelines, catalog,
+    /// reports, pilots) signed in with this server's token.
+    Ui,
     /// List the native kernels flows can use.
     #[command(subcommand)]
     Kernel(KernelCmd),
@@ -691,6 +694,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ui => {
+            let c = client()?;
+            // A wrong token or a stopped server is said here, not in the browser.
+            let _: Value = c.get("/api/flows").await?;
+            let link = c.ui_login_url();
+            if cli.json {
+                print_json(&json!({ "url": format!("{}/ui/", c.url), "login": link }));
+            } else {
+                println!(
+                    "Open this link in a browser on a machine that can reach {}:",
+                    c.url
+                );
+                println!("{link}");
+                println!("(it holds the server's token: share it only with who may run flows)");
             }
             Ok(ExitCode::SUCCESS)
         }

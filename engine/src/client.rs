@@ -32,6 +32,15 @@ impl Client {
         }
     }
 
+    /// The link that signs a browser in to the web page (the token travels
+    /// once, in the query, and is kept in an HttpOnly cookie).
+    pub fn ui_login_url(&self) -> String {
+        let q = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", &self.token)
+            .finish();
+        format!("{}/ui/login?{q}", self.url)
+    }
+
     /// `--url`/`BEAMFLOW_URL`, else `HOME/server.json`; `--token`/
     /// `BEAMFLOW_TOKEN`, else `HOME/token`.
     pub fn discover(

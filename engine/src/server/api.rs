@@ -1,4 +1,5 @@
-//! The HTTP API. Every route but `/health` needs `Authorization: Bearer TOKEN`.
+//! The HTTP API. Every route but `/health` needs the token: `Authorization:
+//! Bearer TOKEN`, or the web page's cookie.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -37,6 +38,7 @@ pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(api)
+        .merge(super::ui::routes(app.clone()))
         .with_state(app)
 }
 
@@ -51,19 +53,11 @@ pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, e.to_string())
 }
 
-/// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
+/// The token comes as `Authorization: Bearer T` (CLI, pilots) or as the web
+/// page's cookie (see `ui::auth`).
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if same(t.trim().as_bytes(), app.token.as_bytes()) => next.run(req).await,
+    match super::ui::presented_token(req.headers()) {
+        Some(t) if super::ui::same(t.as_bytes(), app.token.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::new(401, "invalid token").into_response(),
         None => ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)").into_response(),
     }
@@ -197,20 +191,7 @@ async fn report_data(
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(1000).min(100_000);
-    let (runs, attempts) = read(&app, move |c| {
-        let f = store::RunFilter {
-            flow: Some(q.flow.clone()),
-            limit: Some(limit),
-            state: None,
-            since: None,
-            until: None,
-        };
-        Ok((
-            store::runs(c, &f)?,
-            store::attempts_of_flow(c, &q.flow, limit)?,
-        ))
-    })
-    .await?;
+    let (runs, attempts) = read(&app, move |c| store::flow_history(c, &q.flow, limit)).await?;
     Ok(Json(json!({ "runs": runs, "attempts": attempts })))
 }
 
@@ -305,30 +286,36 @@ async fn search_catalog(
 ) -> Result<Json<Value>, ApiError> {
     let raw = raw.0.unwrap_or_default();
     let q: CatalogQuery = parse_catalog_query(&raw)?;
-    let mut fields = Vec::new();
-    for f in &q.field {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| ApiError::new(400, format!("field `{f}`: expected KEY=VALUE")))?;
-        if !k
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            || k.is_empty()
-        {
-            return Err(ApiError::new(
-                400,
-                format!("field `{k}`: use a dotted path such as input.path"),
-            ));
-        }
-        fields.push((k.to_string(), v.to_string()));
-    }
+    let fields = q
+        .field
+        .iter()
+        .map(|f| field_filter(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let limit = q.limit.unwrap_or(50);
     let text = q.q.clone();
     let rows = read(&app, move |c| {
-        store::catalog_search(c, text.as_deref(), &fields, limit)
+        store::catalog_search(c, text.as_deref(), &fields, None, limit)
     })
     .await?;
     Ok(Json(serde_json::to_value(rows).map_err(internal)?))
+}
+
+/// A catalog filter `KEY=VALUE`, KEY a dotted path into the record.
+pub(super) fn field_filter(f: &str) -> Result<(String, String), ApiError> {
+    let (k, v) = f
+        .split_once('=')
+        .ok_or_else(|| ApiError::new(400, format!("field `{f}`: expected KEY=VALUE")))?;
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        return Err(ApiError::new(
+            400,
+            format!("field `{k}`: use a dotted path such as input.path"),
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// `field` may repeat, which serde's query parser does not collect into a Vec.

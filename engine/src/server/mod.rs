@@ -5,6 +5,7 @@ mod api_alloc;
 pub mod core;
 mod pilot_conn;
 mod triggers;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub(crate) struct App {
     pub site: Arc<SiteConfig>,
     pub next_conn: Arc<AtomicU64>,
     pub triggers: triggers::Triggers,
+    /// Where runs keep their files: the only files the web page serves.
+    pub runs_dir: Arc<PathBuf>,
 }
 
 /// A server running inside this process (for `demo`, `run --local`, `bench`).
@@ -194,6 +197,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         token: Arc::new(token.clone()),
         site: Arc::new(opts.site.clone()),
         next_conn: Arc::new(AtomicU64::new(1)),
+        runs_dir: Arc::new(runs_dir.clone()),
     };
     // Small frames (one result, one task) must leave at once: with Nagle's
     // algorithm they wait for the peer's delayed ACK, up to 40 ms a step.

@@ -244,6 +244,57 @@ pub fn run(c: &Connection, id: u64) -> rusqlite::Result<Option<RunDetail>> {
     }))
 }
 
+/// How many steps of each run are done (succeeded or skipped), counted as
+/// the server's live updates count them.
+pub fn steps_done(
+    c: &Connection,
+    runs: &[u64],
+) -> rusqlite::Result<std::collections::HashMap<u64, usize>> {
+    let ids = serde_json::to_string(runs).expect("ids serialise");
+    let mut st = c.prepare_cached(
+        "SELECT run_id, COUNT(DISTINCT step_index) FROM attempts
+         WHERE state IN ('succeeded', 'skipped') AND run_id IN (SELECT value FROM json_each(?1))
+         GROUP BY run_id",
+    )?;
+    let rows = st.query_map(params![ids], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize))
+    })?;
+    rows.collect()
+}
+
+/// Attempts handed to pilots and not yet finished, for the pilots page.
+pub fn active_attempts(c: &Connection) -> rusqlite::Result<Vec<AttemptRow>> {
+    let mut st = c.prepare_cached(
+        "SELECT * FROM attempts WHERE state IN ('dispatched', 'running') ORDER BY id",
+    )?;
+    let rows = st.query_map([], attempt_row)?;
+    rows.collect()
+}
+
+/// The newest `limit` runs of a flow and all their attempts: what a report
+/// over the flow needs.
+pub fn flow_history(
+    c: &Connection,
+    flow: &str,
+    limit: usize,
+) -> rusqlite::Result<(Vec<RunRow>, Vec<AttemptRow>)> {
+    let f = RunFilter {
+        flow: Some(flow.to_string()),
+        limit: Some(limit),
+        ..Default::default()
+    };
+    Ok((runs(c, &f)?, attempts_of_flow(c, flow, limit)?))
+}
+
+/// Runs per flow and state.
+pub fn run_counts(c: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut st = c.prepare_cached("SELECT flow, state, COUNT(*) FROM runs GROUP BY flow, state")?;
+    let rows = st.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+    })?;
+    rows.collect()
+}
+
 /// Attempts of many runs at once (for reports over many runs).
 pub fn attempts_of_flow(
     c: &Connection,
@@ -286,17 +337,25 @@ fn fts_query(text: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" AND "))
 }
 
-/// Records matching every word of `text` (if any) and every `field = value`
+/// Records matching every word of `text` (if any), every `field = value`
 /// pair, where a field is a dotted path into the record (`flow`, `input.path`,
-/// `fields.sample`, `outputs.exit_code`).
+/// `fields.sample`, `outputs.exit_code`), and created within `created` (µs,
+/// from inclusive, to exclusive) if given.
 pub fn catalog_search(
     c: &Connection,
     text: Option<&str>,
     fields: &[(String, String)],
+    created: Option<(i64, i64)>,
     limit: usize,
 ) -> rusqlite::Result<Vec<CatalogRow>> {
     let mut sql = String::from("SELECT c.* FROM catalog c WHERE 1=1");
     let mut args: Vec<String> = Vec::new();
+    if let Some((from, to)) = created {
+        // Integers, not user text: written into the statement.
+        sql.push_str(&format!(
+            " AND c.created_us >= {from} AND c.created_us < {to}"
+        ));
+    }
     if let Some(q) = text.and_then(fts_query) {
         args.push(q);
         sql.push_str(&format!(

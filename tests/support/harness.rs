@@ -1,0 +1,166 @@
+//! The processes end-to-end tests start: a `beamflow server` and `beamflow
+//! pilot`s from the built binary, in a temporary home, killed when dropped.
+#![allow(dead_code)] // each test crate uses its share
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use beamflow::client::Client;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_beamflow");
+
+/// Kills the process (and reaps it) when dropped, so a failing test leaves nothing behind.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Env {
+    pub home: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("beamflow-e2e-")
+            .tempdir()
+            .unwrap();
+        Env {
+            home: tmp.path().join("home"),
+            _tmp: tmp,
+        }
+    }
+
+    /// Runs the CLI against this home; it must succeed. Returns stdout.
+    pub fn beamflow_ok(&self, args: &[&str]) -> String {
+        let o = Command::new(BIN)
+            .env("BEAMFLOW_HOME", &self.home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "beamflow {args:?}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs the flow file `jobs/NAME.toml` in this process (`run --local
+    /// --wait`) with inputs KEY=VALUE; it must succeed. Returns stdout.
+    pub fn run_job(&self, name: &str, sets: &[String]) -> String {
+        let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../jobs/{name}.toml"));
+        let mut args = vec![
+            "run".to_string(),
+            flow.display().to_string(),
+            "--local".into(),
+            "--wait".into(),
+        ];
+        for s in sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.beamflow_ok(&args);
+        assert!(out.contains("succeeded"), "{out}");
+        out
+    }
+
+    pub fn log(&self, name: &str) -> std::fs::File {
+        std::fs::create_dir_all(&self.home).unwrap();
+        std::fs::File::create(self.home.join(format!("{name}.log"))).unwrap()
+    }
+
+    /// Starts a server and waits until it answers; `bind` keeps the port across restarts.
+    pub fn server(&self, bind: &str, extra: &[&str]) -> (Proc, Client) {
+        let _ = std::fs::remove_file(self.home.join("server.json"));
+        let child = Proc(
+            Command::new(BIN)
+                .args([
+                    "--home",
+                    self.home.to_str().unwrap(),
+                    "server",
+                    "--bind",
+                    bind,
+                ])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(self.log("server"))
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.home.join("server.json")) {
+                if let Ok(a) = serde_json::from_str::<Value>(&text) {
+                    let token = std::fs::read_to_string(self.home.join("token")).unwrap();
+                    return (child, Client::new(a["url"].as_str().unwrap(), token.trim()));
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pilot(&self, name: &str, cpus: u32) -> Proc {
+        self.pilot_with(name, cpus, &["--idle-timeout", "0s"])
+    }
+
+    pub fn pilot_with(&self, name: &str, cpus: u32, extra: &[&str]) -> Proc {
+        let child = Command::new(BIN)
+            .args([
+                "--home",
+                self.home.to_str().unwrap(),
+                "pilot",
+                "--name",
+                name,
+                "--cpus",
+                &cpus.to_string(),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("pilot-{name}")))
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    pub fn flow(&self, name: &str, src: &str) -> PathBuf {
+        let p = self.home.join(format!("{name}.toml"));
+        std::fs::create_dir_all(&self.home).unwrap();
+        std::fs::write(&p, src).unwrap();
+        p
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub async fn wait_pilots(c: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p: Vec<Value> = c.get("/api/pilots").await.unwrap();
+        if p.iter().filter(|x| x["state"] == "connected").count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pilots did not connect: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
