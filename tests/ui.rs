@@ -176,6 +176,20 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        // The page's cookie opens the API as the header does; files come
+        // only from the runs directory.
+        let token = std::fs::read_to_string(env.home.join("token")).unwrap();
+        let with_cookie = |path: &str, t: &str| {
+            http.get(format!("{}{path}", c.url))
+                .header("cookie", format!("other=1; beamflow_token={}", t.trim()))
+                .send()
+        };
+        assert_eq!(with_cookie("/api/runs", &token).await.unwrap().status(), 200);
+        assert_eq!(with_cookie("/api/runs", "wrong").await.unwrap().status(), 401);
+        assert_eq!(
+            with_cookie("/ui/file?path=%2Fetc%2Fpasswd", &token).await.unwrap().status(),
+            403
+        );
 
         // Sign in with the link `beamflow ui` prints.
         let out = env.beamflow_ok(&["ui"]);
