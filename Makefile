@@ -27,6 +27,7 @@ test: setup lint
 	bash scripts/slurm-cluster.sh stop >/dev/null 2>&1; exit $$rc
 
 bench: build
+	@$(ENV) && ./target/release/beamflow bench suite --size small -o target/bench
 	@$(ENV) && ./target/release/beamflow bench engine --json
 	@$(ENV) && ./target/release/beamflow bench hedm --frames 16 --json
 	@$(ENV) && ./target/release/beamflow bench ptycho --json

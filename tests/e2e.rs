@@ -1631,3 +1631,78 @@ fn a_trigger_waits_out_a_server_restart() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pilot_benchmarks_its_node_and_bench_compare_reads_the_result() {
+    let env = Env::new();
+    let dest = env.home.join("results");
+    env.run_job(
+        "bench",
+        &[
+            "size=small".to_string(),
+            "repeats=1".to_string(),
+            format!("dest={}", dest.display()),
+        ],
+    );
+    let json = dest.join("bench/bench.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["schema"], "beamflow.bench/1");
+    assert_eq!(v["config"]["size"], "small");
+    let m = &v["machine"];
+    assert!(m["triad_gbs"].as_f64().unwrap() > 0.5, "{m}");
+    assert!(m["sgemm_gflops"].as_f64().unwrap() > 1.0, "{m}");
+    assert!(m["cpus"].as_u64().unwrap() >= 1 && m["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(m["git"].as_str().unwrap().len(), 12, "{m}");
+    // No GPU on this machine kind: none found, the reason said, no panic.
+    assert_eq!(m["gpus"], json!([]));
+    assert!(
+        m["gpu_note"].as_str().unwrap().contains("no CUDA driver"),
+        "{m}"
+    );
+    assert_eq!(m["torch_devices"], json!(["cpu"]));
+    let results = v["results"].as_array().unwrap();
+    let got: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["kernel"].as_str().unwrap(),
+                r["backend"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "xpcs.multitau cpu",
+            "xpcs.multitau torch:cpu",
+            "xpcs.twotime cpu",
+            "ptycho.rpie cpu",
+            "ptycho.lsqml cpu",
+            "ptycho.lsqml torch:cpu",
+            "hedm.fit cpu",
+            "braggnn.train torch:cpu",
+            "braggnn.infer torch:cpu",
+            "braggnn.infer ort:cpu",
+            "engine.noop engine",
+        ]
+    );
+    for r in results {
+        assert!(r["rate"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["seconds"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        // Under the roof: a fraction above 1 would mean a miscounted kernel.
+        if let Some(f) = r["roofline_fraction"].as_f64() {
+            assert!(f > 0.0 && f < 1.2, "{r}");
+        }
+    }
+    let png = std::fs::read(dest.join("bench/roofline.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    // A result compared with itself: every ratio is one.
+    let j = json.to_str().unwrap();
+    let out = env.beamflow_ok(&["bench", "compare", j, j, "--json"]);
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["triad_ratio"], 1.0);
+    let kernels = c["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), results.len());
+    assert!(kernels.iter().all(|k| k["ratio"] == 1.0), "{c}");
+}

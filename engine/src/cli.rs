@@ -353,14 +353,28 @@ enum KernelCmd {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure: `engine` (tasks/s, latency), `xpcs` (kernel,
+    /// What to measure: `suite` (the default: the machine's roofs, then
+    /// every kernel at a standard size on each backend, placed under the
+    /// roofline), `compare A.json B.json` (two suite results as ratios),
+    /// `engine` (tasks/s, latency), `xpcs` (kernel,
     /// end-to-end and two-time speed on a synthetic dataset), `hedm` (peak
     /// search and fit), `ptycho` (engines' time per iteration and error) or
     /// `alloc` (wait for a pilot submitted through the site's batch
     /// scheduler) or `braggnn` (inference and training throughput in
     /// libtorch, ONNX Runtime and PyTorch; frames end to end).
-    #[arg(value_parser = ["engine", "xpcs", "alloc", "hedm", "ptycho", "braggnn"])]
+    #[arg(value_parser = ["suite", "compare", "engine", "xpcs", "alloc", "hedm", "ptycho", "braggnn"], default_value = "suite")]
     name: String,
+    /// compare: the two `beamflow bench --json` results, A then B.
+    files: Vec<PathBuf>,
+    /// suite: where bench.json and roofline.png go.
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
+    /// suite: untimed runs of each case before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// suite: timed runs of each case.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
     /// ptycho: dataset preset (tiny, small, medium, large).
     #[arg(long, default_value = "medium")]
     dataset: String,
@@ -402,9 +416,10 @@ struct BenchArgs {
     /// alloc: runs on the warm pilot.
     #[arg(long, default_value_t = 20)]
     warm: usize,
-    /// xpcs, hedm: detector side, pixels (xpcs 512, hedm 2048).
+    /// suite: small, medium or large (default small); xpcs, hedm: the
+    /// detector side in pixels (xpcs 512, hedm 2048).
     #[arg(long)]
-    size: Option<usize>,
+    size: Option<String>,
     /// xpcs, hedm, braggnn: frames in the dataset (xpcs 2000, hedm and braggnn 4).
     #[arg(long)]
     frames: Option<usize>,
@@ -429,6 +444,16 @@ struct BenchArgs {
     prefetch: Option<u32>,
     #[arg(long, value_enum, default_value = "normal")]
     durability: Durability,
+}
+
+/// `--size` as a detector side for the xpcs and hedm benches.
+fn pixels(size: &Option<String>, default: usize) -> anyhow::Result<usize> {
+    match size {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| {
+            anyhow::anyhow!("--size {s}: this bench takes the detector side in pixels")
+        }),
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -800,10 +825,58 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::alloc::cmd::alloc_cmd(c, &client, &home, cli.url.clone(), cli.json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bench(b) if b.name == "suite" => {
+            use clap::ValueEnum;
+            let size = match b.size.as_deref() {
+                None => crate::bench::suite::Size::Small,
+                Some(s) => crate::bench::suite::Size::from_str(s, true).map_err(|_| {
+                    anyhow::anyhow!("--size {s}: the suite takes small, medium or large")
+                })?,
+            };
+            let quiet = cli.json && b.out.is_none();
+            let out = b.out.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                crate::bench::suite::run(size, b.warmup, b.repeats, out.as_deref(), quiet)
+            })
+            .await??;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} · {} threads · {:.1} GB/s triad · {:.0} GFLOP/s SGEMM · git {}",
+                    r.machine.cpu_model,
+                    r.machine.threads,
+                    r.machine.triad_gbs,
+                    r.machine.sgemm_gflops,
+                    r.machine.git
+                );
+                println!("{}", crate::bench::suite::table(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "compare" => {
+            let [a, bb] = b.files.as_slice() else {
+                anyhow::bail!("bench compare takes two result files: A.json B.json");
+            };
+            let c = crate::bench::compare::compare(
+                &crate::bench::compare::load(a)?,
+                &crate::bench::compare::load(bb)?,
+            );
+            if cli.json {
+                print_json(&c);
+            } else {
+                println!("A: {}\nB: {}", c.a, c.b);
+                println!("{}", crate::bench::compare::table(&c));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if !b.files.is_empty() => {
+            anyhow::bail!("bench {}: unexpected arguments {:?}", b.name, b.files)
+        }
         Cmd::Bench(b) if b.name == "xpcs" => {
             let json_out = cli.json;
             let spec = crate::xpcs::BenchXpcs {
-                size: b.size.unwrap_or(512),
+                size: pixels(&b.size, 512)?,
                 frames: b.frames.unwrap_or(2000),
                 twotime_frames: b.twotime_frames,
                 data: b.data,
@@ -815,7 +888,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(b) if b.name == "hedm" => {
             let spec = crate::hedm::BenchHedm {
-                size: b.size.unwrap_or(2048),
+                size: pixels(&b.size, 2048)?,
                 frames: b.frames.unwrap_or(4),
                 peaks: b.peaks,
                 polar: b.polar,
@@ -850,7 +923,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "alloc" => {
-            let out = crate::bench_alloc::alloc(crate::bench_alloc::AllocBench {
+            let out = crate::bench::alloc::alloc(crate::bench::alloc::AllocBench {
                 site: b.site,
                 target: b.target,
                 cold: b.cold,

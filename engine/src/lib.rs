@@ -9,7 +9,6 @@ pub mod actions;
 pub mod alloc;
 pub mod batch;
 pub mod bench;
-pub mod bench_alloc;
 pub mod braggnn;
 pub mod cli;
 pub mod client;

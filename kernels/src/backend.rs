@@ -89,6 +89,25 @@ mod torch_device {
         }
     }
 
+    /// The devices libtorch can run on here, as the names `device` takes:
+    /// "cpu", then "cuda:0", "cuda:1", …
+    pub fn torch_devices() -> Vec<String> {
+        let n = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        std::iter::once("cpu".to_string())
+            .chain((0..n).map(|i| format!("cuda:{i}")))
+            .collect()
+    }
+
+    /// libtorch's intra-op threads for this process (benchmarks set it to
+    /// the cores they measure with).
+    pub fn set_torch_threads(n: usize) {
+        tch::set_num_threads(n.max(1) as i32);
+    }
+
     /// Human name of a device for summaries.
     pub fn device_name(d: Device) -> String {
         match d {
@@ -100,4 +119,4 @@ mod torch_device {
 }
 
 #[cfg(feature = "torch")]
-pub use torch_device::{device, device_name};
+pub use torch_device::{device, device_name, set_torch_threads, torch_devices};

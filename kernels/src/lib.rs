@@ -19,8 +19,10 @@ pub mod backend;
 #[cfg(feature = "torch")]
 pub mod braggnn;
 pub mod builtin;
+pub mod gpu;
 pub mod hedm;
 pub mod inherit;
+pub mod machine;
 pub mod ptycho;
 pub mod registry;
 pub mod synthetic;

@@ -76,6 +76,10 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
         .env("BEAMFLOW_TASK_DIR", &spec.task_dir)
         .env("BEAMFLOW_OUTPUTS", &outputs_path)
         .env("OMP_NUM_THREADS", grant.cpus.max(1).to_string());
+    // The pilot's own binary, for steps that call beamflow (jobs/bench.toml).
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.env("BEAMFLOW_EXE", exe);
+    }
     if !grant.gpus.is_empty() {
         let ids: Vec<String> = grant.gpus.iter().map(|g| g.to_string()).collect();
         cmd.env(&*grant.gpu_env, ids.join(","));
