@@ -22,9 +22,17 @@ fn main() {
     };
     let rev = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BEAMFLOW_GIT_REV={rev}");
-    // A new commit or a checkout changes HEAD or the ref it points at.
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/refs/heads");
+    // A checkout changes HEAD; a commit changes the branch's ref, loose or
+    // packed. Paths as git resolves them (worktrees keep them elsewhere).
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(branch);
+    }
+    for w in watch {
+        if let Some(path) = git(&["rev-parse", "--git-path", &w]) {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
     }
 }

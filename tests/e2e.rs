@@ -1706,3 +1706,86 @@ fn a_pilot_benchmarks_its_node_and_bench_compare_reads_the_result() {
     assert_eq!(kernels.len(), results.len());
     assert!(kernels.iter().all(|k| k["ratio"] == 1.0), "{c}");
 }
+
+#[test]
+fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
+    let env = Env::new();
+    let data = env.home.join("data");
+    env.beamflow_ok(&[
+        "kernel",
+        "xpcs",
+        "synthetic",
+        "--dir",
+        data.to_str().unwrap(),
+        "--name",
+        "S",
+        "--size",
+        "96",
+        "--frames",
+        "400",
+    ]);
+    let raw = data.join("S/S.h5");
+    let qmap = data.join("S/S_qmap.hdf");
+    let analyse = |launcher: &[&str], out: &Path| -> Value {
+        let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
+        cmd.args(launcher.iter().skip(1));
+        // One host: OpenMPI needs no remote shell, but insists one exists.
+        cmd.env("OMPI_MCA_plm_rsh_agent", "false");
+        if !launcher.is_empty() {
+            cmd.arg(BIN);
+        }
+        let o = cmd
+            .args(["kernel", "xpcs", "multitau", "--no-plots", "--json", "-r"])
+            .arg(&raw)
+            .arg("-q")
+            .arg(&qmap)
+            .arg("-o")
+            .arg(out)
+            .args(if launcher.is_empty() {
+                vec![]
+            } else {
+                vec!["--mpi"]
+            })
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{launcher:?}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // One summary line, from rank 0 alone.
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let one = analyse(&[], &env.home.join("one"));
+    let two = analyse(
+        &[
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+        ],
+        &env.home.join("two"),
+    );
+    assert_eq!(one["pixels"], two["pixels"]);
+    assert_eq!(one["frames"], two["frames"]);
+    assert_eq!(one["fits"], two["fits"]);
+    // Each pixel is correlated by one rank: the q-binned g2 and its error,
+    // and the mean image, are the same numbers.
+    let read = |v: &Value| {
+        beamflow_kernels::xpcs::results::read(Path::new(v["results"].as_str().unwrap())).unwrap()
+    };
+    let (a, b) = (read(&one), read(&two));
+    let ((ta, ga), (tb, gb)) = (a.multitau.unwrap(), b.multitau.unwrap());
+    assert_eq!(ta, tb);
+    assert!(ga.g2.iter().filter(|x| x.is_finite()).count() > 20);
+    // Bit for bit (empty q bins hold NaN, which no == equals).
+    let bits = |a: &ndarray::Array2<f32>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(ga.g2.dim(), gb.g2.dim());
+    assert_eq!(bits(&ga.g2), bits(&gb.g2));
+    assert_eq!(bits(&ga.g2_err), bits(&gb.g2_err));
+    assert_eq!(bits(&a.saxs_2d), bits(&b.saxs_2d));
+}

@@ -171,23 +171,39 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
         assert_eq!(r.status(), 303);
         assert!(r.headers()["location"].to_str().unwrap().starts_with("/ui/login"));
         let r = http
-            .get(format!("{}/ui/login?token=wrong", c.url))
+            .get(format!("{}/ui/login?code=made-up", c.url))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
-        // The page's cookie opens the API as the header does; files come
-        // only from the runs directory.
+        // The session cookie is not the token, and opens only what the page
+        // needs: the events, and starting runs from its own origin.
         let token = std::fs::read_to_string(env.home.join("token")).unwrap();
-        let with_cookie = |path: &str, t: &str| {
-            http.get(format!("{}{path}", c.url))
-                .header("cookie", format!("other=1; beamflow_token={}", t.trim()))
-                .send()
+        let session = beamflow::server::ui::session_key(token.trim());
+        assert!(!session.contains(token.trim()));
+        let with = |method: reqwest::Method, path: &str, cookie: &str| {
+            http.request(method, format!("{}{path}", c.url))
+                .header("cookie", format!("other=1; beamflow_session={cookie}"))
         };
-        assert_eq!(with_cookie("/api/runs", &token).await.unwrap().status(), 200);
-        assert_eq!(with_cookie("/api/runs", "wrong").await.unwrap().status(), 401);
+        let status = |r: reqwest::Response| r.status().as_u16();
+        let get = reqwest::Method::GET;
+        let post = reqwest::Method::POST;
+        assert_eq!(status(with(get.clone(), "/api/runs", token.trim()).send().await.unwrap()), 401);
+        assert_eq!(status(with(get.clone(), "/api/runs", &session).send().await.unwrap()), 403);
+        assert_eq!(status(with(get.clone(), "/api/pilot", &session).send().await.unwrap()), 403);
+        let start = json!({ "flow": "no-such-flow" });
+        // From another origin (a page on another port): refused.
+        let other = with(post.clone(), "/api/runs", &session)
+            .header("origin", "http://127.0.0.1:1")
+            .json(&start);
+        assert_eq!(status(other.send().await.unwrap()), 403);
+        // From the page's own origin: through to the handler (no such flow).
+        let own = with(post.clone(), "/api/runs", &session)
+            .header("sec-fetch-site", "same-origin")
+            .json(&start);
+        assert_eq!(status(own.send().await.unwrap()), 404);
         assert_eq!(
-            with_cookie("/ui/file?path=%2Fetc%2Fpasswd", &token).await.unwrap().status(),
+            status(with(get.clone(), "/ui/file?path=%2Fetc%2Fpasswd", &session).send().await.unwrap()),
             403
         );
 
@@ -203,6 +219,8 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
         b.goto(&link).await.unwrap();
         let url = b.current_url().await.unwrap();
         assert_eq!(url.path(), "/ui/runs", "the login moves on to the runs");
+        let again = http.get(&link).send().await.unwrap();
+        assert_eq!(again.status(), 401, "a sign-in link works once");
         assert!(url.query().is_none(), "the token leaves the address bar: {url}");
         until(&b, "the earlier runs listed", "return document.querySelectorAll('#runs tr[data-state=succeeded]').length == 2", Duration::from_secs(10)).await;
         until(&b, "the event stream open", "return document.getElementById('live').classList.contains('on')", Duration::from_secs(10)).await;

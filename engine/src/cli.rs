@@ -725,8 +725,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ui => {
             let c = client()?;
             // A wrong token or a stopped server is said here, not in the browser.
-            let _: Value = c.get("/api/flows").await?;
-            let link = c.ui_login_url();
+            let link = c.ui_login_url().await?;
             if cli.json {
                 print_json(&json!({ "url": format!("{}/ui/", c.url), "login": link }));
             } else {
@@ -735,7 +734,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     c.url
                 );
                 println!("{link}");
-                println!("(it holds the server's token: share it only with who may run flows)");
+                println!("(it signs one browser in, once, within two minutes)");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -32,13 +32,14 @@ impl Client {
         }
     }
 
-    /// The link that signs a browser in to the web page (the token travels
-    /// once, in the query, and is kept in an HttpOnly cookie).
-    pub fn ui_login_url(&self) -> String {
-        let q = form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", &self.token)
-            .finish();
-        format!("{}/ui/login?{q}", self.url)
+    /// A link that signs a browser in to the web page once, within two
+    /// minutes (it carries a one-time code, not the token).
+    pub async fn ui_login_url(&self) -> anyhow::Result<String> {
+        let r: serde_json::Value = self.post("/api/ui/code", &serde_json::json!({})).await?;
+        let code = r["code"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server gave no sign-in code: {r}"))?;
+        Ok(format!("{}/ui/login?code={code}", self.url))
     }
 
     /// `--url`/`BEAMFLOW_URL`, else `HOME/server.json`; `--token`/

@@ -20,6 +20,7 @@ pub mod local;
 pub mod pilot;
 pub mod protocol;
 pub mod ptycho;
+pub mod ranks;
 pub mod report;
 pub mod server;
 pub mod site;

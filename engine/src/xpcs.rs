@@ -69,6 +69,11 @@ pub struct AnalysisArgs {
     /// the CPU and says so.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Share the multi-tau pixels among the MPI ranks this process is one
+    /// of (`mpiexec -n K beamflow kernel xpcs multitau --mpi …`); rank 0
+    /// writes the results, identical to one process's.
+    #[arg(long)]
+    mpi: bool,
 }
 
 #[derive(Args)]
@@ -131,13 +136,28 @@ fn options(a: &AnalysisArgs, mode: Mode) -> anyhow::Result<Options> {
 
 /// Runs one analysis with a progress bar; returns the summary as JSON.
 fn analyse(opts: &Options, quiet: bool) -> anyhow::Result<pipeline::Outcome> {
-    let b = bar(0, "", quiet);
-    let res = pipeline::run(opts, &mut |p| {
-        b.set_length(p.total);
-        b.set_position(p.done);
-        b.set_message(p.stage);
-        true
-    });
+    Ok(analyse_shared(opts, quiet, None)?.expect("a lone process writes the results"))
+}
+
+/// [`analyse`] as one of the processes of `share`: rank 0 gets the outcome
+/// (and shows the progress), the others `None`.
+fn analyse_shared(
+    opts: &Options,
+    quiet: bool,
+    share: Option<&dyn pipeline::Share>,
+) -> anyhow::Result<Option<pipeline::Outcome>> {
+    let leader = share.is_none_or(|s| s.rank() == 0);
+    let b = bar(0, "", quiet || !leader);
+    let res = pipeline::run_shared(
+        opts,
+        &mut |p| {
+            b.set_length(p.total);
+            b.set_position(p.done);
+            b.set_message(p.stage);
+            true
+        },
+        share,
+    );
     b.finish_and_clear();
     match res {
         Ok(o) => Ok(o),
@@ -153,7 +173,17 @@ pub fn run(cmd: XpcsCmd, json_out: bool) -> anyhow::Result<()> {
         XpcsCmd::Twotime(a) => (a, Mode::Twotime),
         XpcsCmd::Both(a) => (a, Mode::Both),
     };
-    let out = analyse(&options(&args, mode)?, json_out)?;
+    let opts = options(&args, mode)?;
+    let out = if args.mpi {
+        let ranks = crate::ranks::Ranks::init()?;
+        match analyse_shared(&opts, json_out, Some(&ranks))? {
+            Some(out) => out,
+            // Another rank writes the results.
+            None => return Ok(()),
+        }
+    } else {
+        analyse(&opts, json_out)?
+    };
     let s = &out.summary;
     if let Some(why) = &s.device_note {
         eprintln!("note: {why}");

@@ -118,5 +118,8 @@ mod torch_device {
     }
 }
 
+/// libtorch's device type, for callers that do not depend on tch.
+#[cfg(feature = "torch")]
+pub use tch::Device as TorchDevice;
 #[cfg(feature = "torch")]
 pub use torch_device::{device, device_name, set_torch_threads, torch_devices};

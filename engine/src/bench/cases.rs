@@ -11,7 +11,7 @@
 //! | xpcs.multitau | valid pixel-frame | 27 (8 level-0 and 4 per coarser level delays, ≈ 12 multiply-adds + 3 adds) | 2 (the u16 count; the correlator state stays in cache) |
 //! | xpcs.twotime | pixel-frame | (N+1)·… : N(N+1)·P in all, the upper triangle of N×N per pixel | 4 per pixel-frame (f32 store) + 4·N² per q bin (the map) |
 //! | ptycho.* | position (one per iteration) | two n×n 2-D FFTs, 5·n²·log₂(n²) each | 20·n² (amplitudes 4, object patch read 8 and written 8) |
-//! | hedm.fit | peak | the LM fit's model + Jacobian evaluations (≈ 60 per pixel per peak) and normal equations (m·n(n+3) per iteration), counted while fitting | 4 per frame pixel (f32) |
+//! | hedm.fit | peak | the LM fit's model + Jacobian evaluations (≈ 60 per pixel per peak) and normal equations (m·n(n+3) per iteration), counted while fitting; the time includes the region search, whose work is not counted | 4 per frame pixel (f32) |
 //! | braggnn.infer | patch | 4.18 M (2.09 M multiply-adds, forward at psz 11) | 492 (121 f32 in, 2 out) |
 //! | braggnn.train | sample | 12.5 M (forward + backward ≈ 3× forward) | 492 |
 //! | engine.noop | task | – | – |
@@ -39,6 +39,18 @@ pub fn all(size: Size, tmp: &Path) -> anyhow::Result<(Vec<Case>, Vec<Skipped>)> 
 
 fn e(s: String) -> anyhow::Error {
     anyhow::Error::msg(s)
+}
+
+/// libtorch's devices here, each with the backend name results carry
+/// (`torch:cpu`, `torch:cuda:0`, …).
+fn torch_devices() -> anyhow::Result<Vec<(beamflow_kernels::backend::TorchDevice, String)>> {
+    beamflow_kernels::backend::torch_devices()
+        .iter()
+        .map(|d| {
+            let (dev, _) = beamflow_kernels::backend::device(d).map_err(e)?;
+            Ok((dev, beamflow_kernels::backend::device_name(dev)))
+        })
+        .collect()
 }
 
 // ---- XPCS -----------------------------------------------------------------
@@ -94,24 +106,27 @@ fn xpcs(size: Size, cases: &mut Vec<Case>) -> anyhow::Result<()> {
             .flat_map_iter(|fr| pixels.iter().map(move |&i| f32::from(fr[i])))
             .collect(),
     );
-    let (dev, _) = beamflow_kernels::xpcs::torch::device("cpu").map_err(e)?;
-    cases.push(Case {
-        kernel: "xpcs.multitau".into(),
-        backend: "torch:cpu".into(),
-        problem,
-        unit: "pixel-frames".into(),
-        work: pf,
-        flops: 27.0 * pf,
-        bytes: 2.0 * pf,
-        run: Box::new(move || {
-            let mut tm = beamflow_kernels::xpcs::torch::TorchMultitau::new(frames as u64, p, dev);
-            for c in gathered.chunks(128 * p) {
-                tm.push(c).map_err(e)?;
-            }
-            tm.finish().map_err(e)?;
-            Ok(None)
-        }),
-    });
+    for (dev, name) in torch_devices()? {
+        let gathered = gathered.clone();
+        cases.push(Case {
+            kernel: "xpcs.multitau".into(),
+            backend: name,
+            problem: problem.clone(),
+            unit: "pixel-frames".into(),
+            work: pf,
+            flops: 27.0 * pf,
+            bytes: 2.0 * pf,
+            run: Box::new(move || {
+                let mut tm =
+                    beamflow_kernels::xpcs::torch::TorchMultitau::new(frames as u64, p, dev);
+                for c in gathered.chunks(128 * p) {
+                    tm.push(c).map_err(e)?;
+                }
+                tm.finish().map_err(e)?;
+                Ok(None)
+            }),
+        });
+    }
 
     let bins = plan.bins.len() as f64;
     let (n, pp) = (tt_frames as f64, p as f64);
@@ -225,27 +240,28 @@ fn ptycho(size: Size, cases: &mut Vec<Case>) -> anyhow::Result<()> {
             Ok(None)
         }),
     ));
-    let (dev, _) = beamflow_kernels::backend::device("cpu").map_err(e)?;
-    let (d, mut obj, mut probe) = (data.clone(), fresh(), sim.probe.clone());
-    let mut tl = beamflow_kernels::ptycho::torch::TorchLsqml::new(&data, 0, dev);
-    cases.push(case(
-        "ptycho.lsqml",
-        "torch:cpu",
-        Box::new(move || {
-            let loss = tl
-                .epoch(
-                    &d,
-                    &mut obj,
-                    &mut probe,
-                    &LsqmlOptions { batch: 100 },
-                    false,
-                    true,
-                )
-                .map_err(e)?;
-            anyhow::ensure!(loss.is_finite(), "LSQ-ML (torch): loss is not finite");
-            Ok(None)
-        }),
-    ));
+    for (dev, name) in torch_devices()? {
+        let (d, mut obj, mut probe) = (data.clone(), fresh(), sim.probe.clone());
+        let mut tl = beamflow_kernels::ptycho::torch::TorchLsqml::new(&data, 0, dev);
+        cases.push(case(
+            "ptycho.lsqml",
+            &name,
+            Box::new(move || {
+                let loss = tl
+                    .epoch(
+                        &d,
+                        &mut obj,
+                        &mut probe,
+                        &LsqmlOptions { batch: 100 },
+                        false,
+                        true,
+                    )
+                    .map_err(e)?;
+                anyhow::ensure!(loss.is_finite(), "LSQ-ML (torch): loss is not finite");
+                Ok(None)
+            }),
+        ));
+    }
     Ok(())
 }
 
@@ -349,30 +365,34 @@ fn braggnn(
     let threads = rayon::current_num_threads();
     let set = std::sync::Arc::new(patches(train_n, 11, 1, 3));
     let trained_n = (train_n as f64 * 0.8).floor();
-    let s = set.clone();
-    cases.push(Case {
-        kernel: "braggnn.train".into(),
-        backend: "torch:cpu".into(),
-        problem: format!("{train_n} patches of 11², batch 512, one epoch a repeat"),
-        unit: "samples".into(),
-        work: trained_n,
-        flops: 3.0 * BRAGGNN_FORWARD_FLOPS * trained_n,
-        bytes: BRAGGNN_BYTES * trained_n,
-        run: Box::new(move || {
-            let o = TrainOptions {
-                epochs: 1,
-                patience: 1,
-                device: "cpu".into(),
-                threads,
-                ..TrainOptions::default()
-            };
-            let tr = braggnn::train(&s, Shape::default(), &o, None, &mut |_| true).map_err(e)?;
-            // The epoch's own training time: validation is not training work.
-            let sps = tr.median_samples_per_s();
-            anyhow::ensure!(sps > 0.0, "BraggNN training reported no speed");
-            Ok(Some(trained_n / sps))
-        }),
-    });
+    for (_, name) in torch_devices()? {
+        let device = name.trim_start_matches("torch:").to_string();
+        let s = set.clone();
+        cases.push(Case {
+            kernel: "braggnn.train".into(),
+            backend: name,
+            problem: format!("{train_n} patches of 11², batch 512, one epoch a repeat"),
+            unit: "samples".into(),
+            work: trained_n,
+            flops: 3.0 * BRAGGNN_FORWARD_FLOPS * trained_n,
+            bytes: BRAGGNN_BYTES * trained_n,
+            run: Box::new(move || {
+                let o = TrainOptions {
+                    epochs: 1,
+                    patience: 1,
+                    device: device.clone(),
+                    threads,
+                    ..TrainOptions::default()
+                };
+                let tr =
+                    braggnn::train(&s, Shape::default(), &o, None, &mut |_| true).map_err(e)?;
+                // The epoch's own training time: validation is not training work.
+                let sps = tr.median_samples_per_s();
+                anyhow::ensure!(sps > 0.0, "BraggNN training reported no speed");
+                Ok(Some(trained_n / sps))
+            }),
+        });
+    }
 
     // A model to run: one short epoch, checkpointed and exported.
     let weights = tmp.join("braggnn.safetensors");
@@ -391,23 +411,33 @@ fn braggnn(
     let test = patches(infer_n, 11, 0, 2);
     let (x, _) = crops(&test, 0..test.len());
     let x = std::sync::Arc::new(x);
-    for (backend, file) in [("torch:cpu", &weights), ("ort:cpu", &model)] {
-        let mut net = match Predictor::open(file, "cpu", threads) {
+    let mut runs: Vec<(String, &Path)> = Vec::new();
+    for (_, name) in torch_devices()? {
+        let device = name.trim_start_matches("torch:").to_string();
+        runs.push((device.clone(), &weights));
+        runs.push((device, &model));
+    }
+    for (device, file) in runs {
+        let mut net = match Predictor::open(file, &device, threads) {
+            // A device the runtime could not use falls back to the CPU:
+            // that is the CPU case again, not this device's.
+            Ok(n) if n.device_note.is_some() => continue,
             Ok(n) => n,
             Err(why) if why.starts_with("ONNX Runtime") => {
                 skipped.push(Skipped {
                     kernel: "braggnn.infer".into(),
-                    backend: backend.into(),
+                    backend: format!("ort:{device}"),
                     why,
                 });
                 continue;
             }
             Err(why) => return Err(e(why)).with_context(|| file.display().to_string()),
         };
+        let backend = net.device.clone();
         let x = x.clone();
         cases.push(Case {
             kernel: "braggnn.infer".into(),
-            backend: backend.into(),
+            backend,
             problem: format!("{infer_n} patches of 11², batch 512"),
             unit: "patches".into(),
             work: infer_n as f64,

@@ -33,6 +33,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/catalog", get(search_catalog))
         .route("/api/report", get(report_data))
         .route("/api/pilot", get(super::pilot_conn::upgrade))
+        .route("/api/ui/code", post(super::ui::issue_code))
         .merge(super::api_alloc::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -53,13 +54,22 @@ pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, e.to_string())
 }
 
-/// The token comes as `Authorization: Bearer T` (CLI, pilots) or as the web
-/// page's cookie (see `ui::auth`).
+/// The token comes as `Authorization: Bearer T` (CLI, pilots); the web
+/// page's session cookie opens only what the page needs (see `ui::auth`).
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
-    match super::ui::presented_token(req.headers()) {
-        Some(t) if super::ui::same(t.as_bytes(), app.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::new(401, "invalid token").into_response(),
-        None => ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)").into_response(),
+    use super::ui::Caller;
+    match super::ui::caller(&app, req.headers()) {
+        Caller::Token => next.run(req).await,
+        Caller::Session if super::ui::session_may(req.method(), req.uri().path(), req.headers()) => {
+            next.run(req).await
+        }
+        Caller::Session => ApiError::new(
+            403,
+            "the web page's session does not open this: send `Authorization: Bearer TOKEN`",
+        )
+        .into_response(),
+        Caller::Wrong => ApiError::new(401, "invalid token").into_response(),
+        Caller::Nobody => ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)").into_response(),
     }
 }
 

@@ -5,7 +5,7 @@ mod api_alloc;
 pub mod core;
 mod pilot_conn;
 mod triggers;
-mod ui;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,10 @@ pub(crate) struct App {
     pub triggers: triggers::Triggers,
     /// Where runs keep their files: the only files the web page serves.
     pub runs_dir: Arc<PathBuf>,
+    /// The web page's session key (derived from the token) and its
+    /// one-time sign-in codes.
+    pub session: Arc<String>,
+    pub codes: ui::Codes,
 }
 
 /// A server running inside this process (for `demo`, `run --local`, `bench`).
@@ -198,6 +202,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         site: Arc::new(opts.site.clone()),
         next_conn: Arc::new(AtomicU64::new(1)),
         runs_dir: Arc::new(runs_dir.clone()),
+        session: Arc::new(ui::session_key(&token)),
+        codes: ui::Codes::default(),
     };
     // Small frames (one result, one task) must leave at once: with Nagle's
     // algorithm they wait for the peer's delayed ACK, up to 40 ms a step.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::fit::{fit_g2, ExpFit};
 use super::io::{open_frames, read_frame_time, read_qmap, FrameSource, Frames};
-use super::multitau::Multitau;
+use super::multitau::{Multitau, PixelSums};
 use super::qbin::{normalize, G2Result};
 use super::results::{results_path, ConfigValue, ResultsWriter};
 use super::scattering::{saxs_1d, saxs_2d};
@@ -351,7 +351,7 @@ impl Correlator {
         }
     }
 
-    fn finish(self) -> Result<super::multitau::PixelSums, String> {
+    fn finish(self) -> Result<PixelSums, String> {
         match self {
             Correlator::Cpu(mt) => mt.finish(),
             #[cfg(feature = "torch")]
@@ -558,10 +558,40 @@ impl Averages {
 
 /// Runs one analysis. `progress` is called after every batch; returning
 /// false cancels.
+/// Processes that share one multi-tau analysis (MPI ranks): each correlates
+/// a contiguous share of the valid pixels — every pixel is correlated on
+/// its own, so the split changes no number — and `combine` brings the
+/// shares to the first process, which writes the results.
+pub trait Share {
+    /// This process's place (0 goes on) and the number of processes.
+    fn rank(&self) -> usize;
+    fn ranks(&self) -> usize;
+    /// All shares merged (`PixelSums::merge`) on rank 0; `None` elsewhere.
+    fn combine(&self, mine: PixelSums) -> Result<Option<PixelSums>, String>;
+}
+
+/// The pixels (indices into the valid list) rank `r` of `k` correlates:
+/// consecutive blocks whose sizes differ by at most one.
+pub fn share_of(pixels: usize, r: usize, k: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (pixels / k, pixels % k);
+    let start = r * base + r.min(extra);
+    start..start + base + usize::from(r < extra)
+}
+
 pub fn run(
     opts: &Options,
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<Outcome, PipelineError> {
+    run_shared(opts, progress, None).map(|o| o.expect("a lone process writes the results"))
+}
+
+/// [`run`] as one of the processes of `share`: the results (and `Some`)
+/// come from rank 0; the others correlate their pixels and return `None`.
+pub fn run_shared(
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress) -> bool,
+    share: Option<&dyn Share>,
+) -> Result<Option<Outcome>, PipelineError> {
     let t_start = Instant::now();
     let src = open_frames(&opts.raw)?;
     let (raw_frames, height, width) = src.shape();
@@ -592,6 +622,16 @@ pub fn run(
             opts.qmap.display()
         )));
     }
+    if share.is_some() && opts.mode.twotime() {
+        return Err(PipelineError::Failed(
+            "two-time is not shared between processes: run it in one (without --mpi)".into(),
+        ));
+    }
+    let mine = match share {
+        Some(s) => pixels[share_of(pixels.len(), s.rank(), s.ranks())].to_vec(),
+        None => pixels.clone(),
+    };
+    let leader = share.is_none_or(|s| s.rank() == 0);
     let twotime_plan = if opts.mode.twotime() {
         Some(
             TwotimePlan::new(&qmap, opts.dq_selection.as_deref())
@@ -627,7 +667,7 @@ pub fn run(
     let own_totals = !opts.mode.multitau() || opts.normalize_frame;
     let mut averages = Averages::new(pixels.clone(), segments, own_totals);
     let (mut mt, device, device_note) = if opts.mode.multitau() {
-        let (c, d, why) = Correlator::new(&opts.backend, n, px, &pixels)?;
+        let (c, d, why) = Correlator::new(&opts.backend, n, px, &mine)?;
         (Some(c), d, why)
     } else {
         (None, "cpu".to_string(), None)
@@ -643,9 +683,11 @@ pub fn run(
             let normalized = (opts.normalize_frame && mt.is_some())
                 .then(|| normalize_frames(batch, px, count, &pixels));
             if let Some(mt) = &mut mt {
-                mt.push(normalized.as_ref().unwrap_or(batch), count, px, &pixels)?;
+                mt.push(normalized.as_ref().unwrap_or(batch), count, px, &mine)?;
             }
-            averages.add(batch, normalized.as_ref(), count, px);
+            if leader {
+                averages.add(batch, normalized.as_ref(), count, px);
+            }
             if let Some(c) = &mut collector {
                 for t in 0..count {
                     c.push(|i| batch.value(t * px + i))?;
@@ -654,7 +696,15 @@ pub fn run(
             Ok(())
         },
     )?;
-    let sums = mt.map(|m| m.finish()).transpose()?;
+    let mut sums = mt.map(|m| m.finish()).transpose()?;
+    if let Some(s) = share {
+        if let Some(local) = sums.take() {
+            match s.combine(local)? {
+                Some(all) => sums = Some(all),
+                None => return Ok(None),
+            }
+        }
+    }
     let pass_s = t_pass.elapsed().as_secs_f64();
 
     let path = results_path(&opts.out_dir, &opts.raw, opts.overwrite);
@@ -827,11 +877,11 @@ pub fn run(
     let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
     std::fs::write(&summary_path, text)
         .map_err(|e| format!("{}: cannot write: {e}", summary_path.display()))?;
-    Ok(Outcome {
+    Ok(Some(Outcome {
         summary,
         summary_path,
         multitau: g2_result,
-    })
+    }))
 }
 
 /// `NAME_metadata.hdf` beside the raw file, else the only `*_metadata.hdf` there.
@@ -899,4 +949,19 @@ fn fit_bins(g: &G2Result, qmap: &QMap, pixels: &[usize], t0: f64, n: usize) -> V
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_pixels_once_in_order() {
+        for (n, k) in [(10, 3), (3, 5), (100, 1), (7, 7)] {
+            let all: Vec<usize> = (0..k).flat_map(|r| share_of(n, r, k)).collect();
+            assert_eq!(all, (0..n).collect::<Vec<_>>(), "{n} pixels, {k} ranks");
+            let sizes: Vec<usize> = (0..k).map(|r| share_of(n, r, k).len()).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        }
+    }
 }

@@ -134,18 +134,32 @@ struct FileLink {
     served: bool,
 }
 
-/// A scalar as text; tables and lists are left to the record's JSON.
+/// A scalar as text for a card; tables and lists are left to the record's JSON.
 fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(match n.as_f64() {
+            Some(x) if n.is_f64() && x != 0.0 && !(1e-3..1e6).contains(&x.abs()) => {
+                format!("{x:.4e}")
+            }
             Some(x) if n.is_f64() => format!("{x:.6}")
                 .trim_end_matches('0')
                 .trim_end_matches('.')
                 .to_string(),
             _ => n.to_string(),
         }),
+        _ => None,
+    }
+}
+
+/// A value a facet can offer: text and whole numbers, written as the
+/// catalog's filter compares them. Measurements (floats) and flags are
+/// not categories.
+fn facet_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
     }
 }
@@ -173,7 +187,7 @@ fn card(row: &CatalogRow, runs_dir: &Path) -> Card {
                             .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_else(|| path.clone()),
-                        served: Path::new(&path).starts_with(runs_dir),
+                        served: super::files::confined(runs_dir, Path::new(&path)).is_ok(),
                         bytes: f["bytes"].as_f64(),
                         path,
                     })
@@ -209,7 +223,7 @@ fn facets(rows: &[CatalogRow], s: &Search) -> Vec<Facet> {
         add("day".into(), view::day(row.created_us));
         if let Some(o) = row.record["fields"].as_object() {
             for (k, v) in o {
-                if let Some(v) = scalar(v) {
+                if let Some(v) = facet_value(v) {
                     add(format!("fields.{k}"), v);
                 }
             }
@@ -337,7 +351,7 @@ mod tests {
             created_us: day * 86_400_000_000,
             record: json!({
                 "title": format!("{flow} {sample}"),
-                "fields": { "sample": sample, "technique": "XPCS" },
+                "fields": { "sample": sample, "technique": "XPCS", "temperature": 291.5, "cold": false, "run": 7 },
                 "outputs": { "beta": 0.25, "q": [1, 2] },
                 "files": [
                     { "path": "/runs/1/results/g2.png", "bytes": 10 },
@@ -358,15 +372,16 @@ mod tests {
         let f = facets(&rows, &s);
         let keys: Vec<&str> = f.iter().map(|f| f.key.as_str()).collect();
         // The facet already chosen (technique = XPCS) offers nothing more.
-        assert_eq!(keys, ["flow", "fields.sample", "day"]);
-        let sample = &f[1].values;
+        // Text and whole numbers only: floats and flags are not categories.
+        assert_eq!(keys, ["flow", "fields.run", "fields.sample", "day"]);
+        let sample = &f[2].values;
         assert_eq!((sample[0].value.as_str(), sample[0].count), ("silica", 2));
         assert_eq!(
             sample[0].href,
             "/ui/catalog?q=gel&field=fields.technique%3DXPCS&field=fields.sample%3Dsilica"
         );
         // Newest day first.
-        assert_eq!(f[2].values[0].value, view::day(20_001 * 86_400_000_000));
+        assert_eq!(f[3].values[0].value, view::day(20_001 * 86_400_000_000));
         let c = chips(&s);
         assert_eq!(c[0].label, "fields.technique = XPCS");
         assert_eq!(c[0].href, "/ui/catalog?q=gel");
@@ -374,12 +389,20 @@ mod tests {
 
     #[test]
     fn cards_show_only_served_thumbnails() {
-        let c = card(&row(1, "xpcs", "silica", 1), Path::new("/runs"));
-        assert_eq!(c.thumbnails, ["/runs/1/results/g2.png"]);
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("runs");
+        let png = root.join("1/results/g2.png");
+        std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+        std::fs::write(&png, b"png").unwrap();
+        let mut r = row(1, "xpcs", "silica", 1);
+        r.record["files"][0]["path"] = json!(png.display().to_string());
+        let c = card(&r, &root);
+        assert_eq!(c.thumbnails, [png.display().to_string()]);
         assert_eq!(c.files.len(), 2);
         assert!(!c.files[1].served);
         assert_eq!(c.outputs, [("beta".to_string(), "0.25".to_string())]);
-        assert_eq!(c.fields.len(), 2);
+        assert_eq!(c.fields.len(), 5);
+        assert_eq!(scalar(&serde_json::json!(1.5e-9)).unwrap(), "1.5000e-9");
     }
 
     #[test]

@@ -78,16 +78,28 @@ pub(super) async fn serve(State(app): State<App>, Query(q): Query<FileQuery>) ->
     };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let (mime, inline) = kind(&path);
-    let name = path
+    // A header value: printable ASCII only, no quotes.
+    let name: String = path
         .file_name()
-        .map(|n| n.to_string_lossy().replace('"', ""))
-        .unwrap_or_default();
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let disposition = if inline {
         format!("inline; filename=\"{name}\"")
     } else {
         format!("attachment; filename=\"{name}\"")
     };
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    // A log still being written grows: send what the length promised.
+    use tokio::io::AsyncReadExt;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)));
     (
         [
             (header::CONTENT_TYPE, mime.to_string()),

@@ -4,10 +4,9 @@
 //! Pages are rendered on the server (minijinja templates compiled into the
 //! binary) and made live by one small script that listens to the API's
 //! server-sent events; nothing is fetched from elsewhere, so the page works on
-//! a facility network without internet. The browser authenticates with the
-//! API token, kept in an HttpOnly, SameSite=Strict cookie set by `/ui/login`
-//! (`beamflow ui` prints the link); the API accepts that cookie as well as the
-//! `Authorization` header, so the page's script calls the same API as the CLI.
+//! a facility network without internet. The browser signs in once (a
+//! one-time link from `beamflow ui`, or the token pasted into the form) and
+//! keeps a session cookie derived from the token (see [`auth`]).
 
 mod auth;
 mod catalog;
@@ -32,7 +31,8 @@ use serde::Serialize;
 use super::core::ApiError;
 use super::App;
 
-pub(crate) use auth::{presented_token, same};
+pub use auth::session_key;
+pub(crate) use auth::{caller, issue_code, session_may, Caller, Codes};
 
 /// The routes under `/ui/`; all but the login page and the assets need the
 /// token.

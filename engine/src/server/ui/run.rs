@@ -102,7 +102,7 @@ pub(super) async fn page(State(app): State<App>, UrlPath(id): UrlPath<u64>) -> R
     let timeline = gantt::svg(&detail, now);
     let timing = crate::report::timing(&detail);
     let dir = detail.run.dir.clone();
-    let (attempts, (listing, more), visible) = tokio::task::spawn_blocking({
+    let gathered = tokio::task::spawn_blocking({
         let attempts = detail.attempts.clone();
         move || {
             let views: Vec<AttemptView> = attempts.iter().map(|a| attempt_view(a, &dir)).collect();
@@ -113,8 +113,16 @@ pub(super) async fn page(State(app): State<App>, UrlPath(id): UrlPath<u64>) -> R
             )
         }
     })
-    .await
-    .unwrap_or_else(|_| (Vec::new(), (Vec::new(), false), false));
+    .await;
+    let (attempts, (listing, more), visible) = match gathered {
+        Ok(g) => g,
+        Err(e) => {
+            return fail(ApiError::new(
+                500,
+                format!("run {id}: reading its files failed: {e}"),
+            ))
+        }
+    };
     let live = matches!(detail.run.state.as_str(), "queued" | "running");
     let run = &detail.run;
     render(

@@ -85,7 +85,8 @@ fn views(c: &rusqlite::Connection, runs: Vec<RunRow>) -> rusqlite::Result<Vec<Ru
 pub(super) struct Filter {
     flow: Option<String>,
     state: Option<String>,
-    limit: Option<usize>,
+    /// Text: the form sends an empty field as `limit=`.
+    limit: Option<String>,
 }
 
 /// A form's empty field means "any".
@@ -104,7 +105,11 @@ pub(super) async fn page(State(app): State<App>, Query(f): Query<Filter>) -> Res
             ));
         }
     }
-    let limit = f.limit.unwrap_or(100).clamp(1, 5000);
+    let limit = match given(f.limit).map(|l| l.trim().parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) => n.clamp(1, 5000),
+        Some(Err(_)) => return fail(ApiError::new(400, "show: expected a number of runs")),
+    };
     let filter = RunFilter {
         state: state.clone(),
         flow: flow.clone(),
