@@ -61,11 +61,8 @@ fn xpcs(size: Size, cases: &mut Vec<Case>) -> anyhow::Result<()> {
     use beamflow_kernels::xpcs::Multitau;
     use std::sync::Arc;
 
-    let (side, frames, tt_frames) = match size {
-        Size::Small => (256, 1000, 500),
-        Size::Medium => (512, 2000, 1000),
-        Size::Large => (1024, 2000, 2000),
-    };
+    let (side, frames, tt_frames) =
+        size.pick((256, 1000, 500), (512, 2000, 1000), (1024, 2000, 2000));
     let cfg = SpeckleConfig {
         size: side,
         frames,
@@ -169,11 +166,7 @@ fn ptycho(size: Size, cases: &mut Vec<Case>) -> anyhow::Result<()> {
     use beamflow_kernels::ptycho::{Complex32, Field};
     use beamflow_kernels::synthetic::ptycho::{simulate, Scene};
 
-    let preset = match size {
-        Size::Small => "small",
-        Size::Medium => "medium",
-        Size::Large => "large",
-    };
+    let preset = size.pick("small", "medium", "large");
     let sim = simulate(&Scene::preset(preset).map_err(e)?).map_err(e)?;
     let data = std::sync::Arc::new(sim.data().map_err(e)?);
     let n = data.n as f64;
@@ -273,11 +266,7 @@ fn hedm(size: Size) -> anyhow::Result<Case> {
     use beamflow_kernels::hedm::{fit_region, Workspace};
     use beamflow_kernels::synthetic::hedm::Scene;
 
-    let (side, frames, peaks) = match size {
-        Size::Small => (1024, 2, 150),
-        Size::Medium => (2048, 4, 300),
-        Size::Large => (2048, 16, 300),
-    };
+    let (side, frames, peaks) = size.pick((1024, 2, 150), (2048, 4, 300), (2048, 16, 300));
     let scene = Scene {
         rows: side,
         cols: side,
@@ -357,11 +346,7 @@ fn braggnn(
     use beamflow_kernels::braggnn::{self, data::crops, onnx, Predictor, Shape, TrainOptions};
     use beamflow_kernels::synthetic::braggnn::patches;
 
-    let (train_n, infer_n) = match size {
-        Size::Small => (4_000, 8_192),
-        Size::Medium => (20_000, 32_768),
-        Size::Large => (100_000, 131_072),
-    };
+    let (train_n, infer_n) = size.pick((4_000, 8_192), (20_000, 32_768), (100_000, 131_072));
     let threads = rayon::current_num_threads();
     let set = std::sync::Arc::new(patches(train_n, 11, 1, 3));
     let trained_n = (train_n as f64 * 0.8).floor();
@@ -462,11 +447,7 @@ fn braggnn(
 /// One-step `noop` runs through a real server and pilot on loopback: what
 /// the engine itself costs per task.
 fn engine(size: Size) -> Case {
-    let tasks = match size {
-        Size::Small => 2_000,
-        Size::Medium => 10_000,
-        Size::Large => 50_000,
-    };
+    let tasks = size.pick(2_000, 10_000, 50_000);
     Case {
         kernel: "engine.noop".into(),
         backend: "engine".into(),

@@ -42,11 +42,7 @@ pub fn git_revision() -> &'static str {
 
 /// Measures the roofs and gathers the rest.
 pub fn measure(size: Size) -> Machine {
-    let (triad_n, sgemm_n) = match size {
-        Size::Small => (1 << 23, 1024),
-        Size::Medium => (1 << 25, 2048),
-        Size::Large => (1 << 27, 4096),
-    };
+    let (triad_n, sgemm_n) = size.pick((1 << 23, 1024), (1 << 25, 2048), (1 << 27, 4096));
     let triad_gbs = beamflow_kernels::machine::triad_gbs(triad_n, 10);
     let sgemm_gflops = beamflow_kernels::machine::sgemm_gflops(sgemm_n, 3);
     let (gpus, gpu_note) = match beamflow_kernels::gpu::cuda_devices() {

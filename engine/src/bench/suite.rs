@@ -29,6 +29,17 @@ pub enum Size {
     Large,
 }
 
+impl Size {
+    /// The value of three that stands for this size.
+    pub fn pick<T>(self, small: T, medium: T, large: T) -> T {
+        match self {
+            Size::Small => small,
+            Size::Medium => medium,
+            Size::Large => large,
+        }
+    }
+}
+
 /// One kernel on one backend, ready to run.
 pub struct Case {
     /// `xpcs.multitau`, `ptycho.rpie`, …
