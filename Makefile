@@ -20,7 +20,7 @@ lint: setup
 	@$(ENV) && cargo fmt --all -- --check
 	@$(ENV) && cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
-# The batch tests start a one-node Slurm (scripts/slurm-cluster.sh); it is
+# The batch tests start a three-node Slurm (scripts/slurm-cluster.sh); it is
 # stopped afterwards whatever the outcome.
 test: setup lint
 	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace; rc=$$?; \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node Slurm cluster on this machine, for the batch tests: munged,
+# A real Slurm cluster on this machine, for the batch tests: munged,
 # slurmctld and slurmd from Debian's packages (Slurm 22.05), run as plain
 # background daemons with everything under one directory. No systemd and no
 # cgroups are needed (proctrack/linuxproc, task/none).
@@ -10,7 +10,9 @@
 #
 # Clients need SLURM_CONF: `source $BEAMFLOW_SLURM_DIR/env.sh` after start.
 # Environment: BEAMFLOW_SLURM_DIR (/tmp/beamflow-slurm), BEAMFLOW_SLURM_CTLD_PORT
-# (6817), BEAMFLOW_SLURM_SLURMD_PORT (6818), BEAMFLOW_SLURM_TIMEOUT (60 s).
+# (6817), BEAMFLOW_SLURM_SLURMD_PORT (6818), BEAMFLOW_SLURM_TIMEOUT (60 s),
+# BEAMFLOW_SLURM_NODES (1): N > 1 emulates N nodes n1..nN, one slurmd each on
+# ports SLURMD_PORT.. SLURMD_PORT+N-1, all on this host (multi-node jobs).
 # Only daemons whose pid file is under the directory and whose command line
 # names it are ever touched; a foreign process on a needed port stops `start`.
 set -euo pipefail
@@ -21,7 +23,10 @@ DIR="${BEAMFLOW_SLURM_DIR:-/tmp/beamflow-slurm}"
 CTLD_PORT="${BEAMFLOW_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${BEAMFLOW_SLURM_SLURMD_PORT:-6818}"
 TIMEOUT="${BEAMFLOW_SLURM_TIMEOUT:-60}"
-NODE=localhost
+NODES_N="${BEAMFLOW_SLURM_NODES:-1}"
+[[ "$NODES_N" =~ ^[1-9][0-9]*$ ]] || { printf 'slurm-cluster: error: BEAMFLOW_SLURM_NODES=%s is not a count\n' "$NODES_N" >&2; exit 1; }
+if ((NODES_N == 1)); then NODES=(localhost); else NODES=(); for ((i = 1; i <= NODES_N; i++)); do NODES+=("n$i"); done; fi
+NODE=localhost   # where slurmctld runs
 PARTITION=debug
 PACKAGES=(slurmctld slurmd slurm-client munge)
 CONF="$DIR/etc/slurm.conf"
@@ -99,10 +104,11 @@ CredType=cred/munge
 AuthInfo=socket=$DIR/munge/munge.sock
 StateSaveLocation=$DIR/state/ctld
 SlurmdSpoolDir=$DIR/state/slurmd-%n
+TmpFS=$DIR/state/tmp-%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
@@ -122,8 +128,11 @@ MinJobAge=3600
 KillWait=5
 InactiveLimit=0
 Waittime=0
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE Port=$SLURMD_PORT CPUs=$cpus Boards=$boards SocketsPerBoard=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+$(for ((i = 0; i < ${#NODES[@]}; i++)); do
+    printf 'NodeName=%s NodeAddr=127.0.0.1 NodeHostname=%s Port=%s CPUs=%s Boards=%s SocketsPerBoard=%s CoresPerSocket=%s ThreadsPerCore=%s RealMemory=%s State=UNKNOWN\n' \
+      "${NODES[$i]}" "$NODE" "$((SLURMD_PORT + i))" "$cpus" "$boards" "$sockets" "$cores" "$threads" "$mem"
+  done)
+PartitionName=$PARTITION Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
   if [[ -f "$CONF" ]] && cmp -s "$new" "$CONF"; then
     rm -f "$new"
@@ -145,7 +154,7 @@ wait_for() {
 
 node_ready() {
   local state
-  state=$(SLURM_CONF="$CONF" sinfo -h -n "$NODE" -o %T 2>/dev/null) || return 1
+  state=$(SLURM_CONF="$CONF" sinfo -h -n "$1" -o %T 2>/dev/null) || return 1
   [[ "$state" == idle* || "$state" == mixed* || "$state" == allocated* ]]
 }
 
@@ -164,7 +173,8 @@ start() {
   chmod 0755 "$DIR" "$DIR/munge" # munged rejects a socket dir others cannot traverse
   install_packages
   check_port "$CTLD_PORT" slurmctld
-  check_port "$SLURMD_PORT" slurmd
+  local i
+  for ((i = 0; i < ${#NODES[@]}; i++)); do check_port "$((SLURMD_PORT + i))" "slurmd-${NODES[$i]}"; done
   if [[ ! -s "$DIR/munge/munge.key" ]]; then
     mungekey --create --keyfile="$DIR/munge/munge.key" >/dev/null
   fi
@@ -179,7 +189,7 @@ start() {
   local changed=0
   write_conf && changed=1
   if ((changed)); then
-    stop_daemon slurmd >/dev/null 2>&1
+    stop_slurmds >/dev/null 2>&1
     stop_daemon slurmctld >/dev/null 2>&1
   fi
   local cold=0
@@ -189,12 +199,18 @@ start() {
     log "slurmctld: started"
     cold=1
   fi
-  if ! ours slurmd >/dev/null; then
-    slurmd -f "$CONF" -N "$NODE"
-    wait_for slurmd ours slurmd
-    log "slurmd: started"
-  fi
-  wait_for "node $NODE" node_ready
+  local n
+  for n in "${NODES[@]}"; do
+    # Per node: the spool and, for PMIx (srun --mpi=pmix), a temp directory
+    # of its own — the emulated nodes share one host's /tmp.
+    mkdir -p "$DIR/state/slurmd-$n" "$DIR/state/tmp-$n"
+    if ! ours "slurmd-$n" >/dev/null; then
+      slurmd -f "$CONF" -N "$n"
+      wait_for "slurmd $n" ours "slurmd-$n"
+      log "slurmd $n: started"
+    fi
+  done
+  for n in "${NODES[@]}"; do wait_for "node $n" node_ready "$n"; done
   printf 'SLURM_CONF=%q; export SLURM_CONF\n' "$CONF" >"$DIR/env.sh"
   if ((cold)); then
     # The first scheduler pass comes ~3 s after slurmctld starts: a probe
@@ -214,14 +230,25 @@ stop() {
       sleep 0.1
     done
   fi
-  stop_daemon slurmd
+  stop_slurmds
   stop_daemon slurmctld
   stop_daemon munged
 }
 
+# Every slurmd of this directory, whatever node count it was started with.
+stop_slurmds() {
+  local f
+  for f in "$DIR"/run/slurmd-*.pid; do
+    [[ -e "$f" ]] || continue
+    f="${f##*/}"
+    stop_daemon "${f%.pid}"
+  done
+}
+
 status() {
   local name pid rc=0
-  for name in munged slurmctld slurmd; do
+  local n
+  for name in munged slurmctld $(for n in "${NODES[@]}"; do printf 'slurmd-%s ' "$n"; done); do
     if pid=$(ours "$name"); then echo "$name: running (pid $pid)"; else echo "$name: stopped"; rc=1; fi
   done
   if ((rc == 0)); then SLURM_CONF="$CONF" sinfo -N -o '%N %T %C %m' || rc=1; fi

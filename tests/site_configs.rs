@@ -208,6 +208,54 @@ fn local_slurm_script() {
     parses(&s);
 }
 
+/// `pilot_per = "job"`: one pilot for the whole job, told to hold its
+/// nodes and given the launcher flags, not wrapped in srun/mpiexec.
+#[test]
+fn a_whole_job_pilot_is_started_once_with_the_launcher_flags() {
+    let s = script("local-slurm", "mpi", 3, None);
+    golden("local-slurm-mpi.sbatch", &s);
+    parses(&s);
+    assert!(directives(&s, "#SBATCH").contains(&"#SBATCH -N 3"));
+    let last = s.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("/opt/beamflow/bin/beamflow pilot"),
+        "{last}"
+    );
+    assert!(last.contains("--span-job"), "{last}");
+    assert!(!s.lines().any(|l| l.starts_with("srun")), "{s}");
+    let mut site = site("polaris");
+    let gpu = site.targets.get_mut("gpu").unwrap();
+    gpu.pilot_per = beamflow::site::PilotPer::Job;
+    let t = site.effective("gpu").unwrap();
+    let text = JobRequest {
+        name: "bf-gpu-1-1".into(),
+        nodes: 2,
+        walltime_s: t.walltime_s,
+        reservation: None,
+        dir: "/tmp/x".into(),
+        pilot: PilotCommand {
+            exe: "beamflow".into(),
+            url: "http://h:1".into(),
+            token_file: "/t".into(),
+            targets: vec!["gpu".into()],
+            idle_timeout_s: None,
+            prefetch: 1,
+            drain_margin_s: 60,
+        },
+        target: t,
+    }
+    .render()
+    .unwrap();
+    parses(&text);
+    assert!(!text.lines().any(|l| l.starts_with("mpiexec")), "{text}");
+    assert!(
+        text.contains(
+            "--span-job --launcher-flags '--depth=64 --cpu-bind depth' --walltime-end \"$END\""
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn limits_are_enforced_when_rendering() {
     let s = site("frontier");

@@ -38,13 +38,14 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Jobs this server submitted must not outlive the test.
-        let _ = Command::new("scancel")
-            .args(["--name-prefix", "bf-"])
-            .status();
+        // Jobs this server submitted must not outlive the test — and only
+        // those: the other tests' servers share the cluster. sbatch ran in
+        // the job's directory under this home, squeue's %Z.
         let _ = Command::new("bash")
             .arg("-c")
-            .arg("squeue -h -o '%i %j' | awk '$2 ~ /^bf-/ {print $1}' | xargs -r scancel")
+            .arg(r#"squeue -h -o '%i %Z' | awk -v home="$1/" 'index($2 "/", home) == 1 {print $1}' | xargs -r scancel"#)
+            .arg("cancel-ours")
+            .arg(&self.home)
             .status();
     }
 }
@@ -551,5 +552,158 @@ fn a_failing_submission_shows_in_the_log_and_the_server_carries_on() {
         assert_eq!(queues(&s.client).await[0].state, "paused");
         let out = s.cli_ok(&["alloc", "list"]);
         assert!(out.contains("paused"), "{out}");
+    });
+}
+
+/// Steps on two and on three nodes, and a one-node step beside them.
+const WIDE: &str = r#"
+name = "wide"
+version = 1
+[[steps]]
+name = "two"
+action = "shell"
+on = "mpi"
+timeout = "2m"
+resources = { cpus = 1, nodes = 2 }
+outputs = ["ranks"]
+[steps.params]
+script = '''
+$BEAMFLOW_LAUNCH sh -c 'echo "$SLURM_PROCID $SLURMD_NODENAME $SLURM_JOB_ID"' | sort > ranks.txt
+printf '{"ranks": "%s"}' "$(paste -sd, ranks.txt)" > "$BEAMFLOW_OUTPUTS"
+'''
+[[steps]]
+name = "three"
+action = "shell"
+on = "mpi"
+timeout = "2m"
+resources = { cpus = 1, nodes = 3 }
+outputs = ["ranks"]
+[steps.params]
+script = '''
+$BEAMFLOW_LAUNCH sh -c 'echo "$SLURM_PROCID $SLURMD_NODENAME $SLURM_JOB_ID"' | sort > ranks.txt
+printf '{"ranks": "%s"}' "$(paste -sd, ranks.txt)" > "$BEAMFLOW_OUTPUTS"
+'''
+[[steps]]
+name = "one"
+action = "shell"
+on = "mpi"
+after = []
+outputs = ["node"]
+[steps.params]
+script = 'printf "{\"node\": \"%s\"}" "$SLURMD_NODENAME" > "$BEAMFLOW_OUTPUTS"'
+"#;
+
+/// The `mpi` target's job holds three nodes in one pilot (`pilot_per =
+/// "job"`), which starts steps with `nodes > 1` across them with srun: the
+/// other nodes first, its own only for a step that needs every node.
+#[test]
+fn a_pilot_holding_three_nodes_starts_wide_steps_across_them_with_srun() {
+    let s = server();
+    // XPCS multi-tau shared by ranks on two nodes, wired by PMIx.
+    let data = s.home.join("data");
+    s.cli_ok(&[
+        "kernel",
+        "xpcs",
+        "synthetic",
+        "--dir",
+        data.to_str().unwrap(),
+        "--name",
+        "S",
+        "--size",
+        "64",
+        "--frames",
+        "200",
+    ]);
+    let g2 = format!(
+        r#"
+[[steps]]
+name = "g2"
+action = "kernel"
+kernel = "xpcs.multitau"
+on = "mpi"
+after = ["three"]
+timeout = "2m"
+resources = {{ cpus = 1, nodes = 2 }}
+[steps.params]
+raw = "{raw}"
+qmap = "{qmap}"
+out = "{{{{ run.dir }}}}/results"
+no_plots = true
+"#,
+        raw = data.join("S/S.h5").display(),
+        qmap = data.join("S/S_qmap.hdf").display()
+    );
+    s.register("wide", &format!("{WIDE}{g2}"));
+    s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "local-slurm",
+        "--target",
+        "mpi",
+        "--max-jobs",
+        "1",
+        "--idle-timeout",
+        "5s",
+    ]);
+    rt().block_on(async {
+        let ids = submit(&s.client, "wide", vec![json!({})]).await;
+        let d = wait_runs(&s, &ids, 120).await.remove(0);
+        assert_eq!(
+            d.run.state,
+            "succeeded",
+            "{:#?}\nlog:\n{}",
+            d.attempts,
+            s.log()
+        );
+        let out = |step: &str| {
+            let a = d.attempts.iter().find(|a| a.step == step).unwrap();
+            a.outputs.as_ref().unwrap().clone()
+        };
+        let ranks = |step: &str| -> Vec<(String, String, String)> {
+            let o = out(step);
+            o["ranks"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{step}: {o}\n{:#?}", d.attempts))
+                .split(',')
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f[0].to_string(), f[1].to_string(), f[2].to_string())
+                })
+                .collect()
+        };
+        let two = ranks("two");
+        let three = ranks("three");
+        // One rank per node, each on its own node, all in the pilot's job.
+        let nodes = |r: &[(String, String, String)]| -> Vec<String> {
+            let mut n: Vec<String> = r.iter().map(|x| x.1.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            two.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["0", "1"]
+        );
+        assert_eq!(
+            nodes(&two),
+            ["n2", "n3"],
+            "the pilot's own node n1 stays free"
+        );
+        assert_eq!(nodes(&three), ["n1", "n2", "n3"]);
+        let job = &two[0].2;
+        assert!(two.iter().chain(&three).all(|r| &r.2 == job));
+        assert_eq!(
+            out("one")["node"],
+            "n1",
+            "one-node steps run on the pilot's node"
+        );
+        let g2 = out("g2");
+        assert_eq!(
+            (g2["ranks"].as_i64(), g2["nodes"].as_i64()),
+            (Some(2), Some(2)),
+            "{g2}"
+        );
+        assert_eq!(g2["frames"], 200);
+        assert!(Path::new(g2["results"].as_str().unwrap()).is_file(), "{g2}");
     });
 }

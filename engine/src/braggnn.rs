@@ -7,11 +7,13 @@ use std::path::PathBuf;
 
 use beamflow_kernels::braggnn::data::crops;
 use beamflow_kernels::braggnn::{self, infer, io, onnx, prepare, Predictor, Shape, TrainOptions};
+use beamflow_kernels::ranks::Collective;
 use beamflow_kernels::synthetic::braggnn::patches;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::hedm::SearchArgs;
+use crate::ranks::Ranks;
 use crate::xpcs::bar;
 
 #[derive(Subcommand)]
@@ -142,11 +144,18 @@ pub struct TrainArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// libtorch threads (0: its default, one per core).
+    /// libtorch threads (0: its default, one per core; with --mpi, the
+    /// node's cores shared among its ranks).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train data parallel over the MPI ranks this process is one of
+    /// (`mpiexec -n K beamflow kernel braggnn train --mpi …`): each runs
+    /// its slice of every minibatch and the gradients are summed; rank 0
+    /// writes the outputs.
+    #[arg(long)]
+    mpi: bool,
 }
 
 pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
@@ -172,86 +181,18 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             Ok(())
         }
         BraggnnCmd::Train(a) => {
-            let set = io::read(&a.patches).map_err(|e| anyhow::anyhow!(e))?;
-            std::fs::create_dir_all(&a.out)?;
-            let shape = Shape {
-                psz: set.psz as i64,
-                fcsz: a.fcsz.clone(),
-            };
-            let o = TrainOptions {
-                epochs: a.epochs,
-                batch: a.batch,
-                lr: a.lr,
-                patience: a.patience,
-                validation: a.validation,
-                seed: a.seed,
-                device: a.device.clone(),
-                threads: a.threads,
-            };
-            let ck = a.out.join("best.safetensors");
-            let model = a.out.join("braggnn.onnx");
-            let b = bar(a.epochs as u64, "epochs", json_out);
-            let mut best = f64::INFINITY;
-            let tr = braggnn::train(&set, shape, &o, Some(&ck), &mut |e| {
-                best = best.min(e.val_mean_px);
-                b.set_position(e.epoch as u64 + 1);
-                b.set_message(format!(
-                    "validation {:.4} px (best {best:.4}), {:.0} samples/s",
-                    e.val_mean_px, e.samples_per_s
-                ));
-                true
-            });
-            b.finish_and_clear();
-            let tr = tr.map_err(|e| anyhow::anyhow!("{}: {e}", a.patches.display()))?;
-            if let Some(why) = &tr.device_note {
-                eprintln!("note: {why}");
+            if !a.mpi {
+                return train(&a, json_out, None);
             }
-            onnx::export(&tr.vs, &tr.net.shape, None, &model).map_err(|e| anyhow::anyhow!(e))?;
-            let history = a.out.join("history.json");
-            let curve = a.out.join("learning_curve.png");
-            let kept = tr.history[tr.best];
-            let summary = json!({
-                "patches": a.patches,
-                "count": set.len(),
-                "psz": set.psz,
-                "fcsz": a.fcsz,
-                "device": tr.device,
-                "epochs_run": tr.history.len(),
-                "best_epoch": kept.epoch,
-                "best": kept,
-                "checkpoint": ck,
-                "onnx": model,
-                "learning_curve": curve,
-                "history": tr.history,
-            });
-            std::fs::write(&history, serde_json::to_string_pretty(&summary)?)?;
-            braggnn::plot::learning_curve(&curve, &tr.history, tr.best)
-                .map_err(|e| anyhow::anyhow!(e))?;
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-                return Ok(());
+            let ranks = crate::ranks::Ranks::init()?;
+            match train(&a, json_out, Some(&ranks)) {
+                // The other ranks would wait for this one's next step.
+                Err(e) if ranks.size() > 1 => {
+                    eprintln!("error (rank {}): {e:#}", ranks.rank());
+                    ranks.abort(2)
+                }
+                r => r,
             }
-            let median_rate = tr.median_samples_per_s();
-            let t = crate::cli::figures([
-                ("device", tr.device.clone()),
-                ("patches", format!("{} of {}²", set.len(), set.psz)),
-                ("epochs run", tr.history.len().to_string()),
-                ("kept epoch", kept.epoch.to_string()),
-                (
-                    "validation error, px",
-                    format!(
-                        "mean {:.4}, median {:.4}, p95 {:.4}",
-                        kept.val_mean_px, kept.val_p50_px, kept.val_p95_px
-                    ),
-                ),
-                ("samples/s (median)", format!("{median_rate:.0}")),
-            ]);
-            println!("{t}");
-            println!("checkpoint: {}", ck.display());
-            println!("onnx:       {}", model.display());
-            println!("history:    {}", history.display());
-            println!("curve:      {}", curve.display());
-            Ok(())
         }
         BraggnnCmd::Prepare(a) => {
             let b = bar(0, "frames", json_out);
@@ -272,7 +213,15 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             } else {
                 println!(
                     "{} patches of {}² (+{} px margin) from {} peaks ({} crowded, {} not converged, {} masked, {} at the edge, {} off centre): {}",
-                    st.kept, a.psz, a.aug, st.peaks, st.crowded, st.not_converged, st.masked, st.edge, st.off_centre,
+                    st.kept,
+                    a.psz,
+                    a.aug,
+                    st.peaks,
+                    st.crowded,
+                    st.not_converged,
+                    st.masked,
+                    st.edge,
+                    st.off_centre,
                     file.display()
                 );
             }
@@ -395,6 +344,123 @@ pub fn run(cmd: BraggnnCmd, json_out: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `beamflow kernel braggnn train`, alone or as one of `ranks` (only rank 0
+/// shows progress and writes the outputs).
+fn train(a: &TrainArgs, json_out: bool, ranks: Option<&Ranks>) -> anyhow::Result<()> {
+    let leader = ranks.is_none_or(|r| r.rank() == 0);
+    let size = ranks.map_or(1, |r| r.size());
+    let threads = match ranks {
+        Some(r) if a.threads == 0 => r.threads_each(),
+        _ => a.threads,
+    };
+    let set = io::read(&a.patches).map_err(|e| anyhow::anyhow!(e))?;
+    if leader {
+        std::fs::create_dir_all(&a.out)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", a.out.display()))?;
+    }
+    let shape = Shape {
+        psz: set.psz as i64,
+        fcsz: a.fcsz.clone(),
+    };
+    let o = TrainOptions {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        patience: a.patience,
+        validation: a.validation,
+        seed: a.seed,
+        device: a.device.clone(),
+        threads,
+    };
+    let ck = a.out.join("best.safetensors");
+    let model = a.out.join("braggnn.onnx");
+    let b = bar(a.epochs as u64, "epochs", json_out || !leader);
+    let mut best = f64::INFINITY;
+    let tr = braggnn::train::train_shared(
+        &set,
+        shape,
+        &o,
+        Some(&ck),
+        &mut |e| {
+            best = best.min(e.val_mean_px);
+            b.set_position(e.epoch as u64 + 1);
+            b.set_message(format!(
+                "validation {:.4} px (best {best:.4}), {:.0} samples/s",
+                e.val_mean_px, e.samples_per_s
+            ));
+            true
+        },
+        ranks.map(|r| r as &dyn Collective),
+    );
+    b.finish_and_clear();
+    let tr = tr.map_err(|e| anyhow::anyhow!("{}: {e}", a.patches.display()))?;
+    if !leader {
+        // Rank 0 holds the same network and writes it.
+        return Ok(());
+    }
+    if let Some(why) = &tr.device_note {
+        eprintln!("note: {why}");
+    }
+    onnx::export(&tr.vs, &tr.net.shape, None, &model).map_err(|e| anyhow::anyhow!(e))?;
+    let history = a.out.join("history.json");
+    let curve = a.out.join("learning_curve.png");
+    let kept = tr.history[tr.best];
+    let summary = json!({
+        "patches": a.patches,
+        "count": set.len(),
+        "psz": set.psz,
+        "fcsz": a.fcsz,
+        "device": tr.device,
+        "ranks": size,
+        "threads": threads,
+        "epochs_run": tr.history.len(),
+        "best_epoch": kept.epoch,
+        "best": kept,
+        "checkpoint": ck,
+        "onnx": model,
+        "learning_curve": curve,
+        "history": tr.history,
+    });
+    std::fs::write(&history, serde_json::to_string_pretty(&summary)?)?;
+    braggnn::plot::learning_curve(&curve, &tr.history, tr.best).map_err(|e| anyhow::anyhow!(e))?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let median_rate = tr.median_samples_per_s();
+    let mut rows = vec![("device", tr.device.clone())];
+    if ranks.is_some() {
+        let each = if threads > 0 {
+            format!(
+                "{threads} thread{} each",
+                if threads == 1 { "" } else { "s" }
+            )
+        } else {
+            "libtorch's threads each".to_string()
+        };
+        rows.push(("ranks", format!("{size} ({each})")));
+    }
+    rows.extend([
+        ("patches", format!("{} of {}²", set.len(), set.psz)),
+        ("epochs run", tr.history.len().to_string()),
+        ("kept epoch", kept.epoch.to_string()),
+        (
+            "validation error, px",
+            format!(
+                "mean {:.4}, median {:.4}, p95 {:.4}",
+                kept.val_mean_px, kept.val_p50_px, kept.val_p95_px
+            ),
+        ),
+        ("samples/s (median)", format!("{median_rate:.0}")),
+    ]);
+    println!("{}", crate::cli::figures(rows));
+    println!("checkpoint: {}", ck.display());
+    println!("onnx:       {}", model.display());
+    println!("history:    {}", history.display());
+    println!("curve:      {}", curve.display());
+    Ok(())
 }
 
 /// The largest difference between libtorch with `weights` and ONNX

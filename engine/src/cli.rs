@@ -65,6 +65,10 @@ enum Cmd {
     /// Print the link that opens the web page (runs, timelines, catalog,
     /// reports, pilots) signed in with this server's token.
     Ui,
+    /// Tokens for people and services (viewer, submitter), and rotating
+    /// the home token without restarting anything.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// List the native kernels flows can use.
     #[command(subcommand)]
     Kernel(KernelCmd),
@@ -116,6 +120,27 @@ struct ServerArgs {
     alloc_poll: Duration,
 }
 
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token; it is printed once (the server keeps only a hash).
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: crate::server::tokens::Role,
+    },
+    /// The named tokens and their roles.
+    List,
+    /// Stop accepting NAME's token.
+    Revoke { name: String },
+    /// A new home token (written to BEAMFLOW_HOME/token by the server); the
+    /// old one stays good for the grace period, while pilots and clients
+    /// re-read the file.
+    Rotate {
+        #[arg(long, default_value = "10m", value_parser = duration)]
+        grace: Duration,
+    },
+}
+
 #[derive(Args)]
 struct PilotArgs {
     #[arg(long)]
@@ -161,6 +186,22 @@ struct PilotArgs {
     /// Give up when the server stays unreachable this long.
     #[arg(long, default_value = "30m", value_parser = duration)]
     server_lost_timeout: Duration,
+    /// Hold every node of the batch job (from SLURM_JOB_NODELIST or
+    /// PBS_NODEFILE): steps with `nodes > 1` run across them as MPI ranks.
+    #[arg(long)]
+    span_job: bool,
+    /// Hold these nodes, this one first (a name may repeat where one
+    /// machine stands in for several): steps with `nodes > 1` run across them.
+    #[arg(long, value_delimiter = ',', conflicts_with = "span_job")]
+    hosts: Option<Vec<String>>,
+    /// What starts a step's ranks (default: srun in a Slurm job, mpiexec in
+    /// a PBS job, mpirun elsewhere).
+    #[arg(long, value_enum)]
+    launcher: Option<crate::pilot::launch::LauncherKind>,
+    /// Flags added to every launch, e.g. "--cpu-bind=cores" (the site
+    /// target's `launcher`).
+    #[arg(long, allow_hyphen_values = true)]
+    launcher_flags: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -349,6 +390,9 @@ enum KernelCmd {
     /// BraggNN: synthetic training patches, training.
     #[command(subcommand)]
     Braggnn(crate::braggnn::BraggnnCmd),
+    /// One flow kernel with its parameters from a file, as the ranks of a
+    /// step on several nodes run it (`--mpi` under srun/mpiexec/mpirun).
+    Step(crate::kernel_step::StepArgs),
 }
 
 #[derive(Args)]
@@ -476,6 +520,15 @@ pub fn main() -> ExitCode {
         // Pilot logs end up in batch output files: colour codes only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A client command piped into `head` ends quietly when the pipe
+    // closes, like other Unix tools; the long-running roles keep ignoring
+    // SIGPIPE and handle a closed socket as an error.
+    if !matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_) | Cmd::Watch(_)) {
+        // SAFETY: restoring a default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -487,6 +540,63 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn token_cmd(t: TokenCmd, c: &Client, json_out: bool) -> anyhow::Result<()> {
+    match t {
+        TokenCmd::Add { name, role } => {
+            let v: Value = c
+                .post("/api/tokens", &json!({ "name": name, "role": role }))
+                .await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or_default());
+                eprintln!("token `{name}` ({role}): shown once; give it to its holder as BEAMFLOW_TOKEN or --token");
+            }
+        }
+        TokenCmd::List => {
+            let l: Vec<crate::server::tokens::TokenInfo> = c.get("/api/tokens").await?;
+            if json_out {
+                print_json(&l);
+            } else {
+                let mut tb = table(&["name", "role", "created"]);
+                for i in &l {
+                    tb.add_row(vec![
+                        i.name.clone(),
+                        i.role.to_string(),
+                        crate::util::fmt_ts(i.created_us),
+                    ]);
+                }
+                println!("{tb}");
+            }
+        }
+        TokenCmd::Revoke { name } => {
+            let v: Value = c.delete(&format!("/api/tokens/{name}")).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("token `{name}` revoked");
+            }
+        }
+        TokenCmd::Rotate { grace } => {
+            let v: Value = c
+                .post(
+                    "/api/tokens/rotate",
+                    &json!({ "grace_s": grace.as_secs_f64() }),
+                )
+                .await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!(
+                    "the home token is new; the old one stays good for {}",
+                    crate::util::fmt_secs(grace.as_secs_f64())
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -559,10 +669,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pilot(a) => {
-            let token = match (&cli.token, &a.token_file) {
+            let token_file = match (&cli.token, &a.token_file) {
+                (Some(_), _) => None,
+                (None, Some(f)) => Some(f.clone()),
+                (None, None) => Some(home.join("token")),
+            };
+            let token = match (&cli.token, &token_file) {
                 (Some(t), _) => t.clone(),
                 (None, Some(f)) => crate::pilot::read_token(f)?,
-                (None, None) => crate::pilot::read_token(&home.join("token"))?,
+                (None, None) => unreachable!("a token or its file"),
             };
             let c = Client::discover(&home, cli.url.clone(), Some(token.clone()))?;
             let gpus = match a.gpus {
@@ -587,6 +702,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::pilot::run(crate::pilot::PilotOptions {
                 url: c.url.clone(),
                 token,
+                token_file,
                 name: a.name,
                 cpus: a.cpus,
                 gpus,
@@ -600,6 +716,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 gpu_env: a.gpu_env,
                 drain_margin: a.drain_margin,
                 server_lost_timeout: a.server_lost_timeout,
+                nodes: crate::pilot::NodeOptions {
+                    hosts: a.hosts,
+                    span_job: a.span_job,
+                    launcher: a.launcher,
+                    launcher_flags: a.launcher_flags,
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -722,6 +844,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Token(t) => {
+            token_cmd(t, &client()?, cli.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ui => {
             let c = client()?;
             // A wrong token or a stopped server is said here, not in the browser.
@@ -809,6 +935,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Kernel(KernelCmd::Braggnn(b)) => {
             let json_out = cli.json;
             tokio::task::spawn_blocking(move || crate::braggnn::run(b, json_out)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kernel(KernelCmd::Step(a)) => {
+            tokio::task::spawn_blocking(move || crate::kernel_step::run(a)).await??;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kernel(KernelCmd::Xpcs(x)) => {

@@ -49,6 +49,7 @@ impl Local {
             let opts = PilotOptions {
                 url: srv.url.clone(),
                 token: srv.token.clone(),
+                token_file: None,
                 name: Some(format!("local-{i}")),
                 cpus: o.cpus,
                 gpus: None,
@@ -69,6 +70,7 @@ impl Local {
                 gpu_env: None,
                 drain_margin: Duration::from_secs(60),
                 server_lost_timeout: Duration::from_secs(60),
+                nodes: Default::default(),
             };
             pilots.push(tokio::spawn(crate::pilot::run(opts)));
         }

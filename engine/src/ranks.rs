@@ -2,19 +2,18 @@
 //! -n K`, `mpirun -np K` or `srun -n K`). OpenMPI through rsmpi; a process
 //! started without a launcher is a world of one.
 //!
-//! XPCS multi-tau: every rank reads the frames and correlates its share of
-//! the valid pixels (`pipeline::share_of`); the per-pixel sums are gathered
-//! to rank 0, which merges them (`PixelSums::merge`) and writes the results
-//! exactly as one process would.
+//! Only the MPI primitives live here: [`Ranks`] implements the kernels'
+//! [`Collective`], and the kernels decide what to share (XPCS multi-tau:
+//! per-pixel sums gathered to rank 0; BraggNN training: gradients summed
+//! every step, validation errors gathered every epoch).
 
+use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;
 
-use beamflow_kernels::xpcs::pipeline::Share;
-use beamflow_kernels::xpcs::{Delay, PixelSums};
-use ndarray::Array2;
+use beamflow_kernels::ranks::Collective;
 
 /// The MPI world this process belongs to (initialised once; finalised when
 /// dropped).
@@ -33,116 +32,131 @@ impl Ranks {
             world,
         })
     }
-}
 
-/// One rank's sums as a flat buffer: g2, ip, if (delays × pixels, row
-/// major), the pixel means, then the frame intensities.
-fn flatten(s: &PixelSums) -> Vec<f64> {
-    let mut v = Vec::with_capacity(3 * s.g2.len() + s.mean.len() + s.intensity_vs_time.len());
-    for a in [&s.g2, &s.ip, &s.if_] {
-        v.extend(a.iter().copied());
+    /// Threads for each rank's compute when the user gave none: the cores
+    /// this process may use, shared among the ranks on this node that may
+    /// use the same ones — one each where the launcher bound every rank to
+    /// its own cores (OpenMPI's default for a few ranks, `srun
+    /// --cpu-bind`), the node's cores split evenly where it bound none; at
+    /// least one. Collective: every rank calls it.
+    pub fn threads_each(&self) -> usize {
+        let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let node = self.world.split_shared(self.world.rank());
+        let mine = affinity();
+        let mut all = vec![0u64; mine.len() * node.size() as usize];
+        node.all_gather_into(&mine[..], &mut all[..]);
+        let sharing = all.chunks(mine.len()).filter(|m| *m == mine).count();
+        (usable / sharing.max(1)).max(1)
     }
-    v.extend(&s.mean);
-    v.extend(&s.intensity_vs_time);
-    v
+
+    /// Ends every rank of the job (after an error on this one, which the
+    /// others would otherwise wait for in their next collective).
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
 }
 
-/// The inverse of [`flatten`], given what every rank shares.
-fn unflatten(v: &[f64], delays: &[Delay], frames: u64, times: usize) -> Result<PixelSums, String> {
-    let d = delays.len();
-    let per_pixel = 3 * d + 1;
-    let body = v
-        .len()
-        .checked_sub(times)
-        .filter(|b| b % per_pixel == 0)
-        .ok_or_else(|| format!("a rank sent {} values, not 3·{d}·P + P + {times}", v.len()))?;
-    let p = body / per_pixel;
-    let block = |i: usize| {
-        Array2::from_shape_vec((d, p), v[i * d * p..(i + 1) * d * p].to_vec())
-            .map_err(|e| e.to_string())
-    };
-    Ok(PixelSums {
-        g2: block(0)?,
-        ip: block(1)?,
-        if_: block(2)?,
-        mean: v[3 * d * p..3 * d * p + p].to_vec(),
-        intensity_vs_time: v[3 * d * p + p..].to_vec(),
-        delays: delays.to_vec(),
-        frames,
-    })
+/// The CPUs this process may run on, as a bit set (all zeros where that
+/// cannot be read: every rank then counts as sharing with all the others).
+fn affinity() -> Vec<u64> {
+    const WORDS: usize = 1024 / 64;
+    let mut bits = vec![0u64; WORDS];
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity
+        // fills it for this thread, and CPU_ISSET reads it in bounds.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+                for cpu in 0..(WORDS * 64).min(libc::CPU_SETSIZE as usize) {
+                    if libc::CPU_ISSET(cpu, &set) {
+                        bits[cpu / 64] |= 1 << (cpu % 64);
+                    }
+                }
+            }
+        }
+    }
+    bits
 }
 
-impl Share for Ranks {
+/// `n` as an MPI count.
+fn count(n: usize) -> Result<Count, String> {
+    Count::try_from(n).map_err(|_| format!("{n} values on one rank: use more ranks"))
+}
+
+/// Where each rank's part starts in the concatenation of parts of `counts`.
+fn displacements(counts: &[Count]) -> Vec<Count> {
+    counts
+        .iter()
+        .scan(0 as Count, |acc, &c| {
+            let at = *acc;
+            *acc += c;
+            Some(at)
+        })
+        .collect()
+}
+
+impl Collective for Ranks {
     fn rank(&self) -> usize {
         self.world.rank() as usize
     }
 
-    fn ranks(&self) -> usize {
+    fn size(&self) -> usize {
         self.world.size() as usize
     }
 
-    fn combine(&self, mine: PixelSums) -> Result<Option<PixelSums>, String> {
-        let flat = flatten(&mine);
-        let len = Count::try_from(flat.len())
-            .map_err(|_| format!("{} values on one rank: use more ranks", flat.len()))?;
+    /// Reduced on rank 0, then broadcast: every rank gets rank 0's bits
+    /// (an all-reduce may sum in a different order on each rank).
+    fn sum_f32(&self, buf: &mut [f32]) -> Result<(), String> {
+        count(buf.len())?;
         let root = self.world.process_at_rank(0);
-        if self.world.rank() != 0 {
-            root.gather_into(&len);
-            root.gather_varcount_into(&flat[..]);
-            return Ok(None);
+        if self.world.rank() == 0 {
+            let mine = buf.to_vec();
+            root.reduce_into_root(&mine[..], buf, SystemOperation::sum());
+        } else {
+            root.reduce_into(&buf[..], SystemOperation::sum());
         }
-        let mut counts = vec![0 as Count; self.ranks()];
-        root.gather_into_root(&len, &mut counts[..]);
-        let displs: Vec<Count> = counts
-            .iter()
-            .scan(0 as Count, |acc, &c| {
-                let at = *acc;
-                *acc += c;
-                Some(at)
-            })
-            .collect();
+        root.broadcast_into(buf);
+        Ok(())
+    }
+
+    fn all_gather_f64(&self, mine: &[f64]) -> Result<Vec<f64>, String> {
+        let len = count(mine.len())?;
+        let mut counts = vec![0 as Count; self.size()];
+        self.world.all_gather_into(&len, &mut counts[..]);
+        let displs = displacements(&counts);
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         let mut all = vec![0f64; total];
         {
             let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
-            root.gather_varcount_into_root(&flat[..], &mut parts);
+            self.world.all_gather_varcount_into(mine, &mut parts);
         }
-        let times = mine.intensity_vs_time.len();
-        let shares = counts
-            .iter()
-            .zip(&displs)
-            .map(|(&c, &at)| {
-                let (at, c) = (at as usize, c as usize);
-                unflatten(&all[at..at + c], &mine.delays, mine.frames, times)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        PixelSums::merge(shares).map(Some)
+        Ok(all)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_share_survives_the_flat_buffer() {
-        let delays = beamflow_kernels::xpcs::delay_grid(40);
-        let d = delays.len();
-        let s = PixelSums {
-            g2: Array2::from_shape_fn((d, 3), |(i, j)| (i * 10 + j) as f64),
-            ip: Array2::from_shape_fn((d, 3), |(i, j)| (i + j) as f64 * 0.5),
-            if_: Array2::from_shape_fn((d, 3), |(i, j)| (i * j) as f64),
-            mean: vec![1.0, 2.0, 3.0],
-            intensity_vs_time: (0..40).map(f64::from).collect(),
-            delays: delays.clone(),
-            frames: 40,
-        };
-        let back = unflatten(&flatten(&s), &delays, 40, 40).unwrap();
-        assert_eq!((back.g2, back.ip, back.if_), (s.g2, s.ip, s.if_));
-        assert_eq!(
-            (back.mean, back.intensity_vs_time),
-            (s.mean, s.intensity_vs_time)
-        );
-        assert!(unflatten(&[1.0; 7], &delays, 40, 40).is_err());
+    fn gather_f64(&self, mine: &[f64]) -> Result<Option<Vec<Vec<f64>>>, String> {
+        let len = count(mine.len())?;
+        let root = self.world.process_at_rank(0);
+        if self.world.rank() != 0 {
+            root.gather_into(&len);
+            root.gather_varcount_into(mine);
+            return Ok(None);
+        }
+        let mut counts = vec![0 as Count; self.size()];
+        root.gather_into_root(&len, &mut counts[..]);
+        let displs = displacements(&counts);
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        let mut all = vec![0f64; total];
+        {
+            let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            root.gather_varcount_into_root(mine, &mut parts);
+        }
+        Ok(Some(
+            counts
+                .iter()
+                .zip(&displs)
+                .map(|(&c, &at)| all[at as usize..(at + c) as usize].to_vec())
+                .collect(),
+        ))
     }
 }

@@ -105,6 +105,20 @@ pub struct PilotLaunch {
     pub drain_margin: Option<String>,
 }
 
+/// How a target's pilot jobs place pilots on their nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PilotPer {
+    /// One pilot per node; every step runs on one node.
+    #[default]
+    Node,
+    /// One pilot holds every node of the job: steps with `nodes > 1` run
+    /// across them as MPI ranks started by the site's launcher (srun on
+    /// Slurm, mpiexec on PBS, with `launcher` flags); single-node steps
+    /// run on the pilot's own node.
+    Job,
+}
+
 /// One logical target (`cpu`, `gpu`, `realtime`, `debug`…) at a facility:
 /// where its jobs go and what one node offers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -164,6 +178,9 @@ pub struct Target {
     /// Extra launcher flags (mpiexec on PBS, srun on Slurm), e.g. CPU binding.
     #[serde(default)]
     pub launcher: Option<String>,
+    /// `"node"` (default) or `"job"`: see [`PilotPer`].
+    #[serde(default)]
+    pub pilot_per: PilotPer,
     /// Setup lines run after the site's.
     #[serde(default)]
     pub setup: Vec<String>,
@@ -187,6 +204,8 @@ impl Target {
         self.cpus_per_node.is_none_or(|c| r.cpus <= c)
             && self.gpus_per_node.is_none_or(|g| r.gpus <= g)
             && self.max_nodes.is_none_or(|n| r.nodes <= n)
+            && (r.nodes <= 1
+                || (self.pilot_per == PilotPer::Job && r.nodes <= self.nodes.unwrap_or(1)))
             && mem_ok
     }
     pub fn describe(&self) -> String {
@@ -202,6 +221,12 @@ impl Target {
         }
         if let Some(n) = self.max_nodes {
             parts.push(format!("at most {n} nodes"));
+        }
+        match self.pilot_per {
+            PilotPer::Node => {}
+            PilotPer::Job => {
+                parts.push(format!("steps on up to {} nodes", self.nodes.unwrap_or(1)))
+            }
         }
         parts.join(", ")
     }
@@ -232,6 +257,7 @@ pub struct EffectiveTarget {
     pub gpu_env: Option<String>,
     pub memory_per_node: Option<String>,
     pub launcher: Option<String>,
+    pub pilot_per: PilotPer,
     pub setup: Vec<String>,
     pub directives: Vec<String>,
     pub scratch: Option<String>,
@@ -438,6 +464,7 @@ impl SiteConfig {
                         ("reservation", t.reservation.is_some()),
                         ("select", t.select.is_some()),
                         ("launcher", t.launcher.is_some()),
+                        ("pilot_per", t.pilot_per != PilotPer::Node),
                     ] {
                         if set {
                             bad(
@@ -548,6 +575,7 @@ impl SiteConfig {
             gpu_env: t.gpu_env,
             memory_per_node: t.memory_per_node,
             launcher: t.launcher,
+            pilot_per: t.pilot_per,
             setup,
             directives: t.directives,
             scratch: t.scratch.or_else(|| self.scratch.clone()),

@@ -144,7 +144,7 @@ fn analyse(opts: &Options, quiet: bool) -> anyhow::Result<pipeline::Outcome> {
 fn analyse_shared(
     opts: &Options,
     quiet: bool,
-    share: Option<&dyn pipeline::Share>,
+    share: Option<&dyn beamflow_kernels::ranks::Collective>,
 ) -> anyhow::Result<Option<pipeline::Outcome>> {
     let leader = share.is_none_or(|s| s.rank() == 0);
     let b = bar(0, "", quiet || !leader);

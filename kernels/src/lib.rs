@@ -24,6 +24,7 @@ pub mod hedm;
 pub mod inherit;
 pub mod machine;
 pub mod ptycho;
+pub mod ranks;
 pub mod registry;
 pub mod synthetic;
 pub mod xpcs;

@@ -93,6 +93,29 @@ pub trait Kernel: Send + Sync {
     fn params(&self) -> &'static [&'static str];
     /// Run on the calling (blocking) thread.
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError>;
+    /// True when the kernel can share one run among the ranks of a step on
+    /// several nodes ([`Kernel::run_shared`]); flows may give only these
+    /// kernels `nodes > 1`.
+    fn spans_nodes(&self) -> bool {
+        false
+    }
+    /// Run as one rank of `world`, every rank with the same parameters;
+    /// rank 0's outputs are the step's. Kernels that span nodes override it.
+    fn run_shared(
+        &self,
+        params: &Value,
+        ctx: &KernelContext,
+        world: &dyn crate::ranks::Collective,
+    ) -> Result<Value, KernelError> {
+        if world.size() == 1 {
+            return self.run(params, ctx);
+        }
+        Err(KernelError::Failed(format!(
+            "kernel `{}` runs in one process; it cannot share a run among {} ranks",
+            self.name(),
+            world.size()
+        )))
+    }
 }
 
 /// Every registered kernel, in a stable order.

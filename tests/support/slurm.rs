@@ -1,5 +1,5 @@
-//! The one-node Slurm test cluster (scripts/slurm-cluster.sh), started on
-//! first use if it is not up: root and Debian's packages, as in CI.
+//! The Slurm test cluster (scripts/slurm-cluster.sh) with three nodes,
+//! started on first use if it is not up: root and Debian's packages, as in CI.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,6 +13,7 @@ pub fn cluster() -> &'static Path {
         let out = std::process::Command::new("bash")
             .arg(root.join("scripts/slurm-cluster.sh"))
             .arg("start")
+            .env("BEAMFLOW_SLURM_NODES", "3")
             .output()
             .expect("run scripts/slurm-cluster.sh");
         assert!(

@@ -61,6 +61,11 @@ pub struct Grant {
     /// The variable that restricts a process to its GPUs on this node
     /// (`CUDA_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`, `ZE_AFFINITY_MASK`).
     pub gpu_env: std::sync::Arc<str>,
+    /// For a step on several nodes: the nodes, and the launcher command
+    /// (srun/mpiexec/mpirun with the site's flags) that starts its ranks.
+    pub hosts: Vec<String>,
+    pub launch: Option<Vec<String>>,
+    pub ranks_per_node: u32,
 }
 
 /// Why an action failed.

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use serde_json::{json, Map, Value};
 
 use super::{Cancel, Failure, Grant};
+use crate::batch::script::shell_quote;
 use crate::protocol::TaskSpec;
 
 /// Kills the whole process group when dropped (timeout, cancel, pilot exit):
@@ -57,6 +58,44 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
             ))
         }
     };
+    let env: Vec<(String, String)> = match p.get("env") {
+        Some(Value::Object(env)) => env
+            .iter()
+            .map(|(k, v)| {
+                let text = v.as_str().map(str::to_string);
+                (k.clone(), text.unwrap_or_else(|| v.to_string()))
+            })
+            .collect(),
+        _ => vec![],
+    };
+    if let Some(Value::String(cwd)) = p.get("cwd") {
+        cmd.current_dir(cwd);
+    }
+    let what = p
+        .get("argv")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .unwrap_or("/bin/bash")
+        .to_string();
+    run_process(cmd, &env, spec, grant, cancel, &what).await
+}
+
+/// Runs `cmd` for an attempt: in its own process group (killed whole on
+/// cancel, timeout or pilot exit), stdout and stderr to files in the
+/// attempt directory (its working directory unless set), the attempt's
+/// `BEAMFLOW_*` variables, its GPUs, and for a step on several nodes the
+/// launcher (`$BEAMFLOW_LAUNCH`, used as `$BEAMFLOW_LAUNCH my_mpi_app`)
+/// and nodes. Outputs: the exit code, the two file paths and what the
+/// command wrote to `$BEAMFLOW_OUTPUTS` (a JSON object). `env` comes
+/// last and may override any of these.
+pub(super) async fn run_process(
+    mut cmd: tokio::process::Command,
+    env: &[(String, String)],
+    spec: &TaskSpec,
+    grant: &Grant,
+    cancel: &Cancel,
+    what: &str,
+) -> Result<Value, Failure> {
     let dir = std::path::Path::new(&spec.task_dir);
     let stdout_path = dir.join("stdout");
     let stderr_path = dir.join("stderr");
@@ -64,6 +103,7 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
     let open = |path: &std::path::Path| {
         std::fs::File::create(path).map_err(|e| Failure::msg(format!("{}: {e}", path.display())))
     };
+    scrub_secrets(&mut cmd);
     cmd.stdout(Stdio::from(open(&stdout_path)?))
         .stderr(Stdio::from(open(&stderr_path)?))
         .stdin(Stdio::null())
@@ -76,6 +116,9 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
         .env("BEAMFLOW_TASK_DIR", &spec.task_dir)
         .env("BEAMFLOW_OUTPUTS", &outputs_path)
         .env("OMP_NUM_THREADS", grant.cpus.max(1).to_string());
+    if cmd.as_std().get_current_dir().is_none() {
+        cmd.current_dir(dir);
+    }
     // The pilot's own binary, for steps that call beamflow (jobs/bench.toml).
     if let Ok(exe) = std::env::current_exe() {
         cmd.env("BEAMFLOW_EXE", exe);
@@ -84,36 +127,20 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
         let ids: Vec<String> = grant.gpus.iter().map(|g| g.to_string()).collect();
         cmd.env(&*grant.gpu_env, ids.join(","));
     }
-    if let Some(Value::Object(env)) = p.get("env") {
-        for (k, v) in env {
-            cmd.env(
-                k,
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            );
-        }
+    if let Some(launch) = &grant.launch {
+        let line: Vec<String> = launch.iter().map(|a| shell_quote(a)).collect();
+        cmd.env("BEAMFLOW_LAUNCH", line.join(" "))
+            .env("BEAMFLOW_HOSTS", grant.hosts.join(","))
+            .env("BEAMFLOW_NODES", grant.hosts.len().to_string());
     }
-    match p.get("cwd") {
-        Some(Value::String(cwd)) => {
-            cmd.current_dir(cwd);
-        }
-        _ => {
-            cmd.current_dir(dir);
-        }
-    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: close_fds_on_exec makes only async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(beamflow_kernels::inherit::close_fds_on_exec);
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        let what = p
-            .get("argv")
-            .and_then(|a| a.get(0))
-            .and_then(|a| a.as_str())
-            .unwrap_or("/bin/bash");
-        Failure::msg(format!("cannot start `{what}`: {e}"))
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::msg(format!("cannot start `{what}`: {e}")))?;
     let _guard = GroupGuard(child.id().map(|id| id as i32));
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| Failure::msg(format!("waiting for the command: {e}")))?,
@@ -160,10 +187,70 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
     Ok(Value::Object(outputs))
 }
 
+/// Whether an inherited variable looks like a secret: the pilot's own
+/// token, and names that say token, secret, password, credentials or key.
+/// Steps get the pilot's environment (site setup, modules, scheduler and
+/// MPI variables) without these; a step's own `env` may still set them.
+fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    const WORDS: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "ACCESS_KEY",
+        "SESSION_KEY",
+    ];
+    WORDS.iter().any(|w| n.contains(w)) || n == "SSH_AUTH_SOCK" || n.starts_with("AWS_")
+}
+
+fn scrub_secrets(cmd: &mut tokio::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if secret_name(&k.to_string_lossy()) {
+            cmd.env_remove(&k);
+        }
+    }
+}
+
 fn tail_lines(path: &std::path::Path, n: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_name;
+
+    #[test]
+    fn secret_looking_names_are_kept_from_steps() {
+        for n in [
+            "BEAMFLOW_TOKEN",
+            "BEAMFLOW_TOKEN_FILE",
+            "GITHUB_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_PROFILE",
+            "DB_PASSWORD",
+            "globus_client_secret",
+            "SSH_AUTH_SOCK",
+        ] {
+            assert!(secret_name(n), "{n}");
+        }
+        for n in [
+            "PATH",
+            "HOME",
+            "SLURM_JOB_ID",
+            "CUDA_VISIBLE_DEVICES",
+            "LD_LIBRARY_PATH",
+            "OMP_NUM_THREADS",
+            "KEYBOARD",
+        ] {
+            assert!(!secret_name(n), "{n}");
+        }
+    }
 }

@@ -375,7 +375,13 @@ impl Manager {
                         break;
                     }
                     let s = &q.spec;
-                    let nodes = (want as u32).min(s.nodes_per_job).max(1);
+                    // A pilot holding its whole job needs every node of
+                    // it: steps may ask for up to that many.
+                    let nodes = if s.target.pilot_per == crate::site::PilotPer::Job {
+                        s.nodes_per_job
+                    } else {
+                        (want as u32).min(s.nodes_per_job).max(1)
+                    };
                     if q.active_jobs() >= s.max_jobs {
                         break;
                     }

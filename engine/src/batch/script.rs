@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
 
-use crate::site::{fmt_walltime, EffectiveTarget, Scheduler};
+use crate::site::{fmt_walltime, EffectiveTarget, PilotPer, Scheduler};
 
 const PBS: &str = include_str!("templates/pbs.sh.j2");
 const SLURM: &str = include_str!("templates/slurm.sh.j2");
@@ -122,6 +122,7 @@ impl JobRequest {
             directives => t.directives,
             setup => t.setup,
             launcher => t.launcher,
+            span_job => t.pilot_per == PilotPer::Job,
             pilot => self.pilot_line(&reservation),
         })?;
         Ok(out)
@@ -162,6 +163,13 @@ impl JobRequest {
         if let Some(r) = reservation {
             a.push("--reservation".to_string());
             a.push(shell_quote(r));
+        }
+        if self.target.pilot_per == PilotPer::Job {
+            a.push("--span-job".to_string());
+            if let Some(f) = &self.target.launcher {
+                a.push("--launcher-flags".to_string());
+                a.push(shell_quote(f));
+            }
         }
         a.join(" ")
     }

@@ -162,6 +162,8 @@ struct RawAmounts {
     memory: Option<String>,
     #[serde(default)]
     nodes: Option<i64>,
+    #[serde(default)]
+    ranks_per_node: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -674,16 +676,68 @@ fn build_step(
         None => ResourceRequest::default(),
         Some(r) => build_resources(cx, r, key),
     };
+    if resources
+        .variants
+        .iter()
+        .any(|v| v.nodes > 1 || v.ranks_per_node > 1)
+    {
+        let span = s
+            .resources
+            .as_ref()
+            .map(|r| r.span())
+            .unwrap_or(on_span.clone());
+        let spans = match action {
+            ActionKind::Shell => true,
+            ActionKind::Kernel => kernel
+                .as_deref()
+                .and_then(beamflow_kernels::find)
+                .is_none_or(|k| k.spans_nodes()),
+            _ => false,
+        };
+        if !spans {
+            let wide: Vec<&str> = beamflow_kernels::kernels()
+                .iter()
+                .filter(|k| k.spans_nodes())
+                .map(|k| k.name())
+                .collect();
+            cx.err(
+                span.clone(),
+                format!("{key}.resources.nodes"),
+                format!(
+                    "only shell steps and kernels that share a run among MPI ranks ({}) span nodes",
+                    wide.join(", ")
+                ),
+            );
+        }
+        if resources
+            .variants
+            .iter()
+            .any(|v| v.nodes == 1 && v.ranks_per_node > 1)
+        {
+            cx.err(
+                span,
+                format!("{key}.resources.ranks_per_node"),
+                "ranks are started on several nodes only: set nodes > 1 (a step on one node runs in the pilot)",
+            );
+        }
+    }
     if let Some(limits) = site.and_then(|s| s.targets.get(&on)) {
         if !resources.variants.iter().any(|v| limits.admits(v)) {
             let span = s.resources.as_ref().map(|r| r.span()).unwrap_or(on_span);
+            let wide = resources.variants.iter().any(|v| v.nodes > 1)
+                && limits.pilot_per == crate::site::PilotPer::Node;
             cx.err(
                 span,
                 format!("{key}.resources"),
                 format!(
-                    "no variant fits target `{on}` of site `{}` ({})",
+                    "no variant fits target `{on}` of site `{}` ({}){}",
                     site.map(|s| s.name.as_str()).unwrap_or(""),
-                    limits.describe()
+                    limits.describe(),
+                    if wide {
+                        "; steps on several nodes need a target with pilot_per = \"job\""
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
@@ -810,6 +864,9 @@ fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> Resour
         }
         if let Some(n) = int(cx, a.nodes, "nodes", 1) {
             res.nodes = n;
+        }
+        if let Some(n) = int(cx, a.ranks_per_node, "ranks_per_node", 1) {
+            res.ranks_per_node = n;
         }
         if let Some(m) = &a.memory {
             match parse_memory_mb(m) {
@@ -1174,6 +1231,41 @@ retries = { count = 2, backoff = "2s" }
 timeout = "1m"
 resources = { cpus = 2, memory = "1GB" }
 "#;
+
+    #[test]
+    fn only_shell_steps_and_shared_kernels_span_nodes() {
+        let step = |action: &str, res: &str| {
+            format!(
+                "name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\n{action}\nresources = {res}\nparams = {{}}\n"
+            )
+        };
+        let f = ok(&step(
+            "action = \"kernel\"\nkernel = \"xpcs.multitau\"",
+            "{ cpus = 4, nodes = 2, ranks_per_node = 2 }",
+        )
+        .replace(
+            "params = {}",
+            "params = { raw = \"r.h5\", qmap = \"q.h5\" }",
+        ));
+        let v = f.steps[0].resources.variants[0];
+        assert_eq!((v.nodes, v.ranks_per_node, v.cpus), (2, 2, 4));
+        let e = errs(&step(
+            "action = \"kernel\"\nkernel = \"sleep\"",
+            "{ nodes = 2 }",
+        ));
+        assert!(
+            e.contains("t.toml:") && e.contains("steps.a.resources.nodes"),
+            "{e}"
+        );
+        assert!(e.contains("xpcs.multitau"), "{e}");
+        let e = errs(&step("action = \"publish\"", "{ nodes = 3 }"));
+        assert!(e.contains("span nodes"), "{e}");
+        let e = errs(
+            &step("action = \"shell\"\n", "{ ranks_per_node = 4 }")
+                .replace("params = {}", "params = { argv = [\"true\"] }"),
+        );
+        assert!(e.contains("steps.a.resources.ranks_per_node"), "{e}");
+    }
 
     #[test]
     fn default_edge_is_the_previous_step() {

@@ -233,13 +233,21 @@ impl Default for ResourceRequest {
     }
 }
 
-/// Amounts of each resource kind.
+/// Amounts of each resource kind. A step on `nodes > 1` takes that many
+/// whole nodes, each offering at least `cpus`, `gpus` and `memory_mb`, and
+/// runs `ranks_per_node` MPI ranks on each (see [`crate::capacity`]).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpus: u32,
     pub gpus: u32,
     pub memory_mb: u64,
     pub nodes: u32,
+    #[serde(default = "one")]
+    pub ranks_per_node: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for Resources {
@@ -249,6 +257,7 @@ impl Default for Resources {
             gpus: 0,
             memory_mb: 0,
             nodes: 1,
+            ranks_per_node: 1,
         }
     }
 }
@@ -260,7 +269,13 @@ impl Resources {
         gpus: 0,
         memory_mb: 0,
         nodes: 1,
+        ranks_per_node: 1,
     };
+
+    /// No cores, GPUs or memory.
+    pub fn is_empty(&self) -> bool {
+        self.cpus == 0 && self.gpus == 0 && self.memory_mb == 0
+    }
 
     /// True when `self` fits inside `avail` (node count aside).
     pub fn fits(&self, avail: &Resources) -> bool {
@@ -288,7 +303,10 @@ impl std::fmt::Display for Resources {
             write!(f, " + {} MB", self.memory_mb)?;
         }
         if self.nodes > 1 {
-            write!(f, " on {} nodes", self.nodes)?;
+            write!(f, " per node on {} nodes", self.nodes)?;
+            if self.ranks_per_node > 1 {
+                write!(f, ", {} ranks each", self.ranks_per_node)?;
+            }
         }
         Ok(())
     }

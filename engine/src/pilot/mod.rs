@@ -6,6 +6,7 @@
 //! drops; tasks keep running meanwhile and their results are sent again after
 //! the reconnect, so a server restart loses nothing and runs nothing twice.
 
+pub mod launch;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,12 +21,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::actions::{self, Cancel, Grant};
+use crate::capacity::{Capacity, Charge};
 use crate::flow::Resources;
 use crate::protocol::{
     FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot, PROTOCOL_VERSION,
 };
 use crate::site::TransferPolicy;
 use crate::util::now_us;
+use launch::{Launcher, LauncherKind};
 
 /// Tasks a pilot holds beyond its free resources. Enough that short tasks never
 /// wait for a round trip to the server; few enough that long tasks do not pile
@@ -48,6 +51,9 @@ fn killed_by_job_end(r: &TaskResult) -> bool {
 pub struct PilotOptions {
     pub url: String,
     pub token: String,
+    /// Where the token came from: read again before each reconnect, so a
+    /// rotated token reaches a running pilot.
+    pub token_file: Option<std::path::PathBuf>,
     pub name: Option<String>,
     pub cpus: Option<u32>,
     pub gpus: Option<Vec<u32>>,
@@ -69,6 +75,21 @@ pub struct PilotOptions {
     pub drain_margin: Duration,
     /// Give up when the server stays unreachable this long.
     pub server_lost_timeout: Duration,
+    /// The nodes this pilot holds and how it starts steps across them.
+    pub nodes: NodeOptions,
+}
+
+/// Which nodes a pilot holds. By default its own; with `span_job` every
+/// node of its batch job, or those named in `hosts` (its own first), and
+/// steps asking for several nodes start through `launcher`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    pub hosts: Option<Vec<String>>,
+    pub span_job: bool,
+    /// Default: [`LauncherKind::detect`].
+    pub launcher: Option<LauncherKind>,
+    /// The site's launcher flags (CPU binding, GPU affinity).
+    pub launcher_flags: Option<String>,
 }
 
 enum Ev {
@@ -78,8 +99,10 @@ enum Ev {
     Disconnected,
     Frame(Vec<ToPilot>),
     Done {
-        variant: Resources,
+        charge: Charge,
         gpus: Vec<u32>,
+        /// Other nodes lent to the attempt (names may repeat).
+        others: Vec<String>,
         result: TaskResult,
     },
     Fatal(String),
@@ -105,8 +128,12 @@ struct Pilot {
     /// makes the server requeue them without using a retry, may arrive second.
     signalled: Vec<(Instant, TaskResult)>,
     gpu_env: Arc<str>,
-    free: Resources,
+    cap: Capacity,
     free_gpus: Vec<u32>,
+    /// This node's name, and the other nodes not lent to a step.
+    head: String,
+    free_hosts: Vec<String>,
+    launcher: Launcher,
     policy: TransferPolicy,
     heartbeat: Duration,
     last_heartbeat: Instant,
@@ -130,11 +157,22 @@ fn ws_url(url: &str) -> String {
 pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     let started = now_us();
     let gpus = opts.gpus.clone().unwrap_or_else(resources::gpus);
+    let mut hosts = match (&opts.nodes.hosts, opts.nodes.span_job) {
+        (Some(h), _) if !h.is_empty() => h.clone(),
+        (_, true) => launch::job_hosts()?,
+        _ => vec![resources::hostname()],
+    };
+    let head = hosts.remove(0);
+    let launcher = Launcher::new(
+        opts.nodes.launcher.unwrap_or_else(LauncherKind::detect),
+        opts.nodes.launcher_flags.as_deref(),
+    )?;
     let res = Resources {
         cpus: opts.cpus.unwrap_or_else(resources::cpus),
         gpus: gpus.len() as u32,
         memory_mb: opts.memory_mb.unwrap_or_else(resources::memory_mb),
-        nodes: 1,
+        nodes: 1 + hosts.len() as u32,
+        ranks_per_node: 1,
     };
     let targets = opts.targets.clone().unwrap_or_else(|| {
         let mut t = vec![
@@ -170,10 +208,18 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         gpus,
         info.targets
     );
+    if !hosts.is_empty() {
+        tracing::info!(
+            "holding nodes {head} (this one), {}; steps on several nodes start with {:?}",
+            hosts.join(", "),
+            launcher.kind
+        );
+    }
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let conn = tokio::spawn(connection(
         ws_url(&opts.url),
         opts.token.clone(),
+        opts.token_file.clone(),
         ev_tx.clone(),
     ));
     let gpu_env: Arc<str> = Arc::from(
@@ -193,8 +239,11 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         unacked: BTreeMap::new(),
         signalled: Vec::new(),
         gpu_env,
-        free: res,
+        cap: Capacity::new(res),
         free_gpus: gpus,
+        head,
+        free_hosts: hosts,
+        launcher,
         policy: TransferPolicy::default(),
         heartbeat: Duration::from_secs(2),
         last_heartbeat: Instant::now(),
@@ -286,13 +335,15 @@ impl Pilot {
                 self.try_start();
             }
             Ev::Done {
-                variant,
+                charge,
                 gpus,
+                others,
                 result,
             } => {
                 self.running.remove(&result.attempt);
-                self.free.add(&variant);
+                self.cap.give(&charge);
                 self.free_gpus.extend(gpus);
+                self.free_hosts.extend(others);
                 self.done += 1;
                 if killed_by_job_end(&result) {
                     self.signalled.push((Instant::now(), result));
@@ -380,18 +431,30 @@ impl Pilot {
     /// Starts queued tasks, in order, while a variant of the head fits.
     fn try_start(&mut self) {
         while let Some(front) = self.queue.front() {
-            let Some(variant) = front
-                .resources
-                .variants
-                .iter()
-                .find(|v| v.fits(&self.free) && v.gpus as usize <= self.free_gpus.len())
-                .copied()
-            else {
+            let Some(charge) = self.cap.place(&front.resources) else {
                 break;
             };
             let spec = self.queue.pop_front().expect("front exists");
-            self.free.sub(&variant);
-            let gpus: Vec<u32> = self.free_gpus.drain(..variant.gpus as usize).collect();
+            self.cap.take(&charge);
+            let variant = charge.variant;
+            // A step on several nodes binds its devices through the
+            // launcher's flags; one on this node gets GPU indices.
+            let (gpus, others, hosts) = if charge.nodes() > 1 {
+                let others: Vec<String> = self.free_hosts.drain(..charge.others as usize).collect();
+                let mut hosts = Vec::with_capacity(charge.nodes() as usize);
+                if charge.head {
+                    hosts.push(self.head.clone());
+                }
+                hosts.extend(others.iter().cloned());
+                (vec![], others, hosts)
+            } else {
+                let n = (variant.gpus as usize).min(self.free_gpus.len());
+                (
+                    self.free_gpus.drain(..n).collect::<Vec<u32>>(),
+                    vec![],
+                    vec![],
+                )
+            };
             let cancel = Cancel::default();
             self.running.insert(
                 spec.attempt,
@@ -407,14 +470,18 @@ impl Pilot {
                 cpus: variant.cpus,
                 gpus: gpus.clone(),
                 gpu_env: self.gpu_env.clone(),
+                launch: (!hosts.is_empty()).then(|| self.launcher.argv(&hosts, &variant)),
+                hosts,
+                ranks_per_node: variant.ranks_per_node,
             };
             let policy = self.policy.clone();
             let ev = self.ev.clone();
             tokio::spawn(async move {
                 let result = actions::execute(&spec, &grant, &policy, &cancel).await;
                 let _ = ev.send(Ev::Done {
-                    variant,
+                    charge,
                     gpus,
+                    others,
                     result,
                 });
             });
@@ -515,10 +582,20 @@ impl Pilot {
 }
 
 /// Keeps one WebSocket open, reconnecting with backoff (0.1 s doubling to 2 s).
-async fn connection(url: String, token: String, ev: mpsc::UnboundedSender<Ev>) {
+async fn connection(
+    url: String,
+    mut token: String,
+    token_file: Option<std::path::PathBuf>,
+    ev: mpsc::UnboundedSender<Ev>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
+        if let Some(t) = token_file.as_deref().and_then(|f| read_token(f).ok()) {
+            if !t.is_empty() {
+                token = t;
+            }
+        }
         match connect(&url, &token).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(100);

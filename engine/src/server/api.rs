@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::core::{ApiError, CoreMsg, Reply};
+use super::tokens::Role;
 use super::App;
 use crate::store;
 
@@ -35,6 +36,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/pilot", get(super::pilot_conn::upgrade))
         .route("/api/ui/code", post(super::ui::issue_code))
         .merge(super::api_alloc::routes())
+        .merge(super::api_tokens::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -59,7 +61,22 @@ pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     use super::ui::Caller;
     match super::ui::caller(&app, req.headers()) {
-        Caller::Token => next.run(req).await,
+        Caller::Token(role) => {
+            let need = Role::needed(req.method(), req.uri().path());
+            if role >= need {
+                next.run(req).await
+            } else {
+                ApiError::new(
+                    403,
+                    format!(
+                        "a {role} token does not open {} {}: it needs a {need} token",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                )
+                .into_response()
+            }
+        }
         Caller::Session if super::ui::session_may(req.method(), req.uri().path(), req.headers()) => {
             next.run(req).await
         }

@@ -20,6 +20,7 @@ mod ready;
 use self::ready::{Rank, ReadyQueue};
 
 pub use self::alloc::{AllocConfig, AllocMsg};
+use crate::capacity::{Capacity, Charge};
 use crate::flow::{self, ActionKind, FlowSpec, ResourceRequest, Resources};
 use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
 use crate::site::SiteConfig;
@@ -200,9 +201,10 @@ struct Pilot {
     last_seen: Instant,
     disconnected_at: Option<Instant>,
     draining: bool,
-    used: Resources,
-    /// Attempts charged against the pilot's resources, with the variant charged.
-    in_capacity: HashMap<u64, Resources>,
+    /// What the attempts in capacity leave free.
+    cap: Capacity,
+    /// Attempts charged against the pilot's resources, with what each holds.
+    in_capacity: HashMap<u64, Charge>,
     /// Attempts sent ahead of free resources, in the order the pilot will start them.
     prefetched: VecDeque<u64>,
 }
@@ -212,12 +214,12 @@ impl Pilot {
     fn new(info: PilotInfo, conn: u64, tx: Option<mpsc::UnboundedSender<Vec<ToPilot>>>) -> Self {
         Pilot {
             disconnected_at: tx.is_none().then(Instant::now),
+            cap: Capacity::new(info.resources),
             info,
             conn,
             tx,
             last_seen: Instant::now(),
             draining: false,
-            used: Resources::NONE,
             in_capacity: HashMap::new(),
             prefetched: VecDeque::new(),
         }
@@ -234,17 +236,15 @@ impl Pilot {
     fn load(&self) -> usize {
         self.in_capacity.len() + self.prefetched.len()
     }
-    fn free(&self) -> Resources {
-        let mut f = self.info.resources;
-        f.sub(&self.used);
-        f
-    }
-    fn fitting_variant(&self, req: &ResourceRequest) -> Option<Resources> {
-        let free = self.free();
-        req.variants.iter().find(|v| v.fits(&free)).copied()
+    fn fitting_variant(&self, req: &ResourceRequest) -> Option<Charge> {
+        self.cap.place(req)
     }
     fn could_ever_run(&self, req: &ResourceRequest) -> bool {
-        req.variants.iter().any(|v| v.fits(&self.info.resources))
+        self.cap.could_ever_run(req)
+    }
+    fn charge(&mut self, attempt: u64, c: Charge) {
+        self.cap.take(&c);
+        self.in_capacity.insert(attempt, c);
     }
     fn accepts(&self, target: &str, timeout_s: Option<f64>, now: i64) -> bool {
         if self.tx.is_none() || self.draining || !self.info.targets.iter().any(|t| t == target) {
@@ -258,8 +258,8 @@ impl Pilot {
     /// Releases what `attempt` held and moves prefetched attempts that now fit
     /// into capacity, mirroring the order in which the pilot starts them.
     fn release(&mut self, attempt: u64, requests: &HashMap<u64, ResourceRequest>) {
-        if let Some(r) = self.in_capacity.remove(&attempt) {
-            self.used.sub(&r);
+        if let Some(c) = self.in_capacity.remove(&attempt) {
+            self.cap.give(&c);
         } else if let Some(pos) = self.prefetched.iter().position(|&a| a == attempt) {
             self.prefetched.remove(pos);
         }
@@ -271,8 +271,7 @@ impl Pilot {
                 break;
             };
             self.prefetched.pop_front();
-            self.used.add(&v);
-            self.in_capacity.insert(next, v);
+            self.charge(next, v);
         }
     }
 }
@@ -500,7 +499,7 @@ impl Core {
                         };
                         Pilot::new(info, 0, None)
                     });
-                    pilot.in_capacity.insert(a.id, Resources::NONE);
+                    pilot.charge(a.id, Charge::NONE);
                 }
             }
         }
@@ -1114,6 +1113,7 @@ impl Core {
                     "pilot {id} ({name}) reconnected with {} attempts",
                     running.len()
                 );
+                p.cap = Capacity::new(info.resources);
                 p.info = info;
                 p.conn = conn;
                 p.tx = Some(tx.clone());
@@ -1124,7 +1124,6 @@ impl Core {
                 let ours: HashSet<u64> = p.held().into_iter().collect();
                 p.in_capacity.clear();
                 p.prefetched.clear();
-                p.used = Resources::NONE;
                 for &a in held_order.iter().filter(|a| ours.contains(a)) {
                     let req = self.requests.get(&a).cloned().unwrap_or_default();
                     let fit = if p.prefetched.is_empty() {
@@ -1133,10 +1132,7 @@ impl Core {
                         None
                     };
                     match fit {
-                        Some(v) => {
-                            p.used.add(&v);
-                            p.in_capacity.insert(a, v);
-                        }
+                        Some(v) => p.charge(a, v),
                         None => p.prefetched.push_back(a),
                     }
                 }
@@ -1537,7 +1533,7 @@ impl Core {
                 let (target, req) = (&shape.0, &shape.1);
                 let realtime = target == "realtime";
                 // (pilot, variant that fits now, preference: lower is better)
-                let mut best: Option<(u64, Option<Resources>, Preference)> = None;
+                let mut best: Option<(u64, Option<Charge>, Preference)> = None;
                 for (pid, p) in &self.pilots {
                     if !p.accepts(target, timeout, now) || !p.could_ever_run(req) {
                         continue;
@@ -1571,10 +1567,7 @@ impl Core {
                 self.ready.get_mut(&shape).map(|q| q.pop_front());
                 let p = self.pilots.get_mut(&pid).expect("chosen pilot");
                 match fit {
-                    Some(v) => {
-                        p.used.add(&v);
-                        p.in_capacity.insert(aid, v);
-                    }
+                    Some(v) => p.charge(aid, v),
                     None => p.prefetched.push_back(aid),
                 }
                 let a = self.attempts.get_mut(&aid).expect("ready attempt");

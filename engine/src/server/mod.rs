@@ -2,8 +2,10 @@
 
 mod api;
 mod api_alloc;
+mod api_tokens;
 pub mod core;
 mod pilot_conn;
+pub mod tokens;
 mod triggers;
 pub mod ui;
 
@@ -72,16 +74,29 @@ pub(crate) struct App {
     pub core: mpsc::UnboundedSender<CoreMsg>,
     pub store: Store,
     pub updates: broadcast::Sender<RunUpdate>,
-    pub token: Arc<String>,
+    /// The home token, named tokens and their roles (see [`tokens`]).
+    pub tokens: Arc<std::sync::RwLock<tokens::Tokens>>,
     pub site: Arc<SiteConfig>,
     pub next_conn: Arc<AtomicU64>,
     pub triggers: triggers::Triggers,
     /// Where runs keep their files: the only files the web page serves.
     pub runs_dir: Arc<PathBuf>,
-    /// The web page's session key (derived from the token) and its
-    /// one-time sign-in codes.
-    pub session: Arc<String>,
+    /// The web page's one-time sign-in codes (its session key derives
+    /// from the home token: [`App::session`]).
     pub codes: ui::Codes,
+}
+
+impl App {
+    /// The role of a presented token, if it is one.
+    pub fn role_of(&self, token: &str) -> Option<tokens::Role> {
+        self.tokens.read().expect("tokens lock").role_of(token)
+    }
+
+    /// The web page's session key: derived from the home token, so a
+    /// rotation signs the browsers out.
+    pub fn session(&self) -> String {
+        ui::session_key(self.tokens.read().expect("tokens lock").admin())
+    }
 }
 
 /// A server running inside this process (for `demo`, `run --local`, `bench`).
@@ -103,24 +118,8 @@ pub fn ensure_token(home: &Path) -> anyhow::Result<String> {
         }
     }
     std::fs::create_dir_all(home).with_context(|| format!("{}: cannot create", home.display()))?;
-    use rand::Rng;
-    let bytes: [u8; 32] = rand::rng().random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = home.join("token.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("{}: cannot write token", tmp.display()))?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    let token = tokens::fresh()?;
+    tokens::write_private(&path, &token)?;
     Ok(token)
 }
 
@@ -192,17 +191,22 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         .map(|f| f.spec)
         .collect();
     newest.dedup_by(|b, a| a.name == b.name);
-    let triggers = triggers::Triggers::start(home.clone(), url.clone(), token.clone(), newest);
+    let tokens = tokens::Tokens::load(&home, token.clone())?;
+    let triggers = triggers::Triggers::start(
+        home.clone(),
+        url.clone(),
+        tokens.internal().to_string(),
+        newest,
+    );
     let app = App {
         triggers,
         core: core_tx,
         store: store.clone(),
         updates,
-        token: Arc::new(token.clone()),
+        tokens: Arc::new(std::sync::RwLock::new(tokens)),
         site: Arc::new(opts.site.clone()),
         next_conn: Arc::new(AtomicU64::new(1)),
         runs_dir: Arc::new(runs_dir.clone()),
-        session: Arc::new(ui::session_key(&token)),
         codes: ui::Codes::default(),
     };
     // Small frames (one result, one task) must leave at once: with Nagle's

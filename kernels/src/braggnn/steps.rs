@@ -9,9 +9,11 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::train::train_shared;
 use super::{infer, io, onnx, plot, prepare, train, Shape, TrainOptions};
 use crate::backend::granted_device;
 use crate::hedm::steps::{PEAK_PARAMS, TEXT_PARAMS};
+use crate::ranks::Collective;
 use crate::registry::{typed_params, Kernel, KernelContext, KernelError};
 use crate::synthetic::braggnn::patches;
 
@@ -183,66 +185,104 @@ impl Kernel for TrainStep {
         TRAIN_PARAMS
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let mut p: TrainParams = typed_params(
-            params,
-            ctx,
-            TRAIN_PARAMS,
-            &["patches", "out", "device"],
-            "patches",
-        )?;
-        p.o.device = granted_device(&p.o.device, &ctx.gpus);
-        let set = io::read(&p.patches).map_err(failed)?;
-        std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
-        let shape = Shape {
-            psz: set.psz as i64,
-            fcsz: p.fcsz.clone().unwrap_or_else(|| Shape::default().fcsz),
-        };
-        let weights = p.out.join("best.safetensors");
-        let mut cancelled = false;
-        p.o.threads = ctx.cpus.max(1);
-        let tr = ctx.on_granted_cores(|| {
-            train(&set, shape.clone(), &p.o, Some(&weights), &mut |_| {
-                cancelled = ctx.cancelled();
-                !cancelled
-            })
-        })?;
-        if cancelled {
-            return Err(KernelError::Cancelled);
-        }
-        let tr = tr.map_err(|e| failed(format!("{}: {e}", s(&p.patches))))?;
-        let model = p.out.join("braggnn.onnx");
-        onnx::export(&tr.vs, &shape, None, &model).map_err(failed)?;
-        let curve = p.out.join("learning_curve.png");
-        plot::learning_curve(&curve, &tr.history, tr.best).map_err(failed)?;
-        let history = p.out.join("history.json");
-        let kept = tr.history[tr.best];
-        let out = json!({
-            "weights": s(&weights),
-            "onnx": s(&model),
-            "history": s(&history),
-            "curve": s(&curve),
-            "best_epoch": kept.epoch,
-            "epochs_run": tr.history.len(),
-            "val_mean_px": kept.val_mean_px,
-            "val_p95_px": kept.val_p95_px,
-            "samples_per_s": tr.median_samples_per_s(),
-            "device": tr.device,
-        });
-        let record = json!({
-            "patches": s(&p.patches),
-            "psz": shape.psz,
-            "fcsz": shape.fcsz,
-            "device_note": tr.device_note,
-            "best": kept,
-            "history": tr.history,
-        });
-        std::fs::write(
-            &history,
-            serde_json::to_string_pretty(&record).unwrap_or_default(),
-        )
-        .map_err(|e| failed(format!("{}: {e}", s(&history))))?;
-        Ok(out)
+        train_step(params, ctx, None)
     }
+    fn spans_nodes(&self) -> bool {
+        true
+    }
+    /// Data parallel: the ranks split each minibatch and sum gradients
+    /// (`train_shared`); rank 0 writes the model and the outputs.
+    fn run_shared(
+        &self,
+        params: &Value,
+        ctx: &KernelContext,
+        world: &dyn Collective,
+    ) -> Result<Value, KernelError> {
+        train_step(params, ctx, Some(world))
+    }
+}
+
+/// Training on this process's granted cores, or as one rank of `world`
+/// (MPI is used from the calling thread: no pool of its own then).
+fn train_step(
+    params: &Value,
+    ctx: &KernelContext,
+    world: Option<&dyn Collective>,
+) -> Result<Value, KernelError> {
+    let mut p: TrainParams = typed_params(
+        params,
+        ctx,
+        TRAIN_PARAMS,
+        &["patches", "out", "device"],
+        "patches",
+    )?;
+    p.o.device = granted_device(&p.o.device, &ctx.gpus);
+    let set = io::read(&p.patches).map_err(failed)?;
+    std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
+    let shape = Shape {
+        psz: set.psz as i64,
+        fcsz: p.fcsz.clone().unwrap_or_else(|| Shape::default().fcsz),
+    };
+    let weights = p.out.join("best.safetensors");
+    let mut cancelled = false;
+    p.o.threads = ctx.cpus.max(1);
+    let mut progress = |_: &_| {
+        cancelled = ctx.cancelled();
+        !cancelled
+    };
+    let tr = match world {
+        None => ctx
+            .on_granted_cores(|| train(&set, shape.clone(), &p.o, Some(&weights), &mut progress))?,
+        Some(w) => train_shared(
+            &set,
+            shape.clone(),
+            &p.o,
+            Some(&weights),
+            &mut progress,
+            Some(w),
+        ),
+    };
+    if cancelled {
+        return Err(KernelError::Cancelled);
+    }
+    let tr = tr.map_err(|e| failed(format!("{}: {e}", s(&p.patches))))?;
+    let ranks = world.map_or(1, |w| w.size());
+    if world.is_some_and(|w| w.rank() != 0) {
+        return Ok(json!({ "ranks": ranks }));
+    }
+    let model = p.out.join("braggnn.onnx");
+    onnx::export(&tr.vs, &shape, None, &model).map_err(failed)?;
+    let curve = p.out.join("learning_curve.png");
+    plot::learning_curve(&curve, &tr.history, tr.best).map_err(failed)?;
+    let history = p.out.join("history.json");
+    let kept = tr.history[tr.best];
+    let out = json!({
+        "weights": s(&weights),
+        "onnx": s(&model),
+        "history": s(&history),
+        "curve": s(&curve),
+        "best_epoch": kept.epoch,
+        "epochs_run": tr.history.len(),
+        "val_mean_px": kept.val_mean_px,
+        "val_p95_px": kept.val_p95_px,
+        "samples_per_s": tr.median_samples_per_s(),
+        "device": tr.device,
+        "ranks": ranks,
+    });
+    let record = json!({
+        "patches": s(&p.patches),
+        "psz": shape.psz,
+        "fcsz": shape.fcsz,
+        "device_note": tr.device_note,
+        "best": kept,
+        "history": tr.history,
+    });
+    std::fs::write(
+        &history,
+        serde_json::to_string_pretty(&record).unwrap_or_default(),
+    )
+    .map_err(|e| failed(format!("{}: {e}", s(&history))))?;
+    Ok(out)
 }
 
 pub struct InferStep;

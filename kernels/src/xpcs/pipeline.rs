@@ -23,7 +23,9 @@ use super::qbin::{normalize, G2Result};
 use super::results::{results_path, ConfigValue, ResultsWriter};
 use super::scattering::{saxs_1d, saxs_2d};
 use super::twotime::{Collector, TwotimePlan};
+use super::Delay;
 use super::{plot, QMap};
+use crate::ranks::{share_of, Collective};
 
 /// Which correlations to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -556,28 +558,60 @@ impl Averages {
     }
 }
 
+/// One rank's multi-tau sums as a flat buffer (what [`Collective::gather_f64`]
+/// carries): g2, ip, if (delays × pixels, row major), the pixel means, then
+/// the frame intensities.
+fn flatten(s: &PixelSums) -> Vec<f64> {
+    let mut v = Vec::with_capacity(3 * s.g2.len() + s.mean.len() + s.intensity_vs_time.len());
+    for a in [&s.g2, &s.ip, &s.if_] {
+        v.extend(a.iter().copied());
+    }
+    v.extend(&s.mean);
+    v.extend(&s.intensity_vs_time);
+    v
+}
+
+/// The inverse of [`flatten`], given what every rank shares.
+fn unflatten(v: &[f64], delays: &[Delay], frames: u64, times: usize) -> Result<PixelSums, String> {
+    let d = delays.len();
+    let per_pixel = 3 * d + 1;
+    let body = v
+        .len()
+        .checked_sub(times)
+        .filter(|b| b % per_pixel == 0)
+        .ok_or_else(|| format!("a rank sent {} values, not 3·{d}·P + P + {times}", v.len()))?;
+    let p = body / per_pixel;
+    let block = |i: usize| {
+        Array2::from_shape_vec((d, p), v[i * d * p..(i + 1) * d * p].to_vec())
+            .map_err(|e| e.to_string())
+    };
+    Ok(PixelSums {
+        g2: block(0)?,
+        ip: block(1)?,
+        if_: block(2)?,
+        mean: v[3 * d * p..3 * d * p + p].to_vec(),
+        intensity_vs_time: v[3 * d * p + p..].to_vec(),
+        delays: delays.to_vec(),
+        frames,
+    })
+}
+
+/// The ranks' multi-tau sums (each over its share of the pixels) gathered
+/// to rank 0 and merged there ([`PixelSums::merge`]); `None` elsewhere.
+fn combine(ranks: &dyn Collective, mine: PixelSums) -> Result<Option<PixelSums>, String> {
+    let Some(parts) = ranks.gather_f64(&flatten(&mine))? else {
+        return Ok(None);
+    };
+    let times = mine.intensity_vs_time.len();
+    let shares = parts
+        .iter()
+        .map(|v| unflatten(v, &mine.delays, mine.frames, times))
+        .collect::<Result<Vec<_>, _>>()?;
+    PixelSums::merge(shares).map(Some)
+}
+
 /// Runs one analysis. `progress` is called after every batch; returning
 /// false cancels.
-/// Processes that share one multi-tau analysis (MPI ranks): each correlates
-/// a contiguous share of the valid pixels — every pixel is correlated on
-/// its own, so the split changes no number — and `combine` brings the
-/// shares to the first process, which writes the results.
-pub trait Share {
-    /// This process's place (0 goes on) and the number of processes.
-    fn rank(&self) -> usize;
-    fn ranks(&self) -> usize;
-    /// All shares merged (`PixelSums::merge`) on rank 0; `None` elsewhere.
-    fn combine(&self, mine: PixelSums) -> Result<Option<PixelSums>, String>;
-}
-
-/// The pixels (indices into the valid list) rank `r` of `k` correlates:
-/// consecutive blocks whose sizes differ by at most one.
-pub fn share_of(pixels: usize, r: usize, k: usize) -> std::ops::Range<usize> {
-    let (base, extra) = (pixels / k, pixels % k);
-    let start = r * base + r.min(extra);
-    start..start + base + usize::from(r < extra)
-}
-
 pub fn run(
     opts: &Options,
     progress: &mut dyn FnMut(Progress) -> bool,
@@ -585,12 +619,15 @@ pub fn run(
     run_shared(opts, progress, None).map(|o| o.expect("a lone process writes the results"))
 }
 
-/// [`run`] as one of the processes of `share`: the results (and `Some`)
-/// come from rank 0; the others correlate their pixels and return `None`.
+/// [`run`] as one of the processes of `share` (MPI ranks): each correlates
+/// a contiguous share of the valid pixels ([`share_of`]) — every pixel is
+/// correlated on its own, so the split changes no number — and rank 0
+/// gathers and merges the sums and writes the results (and returns
+/// `Some`), exactly as one process would; the others return `None`.
 pub fn run_shared(
     opts: &Options,
     progress: &mut dyn FnMut(Progress) -> bool,
-    share: Option<&dyn Share>,
+    share: Option<&dyn Collective>,
 ) -> Result<Option<Outcome>, PipelineError> {
     let t_start = Instant::now();
     let src = open_frames(&opts.raw)?;
@@ -628,7 +665,7 @@ pub fn run_shared(
         ));
     }
     let mine = match share {
-        Some(s) => pixels[share_of(pixels.len(), s.rank(), s.ranks())].to_vec(),
+        Some(s) => pixels[share_of(pixels.len(), s.rank(), s.size())].to_vec(),
         None => pixels.clone(),
     };
     let leader = share.is_none_or(|s| s.rank() == 0);
@@ -699,7 +736,7 @@ pub fn run_shared(
     let mut sums = mt.map(|m| m.finish()).transpose()?;
     if let Some(s) = share {
         if let Some(local) = sums.take() {
-            match s.combine(local)? {
+            match combine(s, local)? {
                 Some(all) => sums = Some(all),
                 None => return Ok(None),
             }
@@ -956,12 +993,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_cover_the_pixels_once_in_order() {
-        for (n, k) in [(10, 3), (3, 5), (100, 1), (7, 7)] {
-            let all: Vec<usize> = (0..k).flat_map(|r| share_of(n, r, k)).collect();
-            assert_eq!(all, (0..n).collect::<Vec<_>>(), "{n} pixels, {k} ranks");
-            let sizes: Vec<usize> = (0..k).map(|r| share_of(n, r, k).len()).collect();
-            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
-        }
+    fn a_share_survives_the_flat_buffer() {
+        let delays = super::super::delay_grid(40);
+        let d = delays.len();
+        let sums = || PixelSums {
+            g2: Array2::from_shape_fn((d, 3), |(i, j)| (i * 10 + j) as f64),
+            ip: Array2::from_shape_fn((d, 3), |(i, j)| (i + j) as f64 * 0.5),
+            if_: Array2::from_shape_fn((d, 3), |(i, j)| (i * j) as f64),
+            mean: vec![1.0, 2.0, 3.0],
+            intensity_vs_time: (0..40).map(f64::from).collect(),
+            delays: delays.clone(),
+            frames: 40,
+        };
+        let s = sums();
+        let back = unflatten(&flatten(&s), &delays, 40, 40).unwrap();
+        assert_eq!((&back.g2, &back.ip, &back.if_), (&s.g2, &s.ip, &s.if_));
+        assert_eq!(
+            (&back.mean, &back.intensity_vs_time),
+            (&s.mean, &s.intensity_vs_time)
+        );
+        assert!(unflatten(&[1.0; 7], &delays, 40, 40).is_err());
+        // A world of one merges its own share into the same sums.
+        let one = combine(&crate::ranks::Solo, sums()).unwrap().unwrap();
+        assert_eq!((&one.g2, &one.ip, &one.if_), (&s.g2, &s.ip, &s.if_));
+        assert_eq!(
+            (&one.mean, &one.intensity_vs_time),
+            (&s.mean, &s.intensity_vs_time)
+        );
     }
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::io::{open_frames, read_frame_time};
 use super::pipeline::{self, parse_selection, Mode, Options, PipelineError, Summary};
 use super::plot;
+use crate::ranks::Collective;
 use crate::registry::{param_f64, Kernel, KernelContext, KernelError};
 use crate::synthetic::xpcs::{write_dataset, SpeckleConfig};
 
@@ -191,6 +192,28 @@ impl Kernel for MultitauStep {
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         analyse(params, ctx, Mode::Multitau)
+    }
+    fn spans_nodes(&self) -> bool {
+        true
+    }
+    /// Each rank correlates a share of the pixels on the process's global
+    /// thread pool (one process per rank); rank 0 merges and writes.
+    fn run_shared(
+        &self,
+        params: &Value,
+        ctx: &KernelContext,
+        world: &dyn Collective,
+    ) -> Result<Value, KernelError> {
+        let opts = options(params, ctx, Mode::Multitau)?;
+        let res = pipeline::run_shared(&opts, &mut |_| !ctx.cancelled(), Some(world));
+        let mut out = match res {
+            Ok(Some(o)) => outputs(&o.summary, &o.summary_path),
+            Ok(None) => json!({}),
+            Err(PipelineError::Cancelled) => return Err(KernelError::Cancelled),
+            Err(PipelineError::Failed(e)) => return Err(KernelError::Failed(e)),
+        };
+        out["ranks"] = json!(world.size());
+        Ok(out)
     }
 }
 

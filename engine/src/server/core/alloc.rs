@@ -160,8 +160,10 @@ impl Core {
             let v = req.variants.first().copied().unwrap_or_default();
             let e = d.entry(target.clone()).or_default();
             e.tasks += n as u32;
-            e.cpus += n * v.cpus as u64;
-            e.gpus += n * v.gpus as u64;
+            // A step on several nodes wants its amounts on each of them.
+            let nodes = v.nodes.max(1) as u64;
+            e.cpus += n * nodes * v.cpus as u64;
+            e.gpus += n * nodes * v.gpus as u64;
         }
         d
     }

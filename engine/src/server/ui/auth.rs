@@ -37,10 +37,7 @@ pub fn session_key(token: &str) -> String {
         .to_string()
 }
 
-/// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::server::tokens::{same, Role};
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -64,7 +61,7 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
 /// How a request proved who it is.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Caller {
-    Token,
+    Token(Role),
     Session,
     Nobody,
     /// Presented something, and it was wrong.
@@ -73,14 +70,10 @@ pub(crate) enum Caller {
 
 pub(crate) fn caller(app: &App, headers: &HeaderMap) -> Caller {
     if let Some(t) = bearer(headers) {
-        return if same(t.as_bytes(), app.token.as_bytes()) {
-            Caller::Token
-        } else {
-            Caller::Wrong
-        };
+        return app.role_of(t).map_or(Caller::Wrong, Caller::Token);
     }
     match cookie(headers) {
-        Some(s) if same(s.as_bytes(), app.session.as_bytes()) => Caller::Session,
+        Some(s) if same(s.as_bytes(), app.session().as_bytes()) => Caller::Session,
         Some(_) => Caller::Wrong,
         None => Caller::Nobody,
     }
@@ -115,7 +108,7 @@ pub(crate) fn session_may(method: &Method, path: &str, headers: &HeaderMap) -> b
 /// token comes from; the page's own fetches get a 401 instead.
 pub(super) async fn require(State(app): State<App>, req: Request, next: Next) -> Response {
     match caller(&app, req.headers()) {
-        Caller::Token | Caller::Session => next.run(req).await,
+        Caller::Token(_) | Caller::Session => next.run(req).await,
         _ if req
             .headers()
             .get("sec-fetch-mode")
@@ -196,7 +189,7 @@ pub(super) struct LoginForm {
 }
 
 pub(super) async fn login_form(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
-    if same(f.token.trim().as_bytes(), app.token.as_bytes()) {
+    if app.role_of(f.token.trim()) == Some(Role::Admin) {
         signed_in(&app, f.next.as_deref())
     } else {
         refused(
@@ -222,7 +215,7 @@ fn signed_in(app: &App, next: Option<&str>) -> Response {
         .unwrap_or("/ui/runs");
     let cookie = format!(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        app.session
+        app.session()
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
 }

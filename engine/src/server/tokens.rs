@@ -1,0 +1,276 @@
+//! Who may do what. The home token (`BEAMFLOW_HOME/token`, mode 0600) is
+//! the admin's: everything, pilots and allocation queues included. People
+//! and services get their own tokens with a role (`beamflow token add`):
+//! a *viewer* reads (runs, flows, pilots, catalog, events), a *submitter*
+//! also registers flows and starts, cancels and retries runs. Only a
+//! keyed hash of each such token is kept (`BEAMFLOW_HOME/tokens.json`).
+//!
+//! `beamflow token rotate` replaces the home token without a restart: the
+//! server writes the new one to the file and accepts the old one for a
+//! grace period, in which pilots — which re-read their token file before
+//! each reconnect, and keep the connection they have — and clients move
+//! over. Triggers inside the server use a token of their own that never
+//! leaves the process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// What a token may do; each role includes the ones before it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Submitter,
+    Admin,
+}
+
+impl Role {
+    /// The role a request needs: reading is for viewers; registering flows
+    /// and starting, cancelling and retrying runs for submitters; pilots,
+    /// allocation queues, sign-in codes and tokens for the admin.
+    pub fn needed(method: &axum::http::Method, path: &str) -> Role {
+        use axum::http::Method;
+        let admin_only = path == "/api/pilot"
+            || path.starts_with("/api/alloc")
+            || path.starts_with("/api/tokens")
+            || path == "/api/ui/code";
+        if admin_only {
+            Role::Admin
+        } else if method == Method::GET || method == Method::HEAD {
+            Role::Viewer
+        } else {
+            Role::Submitter
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Submitter => "submitter",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// A named token as `tokens.json` keeps it and `beamflow token list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    /// Keyed BLAKE3 of the token, hex.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub hash: String,
+    pub created_us: i64,
+}
+
+pub struct Tokens {
+    home: PathBuf,
+    admin: String,
+    /// The admin token before the last rotation, good until then.
+    previous: Option<(String, Instant)>,
+    internal: String,
+    named: Vec<TokenInfo>,
+}
+
+/// Compares in time independent of where the strings differ.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hash(token: &str) -> String {
+    blake3::keyed_hash(blake3::hash(b"beamflow token").as_bytes(), token.as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// 32 random bytes as hex.
+pub fn fresh() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("/dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to `path` with mode 0600, atomically.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+impl Tokens {
+    pub fn load(home: &Path, admin: String) -> anyhow::Result<Tokens> {
+        let path = home.join("tokens.json");
+        let named = match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t)
+                .with_context(|| format!("{}: not a token list", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+        };
+        Ok(Tokens {
+            home: home.to_path_buf(),
+            admin,
+            previous: None,
+            internal: fresh()?,
+            named,
+        })
+    }
+
+    /// The role of a presented token, if it is one.
+    pub fn role_of(&self, presented: &str) -> Option<Role> {
+        let p = presented.as_bytes();
+        if same(p, self.admin.as_bytes()) || same(p, self.internal.as_bytes()) {
+            return Some(Role::Admin);
+        }
+        if let Some((old, until)) = &self.previous {
+            if Instant::now() < *until && same(p, old.as_bytes()) {
+                return Some(Role::Admin);
+            }
+        }
+        let h = hash(presented);
+        self.named
+            .iter()
+            .find(|t| same(t.hash.as_bytes(), h.as_bytes()))
+            .map(|t| t.role)
+    }
+
+    /// The home token now (the web page's session key derives from it).
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// For callers inside this process (triggers): unaffected by rotation.
+    pub fn internal(&self) -> &str {
+        &self.internal
+    }
+
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.named
+            .iter()
+            .map(|t| TokenInfo {
+                hash: String::new(),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    /// A new token for `name`; it is shown once, only its hash is kept.
+    pub fn add(&mut self, name: &str, role: Role) -> anyhow::Result<String> {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !ok {
+            anyhow::bail!("token name `{name}`: use letters, digits and - _ . @");
+        }
+        if self.named.iter().any(|t| t.name == name) {
+            anyhow::bail!("a token named `{name}` exists: revoke it first");
+        }
+        let token = fresh()?;
+        self.named.push(TokenInfo {
+            name: name.to_string(),
+            role,
+            hash: hash(&token),
+            created_us: crate::util::now_us(),
+        });
+        self.save()?;
+        Ok(token)
+    }
+
+    /// Forgets `name`'s token; false when there is none.
+    pub fn revoke(&mut self, name: &str) -> anyhow::Result<bool> {
+        let before = self.named.len();
+        self.named.retain(|t| t.name != name);
+        if self.named.len() == before {
+            return Ok(false);
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// A new home token, written to `BEAMFLOW_HOME/token`; the old one
+    /// stays good for `grace`.
+    pub fn rotate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let new = fresh()?;
+        write_private(&self.home.join("token"), &new)?;
+        let old = std::mem::replace(&mut self.admin, new);
+        self.previous = Some((old, Instant::now() + grace));
+        Ok(())
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        write_private(
+            &self.home.join("tokens.json"),
+            &serde_json::to_string_pretty(&self.named)?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn roles_open_what_they_should_and_rotation_keeps_the_old_token_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tokens::load(dir.path(), "a".repeat(64)).unwrap();
+        let viewer = t.add("wall-display", Role::Viewer).unwrap();
+        let submitter = t.add("beamline-8id", Role::Submitter).unwrap();
+        assert!(t.add("wall-display", Role::Admin).is_err());
+        assert!(t.add("bad name", Role::Viewer).is_err());
+        assert_eq!(t.role_of(&viewer), Some(Role::Viewer));
+        assert_eq!(t.role_of(&submitter), Some(Role::Submitter));
+        assert_eq!(t.role_of(&"a".repeat(64)), Some(Role::Admin));
+        assert_eq!(t.role_of("nope"), None);
+        // The file keeps hashes, never the tokens; a reload knows them.
+        let text = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+        assert!(!text.contains(&viewer) && !text.contains(&submitter));
+        let t2 = Tokens::load(dir.path(), "a".repeat(64)).unwrap();
+        assert_eq!(t2.role_of(&submitter), Some(Role::Submitter));
+        assert!(t.list().iter().all(|i| i.hash.is_empty()));
+        assert!(t.revoke("wall-display").unwrap());
+        assert_eq!(t.role_of(&viewer), None);
+        assert!(!t.revoke("wall-display").unwrap());
+
+        t.rotate(Duration::from_secs(60)).unwrap();
+        let new = std::fs::read_to_string(dir.path().join("token")).unwrap();
+        assert_eq!(t.role_of(&new), Some(Role::Admin));
+        assert_eq!(
+            t.role_of(&"a".repeat(64)),
+            Some(Role::Admin),
+            "in its grace"
+        );
+        t.rotate(Duration::ZERO).unwrap();
+        assert_eq!(t.role_of(&new), None, "grace over");
+
+        assert_eq!(Role::needed(&Method::GET, "/api/runs"), Role::Viewer);
+        assert_eq!(Role::needed(&Method::POST, "/api/runs"), Role::Submitter);
+        assert_eq!(
+            Role::needed(&Method::POST, "/api/runs/3/cancel"),
+            Role::Submitter
+        );
+        assert_eq!(Role::needed(&Method::GET, "/api/pilot"), Role::Admin);
+        assert_eq!(Role::needed(&Method::GET, "/api/alloc"), Role::Admin);
+        assert_eq!(Role::needed(&Method::POST, "/api/tokens"), Role::Admin);
+    }
+}
