@@ -1889,22 +1889,7 @@ fn a_pilot_benchmarks_its_node_and_bench_compare_reads_the_result() {
 #[test]
 fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
     let env = Env::new();
-    let data = env.home.join("data");
-    env.beamflow_ok(&[
-        "kernel",
-        "xpcs",
-        "synthetic",
-        "--dir",
-        data.to_str().unwrap(),
-        "--name",
-        "S",
-        "--size",
-        "96",
-        "--frames",
-        "400",
-    ]);
-    let raw = data.join("S/S.h5");
-    let qmap = data.join("S/S_qmap.hdf");
+    let (raw, qmap) = xpcs_dataset(&env);
     let analyse = |launcher: &[&str], out: &Path| -> Value {
         let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
         cmd.args(launcher.iter().skip(1));
@@ -1958,15 +1943,45 @@ fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
         beamflow_kernels::xpcs::results::read(Path::new(v["results"].as_str().unwrap())).unwrap()
     };
     let (a, b) = (read(&one), read(&two));
-    let ((ta, ga), (tb, gb)) = (a.multitau.unwrap(), b.multitau.unwrap());
+    assert_same_g2(&a, &b);
+    assert_eq!(bits(&a.saxs_2d), bits(&b.saxs_2d));
+}
+
+/// A synthetic XPCS dataset (96², 400 frames) in `env`: raw frames and qmap.
+fn xpcs_dataset(env: &Env) -> (PathBuf, PathBuf) {
+    let data = env.home.join("data");
+    env.beamflow_ok(&[
+        "kernel",
+        "xpcs",
+        "synthetic",
+        "--dir",
+        data.to_str().unwrap(),
+        "--name",
+        "S",
+        "--size",
+        "96",
+        "--frames",
+        "400",
+    ]);
+    (data.join("S/S.h5"), data.join("S/S_qmap.hdf"))
+}
+
+/// Bit patterns: empty q bins hold NaN, which no == equals.
+fn bits(a: &ndarray::Array2<f32>) -> Vec<u32> {
+    a.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Two analyses have the same delays, g2 and g2 errors, bit for bit.
+fn assert_same_g2(
+    a: &beamflow_kernels::xpcs::results::Contents,
+    b: &beamflow_kernels::xpcs::results::Contents,
+) {
+    let ((ta, ga), (tb, gb)) = (a.multitau.as_ref().unwrap(), b.multitau.as_ref().unwrap());
     assert_eq!(ta, tb);
     assert!(ga.g2.iter().filter(|x| x.is_finite()).count() > 20);
-    // Bit for bit (empty q bins hold NaN, which no == equals).
-    let bits = |a: &ndarray::Array2<f32>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(ga.g2.dim(), gb.g2.dim());
     assert_eq!(bits(&ga.g2), bits(&gb.g2));
     assert_eq!(bits(&ga.g2_err), bits(&gb.g2_err));
-    assert_eq!(bits(&a.saxs_2d), bits(&b.saxs_2d));
 }
 
 /// BraggNN trained data parallel by two MPI ranks (`train --mpi`: each runs
@@ -2118,21 +2133,7 @@ fn braggnn_training_over_two_mpi_ranks_matches_one_process() {
 #[test]
 fn a_step_on_two_nodes_runs_as_mpi_ranks_the_pilot_launches() {
     let env = Env::new();
-    let data = env.home.join("data");
-    env.beamflow_ok(&[
-        "kernel",
-        "xpcs",
-        "synthetic",
-        "--dir",
-        data.to_str().unwrap(),
-        "--name",
-        "S",
-        "--size",
-        "96",
-        "--frames",
-        "400",
-    ]);
-    let (raw, qmap) = (data.join("S/S.h5"), data.join("S/S_qmap.hdf"));
+    let (raw, qmap) = xpcs_dataset(&env);
     let alone = env.home.join("alone");
     let one: Value = serde_json::from_str(&env.beamflow_ok(&[
         "kernel",
@@ -2238,11 +2239,7 @@ params = {{ patches = "{patches}", out = "{{{{ run.dir }}}}/model", epochs = 2, 
             read(one["results"].as_str().unwrap()),
             read(out["results"].as_str().unwrap()),
         );
-        let bits = |a: &ndarray::Array2<f32>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let ((_, ga), (_, gb)) = (a.multitau.unwrap(), b.multitau.unwrap());
-        assert!(ga.g2.iter().filter(|x| x.is_finite()).count() > 20);
-        assert_eq!(bits(&ga.g2), bits(&gb.g2));
-        assert_eq!(bits(&ga.g2_err), bits(&gb.g2_err));
+        assert_same_g2(&a, &b);
         // Data-parallel training: rank 0 reports and writes the model.
         let train = d.attempts.iter().find(|a| a.step == "train").unwrap();
         let out = train.outputs.as_ref().unwrap();

@@ -44,6 +44,27 @@ fn script(site_name: &str, target: &str, nodes: u32, reservation: Option<&str>) 
     .unwrap()
 }
 
+/// A job for `t` with a plain pilot command.
+fn request(t: beamflow::site::EffectiveTarget, nodes: u32, walltime_s: u64) -> JobRequest {
+    JobRequest {
+        name: "x".into(),
+        nodes,
+        walltime_s,
+        reservation: None,
+        dir: "/tmp/x".into(),
+        pilot: PilotCommand {
+            exe: "beamflow".into(),
+            url: "http://h:1".into(),
+            token_file: "/t".into(),
+            targets: vec!["gpu".into()],
+            idle_timeout_s: None,
+            prefetch: 1,
+            drain_margin_s: 60,
+        },
+        target: t,
+    }
+}
+
 fn golden(name: &str, text: &str) {
     let path = root().join("tests/data/scripts").join(name);
     if std::env::var_os("BEAMFLOW_UPDATE_GOLDEN").is_some() {
@@ -227,25 +248,7 @@ fn a_whole_job_pilot_is_started_once_with_the_launcher_flags() {
     let gpu = site.targets.get_mut("gpu").unwrap();
     gpu.pilot_per = beamflow::site::PilotPer::Job;
     let t = site.effective("gpu").unwrap();
-    let text = JobRequest {
-        name: "bf-gpu-1-1".into(),
-        nodes: 2,
-        walltime_s: t.walltime_s,
-        reservation: None,
-        dir: "/tmp/x".into(),
-        pilot: PilotCommand {
-            exe: "beamflow".into(),
-            url: "http://h:1".into(),
-            token_file: "/t".into(),
-            targets: vec!["gpu".into()],
-            idle_timeout_s: None,
-            prefetch: 1,
-            drain_margin_s: 60,
-        },
-        target: t,
-    }
-    .render()
-    .unwrap();
+    let text = request(t, 2, 3600).render().unwrap();
     parses(&text);
     assert!(!text.lines().any(|l| l.starts_with("mpiexec")), "{text}");
     assert!(
@@ -260,23 +263,7 @@ fn a_whole_job_pilot_is_started_once_with_the_launcher_flags() {
 fn limits_are_enforced_when_rendering() {
     let s = site("frontier");
     let t = s.effective("gpu").unwrap();
-    let req = |nodes: u32, walltime_s: u64| JobRequest {
-        name: "x".into(),
-        nodes,
-        walltime_s,
-        reservation: None,
-        dir: "/tmp/x".into(),
-        pilot: PilotCommand {
-            exe: "beamflow".into(),
-            url: "http://h:1".into(),
-            token_file: "/t".into(),
-            targets: vec!["gpu".into()],
-            idle_timeout_s: None,
-            prefetch: 1,
-            drain_margin_s: 60,
-        },
-        target: t.clone(),
-    };
+    let req = |nodes: u32, walltime_s: u64| request(t.clone(), nodes, walltime_s);
     let e = req(200, 3600).render().unwrap_err().to_string();
     assert!(e.contains("at most 91"), "{e}");
     let e = req(1, 5 * 3600).render().unwrap_err().to_string();

@@ -1,10 +1,11 @@
-//! The allocation manager against a real one-node Slurm: a `beamflow server`
+//! The allocation manager against a real Slurm (three nodes on this host): a `beamflow server`
 //! with the `local-slurm` site submits pilot jobs with sbatch when work waits,
 //! a burst of runs completes on them, idle pilots leave, `scancel` loses
 //! nothing and uses no retry, and a reservation made with `scontrol create
-//! reservation` gets its warm pilot and the realtime steps.
+//! reservation` gets its warm pilot and the realtime steps, and a pilot
+//! holding a 3-node job starts steps across its nodes with srun.
 //!
-//! The tests share one cluster of two CPUs, so they take turns.
+//! The tests share one small cluster, so they take turns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -555,34 +556,29 @@ fn a_failing_submission_shows_in_the_log_and_the_server_carries_on() {
     });
 }
 
-/// Steps on two and on three nodes, and a one-node step beside them.
-const WIDE: &str = r#"
-name = "wide"
-version = 1
+/// A shell step on `nodes` nodes of the `mpi` target that lists its ranks:
+/// rank, node and job of each.
+fn wide_step(name: &str, nodes: u32) -> String {
+    format!(
+        r#"
 [[steps]]
-name = "two"
+name = "{name}"
 action = "shell"
 on = "mpi"
 timeout = "2m"
-resources = { cpus = 1, nodes = 2 }
+resources = {{ cpus = 1, nodes = {nodes} }}
 outputs = ["ranks"]
 [steps.params]
 script = '''
 $BEAMFLOW_LAUNCH sh -c 'echo "$SLURM_PROCID $SLURMD_NODENAME $SLURM_JOB_ID"' | sort > ranks.txt
-printf '{"ranks": "%s"}' "$(paste -sd, ranks.txt)" > "$BEAMFLOW_OUTPUTS"
+printf '{{"ranks": "%s"}}' "$(paste -sd, ranks.txt)" > "$BEAMFLOW_OUTPUTS"
 '''
-[[steps]]
-name = "three"
-action = "shell"
-on = "mpi"
-timeout = "2m"
-resources = { cpus = 1, nodes = 3 }
-outputs = ["ranks"]
-[steps.params]
-script = '''
-$BEAMFLOW_LAUNCH sh -c 'echo "$SLURM_PROCID $SLURMD_NODENAME $SLURM_JOB_ID"' | sort > ranks.txt
-printf '{"ranks": "%s"}' "$(paste -sd, ranks.txt)" > "$BEAMFLOW_OUTPUTS"
-'''
+"#
+    )
+}
+
+/// Besides the wide steps: a one-node step.
+const ONE_NODE: &str = r#"
 [[steps]]
 name = "one"
 action = "shell"
@@ -598,6 +594,7 @@ script = 'printf "{\"node\": \"%s\"}" "$SLURMD_NODENAME" > "$BEAMFLOW_OUTPUTS"'
 /// other nodes first, its own only for a step that needs every node.
 #[test]
 fn a_pilot_holding_three_nodes_starts_wide_steps_across_them_with_srun() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     // XPCS multi-tau shared by ranks on two nodes, wired by PMIx.
     let data = s.home.join("data");
@@ -633,7 +630,12 @@ no_plots = true
         raw = data.join("S/S.h5").display(),
         qmap = data.join("S/S_qmap.hdf").display()
     );
-    s.register("wide", &format!("{WIDE}{g2}"));
+    let flow = format!(
+        "name = \"wide\"\nversion = 1\n{}{}{ONE_NODE}{g2}",
+        wide_step("two", 2),
+        wide_step("three", 3)
+    );
+    s.register("wide", &flow);
     s.cli_ok(&[
         "alloc",
         "add",
