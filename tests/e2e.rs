@@ -548,6 +548,72 @@ params = {{ script = "env | sort > {}", env = {{ STEP_TOKEN = "given" }} }}
     assert!(dump.lines().any(|l| l.starts_with("PATH=")), "{dump}");
 }
 
+/// `beamflow doctor` passes on a sound setup and names what is wrong
+/// otherwise: a refused token, a site whose scheduler commands are missing
+/// and whose scratch directory cannot be written.
+#[test]
+fn doctor_names_what_is_wrong() {
+    let env = Env::new();
+    let (_server, _c) = env.server("127.0.0.1:0", &[]);
+    let doctor = |extra: &[&str]| {
+        let o = Command::new(BIN)
+            .args(["--home", env.home.to_str().unwrap(), "--json"])
+            .args(extra)
+            .arg("doctor")
+            .output()
+            .unwrap();
+        let checks: Vec<Value> = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+        (o.status.code(), checks)
+    };
+    let level = |checks: &[Value], what: &str| {
+        checks
+            .iter()
+            .find(|c| c["what"] == what)
+            .map(|c| {
+                (
+                    c["level"].as_str().unwrap().to_string(),
+                    c["detail"].to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no check `{what}`: {checks:?}"))
+    };
+    let (code, checks) = doctor(&[]);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    assert_eq!(level(&checks, "token").0, "ok");
+    assert_eq!(level(&checks, "token file").0, "ok");
+    let (code, checks) = doctor(&["--token", "wrong"]);
+    assert_eq!(code, Some(1));
+    let (lvl, detail) = level(&checks, "token");
+    assert_eq!(lvl, "fail");
+    assert!(detail.contains("invalid token"), "{detail}");
+    let site = env.home.join("pbs-site.toml");
+    std::fs::write(
+        &site,
+        "name = \"nowhere\"\nscheduler = \"pbs\"\naccount = \"x\"\nscratch = \"/nonexistent/scratch\"\n[targets.cpu]\nwalltime = \"1h\"\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "--home",
+            env.home.to_str().unwrap(),
+            "--json",
+            "doctor",
+            "--site",
+        ])
+        .arg(&site)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let checks: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let (lvl, detail) = level(&checks, "command qsub");
+    assert_eq!(lvl, "fail");
+    assert!(detail.contains("not on PATH"), "{detail}");
+    let (lvl, detail) = level(&checks, "scratch");
+    assert_eq!(lvl, "fail");
+    assert!(detail.contains("/nonexistent/scratch"), "{detail}");
+}
+
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie waits for its parent to reap it: it no longer runs.

@@ -370,8 +370,11 @@ fn torch_lsqml_agrees_with_cpu_lsqml() {
     assert_eq!(cpu.device, "cpu");
     assert_eq!(torch.device, "torch:cpu");
     assert!(torch.device_note.is_none());
+    // float32 tensors against the f64 native engine: the loss drifts apart
+    // by up to ~2e-3 relative over the iterations, depending on the CPU's
+    // BLAS kernels (2.1e-3 on one machine, below 2e-3 on another).
     for (a, b) in cpu.history.loss.iter().zip(&torch.history.loss) {
-        assert!((a - b).abs() <= 2e-3 * a.abs(), "loss {a} vs {b}");
+        assert!((a - b).abs() <= 5e-3 * a.abs(), "loss {a} vs {b}");
     }
     for (a, b) in cpu.history.error.iter().zip(&torch.history.error) {
         assert!((a.nrmse - b.nrmse).abs() <= 2e-3, "NRMSE {a:?} vs {b:?}");

@@ -65,6 +65,9 @@ enum Cmd {
     /// Print the link that opens the web page (runs, timelines, catalog,
     /// reports, pilots) signed in with this server's token.
     Ui,
+    /// Check this machine, the server, the token and a site config, and say
+    /// precisely what is wrong (exit 1 when a check fails).
+    Doctor(crate::doctor::DoctorArgs),
     /// Tokens for people and services (viewer, submitter), and rotating
     /// the home token without restarting anything.
     #[command(subcommand)]
@@ -843,6 +846,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{t}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Doctor(a) => {
+            use crate::doctor::Level;
+            let checks = crate::doctor::run(&home, cli.url.clone(), cli.token.clone(), &a).await;
+            if cli.json {
+                print_json(&checks);
+            } else {
+                let mut t = table(&["", "check", "detail"]);
+                for c in &checks {
+                    let mark = match c.level {
+                        Level::Ok => "ok",
+                        Level::Warn => "warn",
+                        Level::Fail => "FAIL",
+                    };
+                    t.add_row(vec![mark.to_string(), c.what.clone(), c.detail.clone()]);
+                }
+                println!("{t}");
+            }
+            Ok(if checks.iter().any(|c| c.level == Level::Fail) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Token(t) => {
             token_cmd(t, &client()?, cli.json).await?;

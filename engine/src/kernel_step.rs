@@ -30,6 +30,11 @@ pub struct StepArgs {
     /// Run as one of the MPI ranks this was started as.
     #[arg(long)]
     pub mpi: bool,
+    /// With --mpi: the ranks the launcher was asked for. A launcher that
+    /// does not wire MPI up (srun without --mpi=pmix, another MPI's
+    /// mpiexec) starts worlds of one, each of which would do the whole run.
+    #[arg(long, requires = "mpi")]
+    pub ranks: Option<usize>,
     /// Where rank 0 writes the outputs (default: `$BEAMFLOW_OUTPUTS`, else
     /// standard output).
     #[arg(long, env = "BEAMFLOW_OUTPUTS")]
@@ -76,6 +81,12 @@ pub fn run(a: StepArgs) -> anyhow::Result<()> {
         Some(r) => r,
         None => &Solo,
     };
+    if let Some(want) = a.ranks.filter(|&w| w != world.size()) {
+        anyhow::bail!(
+            "started as one of {want} ranks but MPI sees {}: the launcher did not connect them (srun needs --mpi=pmix for OpenMPI; a site's mpiexec must belong to the MPI beamflow was built with)",
+            world.size()
+        );
+    }
     let out = match kernel.run_shared(&params, &ctx, world) {
         Ok(out) => out,
         Err(e) => {

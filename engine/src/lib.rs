@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod doctor;
 pub mod flow;
 pub mod flow_report;
 pub mod hedm;

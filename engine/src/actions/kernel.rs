@@ -53,6 +53,7 @@ async fn run_ranks(
         .map_err(|e| Failure::msg(format!("the pilot's own executable: {e}")))?;
     let (prog, args) = launch.split_first().expect("a launcher command");
     let per_rank = (grant.cpus / grant.ranks_per_node.max(1)).max(1);
+    let ranks = grant.hosts.len() * grant.ranks_per_node.max(1) as usize;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
         .arg(exe)
@@ -60,7 +61,12 @@ async fn run_ranks(
         .arg(&params)
         .arg("--work-dir")
         .arg(dir)
-        .args(["--threads", &per_rank.to_string()]);
+        // Launchers need not pass the environment to other hosts: rank 0
+        // is told where the outputs go on its command line.
+        .arg("--outputs")
+        .arg(dir.join("outputs.json"))
+        .args(["--threads", &per_rank.to_string()])
+        .args(["--ranks", &ranks.to_string()]);
     let mut out = super::shell::run_process(cmd, &[], spec, grant, cancel, prog).await?;
     if let Value::Object(m) = &mut out {
         m.insert("nodes".into(), grant.hosts.len().into());

@@ -115,7 +115,12 @@ pub(super) async fn run_process(
         .env("BEAMFLOW_RUN_DIR", &spec.run_dir)
         .env("BEAMFLOW_TASK_DIR", &spec.task_dir)
         .env("BEAMFLOW_OUTPUTS", &outputs_path)
-        .env("OMP_NUM_THREADS", grant.cpus.max(1).to_string());
+        .env(
+            "OMP_NUM_THREADS",
+            (grant.cpus / grant.ranks_per_node.max(1))
+                .max(1)
+                .to_string(),
+        );
     if cmd.as_std().get_current_dir().is_none() {
         cmd.current_dir(dir);
     }
@@ -189,6 +194,7 @@ pub(super) async fn run_process(
 
 /// Whether an inherited variable looks like a secret: the pilot's own
 /// token, and names that say token, secret, password, credentials or key.
+/// (`SSH_AUTH_SOCK` stays: mpirun may start ranks on other hosts over ssh.)
 /// Steps get the pilot's environment (site setup, modules, scheduler and
 /// MPI variables) without these; a step's own `env` may still set them.
 fn secret_name(name: &str) -> bool {
@@ -204,7 +210,7 @@ fn secret_name(name: &str) -> bool {
         "ACCESS_KEY",
         "SESSION_KEY",
     ];
-    WORDS.iter().any(|w| n.contains(w)) || n == "SSH_AUTH_SOCK" || n.starts_with("AWS_")
+    WORDS.iter().any(|w| n.contains(w)) || n.starts_with("AWS_")
 }
 
 fn scrub_secrets(cmd: &mut tokio::process::Command) {
@@ -237,7 +243,6 @@ mod tests {
             "AWS_PROFILE",
             "DB_PASSWORD",
             "globus_client_secret",
-            "SSH_AUTH_SOCK",
         ] {
             assert!(secret_name(n), "{n}");
         }

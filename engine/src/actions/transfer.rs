@@ -380,6 +380,33 @@ mod tests {
             &cancel,
         ));
         assert!(e.contains("source is outside"), "{e}");
+        // `..` climbs out of a root: refused, both ways.
+        let e = msg(copy_all(
+            &[inside.join("../elsewhere/y")],
+            &inside.join("copy"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(e.contains("source is outside"), "{e}");
+        let e = msg(copy_all(
+            &[inside.join("x")],
+            &inside.join("../elsewhere/dotdot"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(e.contains("destination is outside"), "{e}");
+        // So does writing through the symlink.
+        let e = msg(copy_all(
+            &[inside.join("x")],
+            &inside.join("link/through"),
+            true,
+            &roots,
+            &cancel,
+        ));
+        assert!(e.contains("destination is outside"), "{e}");
+        assert!(!outside.join("dotdot").exists() && !outside.join("through").exists());
         // Within the roots all is well.
         assert!(copy_all(
             &[inside.join("x")],

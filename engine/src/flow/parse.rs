@@ -712,6 +712,17 @@ fn build_step(
         if resources
             .variants
             .iter()
+            .any(|v| v.nodes > 1 && v.cpus % v.ranks_per_node != 0)
+        {
+            cx.err(
+                span.clone(),
+                format!("{key}.resources.cpus"),
+                "on several nodes `cpus` counts per node and is split among the node's ranks: make it a multiple of ranks_per_node",
+            );
+        }
+        if resources
+            .variants
+            .iter()
             .any(|v| v.nodes == 1 && v.ranks_per_node > 1)
         {
             cx.err(
@@ -1265,6 +1276,17 @@ resources = { cpus = 2, memory = "1GB" }
                 .replace("params = {}", "params = { argv = [\"true\"] }"),
         );
         assert!(e.contains("steps.a.resources.ranks_per_node"), "{e}");
+        let e = errs(
+            &step(
+                "action = \"shell\"\n",
+                "{ cpus = 3, nodes = 2, ranks_per_node = 2 }",
+            )
+            .replace("params = {}", "params = { argv = [\"true\"] }"),
+        );
+        assert!(
+            e.contains("steps.a.resources.cpus") && e.contains("multiple"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -85,13 +85,19 @@ impl Launcher {
                     }
                 }
                 let list: Vec<String> = slots.iter().map(|(h, s)| format!("{h}:{s}")).collect();
-                vec![
+                let mut a = vec![
                     "mpirun".into(),
                     "-np".into(),
                     ranks,
                     "--host".into(),
                     list.join(","),
-                ]
+                ];
+                // OpenMPI binds each of a few ranks to one core: a rank's
+                // threads would share it.
+                if threads != "1" {
+                    a.extend(["--bind-to".into(), "none".into()]);
+                }
+                a
             }
         };
         a.extend(self.flags.iter().cloned());

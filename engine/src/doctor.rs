@@ -1,0 +1,297 @@
+//! `beamflow doctor`: checks this machine, the server and a site config,
+//! and says precisely what is wrong — each check names the file, command,
+//! directory or address it looked at. Exits non-zero when any check fails.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::site::{expand_home, Scheduler, SiteConfig};
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Also check this site config (a name from site-configs/ or a path):
+    /// scheduler commands, scratch and transfer roots, the pilot command,
+    /// the server address compute nodes are given.
+    #[arg(long)]
+    pub site: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    pub detail: String,
+}
+
+#[derive(Default)]
+struct Report(Vec<Check>);
+
+impl Report {
+    fn add(&mut self, level: Level, what: impl Into<String>, detail: impl Into<String>) {
+        self.0.push(Check {
+            level,
+            what: what.into(),
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Runs every check, in order.
+pub async fn run(
+    home: &Path,
+    url: Option<String>,
+    token: Option<String>,
+    a: &DoctorArgs,
+) -> Vec<Check> {
+    let mut r = Report::default();
+    check_home(&mut r, home);
+    check_server(&mut r, home, url, token).await;
+    if let Some(s) = &a.site {
+        check_site(&mut r, s).await;
+    }
+    r.0
+}
+
+fn check_home(r: &mut Report, home: &Path) {
+    let token = home.join("token");
+    match std::fs::metadata(&token) {
+        Ok(m) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                r.add(
+                    Level::Fail,
+                    "token file",
+                    format!(
+                        "{} is mode {mode:o}: others can read it (chmod 600 {})",
+                        token.display(),
+                        token.display()
+                    ),
+                );
+            } else {
+                r.add(
+                    Level::Ok,
+                    "token file",
+                    format!("{} (mode {mode:o})", token.display()),
+                );
+            }
+        }
+        Err(e) => r.add(
+            Level::Warn,
+            "token file",
+            format!(
+                "{}: {e} (the server makes it on first start; clients may pass --token)",
+                token.display()
+            ),
+        ),
+    }
+}
+
+async fn check_server(r: &mut Report, home: &Path, url: Option<String>, token: Option<String>) {
+    let c = match Client::discover(home, url, token) {
+        Ok(c) => c,
+        Err(e) => {
+            r.add(Level::Fail, "server", format!("{e:#}"));
+            return;
+        }
+    };
+    let health = reqwest::Client::new()
+        .get(format!("{}/health", c.url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match health {
+        Ok(resp) => {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let theirs = v["version"].as_str().unwrap_or("?");
+            let ours = env!("CARGO_PKG_VERSION");
+            if theirs == ours {
+                r.add(
+                    Level::Ok,
+                    "server",
+                    format!("{} answers (version {theirs})", c.url),
+                );
+            } else {
+                r.add(
+                    Level::Warn,
+                    "server",
+                    format!("{} runs version {theirs}, this beamflow is {ours}", c.url),
+                );
+            }
+        }
+        Err(e) => {
+            r.add(
+                Level::Fail,
+                "server",
+                format!(
+                    "{}/health: {e} (is `beamflow server` running, and is this its address?)",
+                    c.url
+                ),
+            );
+            return;
+        }
+    }
+    match c.get::<Value>("/api/flows").await {
+        Ok(_) => r.add(Level::Ok, "token", "accepted by the server"),
+        Err(e) => r.add(
+            Level::Fail,
+            "token",
+            format!(
+                "{e:#} — use the server's BEAMFLOW_HOME/token or a token from `beamflow token add`"
+            ),
+        ),
+    }
+}
+
+/// `prog` on PATH, if it is there.
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+async fn check_site(r: &mut Report, name: &str) {
+    let site = match crate::site::find(name).and_then(|p| SiteConfig::load(&p)) {
+        Ok(s) => s,
+        Err(e) => {
+            r.add(Level::Fail, "site config", format!("{e:#}"));
+            return;
+        }
+    };
+    r.add(
+        Level::Ok,
+        "site config",
+        format!("`{}` is valid", site.name),
+    );
+    let commands: &[&str] = match site.scheduler {
+        Scheduler::Slurm => &["sbatch", "squeue", "scancel", "scontrol"],
+        Scheduler::Pbs => &["qsub", "qstat", "qdel"],
+        Scheduler::Local => &[],
+    };
+    for cmd in commands {
+        match which(cmd) {
+            Some(p) => r.add(Level::Ok, format!("command {cmd}"), p.display().to_string()),
+            None => r.add(
+                Level::Fail,
+                format!("command {cmd}"),
+                format!(
+                    "not on PATH: the allocation manager submits with it (run the server where {:?} jobs are submitted, e.g. a login node)",
+                    site.scheduler
+                ),
+            ),
+        }
+    }
+    let mut scratch: Vec<String> = site.scratch.iter().cloned().collect();
+    for t in site.targets.values() {
+        scratch.extend(t.scratch.iter().cloned());
+    }
+    scratch.sort();
+    scratch.dedup();
+    for s in scratch {
+        let dir = expand_home(&s);
+        let res = tempfile::Builder::new()
+            .prefix(".beamflow-doctor-")
+            .tempfile_in(&dir);
+        match res {
+            Ok(_) => r.add(
+                Level::Ok,
+                "scratch",
+                format!("{} is writable", dir.display()),
+            ),
+            Err(e) => r.add(
+                Level::Fail,
+                "scratch",
+                format!("{}: cannot write there: {e}", dir.display()),
+            ),
+        }
+    }
+    for root in site.transfer.roots() {
+        if root.is_dir() {
+            r.add(Level::Ok, "transfer root", root.display().to_string());
+        } else {
+            r.add(
+                Level::Warn,
+                "transfer root",
+                format!(
+                    "{}: no such directory here (transfers into it will fail)",
+                    root.display()
+                ),
+            );
+        }
+    }
+    let exe = site
+        .pilot
+        .command
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok());
+    if let Some(exe) = exe {
+        if exe.is_file() {
+            r.add(Level::Ok, "pilot command", exe.display().to_string());
+        } else {
+            r.add(
+                Level::Fail,
+                "pilot command",
+                format!(
+                    "{}: not found here (pilot.command must be the path compute nodes see)",
+                    exe.display()
+                ),
+            );
+        }
+    }
+    if let Some(u) = &site.pilot.server_url {
+        check_reachable(r, u).await;
+    }
+}
+
+/// A TCP connection to the address compute nodes are told to use.
+async fn check_reachable(r: &mut Report, url: &str) {
+    let hostport = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let target = if hostport.contains(':') {
+        hostport.clone()
+    } else {
+        format!("{hostport}:80")
+    };
+    let conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(target.clone()),
+    )
+    .await;
+    match conn {
+        Ok(Ok(_)) => r.add(
+            Level::Ok,
+            "pilot.server_url",
+            format!("{target} accepts connections from this machine"),
+        ),
+        Ok(Err(e)) => r.add(
+            Level::Fail,
+            "pilot.server_url",
+            format!("{target}: {e} (pilots are told to connect there)"),
+        ),
+        Err(_) => r.add(
+            Level::Fail,
+            "pilot.server_url",
+            format!("{target}: no answer within 3 s (a firewall?)"),
+        ),
+    }
+}
