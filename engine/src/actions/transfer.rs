@@ -340,28 +340,18 @@ mod tests {
         write(&outside.join("y"), b"2");
         let roots = vec![inside.clone()];
         let cancel = Cancel::default();
-        let msg = |r: Result<Value, Failure>| match r {
-            Err(Failure::Failed { error, .. }) => error,
-            _ => panic!("expected a failure"),
-        };
-        let e = msg(copy_all(
-            &[outside.join("y")],
-            &inside.join("z"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        // The error of copying `src` to `dst`, which must fail.
+        let refused =
+            |src: PathBuf, dst: PathBuf| match copy_all(&[src], &dst, true, &roots, &cancel) {
+                Err(Failure::Failed { error, .. }) => error,
+                _ => panic!("expected a failure"),
+            };
+        let e = refused(outside.join("y"), inside.join("z"));
         assert!(
             e.contains("elsewhere/y: source is outside the site's allowed transfer roots"),
             "{e}"
         );
-        let e = msg(copy_all(
-            &[inside.join("x")],
-            &outside.join("new/dir/x"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        let e = refused(inside.join("x"), outside.join("new/dir/x"));
         assert!(
             e.contains("elsewhere/new/dir/x: destination is outside"),
             "{e}"
@@ -372,39 +362,15 @@ mod tests {
         );
         // A symlink inside the root that points outside is refused too.
         std::os::unix::fs::symlink(&outside, inside.join("link")).unwrap();
-        let e = msg(copy_all(
-            &[inside.join("link/y")],
-            &inside.join("copy"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        let e = refused(inside.join("link/y"), inside.join("copy"));
         assert!(e.contains("source is outside"), "{e}");
         // `..` climbs out of a root: refused, both ways.
-        let e = msg(copy_all(
-            &[inside.join("../elsewhere/y")],
-            &inside.join("copy"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        let e = refused(inside.join("../elsewhere/y"), inside.join("copy"));
         assert!(e.contains("source is outside"), "{e}");
-        let e = msg(copy_all(
-            &[inside.join("x")],
-            &inside.join("../elsewhere/dotdot"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        let e = refused(inside.join("x"), inside.join("../elsewhere/dotdot"));
         assert!(e.contains("destination is outside"), "{e}");
         // So does writing through the symlink.
-        let e = msg(copy_all(
-            &[inside.join("x")],
-            &inside.join("link/through"),
-            true,
-            &roots,
-            &cancel,
-        ));
+        let e = refused(inside.join("x"), inside.join("link/through"));
         assert!(e.contains("destination is outside"), "{e}");
         assert!(!outside.join("dotdot").exists() && !outside.join("through").exists());
         // Within the roots all is well.
