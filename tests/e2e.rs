@@ -1957,13 +1957,7 @@ fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
     let env = Env::new();
     let (raw, qmap) = xpcs_dataset(&env);
     let analyse = |launcher: &[&str], out: &Path| -> Value {
-        let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
-        cmd.args(launcher.iter().skip(1));
-        // One host: OpenMPI needs no remote shell, but insists one exists.
-        cmd.env("OMPI_MCA_plm_rsh_agent", "false");
-        if !launcher.is_empty() {
-            cmd.arg(BIN);
-        }
+        let mut cmd = launched(launcher);
         let o = cmd
             .args(["kernel", "xpcs", "multitau", "--no-plots", "--json", "-r"])
             .arg(&raw)
@@ -1990,16 +1984,7 @@ fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
         serde_json::from_str(&text).unwrap()
     };
     let one = analyse(&[], &env.home.join("one"));
-    let two = analyse(
-        &[
-            "mpirun",
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "2",
-        ],
-        &env.home.join("two"),
-    );
+    let two = analyse(MPIRUN_TWO, &env.home.join("two"));
     assert_eq!(one["pixels"], two["pixels"]);
     assert_eq!(one["frames"], two["frames"]);
     assert_eq!(one["fits"], two["fits"]);
@@ -2011,6 +1996,27 @@ fn xpcs_multitau_shared_by_two_mpi_ranks_equals_one_process() {
     let (a, b) = (read(&one), read(&two));
     assert_same_g2(&a, &b);
     assert_eq!(bits(&a.saxs_2d), bits(&b.saxs_2d));
+}
+
+/// Two ranks on this machine.
+const MPIRUN_TWO: &[&str] = &[
+    "mpirun",
+    "--allow-run-as-root",
+    "--oversubscribe",
+    "-np",
+    "2",
+];
+
+/// `beamflow`, started by `launcher` when one is given (`&[]`: directly).
+fn launched(launcher: &[&str]) -> Command {
+    let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
+    cmd.args(launcher.iter().skip(1));
+    // One host: OpenMPI needs no remote shell, but insists one exists.
+    cmd.env("OMPI_MCA_plm_rsh_agent", "false");
+    if !launcher.is_empty() {
+        cmd.arg(BIN);
+    }
+    cmd
 }
 
 /// A synthetic XPCS dataset (96², 400 frames) in `env`: raw frames and qmap.
@@ -2073,13 +2079,7 @@ fn braggnn_training_over_two_mpi_ranks_matches_one_process() {
     // sits on at first within two epochs and keeps 0.091 px; the other
     // seeds of 0–7 were still on it after six (kept 0.23–0.28 px).
     let train = |launcher: &[&str], out: &Path| -> Value {
-        let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
-        cmd.args(launcher.iter().skip(1));
-        // One host: OpenMPI needs no remote shell, but insists one exists.
-        cmd.env("OMPI_MCA_plm_rsh_agent", "false");
-        if !launcher.is_empty() {
-            cmd.arg(BIN);
-        }
+        let mut cmd = launched(launcher);
         cmd.args(["kernel", "braggnn", "train", "--json", "--device", "cpu"])
             .args([
                 "--epochs", "6", "--batch", "32", "--lr", "1e-3", "--seed", "2",
@@ -2107,16 +2107,7 @@ fn braggnn_training_over_two_mpi_ranks_matches_one_process() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
     };
     let one = train(&[], &env.home.join("one"));
-    let two = train(
-        &[
-            "mpirun",
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "2",
-        ],
-        &env.home.join("two"),
-    );
+    let two = train(MPIRUN_TWO, &env.home.join("two"));
     assert_eq!(one["ranks"], 1);
     assert_eq!(two["ranks"], 2);
     // The two ranks on this machine share its cores instead of each

@@ -60,11 +60,6 @@ impl Capacity {
         }
     }
 
-    /// The pilot's resources as it registered them.
-    pub fn total(&self) -> Resources {
-        self.per_node
-    }
-
     /// True when some variant of `req` fits this pilot when it is idle.
     pub fn could_ever_run(&self, req: &ResourceRequest) -> bool {
         req.variants
