@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ENV := source .cache/env.sh
 CARGO_FLAGS := --release --locked
 
-.PHONY: setup build demo test lint bench clean
+.PHONY: setup build demo test lint bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,14 @@ bench: build
 	@$(ENV) && ./target/release/beamflow bench hedm --frames 16 --json
 	@$(ENV) && ./target/release/beamflow bench ptycho --json
 	@$(ENV) && ./target/release/beamflow bench braggnn --json
+
+# Fuzzes the readers of user input (flows, site configs, pilot frames, the
+# kernels' HDF5 input): FUZZ_TARGET (default all) for FUZZ_SECONDS each.
+# Not part of `make test`, which replays the committed corpus instead.
+FUZZ_TARGET ?= all
+FUZZ_SECONDS ?= 120
+fuzz: setup
+	@bash scripts/fuzz.sh $(FUZZ_TARGET) $(FUZZ_SECONDS)
 
 clean:
 	cargo clean

@@ -131,3 +131,124 @@ pub struct TaskResult {
     pub started_us: i64,
     pub finished_us: i64,
 }
+
+/// Longest time a frame may carry for a step timeout or the heartbeat
+/// interval: a year, in seconds (`Duration` and the µs clocks hold it).
+pub const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// Latest time a frame may carry, µs since the epoch: 2^53, where doubles
+/// stop counting every µs (year 2255). Negative times are refused too.
+pub const MAX_TIME_US: i64 = 1 << 53;
+
+/// Largest count of cores or GPUs a frame may carry, as flows allow.
+pub const MAX_AMOUNT: u32 = 1_000_000;
+
+/// Decodes one frame from a pilot: a JSON array of messages whose numbers
+/// are all in range. The error names the message and field at fault.
+pub fn decode_from_pilot(text: &str) -> Result<Vec<FromPilot>, String> {
+    let msgs: Vec<FromPilot> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    for (i, m) in msgs.iter().enumerate() {
+        check_from_pilot(m).map_err(|e| format!("message {i}: {e}"))?;
+    }
+    Ok(msgs)
+}
+
+/// Decodes one frame from the server, as [`decode_from_pilot`] does.
+pub fn decode_to_pilot(text: &str) -> Result<Vec<ToPilot>, String> {
+    let msgs: Vec<ToPilot> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    for (i, m) in msgs.iter().enumerate() {
+        check_to_pilot(m).map_err(|e| format!("message {i}: {e}"))?;
+    }
+    Ok(msgs)
+}
+
+fn check_time(field: &str, t: i64) -> Result<(), String> {
+    if (0..=MAX_TIME_US).contains(&t) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {t} is not a time in µs since the epoch (0 to {MAX_TIME_US})"
+        ))
+    }
+}
+
+fn check_seconds(field: &str, s: f64) -> Result<(), String> {
+    if (0.0..=MAX_SECONDS).contains(&s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {s:?} is not a number of seconds (0 to {MAX_SECONDS})"
+        ))
+    }
+}
+
+fn check_resources(field: &str, r: &Resources) -> Result<(), String> {
+    for (what, v) in [("cpus", r.cpus), ("gpus", r.gpus)] {
+        if v > MAX_AMOUNT {
+            return Err(format!("{field}.{what}: {v} is more than {MAX_AMOUNT}"));
+        }
+    }
+    if r.memory_mb > crate::flow::MAX_MEMORY_MB {
+        return Err(format!(
+            "{field}.memory_mb: {} is more than {}",
+            r.memory_mb,
+            crate::flow::MAX_MEMORY_MB
+        ));
+    }
+    for (what, v) in [("nodes", r.nodes), ("ranks_per_node", r.ranks_per_node)] {
+        if !(1..=MAX_AMOUNT).contains(&v) {
+            return Err(format!("{field}.{what}: {v} is not from 1 to {MAX_AMOUNT}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_from_pilot(m: &FromPilot) -> Result<(), String> {
+    match m {
+        FromPilot::Hello { info, .. } => {
+            check_resources("hello.info.resources", &info.resources)?;
+            if let Some(t) = info.walltime_end_us {
+                check_time("hello.info.walltime_end_us", t)?;
+            }
+            Ok(())
+        }
+        FromPilot::Started { at_us, .. } => check_time("started.at_us", *at_us),
+        FromPilot::Finished(r) => {
+            check_time("finished.started_us", r.started_us)?;
+            check_time("finished.finished_us", r.finished_us)?;
+            if !r.outputs.is_object() {
+                return Err("finished.outputs: must be a JSON object".into());
+            }
+            Ok(())
+        }
+        FromPilot::Returned { .. }
+        | FromPilot::Draining { .. }
+        | FromPilot::Heartbeat
+        | FromPilot::Bye { .. } => Ok(()),
+    }
+}
+
+fn check_to_pilot(m: &ToPilot) -> Result<(), String> {
+    match m {
+        ToPilot::Welcome { heartbeat_s, .. } => check_seconds("welcome.heartbeat_s", *heartbeat_s),
+        ToPilot::Tasks { tasks } => {
+            for (i, t) in tasks.iter().enumerate() {
+                let at = format!("tasks[{i}] (attempt {})", t.attempt);
+                if let Some(s) = t.timeout_s {
+                    check_seconds(&format!("{at}.timeout_s"), s)?;
+                }
+                if t.resources.variants.is_empty() {
+                    return Err(format!("{at}.resources: no variant"));
+                }
+                for (j, v) in t.resources.variants.iter().enumerate() {
+                    check_resources(&format!("{at}.resources.variants[{j}]"), v)?;
+                }
+                if !t.params.is_object() {
+                    return Err(format!("{at}.params: must be a JSON object"));
+                }
+            }
+            Ok(())
+        }
+        ToPilot::Cancel { .. } | ToPilot::Ack { .. } | ToPilot::Refused { .. } => Ok(()),
+    }
+}

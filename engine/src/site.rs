@@ -450,6 +450,27 @@ impl SiteConfig {
             if t.cpus_per_node == Some(0) {
                 bad(table.clone(), "cpus_per_node", "must be at least 1".into());
             }
+            // Flows ask for at most a million of anything; a node with more
+            // GPUs than 1024 or more threads per core than 16 is a typo (and
+            // job scripts list every GPU index).
+            for (key, v, max) in [
+                ("nodes", t.nodes, 1_000_000),
+                ("max_nodes", t.max_nodes, 1_000_000),
+                ("cpus_per_node", t.cpus_per_node, 1_000_000),
+                ("gpus_per_node", t.gpus_per_node, 1024),
+                ("threads_per_core", t.threads_per_core, 16),
+            ] {
+                if let Some(v) = v.filter(|&v| v > max) {
+                    bad(table.clone(), key, format!("{v} is more than {max}"));
+                }
+            }
+            if t.threads_per_core == Some(0) {
+                bad(
+                    table.clone(),
+                    "threads_per_core",
+                    "must be at least 1".into(),
+                );
+            }
             let scheduler = if t.manual {
                 Scheduler::Local
             } else {
@@ -659,14 +680,26 @@ pub fn parse_walltime(s: &str) -> Result<u64, String> {
         }
         let mut secs = 0u64;
         for p in &parts {
-            secs = secs * 60 + p.parse::<u64>().map_err(|_| bad())?;
+            let v = p.parse::<u64>().map_err(|_| bad())?;
+            secs = secs
+                .checked_mul(60)
+                .and_then(|s| s.checked_add(v))
+                .ok_or_else(bad)?;
         }
-        if parts.len() == 2 {
-            // MM:SS
+        let total = days
+            .checked_mul(86400)
+            .and_then(|d| d.checked_add(secs))
+            .ok_or_else(bad)?;
+        if total as f64 > crate::flow::MAX_DURATION_S {
+            return Err(format!("`{s}` is longer than a year"));
         }
-        return Ok(days * 86400 + secs);
+        return Ok(total);
     }
-    let secs = crate::flow::parse_duration(t).map_err(|_| bad())?;
+    let secs = match crate::flow::parse_duration(t) {
+        Ok(secs) => secs,
+        Err(e) if e.ends_with("is longer than a year") => return Err(e),
+        Err(_) => return Err(bad()),
+    };
     if secs < 1.0 {
         return Err(bad());
     }
@@ -737,6 +770,19 @@ mod tests {
         assert_eq!(parse_walltime("2h"), Ok(7200));
         assert!(parse_walltime("1:xx:00").is_err());
         assert!(parse_walltime("soon").is_err());
+        assert_eq!(parse_walltime("365-00:00:00"), Ok(365 * 86400));
+        assert_eq!(
+            parse_walltime("99999999999999999:00:00"),
+            Err("`99999999999999999:00:00` is not a walltime; write HH:MM:SS or e.g. \"30m\", \"2h\"".into())
+        );
+        assert_eq!(
+            parse_walltime("366-00:00:00"),
+            Err("`366-00:00:00` is longer than a year".into())
+        );
+        assert_eq!(
+            parse_walltime("400d"),
+            Err("`400d` is longer than a year".into())
+        );
         assert_eq!(fmt_walltime(3723), "01:02:03");
         assert_eq!(fmt_walltime(90000), "25:00:00");
     }

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod braggnn;
 pub mod builtin;
 pub mod gpu;
+pub mod h5check;
 pub mod hedm;
 pub mod inherit;
 pub mod machine;

@@ -1158,17 +1158,29 @@ fn check_variable(
     }
 }
 
-/// `"90s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds.
+/// Longest duration a flow, site or command line may give: a year, in
+/// seconds. Longer ones are typos, and would overflow the µs clocks and
+/// `Duration`s they end up in.
+pub const MAX_DURATION_S: f64 = 365.0 * 86_400.0;
+
+/// Largest amount of memory a flow or site may give, in MB (1 PiB).
+pub const MAX_MEMORY_MB: u64 = 1 << 30;
+
+/// `"90s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds; at most a year.
 pub fn parse_duration(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    if let Ok(x) = t.parse::<f64>() {
-        if x.is_finite() && x >= 0.0 {
-            return Ok(x);
-        }
+    let secs = match t.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => x,
+        _ => humantime::parse_duration(t)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| {
+                format!("`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"2h\"")
+            })?,
+    };
+    if secs > MAX_DURATION_S {
+        return Err(format!("`{s}` is longer than a year"));
     }
-    humantime::parse_duration(t)
-        .map(|d| d.as_secs_f64())
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"2h\""))
+    Ok(secs)
 }
 
 /// `"512MB"`, `"4GB"`, `"1.5 GiB"`, or a bare number of megabytes.
@@ -1192,7 +1204,11 @@ pub fn parse_memory_mb(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    Ok((x * mult).ceil() as u64)
+    let mb = (x * mult).ceil();
+    if mb > MAX_MEMORY_MB as f64 {
+        return Err(format!("`{s}` is more than {MAX_MEMORY_MB} MB (1 PiB)"));
+    }
+    Ok(mb as u64)
 }
 
 pub(crate) fn toml_to_json(v: &toml::Value) -> Value {
@@ -1355,5 +1371,15 @@ params = { argv = ["true"] }
         assert_eq!(parse_memory_mb("4GB").unwrap(), 4096);
         assert_eq!(parse_memory_mb("512").unwrap(), 512);
         assert!(parse_memory_mb("4 parsecs").is_err());
+        assert_eq!(parse_duration("365d").unwrap(), MAX_DURATION_S);
+        assert_eq!(
+            parse_duration("1e300").unwrap_err(),
+            "`1e300` is longer than a year"
+        );
+        assert_eq!(parse_memory_mb("1024TB").unwrap(), MAX_MEMORY_MB);
+        assert_eq!(
+            parse_memory_mb("99999999999999999999TB").unwrap_err(),
+            "`99999999999999999999TB` is more than 1073741824 MB (1 PiB)"
+        );
     }
 }

@@ -627,7 +627,7 @@ async fn connection(
                 });
                 while let Some(frame) = stream.next().await {
                     match frame {
-                        Ok(Message::Text(t)) => match serde_json::from_str::<Vec<ToPilot>>(&t) {
+                        Ok(Message::Text(t)) => match crate::protocol::decode_to_pilot(&t) {
                             Ok(msgs) => {
                                 if ev.send(Ev::Frame(msgs)).is_err() {
                                     return;

@@ -31,7 +31,7 @@ async fn serve(mut socket: WebSocket, app: App) {
         Ok(Some(Ok(Message::Text(t)))) => t,
         _ => return refuse(&mut socket, "expected a hello frame".into()).await,
     };
-    let mut msgs: Vec<FromPilot> = match serde_json::from_str(&first) {
+    let mut msgs: Vec<FromPilot> = match crate::protocol::decode_from_pilot(&first) {
         Ok(m) => m,
         Err(e) => return refuse(&mut socket, format!("bad hello frame: {e}")).await,
     };
@@ -99,7 +99,7 @@ async fn serve(mut socket: WebSocket, app: App) {
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
-        match serde_json::from_str::<Vec<FromPilot>>(&text) {
+        match crate::protocol::decode_from_pilot(&text) {
             Ok(msgs) => {
                 if app
                     .core

@@ -98,7 +98,9 @@ pub struct Report {
     pub cols: usize,
 }
 
-fn image(path: &Path, what: &str) -> Result<Vec<f32>, String> {
+/// A dark or flood image: the mean of the frames of `/entry/data/data`, or
+/// of the first dataset at the root; errors start with `what`.
+pub fn image(path: &Path, what: &str) -> Result<Vec<f32>, String> {
     Stack::open(path, None)
         .or_else(|_| {
             // Dark/flood files often keep their image at the root.

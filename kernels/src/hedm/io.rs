@@ -53,6 +53,7 @@ impl Stack {
                 ))
             }
         };
+        crate::h5check::whole(&ds).map_err(|e| err(path, &name, e))?;
         let desc = ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -205,10 +206,9 @@ pub fn write_table_h5(
 /// Reads a table written by [`write_peaks_h5`]: the rows, in column order.
 pub fn read_peaks_h5(path: &Path) -> Result<Vec<[f64; 30]>, String> {
     let f = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
-    let a = f
-        .dataset("peaks")
-        .and_then(|d| d.read_2d::<f64>())
-        .map_err(|e| err(path, "/peaks", e))?;
+    let d = f.dataset("peaks").map_err(|e| err(path, "/peaks", e))?;
+    crate::h5check::whole(&d).map_err(|e| err(path, "/peaks", e))?;
+    let a = d.read_2d::<f64>().map_err(|e| err(path, "/peaks", e))?;
     if a.ncols() != COLUMNS.len() {
         return Err(err(
             path,

@@ -93,26 +93,7 @@ impl Config {
                 .truth_probe
                 .clone()
                 .ok_or_else(|| format!("{}: no /truth/probe", self.data.display()))?,
-            path => {
-                let p = Path::new(path);
-                let f = hdf5::File::open(p).map_err(|e| format!("probe: {path}: {e}"))?;
-                let d = f
-                    .dataset("probe")
-                    .map_err(|e| format!("probe: {path}: probe: {e}"))?;
-                let s = d.shape();
-                let v = d
-                    .read_raw::<Complex32>()
-                    .map_err(|e| format!("probe: {path}: probe: {e}"))?;
-                let n = *s.last().unwrap_or(&0);
-                if n == 0 || v.len() % (n * n) != 0 {
-                    return Err(format!("probe: {path}: shape {s:?} is not (modes,) n × n"));
-                }
-                Probe {
-                    n,
-                    modes: v.len() / (n * n),
-                    data: v,
-                }
-            }
+            path => io::read_probe_file(Path::new(path)).map_err(|e| format!("probe: {e}"))?,
         };
         let probe = Probe {
             modes: 1,

@@ -35,20 +35,65 @@ fn shape(f: &File, path: &Path, name: &str) -> Result<Vec<usize>, String> {
         .map_err(|e| err(path, name, e))
 }
 
+/// Largest diffraction pattern or probe side read: 65536 pixels.
+pub const MAX_PATTERN: usize = 1 << 16;
+
+/// Largest object (or scan extent) a file may ask for: 2^30 pixels, 8 GiB
+/// of complex values.
+pub const MAX_OBJECT_PIXELS: usize = 1 << 30;
+
+/// The dataset `name`, checked to be readable whole (see `h5check`).
+fn dataset(f: &File, path: &Path, name: &str) -> Result<hdf5::Dataset, String> {
+    let d = f.dataset(name).map_err(|e| err(path, name, e))?;
+    crate::h5check::whole(&d).map_err(|e| err(path, name, e))?;
+    Ok(d)
+}
+
 fn read_f32(f: &File, path: &Path, name: &str) -> Result<Vec<f32>, String> {
-    f.dataset(name)
-        .and_then(|d| d.read_raw::<f32>())
+    dataset(f, path, name)?
+        .read_raw::<f32>()
         .map_err(|e| err(path, name, e))
 }
 
 fn read_f64(f: &File, path: &Path, name: &str) -> Result<Vec<f64>, String> {
-    f.dataset(name)
-        .and_then(|d| d.read_raw::<f64>())
+    dataset(f, path, name)?
+        .read_raw::<f64>()
         .map_err(|e| err(path, name, e))
 }
 
+/// Refuses patterns that are not square, or larger than [`MAX_PATTERN`].
+fn check_pattern(path: &Path, name: &str, n: usize, n2: usize) -> Result<(), String> {
+    if n != n2 {
+        return Err(err(
+            path,
+            name,
+            format!("patterns are {n}×{n2}, not square"),
+        ));
+    }
+    if n > MAX_PATTERN {
+        return Err(err(
+            path,
+            name,
+            format!("patterns of {n}×{n} are larger than {MAX_PATTERN}×{MAX_PATTERN}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an object larger than [`MAX_OBJECT_PIXELS`].
+fn check_object(path: &Path, what: &str, (rows, cols): (usize, usize)) -> Result<(), String> {
+    if rows.saturating_mul(cols) > MAX_OBJECT_PIXELS {
+        return Err(err(
+            path,
+            what,
+            format!("an object of {rows}×{cols} pixels is larger than {MAX_OBJECT_PIXELS} pixels"),
+        ));
+    }
+    Ok(())
+}
+
 fn read_c32(f: &File, path: &Path, name: &str) -> Result<(Vec<Complex32>, Vec<usize>), String> {
-    let d = f.dataset(name).map_err(|e| err(path, name, e))?;
+    let d = dataset(f, path, name)?;
     let v = d
         .read_raw::<Complex32>()
         .map_err(|e| err(path, name, format!("{e} (expected complex {{r, i}})")))?;
@@ -71,10 +116,40 @@ fn read_probe(f: &File, path: &Path, name: &str) -> Result<Probe, String> {
             ))
         }
     };
+    // The first `modes` n × n blocks: an empty leading axis holds none.
+    let len = n.checked_mul(n).and_then(|nn| nn.checked_mul(modes));
+    if modes == 0 || n == 0 || len.is_none_or(|len| len > v.len()) {
+        return Err(err(
+            path,
+            name,
+            format!("probe shape {s:?} holds no n × n mode"),
+        ));
+    }
     Ok(Probe {
         n,
         modes,
         data: v[..modes * n * n].to_vec(),
+    })
+}
+
+/// A probe file given as `probe = "PATH"`: a complex dataset `/probe`
+/// whose last axis is n, taken as `len / n²` modes of n × n.
+pub fn read_probe_file(path: &Path) -> Result<Probe, String> {
+    let f = open(path)?;
+    let (v, s) = read_c32(&f, path, "probe")?;
+    let n = *s.last().unwrap_or(&0);
+    let nn = n.checked_mul(n).filter(|_| n <= MAX_PATTERN).unwrap_or(0);
+    if nn == 0 || v.is_empty() || v.len() % nn != 0 {
+        return Err(err(
+            path,
+            "probe",
+            format!("shape {s:?} is not (modes,) n × n"),
+        ));
+    }
+    Ok(Probe {
+        n,
+        modes: v.len() / nn,
+        data: v,
     })
 }
 
@@ -109,13 +184,7 @@ pub fn read(path: &Path, meta: Option<&Path>) -> Result<Loaded, String> {
             format!("shape {s:?} is not (N, n, n)"),
         ));
     };
-    if n != n2 {
-        return Err(err(
-            path,
-            "data/intensities",
-            format!("patterns are {n}×{n2}, not square"),
-        ));
-    }
+    check_pattern(path, "data/intensities", n, n2)?;
     let intensities = read_f32(&f, path, "data/intensities")?;
     let truth_object = match f.dataset("truth/object") {
         Ok(_) => {
@@ -138,10 +207,18 @@ pub fn read(path: &Path, meta: Option<&Path>) -> Result<Loaded, String> {
     let object_shape = match (&truth_object, f.attr("object_shape")) {
         (Some(o), _) => (o.rows, o.cols),
         (None, Ok(a)) => {
+            if a.shape().iter().product::<usize>() != 2 {
+                return Err(err(
+                    path,
+                    "object_shape",
+                    format!("shape {:?} is not 2 values (rows, cols)", a.shape()),
+                ));
+            }
             let v = a
                 .read_raw::<u64>()
                 .map_err(|e| err(path, "object_shape", e))?;
-            (v[0] as usize, v[1] as usize)
+            let side = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
+            (side(v[0]), side(v[1]))
         }
         (None, Err(_)) => (0, 0),
     };
@@ -165,14 +242,19 @@ pub fn read(path: &Path, meta: Option<&Path>) -> Result<Loaded, String> {
         } else {
             Data::shape_for(&c, n, 16)
         };
+        check_object(path, "positions/px_center_yx", shape)?;
         Data::from_centres(&intensities, n, &c, shape)
     } else if let Some(c) = positions("positions/px_corner_yx")? {
         let shape = if object_shape.0 > 0 {
             object_shape
         } else {
-            let ext = |k: usize| c.iter().map(|p| p[k].round() as usize).max().unwrap_or(0) + n;
+            let ext = |k: usize| {
+                let far = c.iter().map(|p| p[k].round() as usize).max().unwrap_or(0);
+                far.saturating_add(n)
+            };
             (ext(0), ext(1))
         };
+        check_object(path, "positions/px_corner_yx", shape)?;
         Data::from_corners(&intensities, n, &c, shape)
     } else {
         return Err(format!(
@@ -189,6 +271,7 @@ pub fn read(path: &Path, meta: Option<&Path>) -> Result<Loaded, String> {
     };
     let truth_mask = match f.dataset("truth/illumination_mask") {
         Ok(d) => {
+            crate::h5check::whole(&d).map_err(|e| err(path, "truth/illumination_mask", e))?;
             let v = d
                 .read_raw::<u8>()
                 .or_else(|_| {
@@ -214,13 +297,7 @@ fn read_ptychodus(dp: &File, path: &Path, meta: &Path) -> Result<Loaded, String>
     let [count, n, n2] = s[..] else {
         return Err(err(path, "dp", format!("shape {s:?} is not (N, n, n)")));
     };
-    if n != n2 {
-        return Err(err(
-            path,
-            "dp",
-            format!("patterns are {n}×{n2}, not square"),
-        ));
-    }
+    check_pattern(path, "dp", n, n2)?;
     let intensities = read_f32(dp, path, "dp")?;
     let m = open(meta)?;
     let probe = read_probe(&m, meta, "probe")?;
@@ -260,6 +337,7 @@ fn read_ptychodus(dp: &File, path: &Path, meta: &Path) -> Result<Loaded, String>
         ));
     }
     let centres: Vec<[f64; 2]> = y.iter().zip(&x).map(|(y, x)| [y / ph, x / pw]).collect();
+    check_object(meta, "object", (rows, cols))?;
     let data = Data::from_centres(&intensities, n, &centres, (rows, cols))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if probe.n != n {

@@ -195,11 +195,11 @@ impl Data {
         corners_yx: &[[f64; 2]],
         shape: (usize, usize),
     ) -> Result<Data, String> {
-        let nn = n * n;
+        let nn = n.saturating_mul(n);
         if n < 2 || !n.is_multiple_of(2) {
             return Err(format!("patterns are {n}×{n}: the size must be even"));
         }
-        if intensities.len() != corners_yx.len() * nn {
+        if corners_yx.len().checked_mul(nn) != Some(intensities.len()) {
             return Err(format!(
                 "{} patterns of {n}×{n} but {} positions",
                 intensities.len() / nn.max(1),
@@ -223,7 +223,11 @@ impl Data {
             }
             let (r, k) = (c[0].round(), c[1].round());
             rounding = rounding.max((r - c[0]).hypot(k - c[1]));
-            if r < 0.0 || k < 0.0 || r as usize + n > shape.0 || k as usize + n > shape.1 {
+            if r < 0.0
+                || k < 0.0
+                || (r as usize).saturating_add(n) > shape.0
+                || (k as usize).saturating_add(n) > shape.1
+            {
                 return Err(format!(
                     "position {j}: the {n}×{n} patch at corner ({r}, {k}) leaves the {}×{} object",
                     shape.0, shape.1
@@ -262,9 +266,14 @@ impl Data {
                     (a.min(p[k]), b.max(p[k]))
                 });
             // Symmetric about the centre, since offsets are from it.
+            // Saturating: a far-off (or infinite) position asks for an
+            // object that the caller refuses by its size.
             let half = lo.abs().max(hi.abs()).ceil() as usize;
-            let len = 2 * half + n + 2 * margin;
-            len + len % 2
+            let len = half
+                .saturating_mul(2)
+                .saturating_add(n)
+                .saturating_add(margin.saturating_mul(2));
+            len.saturating_add(len % 2)
         };
         (span(0), span(1))
     }

@@ -49,6 +49,7 @@ impl RawFile {
                 format!("expected 3 dimensions (frames, height, width), found shape {shape:?}"),
             ));
         };
+        crate::h5check::whole(&ds).map_err(|e| err(path, RAW_DATASET, e))?;
         let desc = ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -81,13 +82,13 @@ impl RawFile {
 
     /// Frames `start..start + count`, whole, in the stored count type.
     pub fn read_frames(&self, start: usize, count: usize) -> Result<Frames, String> {
-        if start + count > self.frames {
+        if start.checked_add(count).is_none_or(|end| end > self.frames) {
             return Err(err(
                 &self.path,
                 RAW_DATASET,
                 format!(
                     "frames {start}..{} requested, the file has {}",
-                    start + count,
+                    start as u128 + count as u128,
                     self.frames
                 ),
             ));
@@ -225,6 +226,7 @@ pub fn read_qmap_group(path: &Path, group: &str) -> Result<QMap, String> {
                 format!("expected a 2-D map, found shape {:?}", ds.shape()),
             ));
         }
+        crate::h5check::whole(&ds).map_err(|e| err(path, &full, e))?;
         ds.read_2d::<u32>().map_err(|e| err(path, &full, e))
     };
     let dq = read_map("dynamic_roi_map")?;
@@ -244,7 +246,11 @@ pub fn read_qmap_group(path: &Path, group: &str) -> Result<QMap, String> {
         }
     }
     let bin_q = |kind: &str| -> Vec<f64> {
-        let read = |name: &str| file.dataset(&format!("{group}/{kind}_{name}")).ok();
+        let read = |name: &str| {
+            file.dataset(&format!("{group}/{kind}_{name}"))
+                .ok()
+                .filter(|d| crate::h5check::whole(d).is_ok())
+        };
         let centres = read("v_list_dim0")
             .and_then(|d| d.read_raw::<f64>().ok())
             .unwrap_or_default();
@@ -508,6 +514,8 @@ pub fn read_frame_time(path: &Path) -> Result<f64, String> {
         .and_then(|d| {
             if d.ndim() == 0 {
                 d.read_scalar()
+            } else if let Err(e) = crate::h5check::whole(&d) {
+                Err(hdf5::Error::from(e.as_str()))
             } else {
                 d.read_raw::<f64>().and_then(|v| {
                     v.first()
