@@ -72,6 +72,9 @@ enum Cmd {
     /// the home token without restarting anything.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Keeping the server's store in bounds (admin token).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// List the native kernels flows can use.
     #[command(subcommand)]
     Kernel(KernelCmd),
@@ -141,6 +144,25 @@ enum TokenCmd {
     Rotate {
         #[arg(long, default_value = "10m", value_parser = duration)]
         grace: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Delete finished runs (their attempts and events), pilots gone and
+    /// log lines older than the cut-off from the store, after writing the
+    /// runs to an archive file beside it (HOME/archive/*.jsonl). Catalog
+    /// records and the runs' directories stay.
+    Prune {
+        /// Age of the newest run that goes, e.g. 30d, 12h.
+        #[arg(long, value_parser = duration)]
+        older_than: Duration,
+        /// Delete without writing the archive.
+        #[arg(long)]
+        no_archive: bool,
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -408,8 +430,9 @@ struct BenchArgs {
     /// search and fit), `ptycho` (engines' time per iteration and error) or
     /// `alloc` (wait for a pilot submitted through the site's batch
     /// scheduler) or `braggnn` (inference and training throughput in
-    /// libtorch, ONNX Runtime and PyTorch; frames end to end).
-    #[arg(value_parser = ["suite", "compare", "engine", "xpcs", "alloc", "hedm", "ptycho", "braggnn"], default_value = "suite")]
+    /// libtorch, ONNX Runtime and PyTorch; frames end to end) or `store`
+    /// (the database's writes, reads and pruning at `--tasks` attempts).
+    #[arg(value_parser = ["suite", "compare", "engine", "xpcs", "alloc", "hedm", "ptycho", "braggnn", "store"], default_value = "suite")]
     name: String,
     /// compare: the two `beamflow bench --json` results, A then B.
     files: Vec<PathBuf>,
@@ -476,7 +499,8 @@ struct BenchArgs {
     /// xpcs, hedm: keep (and reuse) the generated dataset in this directory.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// noop kernel tasks in the throughput burst.
+    /// engine: noop kernel tasks in the throughput burst; store: attempts
+    /// written before the reads are timed (e.g. 1000000).
     #[arg(long, default_value_t = 20000)]
     tasks: usize,
     /// `shell true` tasks in the throughput burst.
@@ -874,6 +898,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             token_cmd(t, &client()?, cli.json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Admin(AdminCmd::Prune {
+            older_than,
+            no_archive,
+            dry_run,
+        }) => {
+            let v: Value = client()?
+                .post(
+                    "/api/admin/prune",
+                    &json!({
+                        "older_than_s": older_than.as_secs_f64(),
+                        "archive": !no_archive,
+                        "dry_run": dry_run,
+                    }),
+                )
+                .await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{} {} runs ({} attempts, {} events) that finished before {} in {:.1} s{}",
+                    if dry_run { "would prune" } else { "pruned" },
+                    v["runs"],
+                    v["attempts"],
+                    v["events"],
+                    crate::util::fmt_ts(v["before_us"].as_i64().unwrap_or(0)),
+                    v["seconds"].as_f64().unwrap_or(0.0),
+                    match v["archive"].as_str() {
+                        Some(p) => format!("; archived to {p}"),
+                        None => String::new(),
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ui => {
             let c = client()?;
             // A wrong token or a stopped server is said here, not in the browser.
@@ -1074,6 +1132,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 frames: b.frames.unwrap_or(4),
             };
             let out = tokio::task::spawn_blocking(move || crate::braggnn::bench(spec)).await??;
+            print_report(&out, cli.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) if b.name == "store" => {
+            let tasks = b.tasks;
+            let out = tokio::task::spawn_blocking(move || {
+                crate::bench::store::store(crate::bench::store::StoreBench { tasks, dir: None })
+            })
+            .await??;
             print_report(&out, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }

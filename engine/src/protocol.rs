@@ -110,6 +110,10 @@ pub struct TaskSpec {
     pub task_dir: String,
     pub timeout_s: Option<f64>,
     pub resources: ResourceRequest,
+    /// A kernel step runs in a process of its own: the flow asked for it,
+    /// or an earlier attempt's pilot died while running it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolate: bool,
 }
 
 /// How an attempt ended.

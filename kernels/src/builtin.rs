@@ -1,5 +1,7 @@
 //! Kernels that do no science: `noop` measures the engine's own cost per task,
-//! `sleep` stands in for a compute step of known length in tests and demos.
+//! `sleep` stands in for a compute step of known length in tests and demos,
+//! `fault` fails on purpose so a site can see what a crashing step does to
+//! its pilots (and the fault-injection tests can make one crash).
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,60 @@ impl Kernel for Sleep {
     }
 }
 
+/// Fails the way `mode` says: `error` (an ordinary kernel error), `panic`,
+/// `abort` (SIGABRT) or `segfault` (SIGSEGV). In-process, the last two take
+/// the whole process with them; that is what `isolate = true` is for.
+pub struct Fault;
+
+impl Kernel for Fault {
+    fn name(&self) -> &'static str {
+        "fault"
+    }
+    fn summary(&self) -> &'static str {
+        "fails on purpose (`mode` = error, panic, abort or segfault) to test isolation and recovery"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn params(&self) -> &'static [&'static str] {
+        &["mode"]
+    }
+    fn run(&self, params: &Value, _ctx: &KernelContext) -> Result<Value, KernelError> {
+        let mode = match params.get("mode") {
+            None | Some(Value::Null) => "error",
+            Some(Value::String(s)) => s.as_str(),
+            Some(v) => {
+                return Err(KernelError::param(
+                    "mode",
+                    format!("expected a string, got {v}"),
+                ))
+            }
+        };
+        match mode {
+            "error" => Err(KernelError::Failed(
+                "failed on purpose (mode = error)".into(),
+            )),
+            "panic" => panic!("fault kernel: panicking on purpose (mode = panic)"),
+            "abort" => std::process::abort(),
+            "segfault" => {
+                // SAFETY: no memory effects. The Rust runtime catches SIGSEGV
+                // (to report stack overflows) and returns from its handler;
+                // with the default action restored the signal ends the
+                // process, as a real invalid access would.
+                unsafe {
+                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                    libc::raise(libc::SIGSEGV);
+                }
+                unreachable!("SIGSEGV was raised and did not end the process")
+            }
+            other => Err(KernelError::param(
+                "mode",
+                format!("`{other}` is not one of error, panic, abort, segfault"),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +153,20 @@ mod tests {
             .run(&json!({"seconds": 30}), &ctx(cancel))
             .unwrap_err();
         assert!(matches!(err, KernelError::Cancelled));
+    }
+
+    #[test]
+    fn fault_fails_as_asked_and_names_unknown_modes() {
+        let err = Fault.run(&json!({}), &ctx(Arc::default())).unwrap_err();
+        assert_eq!(err.to_string(), "failed on purpose (mode = error)");
+        let err = Fault
+            .run(&json!({"mode": "melt"}), &ctx(Arc::default()))
+            .unwrap_err();
+        assert!(err.to_string().contains("`melt` is not one of"), "{err}");
+        let panicked = std::panic::catch_unwind(|| {
+            let _ = Fault.run(&json!({"mode": "panic"}), &ctx(Arc::default()));
+        });
+        assert!(panicked.is_err());
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn kernels() -> &'static [&'static dyn Kernel] {
     static ALL: &[&dyn Kernel] = &[
         &crate::builtin::Noop,
         &crate::builtin::Sleep,
+        &crate::builtin::Fault,
         &steps::SyntheticStep,
         &steps::MetadataStep,
         &steps::MultitauStep,

@@ -1,6 +1,8 @@
 //! `kernel`: a native kernel from the registry, in-process on a blocking
-//! thread — or, for a step on several nodes, as MPI ranks of
-//! `beamflow kernel step NAME --mpi` started by the site's launcher.
+//! thread — or apart from the pilot as `beamflow kernel step NAME`: in a
+//! process of its own for an isolated step (so a crash fails the step, not
+//! the pilot), as MPI ranks started by the site's launcher for a step on
+//! several nodes.
 
 use serde_json::Value;
 
@@ -15,8 +17,8 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
             "unknown kernel `{name}` (this pilot is older than the flow?)"
         ))
     })?;
-    if let Some(launch) = &grant.launch {
-        return run_ranks(spec, &name, launch, grant, cancel).await;
+    if grant.launch.is_some() || spec.isolate {
+        return run_apart(spec, &name, grant, cancel).await;
     }
     let ctx = KernelContext::new(
         spec.task_dir.clone().into(),
@@ -35,12 +37,13 @@ pub async fn run(spec: &TaskSpec, grant: &Grant, cancel: &Cancel) -> Result<Valu
     }
 }
 
-/// The kernel as ranks on the granted nodes: the parameters go through a
-/// file in the attempt directory and rank 0 writes the outputs.
-async fn run_ranks(
+/// The kernel in processes of its own: one for an isolated step, ranks on
+/// the granted nodes through the launcher for a step on several. The
+/// parameters go through a file in the attempt directory; the (rank 0)
+/// process writes the outputs.
+async fn run_apart(
     spec: &TaskSpec,
     name: &str,
-    launch: &[String],
     grant: &Grant,
     cancel: &Cancel,
 ) -> Result<Value, Failure> {
@@ -51,13 +54,20 @@ async fn run_ranks(
         .map_err(|e| Failure::msg(format!("{}: {e}", params.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| Failure::msg(format!("the pilot's own executable: {e}")))?;
-    let (prog, args) = launch.split_first().expect("a launcher command");
     let per_rank = (grant.cpus / grant.ranks_per_node.max(1)).max(1);
-    let ranks = grant.hosts.len() * grant.ranks_per_node.max(1) as usize;
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args)
-        .arg(exe)
-        .args(["kernel", "step", name, "--mpi", "--params"])
+    let (mut cmd, what) = match &grant.launch {
+        Some(launch) => {
+            let (prog, args) = launch.split_first().expect("a launcher command");
+            let mut cmd = tokio::process::Command::new(prog);
+            cmd.args(args).arg(&exe);
+            (cmd, prog.clone())
+        }
+        None => (
+            tokio::process::Command::new(&exe),
+            exe.display().to_string(),
+        ),
+    };
+    cmd.args(["kernel", "step", name, "--params"])
         .arg(&params)
         .arg("--work-dir")
         .arg(dir)
@@ -65,10 +75,13 @@ async fn run_ranks(
         // is told where the outputs go on its command line.
         .arg("--outputs")
         .arg(dir.join("outputs.json"))
-        .args(["--threads", &per_rank.to_string()])
-        .args(["--ranks", &ranks.to_string()]);
-    let mut out = super::shell::run_process(cmd, &[], spec, grant, cancel, prog).await?;
-    if let Value::Object(m) = &mut out {
+        .args(["--threads", &per_rank.to_string()]);
+    if grant.launch.is_some() {
+        let ranks = grant.hosts.len() * grant.ranks_per_node.max(1) as usize;
+        cmd.args(["--mpi", "--ranks", &ranks.to_string()]);
+    }
+    let mut out = super::shell::run_process(cmd, &[], spec, grant, cancel, &what).await?;
+    if let (Value::Object(m), true) = (&mut out, grant.launch.is_some()) {
         m.insert("nodes".into(), grant.hosts.len().into());
     }
     Ok(out)

@@ -161,7 +161,17 @@ pub(super) async fn run_process(
     outputs.insert("stderr".into(), json!(stderr_path.display().to_string()));
     if !status.success() {
         let tail = tail_lines(&stderr_path, 5);
-        let mut error = format!("exit code {code}");
+        let mut error = {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(sig) => format!("killed by signal {sig} ({})", signal_name(sig)),
+                None => format!("exit code {code}"),
+            }
+        };
+        // A full disk also swallows the step's own complaint about it.
+        if let Some(full) = full_disk(dir) {
+            error.push_str(&format!("; {full}"));
+        }
         if !tail.is_empty() {
             error.push_str("; stderr ends with:\n");
             error.push_str(&tail);
@@ -190,6 +200,48 @@ pub(super) async fn run_process(
         }
     }
     Ok(Value::Object(outputs))
+}
+
+/// "No space left on device" with the file system's name, when the
+/// attempt's directory is on a full file system (blocks or inodes).
+fn full_disk(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is written by statvfs on success.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    let blocks_left = st.f_bavail as u64 * st.f_frsize as u64;
+    let full = blocks_left < 64 * 1024 || (st.f_files > 0 && st.f_favail == 0);
+    full.then(|| {
+        format!(
+            "No space left on device: the file system of {} has {} bytes free",
+            dir.display(),
+            blocks_left
+        )
+    })
+}
+
+/// What a signal that ended a step usually means, for its error message.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV: segmentation fault",
+        libc::SIGABRT => "SIGABRT: aborted",
+        libc::SIGBUS => "SIGBUS: bus error",
+        libc::SIGFPE => "SIGFPE: arithmetic fault",
+        libc::SIGILL => "SIGILL: illegal instruction",
+        libc::SIGKILL => "SIGKILL: killed, e.g. out of memory",
+        libc::SIGTERM => "SIGTERM: terminated",
+        libc::SIGINT => "SIGINT: interrupted",
+        libc::SIGXCPU => "SIGXCPU: CPU time limit",
+        libc::SIGXFSZ => "SIGXFSZ: file size limit",
+        libc::SIGPIPE => "SIGPIPE: broken pipe",
+        _ => "signal",
+    }
 }
 
 /// Whether an inherited variable looks like a secret: the pilot's own

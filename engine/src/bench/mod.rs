@@ -9,7 +9,8 @@
 //! [`compare`] sets two such files side by side.
 //!
 //! The single-kernel benches with their reference comparisons stay as they
-//! are: [`engine`] (`beamflow bench engine`), [`alloc`] (`bench alloc`), and
+//! are: [`engine`] (`beamflow bench engine`), [`alloc`] (`bench alloc`),
+//! [`store`] (`bench store`: the database at a million tasks), and
 //! `bench xpcs|hedm|ptycho|braggnn` in the kernels' own modules.
 
 pub mod alloc;
@@ -18,6 +19,7 @@ pub mod compare;
 pub mod engine;
 pub mod machine;
 pub mod roofline;
+pub mod store;
 pub mod suite;
 
 pub use engine::{engine, EngineBench};

@@ -132,6 +132,8 @@ struct RawStep {
     outputs: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     priority: Option<Spanned<i64>>,
+    #[serde(default)]
+    isolate: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -782,8 +784,17 @@ fn build_step(
         .priority
         .as_ref()
         .map(|p| build_priority(cx, p, &format!("{key}.priority")));
+    let isolate = s.isolate.as_ref().is_some_and(|i| *i.get_ref());
+    if let (Some(i), false) = (&s.isolate, action == ActionKind::Kernel) {
+        cx.err(
+            i.span(),
+            format!("{key}.isolate"),
+            "only kernel steps run in the pilot's process; other actions need no isolation",
+        );
+    }
     StepSpec {
         priority,
+        isolate,
         name: s.name.get_ref().clone(),
         action,
         kernel,

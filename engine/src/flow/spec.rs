@@ -172,6 +172,11 @@ pub struct StepSpec {
     /// Overrides the flow's priority for this step.
     #[serde(default)]
     pub priority: Option<i32>,
+    /// Run the kernel in a process of its own rather than in the pilot, so
+    /// a crash (abort, segfault, out of memory) fails this step instead of
+    /// ending the pilot and everything else it runs. Costs a process start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolate: bool,
 }
 
 impl StepSpec {

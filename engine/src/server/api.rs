@@ -37,6 +37,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/ui/code", post(super::ui::issue_code))
         .merge(super::api_alloc::routes())
         .merge(super::api_tokens::routes())
+        .merge(super::api_admin::routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/health", get(health))

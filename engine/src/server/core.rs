@@ -110,6 +110,14 @@ pub enum CoreMsg {
     },
     Tick,
     Alloc(AllocMsg),
+    /// Deletes these finished runs from the store (`beamflow admin
+    /// prune`); through the core, so a run it is retrying stays. Replies
+    /// with the runs handed to the store once it has committed.
+    Prune {
+        runs: Vec<u64>,
+        before_us: i64,
+        reply: Reply<usize>,
+    },
 }
 
 /// Knobs of the core, set from `beamflow server` flags.
@@ -139,12 +147,21 @@ enum StepState {
     Cancelled,
 }
 
+/// A step is given up on once pilots have died this many times while running
+/// it. Such losses cost no try — the pilot, not the step, usually failed — but
+/// a step that brings its pilot down (an in-process kernel crash, memory
+/// exhaustion) would otherwise take every pilot down in turn, for ever.
+const MAX_CRASHES: u32 = 3;
+
 struct Step {
     state: StepState,
     /// Attempt numbers handed out so far.
     attempts: u32,
     /// Failures that count against the retry budget.
     failures: u32,
+    /// Attempts whose pilot was lost while running them. After the first,
+    /// a kernel step runs isolated, in a process of its own.
+    crashes: u32,
     outputs: Value,
     current: Option<u64>,
 }
@@ -155,6 +172,7 @@ impl Step {
             state: StepState::Pending,
             attempts: 0,
             failures: 0,
+            crashes: 0,
             outputs: Value::Null,
             current: None,
         }
@@ -411,6 +429,9 @@ impl Core {
             if a.counts_retry && a.state == "failed" {
                 step.failures += 1;
             }
+            if a.state == "lost" && a.started_us.is_some() {
+                step.crashes += 1;
+            }
             step.current = None;
             step.state = match a.state.as_str() {
                 "succeeded" => {
@@ -597,6 +618,16 @@ impl Core {
             } => self.retry_due(run, step, after_attempt),
             CoreMsg::Tick => self.tick(),
             CoreMsg::Alloc(m) => self.alloc_msg(m),
+            CoreMsg::Prune {
+                mut runs,
+                before_us,
+                reply,
+            } => {
+                runs.retain(|id| !self.runs.contains_key(id));
+                let n = runs.len();
+                self.batch.ops.push(Op::PruneRuns { runs, before_us });
+                self.reply(reply, Ok(n));
+            }
         }
     }
 
@@ -756,6 +787,7 @@ impl Core {
             task_dir: task_dir(&run.dir, &s.name, number),
             timeout_s: s.timeout_s,
             resources: s.resources.clone(),
+            isolate: s.isolate || (s.action == ActionKind::Kernel && run.steps[step].crashes > 0),
         }
     }
 
@@ -1458,13 +1490,20 @@ impl Core {
             let Some(att) = self.attempts.remove(&a) else {
                 continue;
             };
+            // Running, or started on the pilot before word of it arrived:
+            // a step that kills its pilot at once never says it started.
+            let was_running = att.state == AttemptState::Running || p.in_capacity.contains_key(&a);
             self.requests.remove(&a);
             let reason = format!(
                 "pilot {pilot} {}: {why}",
                 if state == "lost" { "lost" } else { "left" }
             );
             if self.runs.contains_key(&att.run) {
-                self.requeue_removed(att, a, "lost", &reason);
+                if was_running && self.crashed(&att) >= MAX_CRASHES {
+                    self.give_up_crashed(att, a, &reason);
+                } else {
+                    self.requeue_removed(att, a, "lost", &reason);
+                }
             } else {
                 self.batch.ops.push(Op::AttemptState {
                     id: a,
@@ -1474,6 +1513,53 @@ impl Core {
                 });
             }
         }
+    }
+
+    /// Counts a pilot's death while it ran this attempt against the step;
+    /// returns the step's count.
+    fn crashed(&mut self, a: &Attempt) -> u32 {
+        let Some(st) = self
+            .runs
+            .get_mut(&a.run)
+            .and_then(|r| r.steps.get_mut(a.step))
+        else {
+            return 0;
+        };
+        st.crashes += 1;
+        st.crashes
+    }
+
+    /// The step's pilots died while running it [`MAX_CRASHES`] times: the
+    /// step fails, and with it the run.
+    fn give_up_crashed(&mut self, a: Attempt, attempt: u64, why: &str) {
+        self.batch.ops.push(Op::AttemptState {
+            id: attempt,
+            state: "lost",
+            error: Some(why.to_string()),
+            at: now_us(),
+        });
+        let Some(run) = self.runs.get_mut(&a.run) else {
+            return;
+        };
+        let name = run.flow.steps[a.step].name.clone();
+        let st = &mut run.steps[a.step];
+        if st.current != Some(attempt) {
+            return;
+        }
+        st.current = None;
+        st.state = StepState::Failed;
+        let msg = format!(
+            "step `{name}` failed: {MAX_CRASHES} pilots died while running it (last: {why}); not trying it again"
+        );
+        self.event(
+            Some(a.run),
+            Some(attempt),
+            a.pilot,
+            "step_failed",
+            Some(msg.clone()),
+        );
+        self.updated_runs.insert(a.run);
+        self.finish_run(a.run, "failed", Some(msg));
     }
 
     fn tick(&mut self) {

@@ -2,6 +2,7 @@
 
 mod api;
 mod api_alloc;
+mod api_admin;
 mod api_tokens;
 pub mod core;
 mod pilot_conn;

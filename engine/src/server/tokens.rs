@@ -39,6 +39,7 @@ impl Role {
         let admin_only = path == "/api/pilot"
             || path.starts_with("/api/alloc")
             || path.starts_with("/api/tokens")
+            || path.starts_with("/api/admin")
             || path == "/api/ui/code";
         if admin_only {
             Role::Admin
@@ -272,5 +273,6 @@ mod tests {
         assert_eq!(Role::needed(&Method::GET, "/api/pilot"), Role::Admin);
         assert_eq!(Role::needed(&Method::GET, "/api/alloc"), Role::Admin);
         assert_eq!(Role::needed(&Method::POST, "/api/tokens"), Role::Admin);
+        assert_eq!(Role::needed(&Method::POST, "/api/admin/prune"), Role::Admin);
     }
 }

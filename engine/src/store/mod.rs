@@ -132,6 +132,19 @@ pub enum Op {
         level: String,
         message: String,
     },
+    /// Deletes those of `runs` that are finished and finished before
+    /// `before_us`, with their attempts and events. The check is made at
+    /// commit, so a run retried since it was picked stays.
+    PruneRuns {
+        runs: Vec<u64>,
+        before_us: i64,
+    },
+    /// Deletes what else grows with time and was recorded before
+    /// `before_us`: events of no run, pilots that are gone, allocation log
+    /// lines.
+    PruneLogs {
+        before_us: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -494,6 +507,155 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             )?
             .execute(params![*queue as i64, at, level, message])?;
         }
+        Op::PruneRuns { runs, before_us } => {
+            // Ids are never handed out twice: remember the highest first.
+            for table in ["runs", "attempts", "pilots"] {
+                tx.prepare_cached(&format!(
+                    "INSERT INTO high_water(name, value) SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} WHERE true
+                     ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)"
+                ))?
+                .execute([])?;
+            }
+            let ids = serde_json::to_string(runs).expect("ids serialise");
+            let doomed = "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?1))
+                 AND state IN ('succeeded', 'failed', 'cancelled') AND finished_us < ?2";
+            for table in ["events", "attempts"] {
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE run_id IN ({doomed})"))?
+                    .execute(params![ids, before_us])?;
+            }
+            tx.prepare_cached(&format!("DELETE FROM runs WHERE id IN ({doomed})"))?
+                .execute(params![ids, before_us])?;
+        }
+        Op::PruneLogs { before_us } => {
+            tx.prepare_cached(
+                "INSERT INTO high_water(name, value) SELECT 'pilots', COALESCE(MAX(id), 0) FROM pilots WHERE true
+                 ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+            )?
+            .execute([])?;
+            tx.prepare_cached("DELETE FROM events WHERE run_id IS NULL AND ts_us < ?1")?
+                .execute(params![before_us])?;
+            tx.prepare_cached(
+                "DELETE FROM pilots WHERE state IN ('lost', 'left') AND last_seen_us < ?1",
+            )?
+            .execute(params![before_us])?;
+            tx.prepare_cached("DELETE FROM alloc_log WHERE ts_us < ?1")?
+                .execute(params![before_us])?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: u64, state: &'static str, at: i64) -> Vec<Op> {
+        vec![
+            Op::InsertRun {
+                id,
+                flow: "f".into(),
+                version: 1,
+                input: "{}".into(),
+                dir: format!("/runs/{id}"),
+                state: "queued",
+                at,
+            },
+            Op::InsertAttempt(Box::new(NewAttempt {
+                id,
+                run: id,
+                step: "s".into(),
+                step_index: 0,
+                number: 1,
+                action: "shell",
+                state: "ready",
+                params: None,
+                ready_us: at,
+                error: None,
+                finished_us: None,
+            })),
+            Op::Event {
+                at,
+                run: Some(id),
+                attempt: Some(id),
+                pilot: None,
+                kind: "attempt_ready",
+                detail: None,
+            },
+            Op::RunState {
+                id,
+                state,
+                error: None,
+                at,
+            },
+        ]
+    }
+
+    #[test]
+    fn prune_takes_only_finished_runs_before_the_cutoff_and_keeps_ids_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut ops = run(1, "succeeded", 100);
+        ops.extend(run(2, "running", 100));
+        ops.extend(run(3, "failed", 100));
+        ops.extend(run(4, "succeeded", 900));
+        st.submit(Batch {
+            ops,
+            effects: vec![],
+        });
+        rt.block_on(st.flush());
+        let picked = st.read(|c| prune_candidates(c, 500, 0, 10)).unwrap();
+        assert_eq!(picked, [1, 3]);
+        // Run 2 is passed too, as if it had finished and been retried since:
+        // the store keeps what is not finished.
+        st.submit(Batch {
+            ops: vec![Op::PruneRuns {
+                runs: vec![1, 2, 3, 4],
+                before_us: 500,
+            }],
+            effects: vec![],
+        });
+        rt.block_on(st.flush());
+        let left: Vec<u64> = st
+            .read(|c| runs(c, &RunFilter::default()))
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [4, 2]);
+        let sizes: std::collections::HashMap<String, u64> =
+            st.read(table_sizes).unwrap().into_iter().collect();
+        assert_eq!((sizes["attempts"], sizes["events"]), (2, 2));
+        // With every run gone, the next ids still follow the highest ever.
+        st.submit(Batch {
+            ops: vec![Op::PruneRuns {
+                runs: vec![4],
+                before_us: 1000,
+            }],
+            effects: vec![],
+        });
+        st.submit(Batch {
+            ops: vec![Op::RunState {
+                id: 2,
+                state: "succeeded",
+                error: None,
+                at: 950,
+            }],
+            effects: vec![],
+        });
+        rt.block_on(st.flush());
+        st.submit(Batch {
+            ops: vec![Op::PruneRuns {
+                runs: vec![2],
+                before_us: 1000,
+            }],
+            effects: vec![],
+        });
+        rt.block_on(st.flush());
+        let snap = st.read(snapshot).unwrap();
+        assert_eq!(st.read(table_sizes).unwrap()[0], ("runs".to_string(), 0));
+        assert_eq!((snap.next_run, snap.next_attempt), (5, 5));
+    }
 }

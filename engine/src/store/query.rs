@@ -420,9 +420,13 @@ pub fn snapshot(c: &Connection) -> rusqlite::Result<Snapshot> {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         runs.push((r, atts));
     }
+    // The highest id a table ever held: rows pruned away keep theirs.
     let max = |table: &str| -> rusqlite::Result<u64> {
         c.query_row(
-            &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+            &format!(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM {table}), 0),
+                            COALESCE((SELECT value FROM high_water WHERE name = '{table}'), 0))"
+            ),
             [],
             |r| r.get::<_, i64>(0),
         )
@@ -483,4 +487,43 @@ pub fn alloc_log(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.reverse();
     Ok(rows)
+}
+
+/// Up to `limit` finished runs that finished before `before_us`, with ids
+/// above `after`, oldest id first: the next chunk `beamflow admin prune`
+/// takes.
+pub fn prune_candidates(
+    c: &Connection,
+    before_us: i64,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<u64>> {
+    let mut st = c.prepare_cached(
+        "SELECT id FROM runs WHERE finished_us < ?1 AND id > ?2
+           AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![before_us, after as i64, limit as i64], |r| {
+        r.get::<_, i64>(0).map(|x| x as u64)
+    })?;
+    rows.collect()
+}
+
+/// How many rows each table holds, for `beamflow admin prune` and the
+/// store benchmark.
+pub fn table_sizes(c: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    [
+        "runs",
+        "attempts",
+        "events",
+        "pilots",
+        "catalog",
+        "alloc_log",
+    ]
+    .iter()
+    .map(|t| {
+        c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
+            Ok((t.to_string(), r.get::<_, i64>(0)? as u64))
+        })
+    })
+    .collect()
 }

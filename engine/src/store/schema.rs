@@ -106,6 +106,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alloc_log_queue ON alloc_log(queue_id, id);
     "#,
+    // 3: pruning. The highest ids handed out survive the rows that held
+    // them, so a run pruned away never has its id (and directory) reused;
+    // finished runs and old events are found by age without a scan.
+    r#"
+    CREATE TABLE high_water (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    CREATE INDEX runs_finished ON runs(finished_us);
+    CREATE INDEX events_ts ON events(ts_us);
+    "#,
 ];
 
 /// Brings the database to the newest schema. Refuses a database written by a
