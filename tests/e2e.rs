@@ -331,7 +331,7 @@ fn requests_without_the_token_are_refused() {
     let env = Env::new();
     let (_server, c) = env.server("127.0.0.1:0", &[]);
     rt().block_on(async {
-        let http = reqwest::Client::new();
+        let http = c.http_builder().build().unwrap();
         let health = http.get(format!("{}/health", c.url)).send().await.unwrap();
         assert_eq!(health.status(), 200);
         for path in [
@@ -410,7 +410,7 @@ params = { script = "echo hi" }
     let mut server = server;
     rt().block_on(async {
         wait_pilots(&admin, 1).await;
-        let http = reqwest::Client::new();
+        let http = admin.http_builder().build().unwrap();
         let status = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
             let mut r = http
                 .request(method, format!("{}{path}", admin.url))
@@ -427,7 +427,7 @@ params = { script = "echo hi" }
             status(Method::POST, "/api/runs", &viewer, Some(run.clone())).await,
             403
         );
-        let sub = Client::new(&admin.url, &submitter);
+        let sub = admin.with_token(&submitter);
         sub.register(&flow).await.unwrap();
         let ids = sub.submit("hello", None, vec![json!({})]).await.unwrap();
         for (m, path) in [
@@ -459,7 +459,7 @@ params = { script = "echo hi" }
         assert_eq!(status(Method::GET, "/api/pilots", &old, None).await, 200);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(status(Method::GET, "/api/pilots", &old, None).await, 401);
-        let fresh = Client::new(&admin.url, new.trim());
+        let fresh = admin.with_token(new.trim());
         let ids = fresh.submit("hello", None, vec![json!({})]).await.unwrap();
         let done = fresh
             .wait(&ids, false, Some(Duration::from_secs(30)))

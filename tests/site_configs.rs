@@ -31,8 +31,9 @@ fn script(site_name: &str, target: &str, nodes: u32, reservation: Option<&str>) 
         dir: PathBuf::from("/home/user/.beamflow/alloc/1/1"),
         pilot: PilotCommand {
             exe: "/opt/beamflow/bin/beamflow".into(),
-            url: "http://login01:7878".into(),
+            url: "https://login01:7878".into(),
             token_file: PathBuf::from("/home/user/.beamflow/token"),
+            server_cert: Some(PathBuf::from("/home/user/.beamflow/tls/cert.pem")),
             targets: serves,
             idle_timeout_s: Some(300),
             prefetch: t.pilot.prefetch.unwrap_or(1),
@@ -56,6 +57,7 @@ fn request(t: beamflow::site::EffectiveTarget, nodes: u32, walltime_s: u64) -> J
             exe: "beamflow".into(),
             url: "http://h:1".into(),
             token_file: "/t".into(),
+            server_cert: None,
             targets: vec!["gpu".into()],
             idle_timeout_s: None,
             prefetch: 1,

@@ -85,7 +85,23 @@ fn chromedriver(env: &Env) -> (Proc, String) {
     (Proc(child), url)
 }
 
-async fn browser(driver: &str, profile: &Path) -> Browser {
+/// What Chromium's `--ignore-certificate-errors-spki-list` takes: the
+/// base64 SHA-256 of the server certificate's public key (computed with
+/// openssl, apart from the server's own code), so the browser trusts that
+/// key and no other.
+fn spki_pin(cert: &Path) -> String {
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+        .arg("spki")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+async fn browser(driver: &str, profile: &Path, spki: &str) -> Browser {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -95,6 +111,7 @@ async fn browser(driver: &str, profile: &Path) -> Browser {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--no-first-run", "--window-size=1400,1000",
                 format!("--user-data-dir={}", profile.display()),
+                format!("--ignore-certificate-errors-spki-list={spki}"),
             ]
         }),
     );
@@ -163,7 +180,8 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
         }
 
         // Pages need the token: without it, the login page.
-        let http = reqwest::Client::builder()
+        let http = c
+            .http_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -215,7 +233,8 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
             .unwrap_or_else(|| panic!("no link in:\n{out}"))
             .to_string();
         let profile = env.home.join("chromium-profile");
-        let b = browser(&driver_url, &profile).await;
+        let spki = spki_pin(&env.home.join("tls/cert.pem"));
+        let b = browser(&driver_url, &profile, &spki).await;
         b.goto(&link).await.unwrap();
         let url = b.current_url().await.unwrap();
         assert_eq!(url.path(), "/ui/runs", "the login moves on to the runs");

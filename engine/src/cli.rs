@@ -27,6 +27,11 @@ struct Cli {
     /// Server URL (default: read from HOME/server.json).
     #[arg(long, global = true, env = "BEAMFLOW_URL")]
     url: Option<String>,
+    /// The server's certificate (PEM): an https server presenting any other
+    /// is refused (default: the file server.json names, else
+    /// HOME/tls/cert.pem). Pilots on other hosts get a copy of it.
+    #[arg(long, global = true, env = "BEAMFLOW_SERVER_CERT")]
+    server_cert: Option<PathBuf>,
     /// API token (default: read from HOME/token).
     #[arg(long, global = true, env = "BEAMFLOW_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -124,6 +129,22 @@ struct ServerArgs {
     /// squeue/qstat (pilots report start and end themselves).
     #[arg(long, default_value = "60s", value_parser = duration)]
     alloc_poll: Duration,
+    /// A name or address clients and pilots use for this server, put in
+    /// the certificate generated on first start (repeatable; localhost,
+    /// 127.0.0.1, ::1 and the host name are always in it).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
+    /// Serve this certificate (PEM, its chain after it) instead of the one
+    /// generated in HOME/tls/.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_names")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: the token and all data cross the network in clear
+    /// text. Only behind a proxy that terminates TLS, or on loopback.
+    #[arg(long, conflicts_with_all = ["tls_names", "tls_cert", "tls_key"])]
+    no_tls: bool,
 }
 
 #[derive(Subcommand)]
@@ -660,7 +681,14 @@ pub(crate) fn table(header: &[&str]) -> Table {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = cli.home.clone().unwrap_or_else(default_home);
-    let client = || Client::discover(&home, cli.url.clone(), cli.token.clone());
+    let client = || {
+        Client::discover(
+            &home,
+            cli.url.clone(),
+            cli.token.clone(),
+            cli.server_cert.clone(),
+        )
+    };
     match cli.cmd {
         Cmd::Server(a) => {
             let site = match &a.site {
@@ -678,6 +706,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat: a.heartbeat,
                 advertise_url: a.advertise_url,
                 alloc_poll: a.alloc_poll,
+                tls: match (a.no_tls, a.tls_cert, a.tls_key) {
+                    (true, _, _) => crate::tls::ServerTls::Off,
+                    (false, Some(cert), Some(key)) => crate::tls::ServerTls::Files { cert, key },
+                    _ => crate::tls::ServerTls::Generated { names: a.tls_names },
+                },
             })
             .await?;
             eprintln!(
@@ -706,7 +739,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(f)) => crate::pilot::read_token(f)?,
                 (None, None) => unreachable!("a token or its file"),
             };
-            let c = Client::discover(&home, cli.url.clone(), Some(token.clone()))?;
+            let c = Client::discover(
+                &home,
+                cli.url.clone(),
+                Some(token.clone()),
+                cli.server_cert.clone(),
+            )?;
             let gpus = match a.gpus {
                 None => None,
                 Some(list) => Some(
@@ -728,6 +766,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
             crate::pilot::run(crate::pilot::PilotOptions {
                 url: c.url.clone(),
+                trust: c.trust.clone(),
                 token,
                 token_file,
                 name: a.name,
@@ -873,7 +912,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Doctor(a) => {
             use crate::doctor::Level;
-            let checks = crate::doctor::run(&home, cli.url.clone(), cli.token.clone(), &a).await;
+            let checks = crate::doctor::run(
+                &home,
+                cli.url.clone(),
+                cli.token.clone(),
+                cli.server_cert.clone(),
+                &a,
+            )
+            .await;
             if cli.json {
                 print_json(&checks);
             } else {
@@ -945,6 +991,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 println!("{link}");
                 println!("(it signs one browser in, once, within two minutes)");
+                if let Some(t) = &c.trust {
+                    println!(
+                        "The browser will not know the server's own certificate ({}): accept it \
+                         if its SHA-256 fingerprint is {}",
+                        t.path.display(),
+                        t.fingerprint()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1035,7 +1089,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Alloc(c) => {
-            crate::alloc::cmd::alloc_cmd(c, &client, &home, cli.url.clone(), cli.json).await?;
+            crate::alloc::cmd::alloc_cmd(
+                c,
+                &client,
+                &home,
+                cli.url.clone(),
+                cli.server_cert.clone(),
+                cli.json,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) if b.name == "suite" => {

@@ -2,7 +2,8 @@
 //! bodies into messages, and waits on runs through the server's event stream.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -12,24 +13,45 @@ use serde_json::Value;
 
 use crate::server::core::RunUpdate;
 use crate::store::RunRow;
+use crate::tls::Trust;
 
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     pub url: String,
     token: String,
+    /// The certificate an https server must present (see [`crate::tls`]).
+    pub trust: Option<Arc<Trust>>,
 }
 
 impl Client {
+    /// A client trusting no certificate: for http:// URLs.
     pub fn new(url: &str, token: &str) -> Self {
+        Client::pinned(url, token, None)
+    }
+
+    /// A client that accepts only a server presenting `trust`'s certificate.
+    pub fn pinned(url: &str, token: &str, trust: Option<Arc<Trust>>) -> Self {
         Client {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("http client"),
+            http: http_builder(trust.as_ref()).build().expect("http client"),
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            trust,
         }
+    }
+
+    /// The same server, trusted the same way, with another token.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: token.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// A builder for raw HTTP requests to this server, trusting it as this
+    /// client does (tests and tools that need what [`Client`] hides).
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        http_builder(self.trust.as_ref())
     }
 
     /// A link that signs a browser in to the web page once, within two
@@ -43,43 +65,85 @@ impl Client {
     }
 
     /// `--url`/`BEAMFLOW_URL`, else `HOME/server.json`; `--token`/
-    /// `BEAMFLOW_TOKEN`, else `HOME/token`.
+    /// `BEAMFLOW_TOKEN`, else `HOME/token`. An https server must present
+    /// the certificate in `--server-cert`/`BEAMFLOW_SERVER_CERT`, else the
+    /// one `server.json` names, else `HOME/tls/cert.pem`.
     pub fn discover(
         home: &Path,
         url: Option<String>,
         token: Option<String>,
+        server_cert: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        let url = match url {
-            Some(u) => u,
+        let access = match url {
+            // Another URL, the same pin: the certificate of this home's
+            // server, which an impostor at that URL does not have.
+            Some(u) => {
+                let saved: Option<crate::server::Access> =
+                    std::fs::read_to_string(home.join("server.json"))
+                        .ok()
+                        .and_then(|t| serde_json::from_str(&t).ok());
+                crate::server::Access {
+                    url: u,
+                    pid: 0,
+                    store: String::new(),
+                    cert: saved.as_ref().and_then(|a| a.cert.clone()),
+                    fingerprint: saved.and_then(|a| a.fingerprint),
+                }
+            }
             None => {
                 let p = home.join("server.json");
                 let text = std::fs::read_to_string(&p).with_context(|| {
                     format!("no server found: {} is missing (start `beamflow server`, or pass --url / BEAMFLOW_URL)", p.display())
                 })?;
-                let a: crate::server::Access = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not valid", p.display()))?;
-                a.url
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid", p.display()))?
             }
         };
+        let trust = trust_for(home, &access, server_cert)?;
+        let url = access.url;
         let token = match token {
             Some(t) => t,
             None => crate::pilot::read_token(&home.join("token"))
                 .context("pass --token / BEAMFLOW_TOKEN, or use the server's BEAMFLOW_HOME")?,
         };
-        Ok(Client::new(&url, &token))
+        Ok(Client::pinned(&url, &token, trust))
+    }
+
+    /// Says why a request did not reach the server: a refused certificate
+    /// names both fingerprints, a failed handshake its cause.
+    pub fn request_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        if let Some(r) = crate::tls::refusal(e) {
+            return anyhow!("{r}");
+        }
+        let cause = crate::tls::root_cause(e);
+        if e.is_connect() && self.url.starts_with("https://") && !is_socket_error(e) {
+            anyhow!(
+                "TLS with the beamflow server at {} failed: {cause} (a server started with \
+                 --no-tls is reached at an http:// URL)",
+                self.url
+            )
+        } else if e.is_connect() {
+            anyhow!(
+                "cannot reach the beamflow server at {}: {cause} (is `beamflow server` running?)",
+                self.url
+            )
+        } else if self.url.starts_with("http://") {
+            anyhow!(
+                "request to {} failed: {cause} (a server with TLS on, the default, is reached \
+                 at https://)",
+                self.url
+            )
+        } else {
+            anyhow!("request to {} failed: {cause}", self.url)
+        }
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
-        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(
-                    "cannot reach the beamflow server at {} (is `beamflow server` running?)",
-                    self.url
-                )
-            } else {
-                anyhow!("request to {} failed: {e}", self.url)
-            }
-        })?;
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.request_error(&e))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -184,7 +248,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the beamflow server at {}", self.url))?;
+            .map_err(|e| self.request_error(&e))?;
         if !resp.status().is_success() {
             return Err(anyhow!(
                 "event stream refused (HTTP {})",
@@ -278,6 +342,61 @@ impl Client {
         }
         Ok(())
     }
+}
+
+fn http_builder(trust: Option<&Arc<Trust>>) -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder().no_proxy();
+    match trust {
+        Some(t) => b.use_preconfigured_tls(t.client_config()),
+        None => b,
+    }
+}
+
+/// Whether the connection failed before TLS began (nothing listening,
+/// no route): the system's own error, not one the handshake raised.
+fn is_socket_error(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            return io.get_ref().is_none();
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// The certificate to pin for `access`'s server: none for http://.
+fn trust_for(
+    home: &Path,
+    access: &crate::server::Access,
+    server_cert: Option<PathBuf>,
+) -> anyhow::Result<Option<Arc<Trust>>> {
+    if !access.url.starts_with("https://") {
+        return Ok(None);
+    }
+    let path = server_cert
+        .or_else(|| access.cert.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| crate::tls::home_cert(home));
+    let trust = Trust::load(&path).with_context(|| {
+        format!(
+            "{} serves TLS, and the client trusts only the server's own certificate: pass \
+             --server-cert FILE or set BEAMFLOW_SERVER_CERT (a copy of the server's \
+             BEAMFLOW_HOME/{})",
+            access.url,
+            crate::tls::CERT_FILE
+        )
+    })?;
+    if let Some(fp) = &access.fingerprint {
+        if !trust.pins(fp) {
+            return Err(anyhow!(
+                "{} holds the certificate with SHA-256 {}, but server.json says the server's is \
+                 {fp}: the file is stale or another server's",
+                path.display(),
+                trust.fingerprint()
+            ));
+        }
+    }
+    Ok(Some(Arc::new(trust)))
 }
 
 fn is_terminal(state: &str) -> bool {

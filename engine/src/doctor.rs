@@ -54,11 +54,12 @@ pub async fn run(
     home: &Path,
     url: Option<String>,
     token: Option<String>,
+    server_cert: Option<PathBuf>,
     a: &DoctorArgs,
 ) -> Vec<Check> {
     let mut r = Report::default();
     check_home(&mut r, home);
-    check_server(&mut r, home, url, token).await;
+    check_server(&mut r, home, url, token, server_cert).await;
     if let Some(s) = &a.site {
         check_site(&mut r, s).await;
     }
@@ -66,6 +67,28 @@ pub async fn run(
 }
 
 fn check_home(r: &mut Report, home: &Path) {
+    let key = home.join(crate::tls::KEY_FILE);
+    if let Ok(m) = std::fs::metadata(&key) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            r.add(
+                Level::Fail,
+                "TLS key",
+                format!(
+                    "{} is mode {mode:o}: others can read the server's private key (chmod 600 {})",
+                    key.display(),
+                    key.display()
+                ),
+            );
+        } else {
+            r.add(
+                Level::Ok,
+                "TLS key",
+                format!("{} (mode {mode:o})", key.display()),
+            );
+        }
+    }
     let token = home.join("token");
     match std::fs::metadata(&token) {
         Ok(m) => {
@@ -100,19 +123,42 @@ fn check_home(r: &mut Report, home: &Path) {
     }
 }
 
-async fn check_server(r: &mut Report, home: &Path, url: Option<String>, token: Option<String>) {
-    let c = match Client::discover(home, url, token) {
+async fn check_server(
+    r: &mut Report,
+    home: &Path,
+    url: Option<String>,
+    token: Option<String>,
+    server_cert: Option<PathBuf>,
+) {
+    let c = match Client::discover(home, url, token, server_cert) {
         Ok(c) => c,
         Err(e) => {
             r.add(Level::Fail, "server", format!("{e:#}"));
             return;
         }
     };
-    let health = reqwest::Client::new()
-        .get(format!("{}/health", c.url))
+    match &c.trust {
+        Some(t) => r.add(
+            Level::Ok,
+            "TLS certificate",
+            format!("{} (SHA-256 {})", t.path.display(), t.fingerprint()),
+        ),
+        None => r.add(
+            Level::Warn,
+            "TLS",
+            format!(
+                "{} is plain HTTP: the token and data cross the network in clear text (fine \
+                 on loopback or behind a proxy that terminates TLS)",
+                c.url
+            ),
+        ),
+    }
+    let http = c
+        .http_builder()
         .timeout(Duration::from_secs(5))
-        .send()
-        .await;
+        .build()
+        .expect("http client");
+    let health = http.get(format!("{}/health", c.url)).send().await;
     match health {
         Ok(resp) => {
             let v: Value = resp.json().await.unwrap_or(Value::Null);
@@ -133,16 +179,19 @@ async fn check_server(r: &mut Report, home: &Path, url: Option<String>, token: O
             }
         }
         Err(e) => {
-            r.add(
-                Level::Fail,
-                "server",
-                format!(
-                    "{}/health: {e} (is `beamflow server` running, and is this its address?)",
-                    c.url
-                ),
-            );
+            let msg = format!("{:#}", c.request_error(&e));
+            let tls = crate::tls::refusal(&e).is_some() || msg.starts_with("TLS with");
+            let what = if tls { "TLS handshake" } else { "server" };
+            r.add(Level::Fail, what, msg);
             return;
         }
+    }
+    if c.trust.is_some() {
+        r.add(
+            Level::Ok,
+            "TLS handshake",
+            format!("{} presented the pinned certificate", c.url),
+        );
     }
     match c.get::<Value>("/api/flows").await {
         Ok(_) => r.add(Level::Ok, "token", "accepted by the server"),
@@ -269,6 +318,8 @@ async fn check_reachable(r: &mut Report, url: &str) {
         .to_string();
     let target = if hostport.contains(':') {
         hostport.clone()
+    } else if url.starts_with("https://") {
+        format!("{hostport}:443")
     } else {
         format!("{hostport}:80")
     };

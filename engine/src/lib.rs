@@ -28,6 +28,7 @@ pub mod report;
 pub mod server;
 pub mod site;
 pub mod store;
+pub mod tls;
 pub mod util;
 pub mod watch;
 pub mod xpcs;

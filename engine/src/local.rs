@@ -43,11 +43,12 @@ impl Local {
             ..ServerOptions::embedded(home.clone(), o.site)
         })
         .await?;
-        let client = Client::new(&srv.url, &srv.token);
+        let client = Client::pinned(&srv.url, &srv.token, srv.trust.clone());
         let mut pilots = Vec::new();
         for i in 0..o.pilots {
             let opts = PilotOptions {
                 url: srv.url.clone(),
+                trust: srv.trust.clone(),
                 token: srv.token.clone(),
                 token_file: None,
                 name: Some(format!("local-{i}")),

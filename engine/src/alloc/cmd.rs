@@ -189,6 +189,7 @@ pub async fn alloc_cmd(
     client: &dyn Fn() -> anyhow::Result<Client>,
     home: &Path,
     url: Option<String>,
+    server_cert: Option<std::path::PathBuf>,
     json_out: bool,
 ) -> anyhow::Result<()> {
     match c {
@@ -196,7 +197,7 @@ pub async fn alloc_cmd(
             let (target, nodes, walltime_s, idle) = a.shape.resolve()?;
             let url = match url.or_else(|| target.pilot.server_url.clone()) {
                 Some(u) => u,
-                None => Client::discover(home, None, Some(String::new()))
+                None => Client::discover(home, None, Some(String::new()), None)
                     .map(|c| c.url)
                     .context("the pilots need the server's URL: pass --url, set pilot.server_url in the site config, or start the server first")?,
             };
@@ -204,6 +205,10 @@ pub async fn alloc_cmd(
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "beamflow".into());
             let reservation = a.shape.reservation.clone();
+            // The certificate the pilots pin: the one named, else this
+            // home's (the server's, when the home is shared with it).
+            let cert =
+                server_cert.or_else(|| Some(crate::tls::home_cert(home)).filter(|p| p.is_file()));
             let pilot = PilotCommand::for_target(
                 &target,
                 &exe,
@@ -211,7 +216,16 @@ pub async fn alloc_cmd(
                 home.join("token"),
                 super::serves(&target.target, reservation.is_some()),
                 idle,
-            );
+            )
+            .pinning(cert);
+            if pilot.url.starts_with("https://") && pilot.server_cert.is_none() {
+                anyhow::bail!(
+                    "the pilots connect to {} and must pin the server's certificate: pass \
+                     --server-cert (the server's BEAMFLOW_HOME/{})",
+                    pilot.url,
+                    crate::tls::CERT_FILE
+                );
+            }
             let req = JobRequest {
                 name: format!("bf-{}", target.target),
                 nodes,

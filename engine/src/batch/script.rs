@@ -37,6 +37,9 @@ pub struct PilotCommand {
     pub exe: String,
     pub url: String,
     pub token_file: PathBuf,
+    /// The server's certificate, which the pilots pin (an https URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cert: Option<PathBuf>,
     /// Targets the pilots serve.
     pub targets: Vec<String>,
     /// Leave after this long without work; `None`: stay until the walltime.
@@ -62,6 +65,7 @@ impl PilotCommand {
             exe: p.command.clone().unwrap_or_else(|| exe.to_string()),
             url: p.server_url.clone().unwrap_or_else(|| url.to_string()),
             token_file,
+            server_cert: None,
             targets,
             idle_timeout_s: (idle_timeout_s > 0).then_some(idle_timeout_s),
             prefetch: p.prefetch.unwrap_or(1),
@@ -71,6 +75,13 @@ impl PilotCommand {
                 .and_then(|d| crate::flow::parse_duration(d).ok())
                 .unwrap_or(60.0) as u64,
         }
+    }
+
+    /// The same pilots, pinning `cert` when they connect over TLS (a
+    /// certificate means nothing to an http:// URL, so it is left out).
+    pub fn pinning(mut self, cert: Option<PathBuf>) -> Self {
+        self.server_cert = cert.filter(|_| self.url.starts_with("https://"));
+        self
     }
 }
 
@@ -146,6 +157,10 @@ impl JobRequest {
             "--drain-margin".to_string(),
             format!("{}s", p.drain_margin_s),
         ];
+        if let Some(cert) = &p.server_cert {
+            a.push("--server-cert".to_string());
+            a.push(shell_quote(&cert.display().to_string()));
+        }
         if let Some(c) = self.target.cpus_per_node {
             a.push("--cpus".to_string());
             a.push(c.to_string());

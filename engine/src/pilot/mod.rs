@@ -50,6 +50,8 @@ fn killed_by_job_end(r: &TaskResult) -> bool {
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
     pub url: String,
+    /// The certificate a wss:// server must present (see [`crate::tls`]).
+    pub trust: Option<Arc<crate::tls::Trust>>,
     pub token: String,
     /// Where the token came from: read again before each reconnect, so a
     /// rotated token reaches a running pilot.
@@ -218,6 +220,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let conn = tokio::spawn(connection(
         ws_url(&opts.url),
+        opts.trust.clone(),
         opts.token.clone(),
         opts.token_file.clone(),
         ev_tx.clone(),
@@ -584,6 +587,7 @@ impl Pilot {
 /// Keeps one WebSocket open, reconnecting with backoff (0.1 s doubling to 2 s).
 async fn connection(
     url: String,
+    trust: Option<Arc<crate::tls::Trust>>,
     mut token: String,
     token_file: Option<std::path::PathBuf>,
     ev: mpsc::UnboundedSender<Ev>,
@@ -596,7 +600,7 @@ async fn connection(
                 token = t;
             }
         }
-        match connect(&url, &token).await {
+        match connect(&url, trust.as_ref(), &token).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(100);
                 warned = false;
@@ -681,13 +685,18 @@ enum ConnectError {
     Fatal(String),
 }
 
+/// The pilot's end of the connection: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens the WebSocket. For wss:// the TLS handshake comes first and
+/// trusts only the pinned certificate, so the token is sent to nobody else;
+/// a server presenting another certificate is fatal, not retried.
 async fn connect(
     url: &str,
+    trust: Option<&Arc<crate::tls::Trust>>,
     token: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    ConnectError,
-> {
+) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, ConnectError> {
     let mut req = url
         .into_client_request()
         .map_err(|e| ConnectError::Fatal(format!("bad server url {url}: {e}")))?;
@@ -695,9 +704,44 @@ async fn connect(
         .parse()
         .map_err(|_| ConnectError::Fatal("the token is not a valid header value".into()))?;
     req.headers_mut().insert("authorization", auth);
+    let secure = url.starts_with("wss://");
+    let host = req
+        .uri()
+        .host()
+        .ok_or_else(|| ConnectError::Fatal(format!("bad server url {url}: no host")))?
+        .to_string();
+    let port = req
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| ConnectError::Retry(format!("{host}:{port}: {e}")))?;
+    // Small frames (one result, one task) must leave at once.
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if secure {
+        let trust = trust.ok_or_else(|| {
+            ConnectError::Fatal(format!(
+                "{url} serves TLS and no certificate is pinned: pass --server-cert (the \
+                 server's BEAMFLOW_HOME/{})",
+                crate::tls::CERT_FILE
+            ))
+        })?;
+        match crate::tls::connect(tcp, &host, trust).await {
+            Ok(tls) => Box::new(tls),
+            Err(e) => {
+                return Err(match crate::tls::refusal(&e) {
+                    Some(r) => ConnectError::Fatal(r.to_string()),
+                    None => ConnectError::Retry(format!("TLS with {host}:{port}: {e}")),
+                })
+            }
+        }
+    } else {
+        Box::new(tcp)
+    };
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(256 << 20));
-    match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+    match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => Err(
             ConnectError::Fatal(format!("the server at {url} rejected the token (401)")),

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use self::core::{AllocConfig, Core, CoreConfig, CoreMsg, RunUpdate};
+use crate::client::Client;
 use crate::site::SiteConfig;
 use crate::store::{Durability, Store};
 
@@ -41,6 +42,8 @@ pub struct ServerOptions {
     pub advertise_url: Option<String>,
     /// How often the allocation manager polls jobs nobody reports on.
     pub alloc_poll: Duration,
+    /// HTTPS and WSS with the generated certificate unless told otherwise.
+    pub tls: crate::tls::ServerTls,
 }
 
 impl ServerOptions {
@@ -57,6 +60,7 @@ impl ServerOptions {
             heartbeat: Duration::from_secs(2),
             advertise_url: None,
             alloc_poll: Duration::from_secs(60),
+            tls: crate::tls::ServerTls::default(),
         }
     }
 }
@@ -67,6 +71,12 @@ pub struct Access {
     pub url: String,
     pub pid: u32,
     pub store: String,
+    /// The certificate the server presents (PEM), which clients pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Its SHA-256, to compare with what a copy of the file holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -85,6 +95,9 @@ pub(crate) struct App {
     /// The web page's one-time sign-in codes (its session key derives
     /// from the home token: [`App::session`]).
     pub codes: ui::Codes,
+    /// Served over TLS: the session cookie is then `Secure`, so a browser
+    /// never sends it to a plain-HTTP port on the same host.
+    pub tls: bool,
 }
 
 impl App {
@@ -104,6 +117,8 @@ impl App {
 pub struct Running {
     pub url: String,
     pub token: String,
+    /// The server's certificate, for clients and pilots in this process.
+    pub trust: Option<Arc<crate::tls::Trust>>,
     pub store: Store,
     pub shutdown: tokio::sync::oneshot::Sender<()>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -140,11 +155,15 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", opts.bind))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let identity = crate::tls::identity(&home, &opts.tls, addr)?;
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    let trust = identity.as_ref().map(|id| id.trust());
+    let tls_config = identity.as_ref().map(|id| id.server_config()).transpose()?;
     let pilot_url = opts.advertise_url.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
             format!(
-                "http://{}:{}",
+                "{scheme}://{}:{}",
                 crate::pilot::resources::hostname(),
                 addr.port()
             )
@@ -167,6 +186,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .unwrap_or_else(|_| "beamflow".to_string()),
             url: pilot_url,
             token_file: home.join("token"),
+            server_cert: identity.as_ref().map(|id| id.cert_path.clone()),
         },
     };
     let core = Core::load(cfg, store.clone(), core_tx.clone(), updates.clone())?;
@@ -195,8 +215,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let tokens = tokens::Tokens::load(&home, token.clone())?;
     let triggers = triggers::Triggers::start(
         home.clone(),
-        url.clone(),
-        tokens.internal().to_string(),
+        Client::pinned(&url, tokens.internal(), trust.clone()),
         newest,
     );
     let app = App {
@@ -209,6 +228,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         next_conn: Arc::new(AtomicU64::new(1)),
         runs_dir: Arc::new(runs_dir.clone()),
         codes: ui::Codes::default(),
+        tls: identity.is_some(),
     };
     // Small frames (one result, one task) must leave at once: with Nagle's
     // algorithm they wait for the peer's delayed ACK, up to 40 ms a step.
@@ -219,6 +239,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         url: url.clone(),
         pid: std::process::id(),
         store: store_path.display().to_string(),
+        cert: identity
+            .as_ref()
+            .map(|id| id.cert_path.display().to_string()),
+        fingerprint: identity.as_ref().map(|id| id.fingerprint.clone()),
     };
     let access_path = home.join("server.json");
     std::fs::write(&access_path, serde_json::to_string_pretty(&access)?)
@@ -227,19 +251,37 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let router = api::router(app);
     let flush_store = store.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await?;
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        match tls_config {
+            Some(cfg) => {
+                axum::serve(crate::tls::TlsListener::new(listener, cfg)?, router)
+                    .with_graceful_shutdown(stop)
+                    .await?
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await?
+            }
+        }
         flush_store.flush().await;
         let _ = std::fs::remove_file(&access_path);
         Ok(())
     });
     tracing::info!("beamflow server on {url} (store {})", store_path.display());
+    if let Some(id) = &identity {
+        tracing::info!(
+            "TLS certificate {} (SHA-256 {})",
+            id.cert_path.display(),
+            id.fingerprint
+        );
+    }
     Ok(Running {
         url,
         token,
+        trust,
         store,
         shutdown: stop_tx,
         task,

@@ -23,8 +23,8 @@ pub(crate) struct Triggers(mpsc::UnboundedSender<FlowSpec>);
 
 impl Triggers {
     /// Starts the task that keeps the triggers of `flows` (and of flows
-    /// registered later) running.
-    pub fn start(home: PathBuf, url: String, token: String, flows: Vec<FlowSpec>) -> Triggers {
+    /// registered later) running; they submit through `client`.
+    pub fn start(home: PathBuf, client: Client, flows: Vec<FlowSpec>) -> Triggers {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlowSpec>();
         tokio::spawn(async move {
             let mut running: HashMap<String, (u32, Vec<JoinHandle<()>>)> = HashMap::new();
@@ -44,8 +44,7 @@ impl Triggers {
                         .iter()
                         .map(|t| {
                             let w = WatchSpec::from_trigger(&spec.name, t, &home);
-                            let client = Client::new(&url, &token);
-                            tokio::spawn(keep(w, client))
+                            tokio::spawn(keep(w, client.clone()))
                         })
                         .collect();
                     running.insert(spec.name.clone(), (spec.version, tasks));

@@ -27,6 +27,9 @@ pub struct AllocConfig {
     pub url: String,
     /// The token file pilots read (0600, on a filesystem compute nodes see).
     pub token_file: PathBuf,
+    /// The server's certificate pilots pin (TLS on), on a filesystem
+    /// compute nodes see.
+    pub server_cert: Option<PathBuf>,
 }
 
 /// Allocation requests from the API, and answers from the scheduler.
@@ -235,7 +238,8 @@ impl Core {
                         cfg.token_file.clone(),
                         spec.serves(),
                         idle_timeout_s,
-                    ),
+                    )
+                    .pinning(cfg.server_cert.clone()),
                     target: spec.target.clone(),
                 };
                 tokio::spawn(async move {

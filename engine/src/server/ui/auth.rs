@@ -213,9 +213,12 @@ fn signed_in(app: &App, next: Option<&str>) -> Response {
     let to = next
         .filter(|n| n.starts_with("/ui/") && !n.starts_with("//"))
         .unwrap_or("/ui/runs");
+    // Secure over TLS: cookies are not kept apart by port or scheme, and
+    // the browser must not send this one to a plain-HTTP port on the host.
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        app.session()
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
+        app.session(),
+        if app.tls { "; Secure" } else { "" }
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
 }
