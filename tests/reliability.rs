@@ -582,3 +582,66 @@ params = { script = "echo {{ input.n }} > {{ run.dir }}/n" }
         assert_eq!(runs[0].state, "succeeded");
     });
 }
+
+/// A cancelled step gets SIGTERM and five seconds to clean up (a launcher
+/// stops its remote ranks); one that ignores SIGTERM is killed after them.
+#[test]
+fn cancel_terminates_gently_then_kills() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _p = env.pilot("a", 2);
+    let flow = env.flow(
+        "stop",
+        r#"
+name = "stop"
+version = 1
+[input.on_term]
+type = "string"
+[[steps]]
+name = "hang"
+action = "shell"
+params = { script = "trap '{{ input.on_term }}' TERM; echo $$ > {{ task.dir }}/pid; while true; do sleep 0.1; done" }
+"#,
+    );
+    rt().block_on(async {
+        wait_pilots(&c, 1).await;
+        c.register(&flow).await.unwrap();
+        for (on_term, cleans) in [("echo cleaned > cleanup; exit 0", true), ("", false)] {
+            let id = c
+                .submit("stop", None, vec![json!({ "on_term": on_term })])
+                .await
+                .unwrap()[0];
+            let d = detail(&c, id).await;
+            let task_dir = Path::new(&d.run.dir).join("steps/hang/attempt-1");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !task_dir.join("pid").exists() {
+                assert!(Instant::now() < deadline, "the step did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let cancelled_at = Instant::now();
+            let _: Value = c
+                .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let d = detail(&c, id).await;
+                if d.attempts[0].state == "cancelled" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{:?}", d.attempts);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let took = cancelled_at.elapsed();
+            assert_eq!(task_dir.join("cleanup").exists(), cleans, "{on_term}");
+            if cleans {
+                assert!(took < Duration::from_secs(4), "{took:?}");
+            } else {
+                assert!(
+                    took >= Duration::from_secs(5),
+                    "killed before the grace: {took:?}"
+                );
+            }
+        }
+    });
+}

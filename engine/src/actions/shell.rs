@@ -11,6 +11,9 @@ use crate::protocol::TaskSpec;
 
 /// Kills the whole process group when dropped (timeout, cancel, pilot exit):
 /// a shell step never leaves children behind.
+/// How long a cancelled step has between SIGTERM and SIGKILL.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct GroupGuard(Option<i32>);
 
 impl Drop for GroupGuard {
@@ -149,7 +152,19 @@ pub(super) async fn run_process(
     let _guard = GroupGuard(child.id().map(|id| id as i32));
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| Failure::msg(format!("waiting for the command: {e}")))?,
-        _ = cancel.cancelled() => return Err(Failure::Cancelled),
+        _ = cancel.cancelled() => {
+            // SIGTERM first: launchers (srun, mpirun) stop their ranks on
+            // other nodes and scripts clean up; whatever is left after the
+            // grace period gets SIGKILL from the guard.
+            if let Some(pgid) = child.id() {
+                // SAFETY: killpg only sends a signal to the group we created.
+                unsafe {
+                    libc::killpg(pgid as i32, libc::SIGTERM);
+                }
+            }
+            let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+            return Err(Failure::Cancelled);
+        }
     };
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;

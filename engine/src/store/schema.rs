@@ -108,7 +108,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: pruning. The highest ids handed out survive the rows that held
     // them, so a run pruned away never has its id (and directory) reused;
-    // finished runs and old events are found by age without a scan.
+    // finished runs and old events are found by age without a scan. At a
+    // million tasks the pilots page (attempts in flight) and the flows
+    // page (runs per flow and state) would otherwise scan whole tables.
     r#"
     CREATE TABLE high_water (
         name TEXT PRIMARY KEY,
@@ -116,6 +118,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX runs_finished ON runs(finished_us);
     CREATE INDEX events_ts ON events(ts_us);
+    CREATE INDEX runs_flow_state ON runs(flow, state);
+    CREATE INDEX attempts_in_flight ON attempts(state) WHERE state IN ('dispatched', 'running');
     "#,
 ];
 
