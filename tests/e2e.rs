@@ -369,6 +369,61 @@ fn requests_without_the_token_are_refused() {
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
 }
 
+/// The pilots' token serves a pilot and opens nothing else.
+#[test]
+fn the_pilot_token_opens_the_pilot_endpoint_only() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let path = env.home.join("pilot-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&path).unwrap();
+    let admin = std::fs::read_to_string(env.home.join("token")).unwrap();
+    assert_ne!(token.trim(), admin.trim());
+    let _pilot = env.pilot("a", 2);
+    let flow = env.flow(
+        "one",
+        "name = \"one\"\nversion = 1\n[[steps]]\nname = \"n\"\naction = \"kernel\"\nkernel = \"noop\"\n",
+    );
+    rt().block_on(async {
+        // The pilot connected with it and runs steps.
+        let d = start_one(&c, &flow).await;
+        let runs = c
+            .wait(&[d.run.id], false, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(runs[0].state, "succeeded");
+        let as_pilot = Client::discover(&env.home, None, Some(token.trim().into()), None).unwrap();
+        for path in [
+            "/api/runs",
+            "/api/flows",
+            "/api/pilots",
+            "/api/tokens",
+            "/api/alloc",
+        ] {
+            let err = as_pilot.get::<Value>(path).await.unwrap_err().to_string();
+            assert!(err.contains("a pilot token does not open"), "{path}: {err}");
+        }
+        let err = as_pilot
+            .post::<Value>("/api/runs", &json!({ "flow": "one", "inputs": [{}] }))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("403") || err.contains("does not open"),
+            "{err}"
+        );
+    });
+    let list = env.beamflow_ok(&["--json", "token", "list"]);
+    let l: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        l.iter()
+            .any(|t| t["name"] == "pilots" && t["role"] == "pilot"),
+        "{l:?}"
+    );
+}
+
 /// Each attack on the tokens fails: a viewer's token cannot start runs, a
 /// submitter's cannot act as a pilot or touch allocation queues or tokens,
 /// a revoked token and the old home token after its grace are refused; a

@@ -213,7 +213,10 @@ pub async fn alloc_cmd(
                 &target,
                 &exe,
                 &url,
-                home.join("token"),
+                // The pilots' own token (the admin's for an older server).
+                Some(home.join("pilot-token"))
+                    .filter(|p| p.is_file())
+                    .unwrap_or_else(|| home.join("token")),
                 super::serves(&target.target, reservation.is_some()),
                 idle,
             )

@@ -64,7 +64,7 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     match super::ui::caller(&app, req.headers()) {
         Caller::Token(role) => {
             let need = Role::needed(req.method(), req.uri().path());
-            if role >= need {
+            if role.opens(need) {
                 next.run(req).await
             } else {
                 ApiError::new(

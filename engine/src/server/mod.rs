@@ -1,8 +1,8 @@
 //! `beamflow server`: HTTP API for clients, WebSocket for pilots, SQLite store.
 
 mod api;
-mod api_alloc;
 mod api_admin;
+mod api_alloc;
 mod api_tokens;
 pub mod core;
 mod pilot_conn;
@@ -185,7 +185,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "beamflow".to_string()),
             url: pilot_url,
-            token_file: home.join("token"),
+            token_file: home.join("pilot-token"),
             server_cert: identity.as_ref().map(|id| id.cert_path.clone()),
         },
     };
@@ -212,7 +212,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         .map(|f| f.spec)
         .collect();
     newest.dedup_by(|b, a| a.name == b.name);
-    let tokens = tokens::Tokens::load(&home, token.clone())?;
+    let mut tokens = tokens::Tokens::load(&home, token.clone())?;
+    tokens.ensure_pilot_token()?;
     let triggers = triggers::Triggers::start(
         home.clone(),
         Client::pinned(&url, tokens.internal(), trust.clone()),

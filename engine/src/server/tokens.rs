@@ -5,6 +5,11 @@
 //! also registers flows and starts, cancels and retries runs. Only a
 //! keyed hash of each such token is kept (`BEAMFLOW_HOME/tokens.json`).
 //!
+//! Pilots connect with a *pilot* token, which opens the pilot endpoint and
+//! nothing else: the server writes one to `BEAMFLOW_HOME/pilot-token`
+//! (0600) and pilots read it, so a pilot's home — on a compute node, where
+//! users' steps run — need not hold the admin token.
+//!
 //! `beamflow token rotate` replaces the home token without a restart: the
 //! server writes the new one to the file and accepts the old one for a
 //! grace period, in which pilots — which re-read their token file before
@@ -19,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// What a token may do; each role includes the ones before it.
+/// What a token may do: viewer, submitter and admin each include the
+/// roles before them; a pilot's opens the pilot endpoint only (and the
+/// admin's opens that too).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
@@ -28,16 +35,28 @@ pub enum Role {
     Viewer,
     Submitter,
     Admin,
+    Pilot,
 }
 
 impl Role {
+    /// Whether a token of this role opens a request that needs `need`.
+    pub fn opens(self, need: Role) -> bool {
+        match (self, need) {
+            (Role::Admin, _) | (Role::Pilot, Role::Pilot) => true,
+            (Role::Pilot, _) | (_, Role::Pilot) => false,
+            (have, need) => have >= need,
+        }
+    }
+
     /// The role a request needs: reading is for viewers; registering flows
     /// and starting, cancelling and retrying runs for submitters; pilots,
     /// allocation queues, sign-in codes and tokens for the admin.
     pub fn needed(method: &axum::http::Method, path: &str) -> Role {
         use axum::http::Method;
-        let admin_only = path == "/api/pilot"
-            || path.starts_with("/api/alloc")
+        if path == "/api/pilot" {
+            return Role::Pilot;
+        }
+        let admin_only = path.starts_with("/api/alloc")
             || path.starts_with("/api/tokens")
             || path.starts_with("/api/admin")
             || path == "/api/ui/code";
@@ -51,12 +70,16 @@ impl Role {
     }
 }
 
+/// The name `tokens.json` keeps the pilots' token under.
+pub const PILOTS: &str = "pilots";
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Role::Viewer => "viewer",
             Role::Submitter => "submitter",
             Role::Admin => "admin",
+            Role::Pilot => "pilot",
         })
     }
 }
@@ -208,6 +231,21 @@ impl Tokens {
         Ok(true)
     }
 
+    /// The pilots' token in `BEAMFLOW_HOME/pilot-token`, kept as the named
+    /// token `pilots`: made (or made again, when the file is missing or
+    /// no longer accepted, e.g. after `beamflow token revoke pilots`) at
+    /// the server's start.
+    pub fn ensure_pilot_token(&mut self) -> anyhow::Result<()> {
+        let path = self.home.join("pilot-token");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if self.role_of(current.trim()) == Some(Role::Pilot) {
+            return Ok(());
+        }
+        self.named.retain(|t| t.name != PILOTS);
+        let token = self.add(PILOTS, Role::Pilot)?;
+        write_private(&path, &token)
+    }
+
     /// A new home token, written to `BEAMFLOW_HOME/token`; the old one
     /// stays good for `grace`.
     pub fn rotate(&mut self, grace: Duration) -> anyhow::Result<()> {
@@ -270,7 +308,27 @@ mod tests {
             Role::needed(&Method::POST, "/api/runs/3/cancel"),
             Role::Submitter
         );
-        assert_eq!(Role::needed(&Method::GET, "/api/pilot"), Role::Admin);
+        assert_eq!(Role::needed(&Method::GET, "/api/pilot"), Role::Pilot);
+        assert!(Role::Pilot.opens(Role::Pilot) && Role::Admin.opens(Role::Pilot));
+        for r in [Role::Viewer, Role::Submitter] {
+            assert!(!r.opens(Role::Pilot) && !Role::Pilot.opens(r), "{r}");
+        }
+        assert!(!Role::Pilot.opens(Role::Admin));
+        assert!(Role::Submitter.opens(Role::Viewer) && !Role::Viewer.opens(Role::Submitter));
+        t.ensure_pilot_token().unwrap();
+        let pilot = std::fs::read_to_string(dir.path().join("pilot-token")).unwrap();
+        assert_eq!(t.role_of(&pilot), Some(Role::Pilot));
+        t.ensure_pilot_token().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pilot-token")).unwrap(),
+            pilot,
+            "kept while it is accepted"
+        );
+        t.revoke(PILOTS).unwrap();
+        t.ensure_pilot_token().unwrap();
+        let again = std::fs::read_to_string(dir.path().join("pilot-token")).unwrap();
+        assert_ne!(again, pilot);
+        assert_eq!(t.role_of(&again), Some(Role::Pilot));
         assert_eq!(Role::needed(&Method::GET, "/api/alloc"), Role::Admin);
         assert_eq!(Role::needed(&Method::POST, "/api/tokens"), Role::Admin);
         assert_eq!(Role::needed(&Method::POST, "/api/admin/prune"), Role::Admin);
