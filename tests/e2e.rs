@@ -424,6 +424,73 @@ fn the_pilot_token_opens_the_pilot_endpoint_only() {
     );
 }
 
+/// Revoking a token ends what it holds open: an event stream, and a
+/// pilot's connection (the pilot, its token refused, leaves).
+#[test]
+fn a_revoked_token_loses_its_open_streams_and_pilot_connection() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let viewer = env.beamflow_ok(&["token", "add", "wall", "--role", "viewer"]);
+    let pilot_token = env.beamflow_ok(&["token", "add", "p2", "--role", "pilot"]);
+    let mut pilot = Proc(
+        Command::new(BIN)
+            .args([
+                "--home",
+                env.home.to_str().unwrap(),
+                "--token",
+                pilot_token.trim(),
+            ])
+            .args([
+                "pilot",
+                "--name",
+                "p2",
+                "--cpus",
+                "1",
+                "--idle-timeout",
+                "0s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(env.log("pilot-p2"))
+            .spawn()
+            .unwrap(),
+    );
+    rt().block_on(async {
+        use futures_util::StreamExt;
+        wait_pilots(&c, 1).await;
+        let http = c.http_builder().build().unwrap();
+        let resp = http
+            .get(format!("{}/api/events", c.url))
+            .bearer_auth(viewer.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let t0 = Instant::now();
+        env.beamflow_ok(&["token", "revoke", "wall"]);
+        env.beamflow_ok(&["token", "revoke", "p2"]);
+        // The stream ends (keep-alive comments may come first).
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), body.next()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Err(_) => panic!("the revoked viewer's event stream is still open"),
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    });
+    let exit = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        pilot.0.try_wait().unwrap()
+    });
+    assert!(
+        exit.is_some(),
+        "the pilot with a revoked token is still running"
+    );
+    let log = std::fs::read_to_string(env.home.join("pilot-p2.log")).unwrap();
+    assert!(log.contains("rejected the token (401)"), "{log}");
+}
+
 /// Each attack on the tokens fails: a viewer's token cannot start runs, a
 /// submitter's cannot act as a pilot or touch allocation queues or tokens,
 /// a revoked token and the old home token after its grace are refused; a

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -60,34 +60,70 @@ pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
 /// The token comes as `Authorization: Bearer T` (CLI, pilots); the web
 /// page's session cookie opens only what the page needs (see `ui::auth`).
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    match admit(&app, req.method(), req.uri().path(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether the credentials in `headers` open `method path`.
+fn admit(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     use super::ui::Caller;
-    match super::ui::caller(&app, req.headers()) {
+    match super::ui::caller(app, headers) {
         Caller::Token(role) => {
-            let need = Role::needed(req.method(), req.uri().path());
+            let need = Role::needed(method, path);
             if role.opens(need) {
-                next.run(req).await
+                Ok(())
             } else {
-                ApiError::new(
+                Err(ApiError::new(
                     403,
-                    format!(
-                        "a {role} token does not open {} {}: it needs a {need} token",
-                        req.method(),
-                        req.uri().path()
-                    ),
-                )
-                .into_response()
+                    format!("a {role} token does not open {method} {path}: it needs a {need} token"),
+                ))
             }
         }
-        Caller::Session if super::ui::session_may(req.method(), req.uri().path(), req.headers()) => {
-            next.run(req).await
-        }
-        Caller::Session => ApiError::new(
+        Caller::Session if super::ui::session_may(method, path, headers) => Ok(()),
+        Caller::Session => Err(ApiError::new(
             403,
             "the web page's session does not open this: send `Authorization: Bearer TOKEN`",
-        )
-        .into_response(),
-        Caller::Wrong => ApiError::new(401, "invalid token").into_response(),
-        Caller::Nobody => ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)").into_response(),
+        )),
+        Caller::Wrong => Err(ApiError::new(401, "invalid token")),
+        Caller::Nobody => Err(ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)")),
+    }
+}
+
+/// A request's credentials, kept by a connection that outlives the request
+/// (an event stream, a pilot's socket) to be checked again every
+/// [`Recheck::EVERY`]: a revoked token, or the old home token after its
+/// grace, ends the connection instead of holding it open for ever.
+#[derive(Clone)]
+pub(super) struct Recheck {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+impl Recheck {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    pub fn new(method: Method, path: &str, headers: &HeaderMap) -> Self {
+        let mut kept = HeaderMap::new();
+        for name in [
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::COOKIE,
+        ] {
+            if let Some(v) = headers.get(&name) {
+                kept.insert(name, v.clone());
+            }
+        }
+        Recheck {
+            method,
+            path: path.to_string(),
+            headers: kept,
+        }
+    }
+
+    pub fn still_admitted(&self, app: &App) -> bool {
+        admit(app, &self.method, &self.path, &self.headers).is_ok()
     }
 }
 
@@ -258,6 +294,7 @@ struct EventsQuery {
 /// subscribe first, then read the current state, so nothing is missed.
 async fn events(
     State(app): State<App>,
+    headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter: Option<HashSet<u64>> = match q.runs {
@@ -271,28 +308,39 @@ async fn events(
         ),
     };
     let rx = app.updates.subscribe();
-    let stream = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(u) => {
-                    if filter.as_ref().is_some_and(|f| !f.contains(&u.run)) {
+    let check = Recheck::new(Method::GET, "/api/events", &headers);
+    let due = tokio::time::Instant::now() + Recheck::EVERY;
+    let state = (rx, filter, app, check, due);
+    let stream =
+        futures_util::stream::unfold(state, |(mut rx, filter, app, check, mut due)| async move {
+            loop {
+                let got = tokio::select! {
+                    got = rx.recv() => got,
+                    _ = tokio::time::sleep_until(due) => {
+                        // The stream ends with the credentials it was opened
+                        // with; a client reconnecting must present good ones.
+                        if !check.still_admitted(&app) {
+                            return None;
+                        }
+                        due += Recheck::EVERY;
                         continue;
                     }
-                    let ev = Event::default()
+                };
+                let ev = match got {
+                    Ok(u) if filter.as_ref().is_some_and(|f| !f.contains(&u.run)) => continue,
+                    Ok(u) => Event::default()
                         .event("run")
                         .json_data(&u)
-                        .unwrap_or_default();
-                    return Some((Ok(ev), (rx, filter)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        .unwrap_or_default(),
                     // The client fell behind; tell it to re-read state.
-                    let ev = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(ev), (rx, filter)));
-                }
-                Err(_) => return None,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                    Err(_) => return None,
+                };
+                return Some((Ok(ev), (rx, filter, app, check, due)));
             }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -6,17 +6,24 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::api::Recheck;
 use super::core::CoreMsg;
 use super::App;
 use crate::protocol::{FromPilot, ToPilot, PROTOCOL_VERSION};
 
-pub(crate) async fn upgrade(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let check = Recheck::new(Method::GET, "/api/pilot", &headers);
     ws.max_message_size(256 << 20)
-        .on_upgrade(move |socket| serve(socket, app))
+        .on_upgrade(move |socket| serve(socket, app, check))
 }
 
 async fn refuse(socket: &mut WebSocket, reason: String) {
@@ -26,7 +33,7 @@ async fn refuse(socket: &mut WebSocket, reason: String) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
-async fn serve(mut socket: WebSocket, app: App) {
+async fn serve(mut socket: WebSocket, app: App, check: Recheck) {
     let first = match tokio::time::timeout(Duration::from_secs(30), socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
         _ => return refuse(&mut socket, "expected a hello frame".into()).await,
@@ -93,7 +100,23 @@ async fn serve(mut socket: WebSocket, app: App) {
     if !msgs.is_empty() {
         let _ = app.core.send(CoreMsg::PilotMsgs { pilot, conn, msgs });
     }
-    while let Some(frame) = stream.next().await {
+    let mut recheck = tokio::time::interval(Recheck::EVERY);
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = recheck.tick() => {
+                if check.still_admitted(&app) {
+                    continue;
+                }
+                // A revoked token (or the old home token after its grace):
+                // the pilot reconnects with what its token file holds now.
+                tracing::warn!("pilot {pilot}: its token is no longer accepted; closing the connection");
+                break;
+            }
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) | Err(_) => break,
