@@ -19,7 +19,9 @@
 # needs nightly flags: the stable toolchain takes them with RUSTC_BOOTSTRAP=1.
 # FUZZ_SANITIZER (default none: Rust code is memory safe, and the instrumented
 # build then needs no sanitizer runtime; `address` also works where ASan
-# does) and FUZZ_JOBS (default 1: one core) tune the run.
+# does), FUZZ_JOBS (default 1: one core) and FUZZ_KEEP_GOING=1 (go on after
+# a failure, libFuzzer's fork mode: every crash lands in the artifacts)
+# tune the run.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -108,7 +110,11 @@ seconds="${2:-120}"
 if [[ ${#run[@]} -eq 1 ]]; then build "${run[0]}"; else build; fi
 # More than one job: libFuzzer runs them as processes logging to fuzz-N.log.
 parallel=()
-if [[ "$jobs" -gt 1 ]]; then parallel=(-jobs="$jobs" -workers="$jobs"); fi
+if [[ "${FUZZ_KEEP_GOING:-0}" == 1 ]]; then
+  parallel=(-fork="$jobs" -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1)
+elif [[ "$jobs" -gt 1 ]]; then
+  parallel=(-jobs="$jobs" -workers="$jobs")
+fi
 status=0
 for t in "${run[@]}"; do
   mkdir -p "$fuzz/target/corpus/$t" "$fuzz/artifacts/$t"

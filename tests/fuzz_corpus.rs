@@ -23,7 +23,7 @@ fn corpus(target: &str) -> PathBuf {
     root().join("engine/fuzz/corpus").join(target)
 }
 
-fn entry_point(target: &str) -> fn(&[u8]) -> Report {
+fn entry_point(target: &str) -> entry::Entry {
     entry::TARGETS
         .iter()
         .find(|(t, _)| *t == target)
@@ -257,7 +257,23 @@ const EXPECT: &[(&str, &str, &str, Want)] = &[
     ("h5_xpcs", "seed-raw.imm", "frames", Read("3 frames of 4x5")),
     ("h5_xpcs", "seed-qmap.h5", "qmap", Read("qmap 4x5: 19 valid pixels, 2 static and 1 dynamic bins")),
     ("h5_xpcs", "seed-metadata.h5", "frame_time", Read("frame time 0.002 s")),
+    // A superblock whose driver information block claims 4 GiB: libhdf5
+    // read (zeros past the end of the file) 4 GiB before checking it.
+    (
+        "h5_xpcs",
+        "oom-driver-info-4gib.h5",
+        "frames",
+        Refused("cannot open as HDF5: damaged superblock: its driver information block at byte 27 runs past the end of the file (7127 bytes)"),
+    ),
     ("h5_ptycho", "seed-dataset.h5", "dataset", Read("4 patterns of 8x8 on a 12x12 object")),
+    // A datatype of size 0: libhdf5 1.10 opened the dataset and divided
+    // by zero (SIGFPE in H5D__fill_init) when reading it.
+    (
+        "h5_ptycho",
+        "crash-datatype-size-0.h5",
+        "dataset",
+        Refused("data/intensities: shape [4, 8, 8]: its datatype has a size of 0 bytes"),
+    ),
     ("h5_ptycho", "seed-result.h5", "probe", Read("probe of 1 modes of 8x8")),
     ("h5_hedm", "seed-stack.h5", "stack", Read("2 frames of 4x6")),
     ("h5_hedm", "seed-stack.h5", "image", Read("image of 24 pixels")),

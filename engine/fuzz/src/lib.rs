@@ -22,8 +22,11 @@ use beamflow::site::SiteConfig;
 /// What each reader made of one input, by reader.
 pub type Report = Vec<(&'static str, Result<String, String>)>;
 
+/// An entry point: the bytes of one input to what each reader made of it.
+pub type Entry = fn(&[u8]) -> Report;
+
 /// The targets, by name: the folder of their corpus and their entry point.
-pub const TARGETS: [(&str, fn(&[u8]) -> Report); 6] = [
+pub const TARGETS: [(&str, Entry); 6] = [
     ("flow", flow),
     ("site", site),
     ("protocol", protocol),

@@ -104,7 +104,7 @@ pub fn image(path: &Path, what: &str) -> Result<Vec<f32>, String> {
     Stack::open(path, None)
         .or_else(|_| {
             // Dark/flood files often keep their image at the root.
-            let name = hdf5::File::open(path)
+            let name = crate::h5check::open(path)
                 .ok()
                 .and_then(|f| f.member_names().ok())
                 .and_then(|n| n.into_iter().next())

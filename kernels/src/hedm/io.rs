@@ -39,7 +39,7 @@ pub struct Stack {
 impl Stack {
     pub fn open(path: &Path, dataset: Option<&str>) -> Result<Self, String> {
         let name = dataset.unwrap_or(DEFAULT_DATASET).to_string();
-        let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+        let file = crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
         let ds = file.dataset(&name).map_err(|e| err(path, &name, e))?;
         let shape = ds.shape();
         let (frames, rows, cols) = match shape[..] {
@@ -205,7 +205,7 @@ pub fn write_table_h5(
 
 /// Reads a table written by [`write_peaks_h5`]: the rows, in column order.
 pub fn read_peaks_h5(path: &Path) -> Result<Vec<[f64; 30]>, String> {
-    let f = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+    let f = crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
     let d = f.dataset("peaks").map_err(|e| err(path, "/peaks", e))?;
     crate::h5check::whole(&d).map_err(|e| err(path, "/peaks", e))?;
     let a = d.read_2d::<f64>().map_err(|e| err(path, "/peaks", e))?;

@@ -26,7 +26,7 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
 }
 
 fn open(path: &Path) -> Result<File, String> {
-    File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))
+    crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))
 }
 
 fn shape(f: &File, path: &Path, name: &str) -> Result<Vec<usize>, String> {

@@ -37,7 +37,7 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn open(path: &Path) -> Result<Self, String> {
-        let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+        let file = crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
         let ds = file
             .dataset(RAW_DATASET)
             .map_err(|e| err(path, RAW_DATASET, e))?;
@@ -215,7 +215,7 @@ pub fn read_qmap(path: &Path) -> Result<QMap, String> {
 
 /// Reads a qmap group wherever it is (`/xpcs/qmap` in a results file).
 pub fn read_qmap_group(path: &Path, group: &str) -> Result<QMap, String> {
-    let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+    let file = crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
     let read_map = |name: &str| -> Result<Array2<u32>, String> {
         let full = format!("{group}/{name}");
         let ds = file.dataset(&full).map_err(|e| err(path, &full, e))?;
@@ -508,7 +508,7 @@ pub fn write_metadata(path: &Path, m: &Metadata) -> Result<(), String> {
 /// `/entry/instrument/detector_1/frame_time` of a metadata file, seconds.
 pub fn read_frame_time(path: &Path) -> Result<f64, String> {
     const NAME: &str = "/entry/instrument/detector_1/frame_time";
-    let file = hdf5::File::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
+    let file = crate::h5check::open(path).map_err(|e| err(path, "cannot open as HDF5", e))?;
     let v: f64 = file
         .dataset(NAME)
         .and_then(|d| {

@@ -91,7 +91,7 @@ impl ResultsWriter {
             complete: false,
         };
         let xpcs = w.group("/xpcs")?;
-        let src = hdf5::File::open(qmap).map_err(|e| err(qmap, "cannot open as HDF5", e))?;
+        let src = crate::h5check::open(qmap).map_err(|e| err(qmap, "cannot open as HDF5", e))?;
         let group = src.group("/qmap").map_err(|e| err(qmap, "/qmap", e))?;
         if xpcs.link_exists("qmap") {
             xpcs.unlink("qmap").map_err(|e| w.fail("/xpcs/qmap", e))?;
