@@ -710,3 +710,43 @@ no_plots = true
         assert!(Path::new(g2["results"].as_str().unwrap()).is_file(), "{g2}");
     });
 }
+
+/// `beamflow doctor --from-compute` sends a pilot job through Slurm and
+/// sees its pilot reach the server; with a token the server does not
+/// accept, the job's own output says why.
+#[test]
+fn doctor_from_a_compute_node_reaches_the_server_or_says_why_not() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    // The site's scratch, which the site checks want writable.
+    std::fs::create_dir_all("/tmp/beamflow-scratch").unwrap();
+    let check = |out: &str| -> Value {
+        let checks: Vec<Value> = serde_json::from_str(out).unwrap();
+        checks
+            .into_iter()
+            .find(|c| c["what"] == "from a compute node")
+            .unwrap_or_else(|| panic!("no compute-node check in {out}"))
+    };
+    let args = [
+        "--json",
+        "doctor",
+        "--site",
+        "local-slurm",
+        "--from-compute",
+        "cpu",
+        "--wait",
+        "60s",
+    ];
+    let c = check(&s.cli_ok(&args));
+    assert_eq!(c["level"], "ok", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("reached https://"),
+        "{c}"
+    );
+    std::fs::write(s.home.join("pilot-token"), "not-the-pilots-token\n").unwrap();
+    let o = s.cli(&args);
+    assert!(!o.status.success());
+    let c = check(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(c["level"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("401"), "{c}");
+}

@@ -548,7 +548,7 @@ fn pixels(size: &Option<String>, default: usize) -> anyhow::Result<usize> {
     }
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     crate::flow::parse_duration(s).map(Duration::from_secs_f64)
 }
 

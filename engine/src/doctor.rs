@@ -19,6 +19,14 @@ pub struct DoctorArgs {
     /// the server address compute nodes are given.
     #[arg(long)]
     pub site: Option<String>,
+    /// With --site: submit a short pilot job for this target through the
+    /// site's scheduler and check that a pilot on a compute node reaches
+    /// the server with the pilots' token and pinned certificate.
+    #[arg(long, requires = "site", value_name = "TARGET")]
+    pub from_compute: Option<String>,
+    /// With --from-compute: how long the job may wait in the queue.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    pub wait: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,11 +67,162 @@ pub async fn run(
 ) -> Vec<Check> {
     let mut r = Report::default();
     check_home(&mut r, home);
-    check_server(&mut r, home, url, token, server_cert).await;
+    check_server(
+        &mut r,
+        home,
+        url.clone(),
+        token.clone(),
+        server_cert.clone(),
+    )
+    .await;
     if let Some(s) = &a.site {
         check_site(&mut r, s).await;
+        if let Some(t) = &a.from_compute {
+            let c = Client::discover(home, url.clone(), token.clone(), server_cert.clone());
+            match c {
+                Ok(c) => check_from_compute(&mut r, home, &c, server_cert, s, t, a.wait).await,
+                Err(e) => r.add(Level::Fail, "from a compute node", format!("{e:#}")),
+            }
+        }
     }
     r.0
+}
+
+/// Submits a one-node pilot job serving only the target `doctor` (so it
+/// takes no work), waits until its pilot connects, and cancels the job.
+/// What fails is named: the submission, the job ending before its pilot
+/// connected (with the end of its output: a refused certificate, an
+/// unreachable address, a rejected token), or the queue wait.
+async fn check_from_compute(
+    r: &mut Report,
+    home: &Path,
+    c: &Client,
+    server_cert: Option<PathBuf>,
+    site_name: &str,
+    target: &str,
+    wait: Duration,
+) {
+    use crate::batch::script::{JobRequest, PilotCommand};
+    use crate::batch::JobState;
+    const WHAT: &str = "from a compute node";
+    let site = match crate::site::find(site_name).and_then(|p| SiteConfig::load(&p)) {
+        Ok(s) => s,
+        Err(_) => return, // check_site said why
+    };
+    let t = match site.effective(target) {
+        Ok(t) => t,
+        Err(e) => return r.add(Level::Fail, WHAT, format!("{e:#}")),
+    };
+    let Some(sched) = crate::batch::Scheduler::for_site(site.scheduler) else {
+        return r.add(
+            Level::Warn,
+            WHAT,
+            format!(
+                "site `{}` has no batch scheduler: pilots run where they are started",
+                site.name
+            ),
+        );
+    };
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow".into());
+    let token_file = Some(home.join("pilot-token"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| home.join("token"));
+    let cert = server_cert.or_else(|| Some(crate::tls::home_cert(home)).filter(|p| p.is_file()));
+    let pilot = PilotCommand::for_target(&t, &exe, &c.url, token_file, vec!["doctor".into()], 30)
+        .pinning(cert);
+    let url = pilot.url.clone();
+    let stamp = crate::util::now_us();
+    let dir = home.join("doctor").join(stamp.to_string());
+    let req = JobRequest {
+        name: "bf-doctor".into(),
+        nodes: 1,
+        walltime_s: t.walltime_s.min(600),
+        reservation: None,
+        dir: dir.clone(),
+        pilot,
+        target: t,
+    };
+    let script = match req.render() {
+        Ok(s) => s,
+        Err(e) => return r.add(Level::Fail, WHAT, format!("the job script: {e:#}")),
+    };
+    let path = dir.join("job.sh");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, script)) {
+        return r.add(Level::Fail, WHAT, format!("{}: {e}", path.display()));
+    }
+    let job = match sched.submit(&path, &dir).await {
+        Ok(j) => j,
+        Err(e) => {
+            return r.add(
+                Level::Fail,
+                WHAT,
+                format!("submitting {}: {e}", path.display()),
+            )
+        }
+    };
+    let short = |id: &str| id.split('.').next().unwrap_or(id).to_string();
+    let t0 = std::time::Instant::now();
+    let outcome = loop {
+        if let Ok(pilots) = c.get::<Vec<Value>>("/api/pilots").await {
+            let mine = pilots
+                .iter()
+                .find(|p| p["info"]["batch_job"].as_str().map(short) == Some(short(&job.0)));
+            if let Some(p) = mine {
+                break Ok(format!(
+                    "the pilot of job {job} on {} reached {url} (pinned certificate, pilot token) {:.1} s after submission",
+                    p["host"].as_str().unwrap_or("?"),
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        let state = sched
+            .status(std::slice::from_ref(&job))
+            .await
+            .ok()
+            .and_then(|m| m.get(&job).cloned());
+        if let Some(JobState::Finished { end, exit }) = state {
+            let out = std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
+            let tail: Vec<&str> = out
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            break Err((
+                Level::Fail,
+                format!(
+                    "job {job} ended ({end:?}, exit {}) before its pilot reached {url}; its output ({}) ends with:\n{}",
+                    exit.map_or("?".into(), |e| e.to_string()),
+                    dir.join("stdout").display(),
+                    tail.join("\n")
+                ),
+            ));
+        }
+        if t0.elapsed() > wait {
+            break Err((
+                Level::Warn,
+                format!(
+                    "job {job} did not start within {} ({}); nothing was learnt",
+                    crate::util::fmt_secs(wait.as_secs_f64()),
+                    match state {
+                        Some(JobState::Queued { reason }) if !reason.is_empty() =>
+                            format!("queued: {reason}"),
+                        _ => "still waiting".into(),
+                    }
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let _ = sched.cancel(std::slice::from_ref(&job)).await;
+    match outcome {
+        Ok(detail) => r.add(Level::Ok, WHAT, detail),
+        Err((level, detail)) => r.add(level, WHAT, detail),
+    }
 }
 
 fn check_home(r: &mut Report, home: &Path) {
