@@ -265,7 +265,38 @@ const EXPECT: &[(&str, &str, &str, Want)] = &[
         "frames",
         Refused("cannot open as HDF5: damaged superblock: its driver information block at byte 27 runs past the end of the file (7127 bytes)"),
     ),
+    // A qmap map whose layout message overstates its storage: the check
+    // trusted it, and 17 TB were allocated for the map.
+    (
+        "h5_xpcs",
+        "crash-storage-size-overstated.h5",
+        "qmap",
+        Refused("/qmap/mask: shape [4, 1099511627781] needs 17592186044496 bytes but its storage holds 14985: the file is damaged"),
+    ),
+    // A sparse IMM frame of a few events declaring 4 × 744751621 pixels,
+    // read into a dense frame of that shape.
+    (
+        "h5_xpcs",
+        "oom-imm-sparse-frame-huge.imm",
+        "frames",
+        Refused("frame 0 at byte 0: rows*cols = 4*744751621 is more than 67108864 pixels"),
+    ),
     ("h5_ptycho", "seed-dataset.h5", "dataset", Read("4 patterns of 8x8 on a 12x12 object")),
+    // Damaged complex types that libhdf5 1.10 converted out of bounds
+    // (SIGSEGV in H5T__conv_struct_opt) or sized a conversion buffer by
+    // (3 GB).
+    (
+        "h5_ptycho",
+        "crash-compound-conversion.h5",
+        "dataset",
+        Refused("is not a complex {r, i} of two floats"),
+    ),
+    (
+        "h5_ptycho",
+        "oom-compound-conversion.h5",
+        "dataset",
+        Refused("truth/object: shape [12, 12] needs 618474923136 bytes but its storage holds 18688"),
+    ),
     // A datatype of size 0: libhdf5 1.10 opened the dataset and divided
     // by zero (SIGFPE in H5D__fill_init) when reading it.
     (

@@ -72,7 +72,10 @@ pub fn whole(ds: &hdf5::Dataset) -> Result<usize, String> {
     }
     let item = item as u64;
     let bytes = (span as u64).saturating_mul(item);
-    let stored = ds.storage_size();
+    // What the layout message says is stored, which a damaged file may
+    // overstate: no dataset stores more than its file holds.
+    let file_size = ds.file().map(|f| f.size()).unwrap_or(u64::MAX);
+    let stored = ds.storage_size().min(file_size);
     let layout = ds.layout();
     let filtered = !ds.filters().is_empty();
     let limit = if matches!(
@@ -84,6 +87,23 @@ pub fn whole(ds: &hdf5::Dataset) -> Result<usize, String> {
     } else {
         physical_memory()
     };
+    // libhdf5 1.10 copies a whole contiguous or compact dataset from its
+    // storage without checking that the storage holds it.
+    let whole_bytes = (n as u64).saturating_mul(item);
+    let kept = matches!(layout, Layout::Compact | Layout::Contiguous);
+    if kept && n > 0 && stored > 0 && stored < whole_bytes {
+        return Err(format!(
+            "shape {shape:?} needs {whole_bytes} bytes but its storage holds {stored}: the file is damaged"
+        ));
+    }
+    // Nor that a contiguous dataset's data lies inside the file.
+    if let (Layout::Contiguous, Some(at)) = (layout, ds.offset()) {
+        if n > 0 && at.saturating_add(whole_bytes) > file_size {
+            return Err(format!(
+                "shape {shape:?}: its {whole_bytes} bytes at byte {at} run past the end of the file ({file_size} bytes)"
+            ));
+        }
+    }
     if bytes > limit {
         return Err(format!(
             "shape {shape:?} needs {bytes} bytes but the file stores {stored} bytes of it{}: the file is damaged or truncated",

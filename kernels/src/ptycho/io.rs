@@ -92,8 +92,37 @@ fn check_object(path: &Path, what: &str, (rows, cols): (usize, usize)) -> Result
     Ok(())
 }
 
+/// A complex dataset's type must be h5py's `{r, i}` of two floats inside
+/// the compound: libhdf5 1.10 converts a damaged compound (a member past
+/// its end, a size of gigabytes) by copying out of bounds.
+fn check_complex(d: &hdf5::Dataset) -> Result<(), String> {
+    use hdf5::types::TypeDescriptor;
+    let desc = d
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| e.to_string())?;
+    let ok = match &desc {
+        TypeDescriptor::Compound(c) => {
+            c.size <= 16
+                && c.fields.len() == 2
+                && c.fields.iter().all(|f| {
+                    matches!(f.ty, TypeDescriptor::Float(_)) && f.offset + f.ty.size() <= c.size
+                })
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "type {desc} is not a complex {{r, i}} of two floats"
+        ))
+    }
+}
+
 fn read_c32(f: &File, path: &Path, name: &str) -> Result<(Vec<Complex32>, Vec<usize>), String> {
     let d = dataset(f, path, name)?;
+    check_complex(&d).map_err(|e| err(path, name, e))?;
     let v = d
         .read_raw::<Complex32>()
         .map_err(|e| err(path, name, format!("{e} (expected complex {{r, i}})")))?;

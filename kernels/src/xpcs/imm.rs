@@ -39,6 +39,8 @@ use super::io::Frames;
 pub const HEADER_BYTES: usize = 1024;
 /// `compression` value of sparse (index, count) frames.
 pub const SPARSE: i32 = 6;
+/// Most pixels a frame may have (64 Mi, 128 MiB of counts).
+pub const MAX_PIXELS: usize = 1 << 26;
 
 const OFF_COMPRESSION: usize = 4;
 const OFF_NUMBER: usize = 56;
@@ -183,6 +185,13 @@ impl ImmFile {
                 .map_err(|e| at(format!("cannot read the header: {e}")))?;
             let hd = Header::parse(&h);
             let (rows, cols, px) = hd.shape().map_err(at)?;
+            // A sparse frame of a few events may declare any shape, and is
+            // read into a dense frame of that shape.
+            if px > MAX_PIXELS {
+                return Err(at(format!(
+                    "rows*cols = {rows}*{cols} is more than {MAX_PIXELS} pixels"
+                )));
+            }
             match first {
                 None => first = Some((rows, cols, px)),
                 Some((r0, c0, px0)) if (r0, c0) != (rows, cols) => {
