@@ -90,6 +90,26 @@ pub fn sgemm_gflops(n: usize, repeats: usize) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
+/// SGEMM through libtorch on the CPU, GFLOP/s, best of `repeats`. libtorch
+/// brings its own GEMM (oneDNN/MKL), which can beat the system BLAS; the
+/// machine's roof is the best either reaches, or a torch kernel would sit
+/// above it.
+#[cfg(feature = "torch")]
+pub fn torch_sgemm_gflops(n: usize, repeats: usize) -> f64 {
+    let shape = [n as i64, n as i64];
+    let a = tch::Tensor::rand(shape, (tch::Kind::Float, tch::Device::Cpu));
+    let b = tch::Tensor::rand(shape, (tch::Kind::Float, tch::Device::Cpu));
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) + 1 {
+        let t = Instant::now();
+        let c = a.matmul(&b);
+        // Reading one element waits for the product.
+        let _ = c.double_value(&[0, 0]);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,10 @@ pub struct Machine {
     pub arch: String,
     /// STREAM triad, GB/s (10⁹ bytes), all threads, best of repeats.
     pub triad_gbs: f64,
-    /// SGEMM through BLAS, GFLOP/s, best of repeats.
+    /// SGEMM, GFLOP/s, best of repeats: the better of BLAS and libtorch.
     pub sgemm_gflops: f64,
+    /// Which of them that was (`blas` or `torch`).
+    pub sgemm_by: String,
     /// The arrays (doubles per array) and matrix order the roofs came from.
     pub triad_n: usize,
     pub sgemm_n: usize,
@@ -44,7 +46,13 @@ pub fn git_revision() -> &'static str {
 pub fn measure(size: Size) -> Machine {
     let (triad_n, sgemm_n) = size.pick((1 << 23, 1024), (1 << 25, 2048), (1 << 27, 4096));
     let triad_gbs = beamflow_kernels::machine::triad_gbs(triad_n, 10);
-    let sgemm_gflops = beamflow_kernels::machine::sgemm_gflops(sgemm_n, 3);
+    let blas = beamflow_kernels::machine::sgemm_gflops(sgemm_n, 3);
+    let torch = beamflow_kernels::machine::torch_sgemm_gflops(sgemm_n, 3);
+    let (sgemm_gflops, sgemm_by) = if torch > blas {
+        (torch, "torch")
+    } else {
+        (blas, "blas")
+    };
     let (gpus, gpu_note) = match beamflow_kernels::gpu::cuda_devices() {
         Ok(g) if g.is_empty() => (g, Some("the CUDA driver reports no devices".into())),
         Ok(g) => (g, None),
@@ -62,6 +70,7 @@ pub fn measure(size: Size) -> Machine {
         arch: text("arch"),
         triad_gbs,
         sgemm_gflops,
+        sgemm_by: sgemm_by.to_string(),
         triad_n,
         sgemm_n,
         gpus,

@@ -354,6 +354,7 @@ mod tests {
             arch: "x86_64".into(),
             triad_gbs: 10.0,
             sgemm_gflops: 100.0,
+            sgemm_by: "blas".into(),
             triad_n: 1,
             sgemm_n: 1,
             gpus: vec![],
