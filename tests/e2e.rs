@@ -13,20 +13,10 @@ use serde_json::{json, Value};
 mod harness;
 use harness::*;
 
-async fn detail(c: &Client, id: u64) -> RunDetail {
-    c.get(&format!("/api/runs/{id}")).await.unwrap()
-}
-
 fn lines(p: &Path) -> usize {
     std::fs::read_to_string(p)
         .map(|t| t.lines().count())
         .unwrap_or(0)
-}
-
-/// A loopback address whose port is free now, so a restarted server can take it again.
-fn free_bind() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
 /// With one pilot connected, registers `flow` and starts one run of it

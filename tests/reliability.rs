@@ -18,16 +18,6 @@ use serde_json::{json, Value};
 mod harness;
 use harness::*;
 
-/// A loopback address whose port is free now, so a restarted server can take it again.
-fn free_bind() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
-
-async fn detail(c: &Client, id: u64) -> RunDetail {
-    c.get(&format!("/api/runs/{id}")).await.unwrap()
-}
-
 /// The server's resident memory, from /proc.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -26,11 +26,6 @@ action = "shell"
 params = { script = "echo hello over tls" }
 "#;
 
-fn free_bind() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
-
 fn access(home: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap()
 }

@@ -155,6 +155,17 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A loopback address whose port is free now, so a restarted server can take it again.
+pub fn free_bind() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// A run with its attempts and events, as the API shows it.
+pub async fn detail(c: &Client, id: u64) -> beamflow::store::RunDetail {
+    c.get(&format!("/api/runs/{id}")).await.unwrap()
+}
+
 pub async fn wait_pilots(c: &Client, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
