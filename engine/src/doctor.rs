@@ -228,49 +228,11 @@ async fn check_from_compute(
 fn check_home(r: &mut Report, home: &Path) {
     let key = home.join(crate::tls::KEY_FILE);
     if let Ok(m) = std::fs::metadata(&key) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            r.add(
-                Level::Fail,
-                "TLS key",
-                format!(
-                    "{} is mode {mode:o}: others can read the server's private key (chmod 600 {})",
-                    key.display(),
-                    key.display()
-                ),
-            );
-        } else {
-            r.add(
-                Level::Ok,
-                "TLS key",
-                format!("{} (mode {mode:o})", key.display()),
-            );
-        }
+        check_private(r, "TLS key", &key, &m, "the server's private key");
     }
     let token = home.join("token");
     match std::fs::metadata(&token) {
-        Ok(m) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                r.add(
-                    Level::Fail,
-                    "token file",
-                    format!(
-                        "{} is mode {mode:o}: others can read it (chmod 600 {})",
-                        token.display(),
-                        token.display()
-                    ),
-                );
-            } else {
-                r.add(
-                    Level::Ok,
-                    "token file",
-                    format!("{} (mode {mode:o})", token.display()),
-                );
-            }
-        }
+        Ok(m) => check_private(r, "token file", &token, &m, "it"),
         Err(e) => r.add(
             Level::Warn,
             "token file",
@@ -279,6 +241,29 @@ fn check_home(r: &mut Report, home: &Path) {
                 token.display()
             ),
         ),
+    }
+}
+
+/// A secret file must be readable by its owner only.
+fn check_private(r: &mut Report, what: &str, path: &Path, m: &std::fs::Metadata, holds: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        r.add(
+            Level::Fail,
+            what,
+            format!(
+                "{} is mode {mode:o}: others can read {holds} (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
+        );
+    } else {
+        r.add(
+            Level::Ok,
+            what,
+            format!("{} (mode {mode:o})", path.display()),
+        );
     }
 }
 
