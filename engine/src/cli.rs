@@ -732,13 +732,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let token_file = match (&cli.token, &a.token_file) {
                 (Some(_), _) => None,
                 (None, Some(f)) => Some(f.clone()),
-                // The pilots' own token; a home with only the admin's
-                // (a server from before pilot tokens) still works.
-                (None, None) => Some(
-                    Some(home.join("pilot-token"))
-                        .filter(|p| p.exists())
-                        .unwrap_or_else(|| home.join("token")),
-                ),
+                (None, None) => Some(crate::pilot::token_file(&home)),
             };
             let token = match (&cli.token, &token_file) {
                 (Some(t), _) => t.clone(),

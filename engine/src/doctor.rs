@@ -126,9 +126,7 @@ async fn check_from_compute(
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "beamflow".into());
-    let token_file = Some(home.join("pilot-token"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| home.join("token"));
+    let token_file = crate::pilot::token_file(home);
     let cert = server_cert.or_else(|| Some(crate::tls::home_cert(home)).filter(|p| p.is_file()));
     let pilot = PilotCommand::for_target(&t, &exe, &c.url, token_file, vec!["doctor".into()], 30)
         .pinning(cert);

@@ -213,10 +213,7 @@ pub async fn alloc_cmd(
                 &target,
                 &exe,
                 &url,
-                // The pilots' own token (the admin's for an older server).
-                Some(home.join("pilot-token"))
-                    .filter(|p| p.is_file())
-                    .unwrap_or_else(|| home.join("token")),
+                crate::pilot::token_file(home),
                 super::serves(&target.target, reservation.is_some()),
                 idle,
             )

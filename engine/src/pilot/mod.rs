@@ -751,6 +751,14 @@ async fn connect(
 }
 
 /// Reads `token` from a file or the environment for `beamflow pilot`.
+/// The token file a pilot of `home` reads: the pilots' own token, or the
+/// admin's where there is none (a server from before pilot tokens).
+pub fn token_file(home: &std::path::Path) -> std::path::PathBuf {
+    Some(home.join("pilot-token"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| home.join("token"))
+}
+
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read token", path.display()))?
