@@ -554,6 +554,12 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.cmd,
+        Cmd::Pilot(_) | Cmd::Kernel(_) | Cmd::Bench(_) | Cmd::Demo { .. }
+    ) {
+        suit_blas();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| {
         let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) {
             "info"
@@ -677,6 +683,33 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header.to_vec());
     t
+}
+
+/// Re-executes this command with `OPENBLAS_CORETYPE` set when OpenBLAS
+/// fell back to kernels far below the CPU (see `beamflow_kernels::blas`):
+/// the variable is only read when the library loads. Commands that compute
+/// do it; the variable passes on to the pilot's kernel processes, so it
+/// happens once per pilot. Setting the variable yourself turns it off.
+fn suit_blas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some(core) = beamflow_kernels::blas::suited_core() else {
+        return;
+    };
+    let chosen = beamflow_kernels::blas::core();
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OPENBLAS_CORETYPE", core)
+        .exec();
+    eprintln!(
+        "beamflow: OpenBLAS runs its {chosen} kernels on this CPU, which supports {core}; \
+         restarting with OPENBLAS_CORETYPE={core} failed ({err}), going on slowly"
+    );
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

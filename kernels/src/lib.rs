@@ -16,6 +16,7 @@
 unsafe extern "C" {}
 
 pub mod backend;
+pub mod blas;
 #[cfg(feature = "torch")]
 pub mod braggnn;
 pub mod builtin;

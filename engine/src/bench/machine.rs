@@ -25,6 +25,9 @@ pub struct Machine {
     pub sgemm_gflops: f64,
     /// Which of them that was (`blas` or `torch`).
     pub sgemm_by: String,
+    /// The kernel set OpenBLAS runs ("SkylakeX", "Haswell", …): a generic
+    /// one ("Prescott") on a new CPU means a slow BLAS, not a slow machine.
+    pub blas_core: String,
     /// The arrays (doubles per array) and matrix order the roofs came from.
     pub triad_n: usize,
     pub sgemm_n: usize,
@@ -71,6 +74,7 @@ pub fn measure(size: Size) -> Machine {
         triad_gbs,
         sgemm_gflops,
         sgemm_by: sgemm_by.to_string(),
+        blas_core: beamflow_kernels::blas::core(),
         triad_n,
         sgemm_n,
         gpus,

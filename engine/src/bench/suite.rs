@@ -244,11 +244,13 @@ pub fn run(
     // thread for the rest of the process, and SGEMM must have them all.
     let machine = super::machine::measure(size);
     say(format!(
-        "bench: {} ({} threads): {:.1} GB/s triad, {:.0} GFLOP/s SGEMM; GPUs: {}",
+        "bench: {} ({} threads): {:.1} GB/s triad, {:.0} GFLOP/s SGEMM ({}, OpenBLAS {}); GPUs: {}",
         machine.cpu_model,
         machine.threads,
         machine.triad_gbs,
         machine.sgemm_gflops,
+        machine.sgemm_by,
+        machine.blas_core,
         if machine.gpus.is_empty() {
             machine.gpu_note.clone().unwrap_or_default()
         } else {
@@ -355,6 +357,7 @@ mod tests {
             triad_gbs: 10.0,
             sgemm_gflops: 100.0,
             sgemm_by: "blas".into(),
+            blas_core: "SkylakeX".into(),
             triad_n: 1,
             sgemm_n: 1,
             gpus: vec![],

@@ -234,7 +234,7 @@ fn correlate_bin(
     if n == 0 || p == 0 {
         return c;
     }
-    single_threaded_blas();
+    crate::blas::single_threaded();
     let a = &data[cols.start..];
     let flat = c.as_slice_mut().expect("standard layout");
     // Row strips of C are independent: each is one SSYRK on its diagonal
@@ -309,19 +309,6 @@ fn correlate_bin(
 
 /// Rows of C per parallel work item.
 const STRIP: usize = 128;
-
-unsafe extern "C" {
-    fn openblas_set_num_threads(n: std::ffi::c_int);
-}
-
-/// OpenBLAS's own thread pool deadlocks when several threads call it at
-/// once (two kernels in one pilot, or rayon strips), so it runs on the
-/// calling thread and the parallelism is ours.
-fn single_threaded_blas() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: a plain setter of the library's thread count.
-    ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
-}
 
 /// Mean of each diagonal lag = 0..len of the symmetric matrix whose upper
 /// triangle is `c`, restricted to rows and columns in `block`.
