@@ -20,11 +20,15 @@ lint: setup
 	@$(ENV) && cargo fmt --all -- --check
 	@$(ENV) && cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
-# The batch tests start a three-node Slurm (scripts/slurm-cluster.sh); it is
-# stopped afterwards whatever the outcome.
+# The batch tests start a three-node Slurm (scripts/slurm-cluster.sh), the
+# store tests a private PostgreSQL (scripts/postgres.sh); both are stopped
+# afterwards whatever the outcome. The server suites then run again with
+# their stores in PostgreSQL (BEAMFLOW_TEST_STORE, tests/support/harness.rs).
+PG_SUITES := --test e2e --test reliability --test tls
 test: setup lint
-	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace; rc=$$?; \
-	bash scripts/slurm-cluster.sh stop >/dev/null 2>&1; exit $$rc
+	@$(ENV) && cargo test $(CARGO_FLAGS) --workspace --no-fail-fast; rc=$$?; \
+	BEAMFLOW_TEST_STORE=postgres cargo test $(CARGO_FLAGS) -p beamflow --no-fail-fast $(PG_SUITES) || rc=1; \
+	bash scripts/slurm-cluster.sh stop >/dev/null 2>&1; bash scripts/postgres.sh stop >/dev/null 2>&1; exit $$rc
 
 bench: build
 	@$(ENV) && ./target/release/beamflow bench suite --size small -o target/bench

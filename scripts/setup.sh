@@ -24,6 +24,7 @@ APT_PACKAGES=(
   time   # /usr/bin/time -v: peak memory in benches/boost/run.sh
   python3-venv   # only needed if the venv is built from Debian's /usr/bin/python3
   chromium chromium-driver   # the web page's tests drive a headless browser (tests/ui.rs)
+  postgresql   # the store's PostgreSQL backend is tested on a private server (scripts/postgres.sh)
 )
 TORCH_VERSION="2.13.0"
 ONNXRUNTIME_VERSION="1.32.0"

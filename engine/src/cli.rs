@@ -103,9 +103,17 @@ enum Cmd {
 struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     bind: std::net::SocketAddr,
-    /// SQLite file (default HOME/beamflow.db).
-    #[arg(long)]
-    store: Option<PathBuf>,
+    /// The store: a SQLite file (default HOME/beamflow.db) or a PostgreSQL
+    /// database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (through a
+    /// Unix socket: `postgres://USER@localhost/DB?host=/run/postgresql`).
+    /// One server per database.
+    #[arg(
+        long = "db",
+        visible_alias = "store",
+        env = "BEAMFLOW_DB",
+        hide_env_values = true
+    )]
+    db: Option<String>,
     /// Where run directories go (default HOME/runs); must be visible to pilots.
     #[arg(long)]
     runs_dir: Option<PathBuf>,
@@ -524,6 +532,10 @@ struct BenchArgs {
     /// written before the reads are timed (e.g. 1000000).
     #[arg(long, default_value_t = 20000)]
     tasks: usize,
+    /// store: an empty PostgreSQL database (postgres://…) to measure
+    /// instead of a temporary SQLite file.
+    #[arg(long)]
+    db: Option<String>,
     /// `shell true` tasks in the throughput burst.
     #[arg(long, default_value_t = 3000)]
     shell_tasks: usize,
@@ -731,7 +743,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let running = crate::server::start(crate::server::ServerOptions {
                 home: home.clone(),
                 bind: a.bind,
-                store: a.store,
+                store: a.db.as_deref().map(crate::store::Location::parse),
                 runs_dir: a.runs_dir,
                 site,
                 durability: a.durability,
@@ -1232,8 +1244,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(b) if b.name == "store" => {
             let tasks = b.tasks;
+            let db = b.db.as_deref().map(crate::store::Location::parse);
             let out = tokio::task::spawn_blocking(move || {
-                crate::bench::store::store(crate::bench::store::StoreBench { tasks, dir: None })
+                crate::bench::store::store(crate::bench::store::StoreBench { tasks, db })
             })
             .await??;
             print_report(&out, cli.json)?;

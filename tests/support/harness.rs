@@ -1,5 +1,9 @@
 //! The processes end-to-end tests start: a `beamflow server` and `beamflow
 //! pilot`s from the built binary, in a temporary home, killed when dropped.
+//!
+//! With `BEAMFLOW_TEST_STORE=postgres` every server keeps its store in a
+//! fresh database of the test PostgreSQL (scripts/postgres.sh) instead of
+//! HOME/beamflow.db: `make test` runs the server suites both ways.
 #![allow(dead_code)] // each test crate uses its share
 
 use std::path::{Path, PathBuf};
@@ -29,6 +33,8 @@ impl Drop for Proc {
 
 pub struct Env {
     pub home: PathBuf,
+    /// The PostgreSQL store every server of this home uses, if any.
+    pub db: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -38,8 +44,14 @@ impl Env {
             .prefix("beamflow-e2e-")
             .tempdir()
             .unwrap();
+        let db = match std::env::var("BEAMFLOW_TEST_STORE").as_deref() {
+            Ok("postgres") => Some(fresh_postgres_db()),
+            Ok("sqlite") | Err(_) => None,
+            Ok(other) => panic!("BEAMFLOW_TEST_STORE={other}: expected sqlite or postgres"),
+        };
         Env {
             home: tmp.path().join("home"),
+            db,
             _tmp: tmp,
         }
     }
@@ -96,6 +108,7 @@ impl Env {
                     "--bind",
                     bind,
                 ])
+                .args(self.db.iter().flat_map(|url| ["--db", url.as_str()]))
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(self.log("server"))
@@ -146,6 +159,50 @@ impl Env {
         std::fs::write(&p, src).unwrap();
         p
     }
+}
+
+/// The test PostgreSQL (started once by scripts/postgres.sh): its URL.
+pub fn postgres_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            out.status.success(),
+            "the test PostgreSQL did not start:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// A new, empty database on the test PostgreSQL: its URL.
+pub fn fresh_postgres_db() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = postgres_url();
+    let name = format!(
+        "bf_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    // The sync client runs its own runtime: not on a test's async thread.
+    let create = format!("CREATE DATABASE {name}");
+    let admin = base.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
+        c.batch_execute(&create).expect("create database");
+    })
+    .join()
+    .unwrap();
+    base.replacen("/postgres?", &format!("/{name}?"), 1)
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

@@ -135,9 +135,11 @@ async fn one_run(local: &Local) -> anyhow::Result<f64> {
 
 fn latest_ready(local: &Local) -> anyhow::Result<i64> {
     local.store().read(|c| {
-        c.query_row("SELECT MAX(ready_us) FROM attempts", [], |r| {
-            r.get::<_, i64>(0)
-        })
+        c.query_one(
+            "SELECT COALESCE(MAX(ready_us), 0) FROM attempts",
+            &[],
+            |r| r.i64(0),
+        )
     })
 }
 

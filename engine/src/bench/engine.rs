@@ -62,20 +62,20 @@ struct Row {
 fn rows(local: &Local, flow: &str) -> anyhow::Result<Vec<Row>> {
     let flow = flow.to_string();
     local.store().read(move |c| {
-        let mut st = c.prepare(
+        c.query(
             "SELECT a.ready_us, a.dispatched_us, a.started_us, a.finished_us, a.recorded_us FROM attempts a
              JOIN runs r ON r.id = a.run_id WHERE r.flow = ?1 AND a.state = 'succeeded'",
-        )?;
-        let rows = st.query_map([flow], |r| {
-            Ok(Row {
-                ready: r.get(0)?,
-                dispatched: r.get(1)?,
-                started: r.get(2)?,
-                finished: r.get(3)?,
-                recorded: r.get(4)?,
-            })
-        })?;
-        rows.collect()
+            crate::args![flow],
+            |r| {
+                Ok(Row {
+                    ready: r.i64(0)?,
+                    dispatched: r.i64(1)?,
+                    started: r.i64(2)?,
+                    finished: r.i64(3)?,
+                    recorded: r.i64(4)?,
+                })
+            },
+        )
     })
 }
 

@@ -7,19 +7,19 @@
 //! size, the reads the API, the web page, reports and a server restart
 //! make, and finally prunes the older half as `beamflow admin prune` does.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::store::{self, Batch, Durability, NewAttempt, Op, RunFilter, Store};
+use crate::store::{self, Batch, Durability, Location, NewAttempt, Op, RunFilter, Store};
 use crate::util::{median, now_us};
 
 pub struct StoreBench {
     /// Attempts to write.
     pub tasks: usize,
-    /// Where the database goes (default: a temporary directory, removed after).
-    pub dir: Option<PathBuf>,
+    /// An empty PostgreSQL database to fill (default: a SQLite file in a
+    /// temporary directory, removed after).
+    pub db: Option<Location>,
 }
 
 const STEPS: [&str; 4] = ["fetch", "reduce", "fit", "publish"];
@@ -31,15 +31,14 @@ pub fn store(b: StoreBench) -> anyhow::Result<Value> {
     let tmp = tempfile::Builder::new()
         .prefix("beamflow-bench-store-")
         .tempdir()?;
-    let dir = b.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let path = dir.join("bench-store.db");
-    if path.exists() {
-        anyhow::bail!(
-            "{}: exists; the bench starts from an empty store",
-            path.display()
-        );
+    let location =
+        b.db.clone()
+            .unwrap_or_else(|| Location::Sqlite(tmp.path().join("bench-store.db")));
+    let st = Store::open(&location, Durability::Normal)?;
+    let held = st.read(store::table_sizes)?;
+    if held.iter().any(|(_, n)| *n > 0) {
+        anyhow::bail!("store {location}: not empty; the bench starts from an empty store");
     }
-    let st = Store::open(&path, Durability::Normal)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -151,26 +150,35 @@ pub fn store(b: StoreBench) -> anyhow::Result<Value> {
     st.submit(batch);
     rt.block_on(st.flush());
     let insert_s = t0.elapsed().as_secs_f64();
-    let size_mb = |p: &std::path::Path| {
-        ["", "-wal"]
-            .iter()
-            .filter_map(|x| std::fs::metadata(format!("{}{x}", p.display())).ok())
-            .map(|m| m.len())
-            .sum::<u64>() as f64
-            / 1e6
+    let db_mb = match &location {
+        Location::Sqlite(p) => {
+            ["", "-wal"]
+                .iter()
+                .filter_map(|x| std::fs::metadata(format!("{}{x}", p.display())).ok())
+                .map(|m| m.len())
+                .sum::<u64>() as f64
+                / 1e6
+        }
+        Location::Postgres(_) => {
+            st.read(|c| {
+                c.query_one("SELECT pg_database_size(current_database())", &[], |r| {
+                    r.i64(0)
+                })
+            })? as f64
+                / 1e6
+        }
     };
-    let db_mb = size_mb(&path);
 
     // Each read: the median of five, in milliseconds.
     let mut reads = serde_json::Map::new();
     let mut time = |name: &str,
-                    f: &dyn Fn(&rusqlite::Connection) -> rusqlite::Result<usize>|
+                    f: &(dyn Fn(&mut store::Db) -> anyhow::Result<usize> + Sync)|
      -> anyhow::Result<()> {
         let mut ms = Vec::new();
         let mut rows = 0;
         for _ in 0..5 {
             let t = Instant::now();
-            rows = st.read(f)?;
+            rows = st.read(|c| f(c))?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
         reads.insert(name.into(), json!({ "ms": median(&mut ms), "rows": rows }));

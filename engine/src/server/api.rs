@@ -147,7 +147,7 @@ pub(super) async fn ask<T>(
 
 pub(super) async fn read<T: Send + 'static>(
     app: &App,
-    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    f: impl FnOnce(&mut store::Db) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let st = app.store.clone();
     tokio::task::spawn_blocking(move || st.read(f))

@@ -76,12 +76,7 @@ async fn prune(
     };
     let mut archive = None;
     if req.archive && !req.dry_run {
-        let dir = app
-            .store
-            .path()
-            .parent()
-            .map(|d| d.join("archive"))
-            .unwrap_or_else(|| PathBuf::from("archive"));
+        let dir = app.archive_dir.as_ref().clone();
         let path = dir.join(format!("runs-before-{}.jsonl", rfc3339(before_us)));
         let file = std::fs::create_dir_all(&dir)
             .and_then(|()| {
@@ -108,7 +103,7 @@ async fn prune(
         let details = read(&app, move |c| {
             list.iter()
                 .filter_map(|id| store::run(c, *id).transpose())
-                .collect::<rusqlite::Result<Vec<_>>>()
+                .collect::<anyhow::Result<Vec<_>>>()
         })
         .await?;
         if let Some((path, out)) = archive.as_mut() {

@@ -332,16 +332,7 @@ impl Core {
         updates: broadcast::Sender<RunUpdate>,
     ) -> anyhow::Result<Self> {
         let snap = store.read(store::snapshot)?;
-        let sources = store.read(|c| {
-            let mut st = c.prepare("SELECT name, version, source FROM flows")?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, u32>(1)?),
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<HashMap<_, _>>>()
-        })?;
+        let sources: HashMap<_, _> = store.read(store::flow_sources)?.into_iter().collect();
         let cfg_poll = cfg.alloc.poll_interval.as_secs_f64();
         let mut core = Core {
             cfg,

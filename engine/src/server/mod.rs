@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use self::core::{AllocConfig, Core, CoreConfig, CoreMsg, RunUpdate};
 use crate::client::Client;
 use crate::site::SiteConfig;
-use crate::store::{Durability, Store};
+use crate::store::{Durability, Location, Store};
 
 /// Everything `beamflow server` can be told.
 #[derive(Clone, Debug)]
@@ -32,7 +32,8 @@ pub struct ServerOptions {
     /// State directory: store, token, `server.json`, runs.
     pub home: PathBuf,
     pub bind: SocketAddr,
-    pub store: Option<PathBuf>,
+    /// SQLite file or PostgreSQL URL (default: HOME/beamflow.db).
+    pub store: Option<Location>,
     pub runs_dir: Option<PathBuf>,
     pub site: SiteConfig,
     pub durability: Durability,
@@ -92,6 +93,8 @@ pub(crate) struct App {
     pub triggers: triggers::Triggers,
     /// Where runs keep their files: the only files the web page serves.
     pub runs_dir: Arc<PathBuf>,
+    /// Where `admin prune` writes the runs it removes (HOME/archive).
+    pub archive_dir: Arc<PathBuf>,
     /// The web page's one-time sign-in codes (its session key derives
     /// from the home token: [`App::session`]).
     pub codes: ui::Codes,
@@ -145,11 +148,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&home)
         .with_context(|| format!("{}: cannot create beamflow home", home.display()))?;
     let token = ensure_token(&home)?;
-    let store_path = opts
+    let location = opts
         .store
         .clone()
-        .unwrap_or_else(|| home.join("beamflow.db"));
-    let store = Store::open(&store_path, opts.durability)?;
+        .unwrap_or_else(|| Location::Sqlite(home.join("beamflow.db")));
+    let store = Store::open(&location, opts.durability)?;
     let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| home.join("runs"));
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await
@@ -228,6 +231,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         site: Arc::new(opts.site.clone()),
         next_conn: Arc::new(AtomicU64::new(1)),
         runs_dir: Arc::new(runs_dir.clone()),
+        archive_dir: Arc::new(home.join("archive")),
         codes: ui::Codes::default(),
         tls: identity.is_some(),
     };
@@ -239,7 +243,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let access = Access {
         url: url.clone(),
         pid: std::process::id(),
-        store: store_path.display().to_string(),
+        store: location.to_string(),
         cert: identity
             .as_ref()
             .map(|id| id.cert_path.display().to_string()),
@@ -271,7 +275,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         let _ = std::fs::remove_file(&access_path);
         Ok(())
     });
-    tracing::info!("beamflow server on {url} (store {})", store_path.display());
+    tracing::info!("beamflow server on {url} (store {location})");
     if let Some(id) = &identity {
         tracing::info!(
             "TLS certificate {} (SHA-256 {})",

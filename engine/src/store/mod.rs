@@ -1,22 +1,26 @@
-//! Durable state in SQLite.
+//! Durable state in SQLite or PostgreSQL ([`db`]).
 //!
 //! One writer thread owns the only writing connection. The server core hands it
 //! [`Batch`]es of operations, each with closures to run once the batch is
 //! committed. The writer takes every batch waiting in its queue, applies them in
 //! one transaction (group commit) and only then runs their closures: a pilot
 //! is told its result is safe, a task is sent out, a client gets its run id —
-//! never before the fact is on disk. Reads use separate connections (WAL lets
-//! them proceed while the writer commits).
+//! never before the fact is on disk. Reads use separate connections (SQLite's
+//! WAL, or PostgreSQL's snapshots, let them proceed while the writer commits).
 
+mod db;
 mod query;
 mod schema;
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OpenFlags};
+use anyhow::Context;
 
+use crate::args;
+use rusqlite::{Connection, OpenFlags};
+
+pub use db::{blocking, Arg, Db, Dialect, Location, Row};
 pub use query::*;
 
 /// A change to the store.
@@ -189,47 +193,38 @@ pub enum Durability {
 
 #[derive(Clone)]
 pub struct Store {
-    path: PathBuf,
+    location: Location,
     tx: mpsc::Sender<Batch>,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    readers: Arc<Mutex<Vec<Db>>>,
 }
 
+/// Held by the writer's PostgreSQL session: a second server on the same
+/// database would hand out the same ids.
+const PG_LOCK_KEY: i64 = 0x6265_616d_666c_6f77; // "beamflow"
+
 impl Store {
-    /// Opens (creating and migrating if needed) the store at `path` and starts
-    /// its writer thread.
-    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("{}: cannot create store directory: {e}", dir.display())
-            })?;
-        }
-        let mut conn = Connection::open(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot open store: {e}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match durability {
-                Durability::Full => "FULL",
-                Durability::Normal => "NORMAL",
-            },
-        )?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        schema::migrate(&mut conn).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    /// Opens (creating and migrating if needed) the store and starts its
+    /// writer thread.
+    pub fn open(location: &Location, durability: Durability) -> anyhow::Result<Self> {
+        let db = on_client_thread(location, || {
+            let mut db = open_writer(location, durability)?;
+            schema::migrate(&mut db)?;
+            Ok(db)
+        })
+        .with_context(|| format!("store {location}"))?;
         let (tx, rx) = mpsc::channel::<Batch>();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(conn, rx))?;
+            .spawn(move || writer(db, rx))?;
         Ok(Store {
-            path: path.to_path_buf(),
+            location: location.clone(),
             tx,
             readers: Arc::default(),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Queues a batch; its effects run after it is committed.
@@ -240,22 +235,25 @@ impl Store {
         }
     }
 
-    /// Runs `f` with a read connection (call from a blocking context).
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
-        let conn = match self.readers.lock().unwrap().pop() {
-            Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(std::time::Duration::from_secs(10))?;
-                c
+    /// Runs `f` with a read connection.
+    pub fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Db) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        on_client_thread(&self.location, || {
+            let popped = self.readers.lock().unwrap().pop();
+            let mut db = match popped {
+                Some(db) => db,
+                None => open_reader(&self.location)
+                    .with_context(|| format!("store {}", self.location))?,
+            };
+            let out = f(&mut db);
+            // A connection whose server went away is not reused.
+            if out.is_ok() || db.dialect() == Dialect::Sqlite {
+                self.readers.lock().unwrap().push(db);
             }
-        };
-        let out = f(&conn);
-        self.readers.lock().unwrap().push(conn);
-        Ok(out?)
+            out
+        })
     }
 
     /// Waits until everything queued so far is committed.
@@ -275,7 +273,84 @@ impl Store {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
+/// SQLite works from any thread; PostgreSQL's sync client must not run on
+/// an async worker (see [`blocking`]).
+fn on_client_thread<T: Send>(
+    location: &Location,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    match location {
+        Location::Sqlite(_) => f(),
+        Location::Postgres(_) => blocking(f),
+    }
+}
+
+fn open_writer(location: &Location, durability: Durability) -> anyhow::Result<Db> {
+    match location {
+        Location::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot create store directory: {e}", dir.display())
+                })?;
+            }
+            let conn = Connection::open(path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot open store: {e}", path.display()))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(
+                None,
+                "synchronous",
+                match durability {
+                    Durability::Full => "FULL",
+                    Durability::Normal => "NORMAL",
+                },
+            )?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            Ok(Db::sqlite(conn))
+        }
+        Location::Postgres(url) => {
+            let mut db = Db::postgres(url)?;
+            // A server restarted at once may find its predecessor's session
+            // not yet ended: it gets a few seconds to go.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let mine =
+                    db.query_one("SELECT pg_try_advisory_lock(?1)", args![PG_LOCK_KEY], |r| {
+                        r.i64(0)
+                    })?;
+                if mine == 1 {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "another beamflow server is using this database (it holds advisory lock {PG_LOCK_KEY}); stop it first"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            db.batch(match durability {
+                Durability::Full => "SET synchronous_commit = on",
+                Durability::Normal => "SET synchronous_commit = off",
+            })?;
+            Ok(db)
+        }
+    }
+}
+
+fn open_reader(location: &Location) -> anyhow::Result<Db> {
+    match location {
+        Location::Sqlite(path) => {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            Ok(Db::sqlite(c))
+        }
+        Location::Postgres(url) => Db::postgres(url),
+    }
+}
+
+fn writer(mut db: Db, rx: mpsc::Receiver<Batch>) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while let Ok(b) = rx.try_recv() {
@@ -283,11 +358,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
         }
         let mut tries = 0;
         loop {
-            match apply(&mut conn, &batches) {
+            match apply(&mut db, &batches) {
                 Ok(()) => break,
                 Err(e) => {
                     tries += 1;
-                    tracing::error!("store commit failed (try {tries}): {e}");
+                    tracing::error!("store commit failed (try {tries}): {e:#}");
                     if tries >= 5 {
                         tracing::error!("giving up: the store cannot be written; exiting without acknowledging anything further");
                         std::process::exit(70);
@@ -304,19 +379,35 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
     }
 }
 
-fn apply(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()> {
+fn apply(db: &mut Db, batches: &[Batch]) -> anyhow::Result<()> {
     if batches.iter().all(|b| b.ops.is_empty()) {
         return Ok(());
     }
     let recorded = crate::util::now_us();
-    let tx = conn.transaction()?;
-    for op in batches.iter().flat_map(|b| &b.ops) {
-        apply_op(&tx, op, recorded)?;
+    db.batch("BEGIN")?;
+    let applied = batches
+        .iter()
+        .flat_map(|b| &b.ops)
+        .try_for_each(|op| apply_op(db, op, recorded));
+    match applied {
+        Ok(()) => db.batch("COMMIT"),
+        Err(e) => {
+            let _ = db.batch("ROLLBACK");
+            Err(e)
+        }
     }
-    tx.commit()
 }
 
-fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Result<()> {
+/// `MAX(a, b)` of two values: SQLite's two-argument MAX is PostgreSQL's
+/// GREATEST.
+fn greatest(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "MAX",
+        Dialect::Postgres => "GREATEST",
+    }
+}
+
+fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
     match op {
         Op::PutFlow {
             name,
@@ -326,8 +417,11 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             spec,
             at,
         } => {
-            tx.prepare_cached("INSERT OR REPLACE INTO flows(name, version, source, path, spec, registered_us) VALUES (?1,?2,?3,?4,?5,?6)")?
-                .execute(params![name, version, source, path, spec, at])?;
+            db.execute(
+                "INSERT INTO flows(name, version, source, path, spec, registered_us) VALUES (?1,?2,?3,?4,?5,?6)
+                 ON CONFLICT(name, version) DO UPDATE SET source = ?3, path = ?4, spec = ?5, registered_us = ?6",
+                args![name, *version, source, path, spec, *at],
+            )?;
         }
         Op::InsertRun {
             id,
@@ -338,8 +432,10 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             state,
             at,
         } => {
-            tx.prepare_cached("INSERT INTO runs(id, flow, flow_version, input, dir, state, created_us) VALUES (?1,?2,?3,?4,?5,?6,?7)")?
-                .execute(params![*id as i64, flow, version, input, dir, state, at])?;
+            db.execute(
+                "INSERT INTO runs(id, flow, flow_version, input, dir, state, created_us) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                args![*id, flow, *version, input, dir, *state, *at],
+            )?;
         }
         Op::RunState {
             id,
@@ -348,41 +444,45 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             at,
         } => {
             let terminal = matches!(*state, "succeeded" | "failed" | "cancelled");
-            tx.prepare_cached(
+            db.execute(
                 "UPDATE runs SET state = ?2, error = ?3,
                    started_us = CASE WHEN ?2 = 'running' THEN COALESCE(started_us, ?4) ELSE started_us END,
-                   finished_us = CASE WHEN ?5 THEN ?4 ELSE NULL END
+                   finished_us = ?5
                  WHERE id = ?1",
-            )?
-            .execute(params![*id as i64, state, error, at, terminal])?;
+                args![*id, *state, error, *at, terminal.then_some(*at)],
+            )?;
         }
         Op::InsertAttempt(a) => {
-            tx.prepare_cached(
+            db.execute(
                 "INSERT INTO attempts(id, run_id, step, step_index, number, action, state, params, ready_us, error, finished_us, recorded_us)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11, CASE WHEN ?11 IS NULL THEN NULL ELSE ?12 END)",
-            )?
-            .execute(params![
-                a.id as i64,
-                a.run as i64,
-                a.step,
-                a.step_index as i64,
-                a.number,
-                a.action,
-                a.state,
-                a.params,
-                a.ready_us,
-                a.error,
-                a.finished_us,
-                recorded
-            ])?;
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                args![
+                    a.id,
+                    a.run,
+                    &a.step,
+                    a.step_index,
+                    a.number,
+                    a.action,
+                    a.state,
+                    &a.params,
+                    a.ready_us,
+                    &a.error,
+                    a.finished_us,
+                    a.finished_us.map(|_| recorded)
+                ],
+            )?;
         }
         Op::Dispatched { id, pilot, at } => {
-            tx.prepare_cached("UPDATE attempts SET state = 'dispatched', pilot_id = ?2, dispatched_us = ?3 WHERE id = ?1")?
-                .execute(params![*id as i64, *pilot as i64, at])?;
+            db.execute(
+                "UPDATE attempts SET state = 'dispatched', pilot_id = ?2, dispatched_us = ?3 WHERE id = ?1",
+                args![*id, *pilot, *at],
+            )?;
         }
         Op::Started { id, at } => {
-            tx.prepare_cached("UPDATE attempts SET state = 'running', started_us = ?2 WHERE id = ?1 AND state IN ('dispatched', 'running')")?
-                .execute(params![*id as i64, at])?;
+            db.execute(
+                "UPDATE attempts SET state = 'running', started_us = ?2 WHERE id = ?1 AND state IN ('dispatched', 'running')",
+                args![*id, *at],
+            )?;
         }
         Op::Finished {
             id,
@@ -394,11 +494,11 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             finished,
             counts_retry,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "UPDATE attempts SET state = ?2, outputs = ?3, error = ?4, exit_code = ?5, started_us = ?6,
                    finished_us = ?7, recorded_us = ?8, counts_retry = ?9 WHERE id = ?1",
-            )?
-            .execute(params![*id as i64, state, outputs, error, exit_code, started, finished, recorded, counts_retry])?;
+                args![*id, *state, outputs, error, *exit_code, *started, *finished, recorded, *counts_retry],
+            )?;
         }
         Op::AttemptState {
             id,
@@ -406,14 +506,16 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             error,
             at,
         } => {
-            tx.prepare_cached("UPDATE attempts SET state = ?2, error = ?3, finished_us = COALESCE(finished_us, ?4), recorded_us = ?5 WHERE id = ?1")?
-                .execute(params![*id as i64, state, error, at, recorded])?;
+            db.execute(
+                "UPDATE attempts SET state = ?2, error = ?3, finished_us = COALESCE(finished_us, ?4), recorded_us = ?5 WHERE id = ?1",
+                args![*id, *state, error, *at, recorded],
+            )?;
         }
         Op::Supersede { id } => {
-            tx.prepare_cached(
+            db.execute(
                 "UPDATE attempts SET state = 'superseded', counts_retry = 0 WHERE id = ?1",
-            )?
-            .execute(params![*id as i64])?;
+                args![*id],
+            )?;
         }
         Op::Event {
             at,
@@ -423,8 +525,10 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             kind,
             detail,
         } => {
-            tx.prepare_cached("INSERT INTO events(ts_us, run_id, attempt_id, pilot_id, kind, detail) VALUES (?1,?2,?3,?4,?5,?6)")?
-                .execute(params![at, run.map(|x| x as i64), attempt.map(|x| x as i64), pilot.map(|x| x as i64), kind, detail])?;
+            db.execute(
+                "INSERT INTO events(ts_us, run_id, attempt_id, pilot_id, kind, detail) VALUES (?1,?2,?3,?4,?5,?6)",
+                args![*at, *run, *attempt, *pilot, *kind, detail],
+            )?;
         }
         Op::PutPilot {
             id,
@@ -434,11 +538,11 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             state,
             at,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "INSERT INTO pilots(id, name, host, info, state, connected_us, last_seen_us) VALUES (?1,?2,?3,?4,?5,?6,?6)
                  ON CONFLICT(id) DO UPDATE SET info = ?4, state = ?5, connected_us = ?6, last_seen_us = ?6, reason = NULL",
-            )?
-            .execute(params![*id as i64, name, host, info, state, at])?;
+                args![*id, name, host, info, *state, *at],
+            )?;
         }
         Op::PilotState {
             id,
@@ -446,10 +550,10 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             reason,
             at,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "UPDATE pilots SET state = ?2, reason = ?3, last_seen_us = ?4 WHERE id = ?1",
-            )?
-            .execute(params![*id as i64, state, reason, at])?;
+                args![*id, *state, reason, *at],
+            )?;
         }
         Op::Catalog {
             run,
@@ -459,13 +563,24 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             body,
             at,
         } => {
-            let n = tx
-                .prepare_cached("INSERT OR IGNORE INTO catalog(run_id, attempt_id, flow, created_us, record) VALUES (?1,?2,?3,?4,?5)")?
-                .execute(params![*run as i64, *attempt as i64, flow, at, record])?;
-            if n == 1 {
-                let rowid = tx.last_insert_rowid();
-                tx.prepare_cached("INSERT INTO catalog_text(rowid, body) VALUES (?1, ?2)")?
-                    .execute(params![rowid, body])?;
+            let id = db.query_opt(
+                "INSERT INTO catalog(run_id, attempt_id, flow, created_us, record) VALUES (?1,?2,?3,?4,?5)
+                 ON CONFLICT(attempt_id) DO NOTHING RETURNING id",
+                args![*run, *attempt, flow, *at, record],
+                |r| r.i64(0),
+            )?;
+            if let Some(id) = id {
+                // PostgreSQL's parser keeps a path or a host name as one
+                // token; its text is stored as the words a search splits
+                // the query into, so both databases match the same records.
+                let body = match db.dialect() {
+                    Dialect::Sqlite => body.clone(),
+                    Dialect::Postgres => query::words(body).join(" "),
+                };
+                db.execute(
+                    "INSERT INTO catalog_text(rowid, body) VALUES (?1, ?2)",
+                    args![id, body],
+                )?;
             }
         }
         Op::PutAllocQueue {
@@ -474,15 +589,14 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             data,
             created,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "INSERT INTO alloc_queues(id, state, data, created_us) VALUES (?1,?2,?3,?4)
                  ON CONFLICT(id) DO UPDATE SET state = ?2, data = ?3",
-            )?
-            .execute(params![*id as i64, state, data, created])?;
+                args![*id, *state, data, *created],
+            )?;
         }
         Op::DeleteAllocQueue { id } => {
-            tx.prepare_cached("DELETE FROM alloc_queues WHERE id = ?1")?
-                .execute(params![*id as i64])?;
+            db.execute("DELETE FROM alloc_queues WHERE id = ?1", args![*id])?;
         }
         Op::PutAllocJob {
             queue,
@@ -490,11 +604,11 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             phase,
             data,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "INSERT INTO alloc_jobs(queue_id, job_id, phase, data) VALUES (?1,?2,?3,?4)
                  ON CONFLICT(queue_id, job_id) DO UPDATE SET phase = ?3, data = ?4",
-            )?
-            .execute(params![*queue as i64, job, phase, data])?;
+                args![*queue, job, *phase, data],
+            )?;
         }
         Op::AllocLog {
             queue,
@@ -502,46 +616,59 @@ fn apply_op(tx: &rusqlite::Transaction, op: &Op, recorded: i64) -> rusqlite::Res
             level,
             message,
         } => {
-            tx.prepare_cached(
+            db.execute(
                 "INSERT INTO alloc_log(queue_id, ts_us, level, message) VALUES (?1,?2,?3,?4)",
-            )?
-            .execute(params![*queue as i64, at, level, message])?;
+                args![*queue, *at, level, message],
+            )?;
         }
         Op::PruneRuns { runs, before_us } => {
             // Ids are never handed out twice: remember the highest first.
             for table in ["runs", "attempts", "pilots"] {
-                tx.prepare_cached(&format!(
-                    "INSERT INTO high_water(name, value) SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} WHERE true
-                     ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)"
-                ))?
-                .execute([])?;
+                remember_high_water(db, table)?;
             }
-            let ids = serde_json::to_string(runs).expect("ids serialise");
-            let doomed = "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?1))
-                 AND state IN ('succeeded', 'failed', 'cancelled') AND finished_us < ?2";
+            let doomed = format!(
+                "SELECT id FROM runs WHERE id IN {}
+                 AND state IN ('succeeded', 'failed', 'cancelled') AND finished_us < ?1",
+                query::id_list(runs)
+            );
             for table in ["events", "attempts"] {
-                tx.prepare_cached(&format!("DELETE FROM {table} WHERE run_id IN ({doomed})"))?
-                    .execute(params![ids, before_us])?;
+                db.execute(
+                    &format!("DELETE FROM {table} WHERE run_id IN ({doomed})"),
+                    args![*before_us],
+                )?;
             }
-            tx.prepare_cached(&format!("DELETE FROM runs WHERE id IN ({doomed})"))?
-                .execute(params![ids, before_us])?;
+            db.execute(
+                &format!("DELETE FROM runs WHERE id IN ({doomed})"),
+                args![*before_us],
+            )?;
         }
         Op::PruneLogs { before_us } => {
-            tx.prepare_cached(
-                "INSERT INTO high_water(name, value) SELECT 'pilots', COALESCE(MAX(id), 0) FROM pilots WHERE true
-                 ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
-            )?
-            .execute([])?;
-            tx.prepare_cached("DELETE FROM events WHERE run_id IS NULL AND ts_us < ?1")?
-                .execute(params![before_us])?;
-            tx.prepare_cached(
+            remember_high_water(db, "pilots")?;
+            db.execute(
+                "DELETE FROM events WHERE run_id IS NULL AND ts_us < ?1",
+                args![*before_us],
+            )?;
+            db.execute(
                 "DELETE FROM pilots WHERE state IN ('lost', 'left') AND last_seen_us < ?1",
-            )?
-            .execute(params![before_us])?;
-            tx.prepare_cached("DELETE FROM alloc_log WHERE ts_us < ?1")?
-                .execute(params![before_us])?;
+                args![*before_us],
+            )?;
+            db.execute("DELETE FROM alloc_log WHERE ts_us < ?1", args![*before_us])?;
         }
     }
+    Ok(())
+}
+
+/// Records the highest id `table` holds before rows of it are deleted.
+fn remember_high_water(db: &mut Db, table: &str) -> anyhow::Result<()> {
+    let max = greatest(db.dialect());
+    // `WHERE true` lets SQLite tell the upsert's ON from a join's.
+    db.execute(
+        &format!(
+            "INSERT INTO high_water(name, value) SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} WHERE true
+             ON CONFLICT(name) DO UPDATE SET value = {max}(high_water.value, excluded.value)"
+        ),
+        &[],
+    )?;
     Ok(())
 }
 
@@ -593,7 +720,11 @@ mod tests {
     #[test]
     fn prune_takes_only_finished_runs_before_the_cutoff_and_keeps_ids_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let st = Store::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        let st = Store::open(
+            &Location::Sqlite(dir.path().join("s.db")),
+            Durability::Normal,
+        )
+        .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

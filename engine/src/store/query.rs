@@ -1,6 +1,7 @@
 //! Reads: the rows the API and the CLI show, and what the server reloads on start.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::db::{Db, Dialect, Row};
+use crate::args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -107,136 +108,129 @@ fn json(s: Option<String>) -> Option<Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
-fn flow_row(r: &Row, with_source: bool) -> rusqlite::Result<FlowRow> {
-    let spec: String = r.get("spec")?;
+fn flow_row(r: &Row, with_source: bool) -> anyhow::Result<FlowRow> {
+    let spec = r.text("spec")?;
+    let name = r.text("name")?;
     Ok(FlowRow {
-        name: r.get("name")?,
-        version: r.get("version")?,
-        path: r.get("path")?,
-        registered_us: r.get("registered_us")?,
-        spec: serde_json::from_str(&spec).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        version: u32::try_from(r.i64("version")?)?,
+        path: r.text("path")?,
+        registered_us: r.i64("registered_us")?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| anyhow::anyhow!("flow {name}: stored spec does not parse: {e}"))?,
         source: if with_source {
-            Some(r.get("source")?)
+            Some(r.text("source")?)
         } else {
             None
         },
+        name,
     })
 }
 
-fn run_row(r: &Row) -> rusqlite::Result<RunRow> {
+fn run_row(r: &Row) -> anyhow::Result<RunRow> {
     Ok(RunRow {
-        id: r.get::<_, i64>("id")? as u64,
-        flow: r.get("flow")?,
-        flow_version: r.get("flow_version")?,
-        input: json(r.get("input")?).unwrap_or(Value::Null),
-        dir: r.get("dir")?,
-        state: r.get("state")?,
-        error: r.get("error")?,
-        created_us: r.get("created_us")?,
-        started_us: r.get("started_us")?,
-        finished_us: r.get("finished_us")?,
+        id: r.u64("id")?,
+        flow: r.text("flow")?,
+        flow_version: u32::try_from(r.i64("flow_version")?)?,
+        input: json(r.opt_text("input")?).unwrap_or(Value::Null),
+        dir: r.text("dir")?,
+        state: r.text("state")?,
+        error: r.opt_text("error")?,
+        created_us: r.i64("created_us")?,
+        started_us: r.opt_i64("started_us")?,
+        finished_us: r.opt_i64("finished_us")?,
     })
 }
 
-fn attempt_row(r: &Row) -> rusqlite::Result<AttemptRow> {
+fn attempt_row(r: &Row) -> anyhow::Result<AttemptRow> {
     Ok(AttemptRow {
-        id: r.get::<_, i64>("id")? as u64,
-        run_id: r.get::<_, i64>("run_id")? as u64,
-        step: r.get("step")?,
-        step_index: r.get::<_, i64>("step_index")? as usize,
-        number: r.get("number")?,
-        action: r.get("action")?,
-        state: r.get("state")?,
-        params: json(r.get("params")?),
-        pilot_id: r.get::<_, Option<i64>>("pilot_id")?.map(|x| x as u64),
-        ready_us: r.get("ready_us")?,
-        dispatched_us: r.get("dispatched_us")?,
-        started_us: r.get("started_us")?,
-        finished_us: r.get("finished_us")?,
-        recorded_us: r.get("recorded_us")?,
-        outputs: json(r.get("outputs")?),
-        error: r.get("error")?,
-        exit_code: r.get("exit_code")?,
-        counts_retry: r.get::<_, i64>("counts_retry")? != 0,
+        id: r.u64("id")?,
+        run_id: r.u64("run_id")?,
+        step: r.text("step")?,
+        step_index: r.u64("step_index")? as usize,
+        number: u32::try_from(r.i64("number")?)?,
+        action: r.text("action")?,
+        state: r.text("state")?,
+        params: json(r.opt_text("params")?),
+        pilot_id: r.opt_u64("pilot_id")?,
+        ready_us: r.opt_i64("ready_us")?,
+        dispatched_us: r.opt_i64("dispatched_us")?,
+        started_us: r.opt_i64("started_us")?,
+        finished_us: r.opt_i64("finished_us")?,
+        recorded_us: r.opt_i64("recorded_us")?,
+        outputs: json(r.opt_text("outputs")?),
+        error: r.opt_text("error")?,
+        exit_code: r.opt_i64("exit_code")?.map(|x| x as i32),
+        counts_retry: r.i64("counts_retry")? != 0,
     })
 }
 
 /// Every version of every flow, newest version first within a name.
-pub fn flows(c: &Connection) -> rusqlite::Result<Vec<FlowRow>> {
-    let mut st = c.prepare("SELECT * FROM flows ORDER BY name, version DESC")?;
-    let rows = st.query_map([], |r| flow_row(r, false))?;
-    rows.collect()
+pub fn flows(c: &mut Db) -> anyhow::Result<Vec<FlowRow>> {
+    c.query(
+        "SELECT * FROM flows ORDER BY name, version DESC",
+        &[],
+        |r| flow_row(r, false),
+    )
+}
+
+/// Each flow version's source text, as registered.
+pub fn flow_sources(c: &mut Db) -> anyhow::Result<Vec<((String, u32), String)>> {
+    c.query("SELECT name, version, source FROM flows", &[], |r| {
+        Ok(((r.text(0)?, u32::try_from(r.i64(1)?)?), r.text(2)?))
+    })
 }
 
 /// One flow; the newest version unless `version` is given.
-pub fn flow(c: &Connection, name: &str, version: Option<u32>) -> rusqlite::Result<Option<FlowRow>> {
+pub fn flow(c: &mut Db, name: &str, version: Option<u32>) -> anyhow::Result<Option<FlowRow>> {
     match version {
-        Some(v) => c
-            .query_row(
-                "SELECT * FROM flows WHERE name = ?1 AND version = ?2",
-                params![name, v],
-                |r| flow_row(r, true),
-            )
-            .optional(),
-        None => c
-            .query_row(
-                "SELECT * FROM flows WHERE name = ?1 ORDER BY version DESC LIMIT 1",
-                params![name],
-                |r| flow_row(r, true),
-            )
-            .optional(),
+        Some(v) => c.query_opt(
+            "SELECT * FROM flows WHERE name = ?1 AND version = ?2",
+            args![name, v],
+            |r| flow_row(r, true),
+        ),
+        None => c.query_opt(
+            "SELECT * FROM flows WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+            args![name],
+            |r| flow_row(r, true),
+        ),
     }
 }
 
-pub fn runs(c: &Connection, f: &RunFilter) -> rusqlite::Result<Vec<RunRow>> {
-    let mut st = c.prepare(
-        "SELECT * FROM runs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR flow = ?2)
-           AND (?4 IS NULL OR id >= ?4) AND (?5 IS NULL OR id <= ?5) ORDER BY id DESC LIMIT ?3",
-    )?;
-    let limit = f.limit.unwrap_or(100).min(1_000_000) as i64;
-    let rows = st.query_map(
-        params![
-            f.state,
-            f.flow,
-            limit,
-            f.since.map(|x| x as i64),
-            f.until.map(|x| x as i64)
-        ],
+pub fn runs(c: &mut Db, f: &RunFilter) -> anyhow::Result<Vec<RunRow>> {
+    let limit = f.limit.unwrap_or(100).min(1_000_000);
+    // The casts type the parameters for PostgreSQL, which cannot tell
+    // from `?1 IS NULL` alone.
+    c.query(
+        "SELECT * FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) AND (CAST(?2 AS TEXT) IS NULL OR flow = ?2)
+           AND (CAST(?4 AS BIGINT) IS NULL OR id >= ?4) AND (CAST(?5 AS BIGINT) IS NULL OR id <= ?5) ORDER BY id DESC LIMIT ?3",
+        args![&f.state, &f.flow, limit, f.since, f.until],
         run_row,
-    )?;
-    rows.collect()
+    )
 }
 
-pub fn run(c: &Connection, id: u64) -> rusqlite::Result<Option<RunDetail>> {
-    let Some(run) = c
-        .query_row(
-            "SELECT * FROM runs WHERE id = ?1",
-            params![id as i64],
-            run_row,
-        )
-        .optional()?
-    else {
+pub fn run(c: &mut Db, id: u64) -> anyhow::Result<Option<RunDetail>> {
+    let Some(run) = c.query_opt("SELECT * FROM runs WHERE id = ?1", args![id], run_row)? else {
         return Ok(None);
     };
-    let attempts = c
-        .prepare_cached("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number")?
-        .query_map(params![id as i64], attempt_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let events = c
-        .prepare_cached("SELECT * FROM events WHERE run_id = ?1 ORDER BY id")?
-        .query_map(params![id as i64], |r| {
+    let attempts = c.query(
+        "SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number",
+        args![id],
+        attempt_row,
+    )?;
+    let events = c.query(
+        "SELECT * FROM events WHERE run_id = ?1 ORDER BY id",
+        args![id],
+        |r| {
             Ok(EventRow {
-                ts_us: r.get("ts_us")?,
-                run_id: r.get::<_, Option<i64>>("run_id")?.map(|x| x as u64),
-                attempt_id: r.get::<_, Option<i64>>("attempt_id")?.map(|x| x as u64),
-                pilot_id: r.get::<_, Option<i64>>("pilot_id")?.map(|x| x as u64),
-                kind: r.get("kind")?,
-                detail: r.get("detail")?,
+                ts_us: r.i64("ts_us")?,
+                run_id: r.opt_u64("run_id")?,
+                attempt_id: r.opt_u64("attempt_id")?,
+                pilot_id: r.opt_u64("pilot_id")?,
+                kind: r.text("kind")?,
+                detail: r.opt_text("detail")?,
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        },
+    )?;
     Ok(Some(RunDetail {
         run,
         attempts,
@@ -244,40 +238,50 @@ pub fn run(c: &Connection, id: u64) -> rusqlite::Result<Option<RunDetail>> {
     }))
 }
 
+/// `IN (…)` of ids: integers of ours, written into the statement.
+pub(super) fn id_list(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "(NULL)".into();
+    }
+    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!("({})", list.join(","))
+}
+
 /// How many steps of each run are done (succeeded or skipped), counted as
 /// the server's live updates count them.
 pub fn steps_done(
-    c: &Connection,
+    c: &mut Db,
     runs: &[u64],
-) -> rusqlite::Result<std::collections::HashMap<u64, usize>> {
-    let ids = serde_json::to_string(runs).expect("ids serialise");
-    let mut st = c.prepare_cached(
-        "SELECT run_id, COUNT(DISTINCT step_index) FROM attempts
-         WHERE state IN ('succeeded', 'skipped') AND run_id IN (SELECT value FROM json_each(?1))
-         GROUP BY run_id",
+) -> anyhow::Result<std::collections::HashMap<u64, usize>> {
+    let rows = c.query(
+        &format!(
+            "SELECT run_id, COUNT(DISTINCT step_index) FROM attempts
+             WHERE state IN ('succeeded', 'skipped') AND run_id IN {}
+             GROUP BY run_id",
+            id_list(runs)
+        ),
+        &[],
+        |r| Ok((r.u64(0)?, r.u64(1)? as usize)),
     )?;
-    let rows = st.query_map(params![ids], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize))
-    })?;
-    rows.collect()
+    Ok(rows.into_iter().collect())
 }
 
 /// Attempts handed to pilots and not yet finished, for the pilots page.
-pub fn active_attempts(c: &Connection) -> rusqlite::Result<Vec<AttemptRow>> {
-    let mut st = c.prepare_cached(
+pub fn active_attempts(c: &mut Db) -> anyhow::Result<Vec<AttemptRow>> {
+    c.query(
         "SELECT * FROM attempts WHERE state IN ('dispatched', 'running') ORDER BY id",
-    )?;
-    let rows = st.query_map([], attempt_row)?;
-    rows.collect()
+        &[],
+        attempt_row,
+    )
 }
 
 /// The newest `limit` runs of a flow and all their attempts: what a report
 /// over the flow needs.
 pub fn flow_history(
-    c: &Connection,
+    c: &mut Db,
     flow: &str,
     limit: usize,
-) -> rusqlite::Result<(Vec<RunRow>, Vec<AttemptRow>)> {
+) -> anyhow::Result<(Vec<RunRow>, Vec<AttemptRow>)> {
     let f = RunFilter {
         flow: Some(flow.to_string()),
         limit: Some(limit),
@@ -287,54 +291,49 @@ pub fn flow_history(
 }
 
 /// Runs per flow and state.
-pub fn run_counts(c: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
-    let mut st = c.prepare_cached("SELECT flow, state, COUNT(*) FROM runs GROUP BY flow, state")?;
-    let rows = st.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-    })?;
-    rows.collect()
+pub fn run_counts(c: &mut Db) -> anyhow::Result<Vec<(String, String, u64)>> {
+    c.query(
+        "SELECT flow, state, COUNT(*) FROM runs GROUP BY flow, state",
+        &[],
+        |r| Ok((r.text(0)?, r.text(1)?, r.u64(2)?)),
+    )
 }
 
 /// Attempts of many runs at once (for reports over many runs).
 pub fn attempts_of_flow(
-    c: &Connection,
+    c: &mut Db,
     flow: &str,
     limit_runs: usize,
-) -> rusqlite::Result<Vec<AttemptRow>> {
-    let mut st = c.prepare(
+) -> anyhow::Result<Vec<AttemptRow>> {
+    c.query(
         "SELECT a.* FROM attempts a WHERE a.run_id IN (SELECT id FROM runs WHERE flow = ?1 ORDER BY id DESC LIMIT ?2)
          ORDER BY a.run_id, a.step_index, a.number",
-    )?;
-    let rows = st.query_map(params![flow, limit_runs as i64], attempt_row)?;
-    rows.collect()
+        args![flow, limit_runs],
+        attempt_row,
+    )
 }
 
-pub fn pilots(c: &Connection) -> rusqlite::Result<Vec<PilotRow>> {
-    let mut st = c.prepare("SELECT * FROM pilots ORDER BY id")?;
-    let rows = st.query_map([], |r| {
+pub fn pilots(c: &mut Db) -> anyhow::Result<Vec<PilotRow>> {
+    c.query("SELECT * FROM pilots ORDER BY id", &[], |r| {
         Ok(PilotRow {
-            id: r.get::<_, i64>("id")? as u64,
-            name: r.get("name")?,
-            host: r.get("host")?,
-            info: json(r.get("info")?).unwrap_or(Value::Null),
-            state: r.get("state")?,
-            reason: r.get("reason")?,
-            connected_us: r.get("connected_us")?,
-            last_seen_us: r.get("last_seen_us")?,
+            id: r.u64("id")?,
+            name: r.text("name")?,
+            host: r.text("host")?,
+            info: json(r.opt_text("info")?).unwrap_or(Value::Null),
+            state: r.text("state")?,
+            reason: r.opt_text("reason")?,
+            connected_us: r.i64("connected_us")?,
+            last_seen_us: r.i64("last_seen_us")?,
         })
-    })?;
-    rows.collect()
+    })
 }
 
-/// Turns free text into an FTS5 query that matches records containing every
-/// word, so punctuation in user input (paths, `-`, `:`) is never FTS syntax.
-fn fts_query(text: &str) -> Option<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric() && c != '_')
+/// The words of free text, so punctuation in user input (paths, `-`, `:`)
+/// is never full-text query syntax.
+pub(super) fn words(text: &str) -> Vec<&str> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
-        .map(|w| format!("\"{w}\""))
-        .collect();
-    (!words.is_empty()).then(|| words.join(" AND "))
+        .collect()
 }
 
 /// Records matching every word of `text` (if any), every `field = value`
@@ -342,12 +341,13 @@ fn fts_query(text: &str) -> Option<String> {
 /// `fields.sample`, `outputs.exit_code`), and created within `created` (µs,
 /// from inclusive, to exclusive) if given.
 pub fn catalog_search(
-    c: &Connection,
+    c: &mut Db,
     text: Option<&str>,
     fields: &[(String, String)],
     created: Option<(i64, i64)>,
     limit: usize,
-) -> rusqlite::Result<Vec<CatalogRow>> {
+) -> anyhow::Result<Vec<CatalogRow>> {
+    let pg = c.dialect() == Dialect::Postgres;
     let mut sql = String::from("SELECT c.* FROM catalog c WHERE 1=1");
     let mut args: Vec<String> = Vec::new();
     if let Some((from, to)) = created {
@@ -356,38 +356,64 @@ pub fn catalog_search(
             " AND c.created_us >= {from} AND c.created_us < {to}"
         ));
     }
-    if let Some(q) = text.and_then(fts_query) {
-        args.push(q);
-        sql.push_str(&format!(
-            " AND c.id IN (SELECT rowid FROM catalog_text WHERE catalog_text MATCH ?{})",
-            args.len()
-        ));
+    let words = text.map(words).unwrap_or_default();
+    if !words.is_empty() {
+        if pg {
+            // Every word, each as a phrase of the tokens it parses into.
+            let mut terms = Vec::new();
+            for w in words {
+                args.push(w.to_string());
+                terms.push(format!("phraseto_tsquery('simple', ?{})", args.len()));
+            }
+            sql.push_str(&format!(
+                " AND c.id IN (SELECT rowid FROM catalog_text WHERE words @@ ({}))",
+                terms.join(" && ")
+            ));
+        } else {
+            let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+            args.push(quoted.join(" AND "));
+            sql.push_str(&format!(
+                " AND c.id IN (SELECT rowid FROM catalog_text WHERE catalog_text MATCH ?{})",
+                args.len()
+            ));
+        }
     }
     for (k, v) in fields {
-        args.push(format!("$.{k}"));
-        let p = args.len();
-        args.push(v.clone());
-        sql.push_str(&format!(
-            " AND (CAST(json_extract(c.record, ?{p}) AS TEXT) = ?{q} OR EXISTS (SELECT 1 FROM json_each(c.record, ?{p}) WHERE CAST(value AS TEXT) = ?{q}))",
-            q = p + 1
-        ));
+        if pg {
+            args.push(k.clone());
+            let p = args.len();
+            args.push(v.clone());
+            let at = format!("(c.record::jsonb #> string_to_array(?{p}, '.'))");
+            sql.push_str(&format!(
+                " AND ((c.record::jsonb #>> string_to_array(?{p}, '.')) = ?{q}
+                   OR (jsonb_typeof({at}) = 'array' AND EXISTS (SELECT 1 FROM jsonb_array_elements_text({at}) v WHERE v = ?{q})))",
+                q = p + 1
+            ));
+        } else {
+            args.push(format!("$.{k}"));
+            let p = args.len();
+            args.push(v.clone());
+            sql.push_str(&format!(
+                " AND (CAST(json_extract(c.record, ?{p}) AS TEXT) = ?{q} OR EXISTS (SELECT 1 FROM json_each(c.record, ?{p}) WHERE CAST(value AS TEXT) = ?{q}))",
+                q = p + 1
+            ));
+        }
     }
     sql.push_str(&format!(
         " ORDER BY c.id DESC LIMIT {}",
         limit.clamp(1, 100_000)
     ));
-    let mut st = c.prepare(&sql)?;
-    let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+    let args: Vec<super::Arg> = args.into_iter().map(Into::into).collect();
+    c.query(&sql, &args, |r| {
         Ok(CatalogRow {
-            id: r.get::<_, i64>("id")? as u64,
-            run_id: r.get::<_, i64>("run_id")? as u64,
-            attempt_id: r.get::<_, i64>("attempt_id")? as u64,
-            flow: r.get("flow")?,
-            created_us: r.get("created_us")?,
-            record: json(r.get("record")?).unwrap_or(Value::Null),
+            id: r.u64("id")?,
+            run_id: r.u64("run_id")?,
+            attempt_id: r.u64("attempt_id")?,
+            flow: r.text("flow")?,
+            created_us: r.i64("created_us")?,
+            record: json(r.opt_text("record")?).unwrap_or(Value::Null),
         })
-    })?;
-    rows.collect()
+    })
 }
 
 /// What the server needs to resume after a restart.
@@ -399,45 +425,42 @@ pub struct Snapshot {
     pub next_pilot: u64,
 }
 
-pub fn snapshot(c: &Connection) -> rusqlite::Result<Snapshot> {
-    let flows = {
-        let mut st = c.prepare("SELECT * FROM flows")?;
-        let rows = st.query_map([], |r| flow_row(r, false))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    let active: Vec<RunRow> = {
-        let mut st =
-            c.prepare("SELECT * FROM runs WHERE state IN ('queued', 'running') ORDER BY id")?;
-        let rows = st.query_map([], run_row)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
+pub fn snapshot(c: &mut Db) -> anyhow::Result<Snapshot> {
+    let flows = c.query("SELECT * FROM flows", &[], |r| flow_row(r, false))?;
+    let active = c.query(
+        "SELECT * FROM runs WHERE state IN ('queued', 'running') ORDER BY id",
+        &[],
+        run_row,
+    )?;
     let mut runs = Vec::with_capacity(active.len());
-    let mut st =
-        c.prepare("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number")?;
     for r in active {
-        let atts = st
-            .query_map(params![r.id as i64], attempt_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let atts = c.query(
+            "SELECT * FROM attempts WHERE run_id = ?1 ORDER BY step_index, number",
+            args![r.id],
+            attempt_row,
+        )?;
         runs.push((r, atts));
     }
     // The highest id a table ever held: rows pruned away keep theirs.
-    let max = |table: &str| -> rusqlite::Result<u64> {
-        c.query_row(
-            &format!(
-                "SELECT MAX(COALESCE((SELECT MAX(id) FROM {table}), 0),
-                            COALESCE((SELECT value FROM high_water WHERE name = '{table}'), 0))"
-            ),
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|x| x as u64)
+    let mut max = |table: &str| -> anyhow::Result<u64> {
+        let held = c.query_one(
+            &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+            &[],
+            |r| r.u64(0),
+        )?;
+        let pruned = c.query_opt(
+            "SELECT value FROM high_water WHERE name = ?1",
+            args![table],
+            |r| r.u64(0),
+        )?;
+        Ok(held.max(pruned.unwrap_or(0)))
     };
     Ok(Snapshot {
-        flows,
-        runs,
         next_run: max("runs")? + 1,
         next_attempt: max("attempts")? + 1,
         next_pilot: max("pilots")? + 1,
+        flows,
+        runs,
     })
 }
 
@@ -448,43 +471,38 @@ pub struct AllocSnapshot {
     pub jobs: Vec<(u64, String)>,
 }
 
-pub fn alloc_snapshot(c: &Connection) -> rusqlite::Result<AllocSnapshot> {
-    let mut st = c.prepare("SELECT data FROM alloc_queues ORDER BY id")?;
-    let queues = st
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut st = c.prepare(
+pub fn alloc_snapshot(c: &mut Db) -> anyhow::Result<AllocSnapshot> {
+    let queues = c.query("SELECT data FROM alloc_queues ORDER BY id", &[], |r| {
+        r.text(0)
+    })?;
+    let jobs = c.query(
         "SELECT j.queue_id, j.data FROM alloc_jobs j JOIN alloc_queues q ON q.id = j.queue_id
          ORDER BY j.queue_id, j.rowid",
+        &[],
+        |r| Ok((r.u64(0)?, r.text(1)?)),
     )?;
-    let jobs = st
-        .query_map([], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(AllocSnapshot { queues, jobs })
 }
 
 /// The newest `limit` log lines of a queue (or of all), oldest first.
 pub fn alloc_log(
-    c: &Connection,
+    c: &mut Db,
     queue: Option<u64>,
     limit: u32,
-) -> rusqlite::Result<Vec<crate::alloc::LogEntry>> {
-    let mut st = c.prepare(
+) -> anyhow::Result<Vec<crate::alloc::LogEntry>> {
+    let mut rows = c.query(
         "SELECT queue_id, ts_us, level, message FROM alloc_log
-         WHERE ?1 IS NULL OR queue_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let mut rows = st
-        .query_map(params![queue.map(|q| q as i64), limit], |r| {
+         WHERE CAST(?1 AS BIGINT) IS NULL OR queue_id = ?1 ORDER BY id DESC LIMIT ?2",
+        args![queue, limit],
+        |r| {
             Ok(crate::alloc::LogEntry {
-                queue: r.get::<_, i64>(0)? as u64,
-                at_us: r.get(1)?,
-                level: r.get(2)?,
-                message: r.get(3)?,
+                queue: r.u64(0)?,
+                at_us: r.i64(1)?,
+                level: r.text(2)?,
+                message: r.text(3)?,
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        },
+    )?;
     rows.reverse();
     Ok(rows)
 }
@@ -493,24 +511,22 @@ pub fn alloc_log(
 /// above `after`, oldest id first: the next chunk `beamflow admin prune`
 /// takes.
 pub fn prune_candidates(
-    c: &Connection,
+    c: &mut Db,
     before_us: i64,
     after: u64,
     limit: usize,
-) -> rusqlite::Result<Vec<u64>> {
-    let mut st = c.prepare_cached(
+) -> anyhow::Result<Vec<u64>> {
+    c.query(
         "SELECT id FROM runs WHERE finished_us < ?1 AND id > ?2
            AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT ?3",
-    )?;
-    let rows = st.query_map(params![before_us, after as i64, limit as i64], |r| {
-        r.get::<_, i64>(0).map(|x| x as u64)
-    })?;
-    rows.collect()
+        args![before_us, after, limit],
+        |r| r.u64(0),
+    )
 }
 
 /// How many rows each table holds, for `beamflow admin prune` and the
 /// store benchmark.
-pub fn table_sizes(c: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+pub fn table_sizes(c: &mut Db) -> anyhow::Result<Vec<(String, u64)>> {
     [
         "runs",
         "attempts",
@@ -521,8 +537,8 @@ pub fn table_sizes(c: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
     ]
     .iter()
     .map(|t| {
-        c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
-            Ok((t.to_string(), r.get::<_, i64>(0)? as u64))
+        c.query_one(&format!("SELECT COUNT(*) FROM {t}"), &[], |r| {
+            Ok((t.to_string(), r.u64(0)?))
         })
     })
     .collect()

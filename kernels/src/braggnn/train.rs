@@ -470,6 +470,10 @@ mod tests {
     // same time (no other test of this crate uses it).
     #[test]
     fn shared_training_is_one_process_training() {
+        // libtorch's GEMM lands in OpenBLAS here, whose thread count other
+        // tests of this process set to one at some moment: one from the
+        // start, so every run below sums in the same order.
+        crate::blas::single_threaded();
         let set = patches(1_000, 11, 1, 5);
         let o = options();
         let alone = train(&set, Shape::default(), &o, None, &mut |_| true).unwrap();

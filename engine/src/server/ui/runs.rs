@@ -61,7 +61,7 @@ impl RunView {
 }
 
 /// Rows for `runs`, with their progress.
-fn views(c: &rusqlite::Connection, runs: Vec<RunRow>) -> rusqlite::Result<Vec<RunView>> {
+fn views(c: &mut store::Db, runs: Vec<RunRow>) -> anyhow::Result<Vec<RunView>> {
     let ids: Vec<u64> = runs.iter().map(|r| r.id).collect();
     let done = store::steps_done(c, &ids)?;
     let totals: HashMap<(String, u32), usize> = store::flows(c)?
@@ -118,7 +118,8 @@ pub(super) async fn page(State(app): State<App>, Query(f): Query<Filter>) -> Res
         until: None,
     };
     let data = read(&app, move |c| {
-        let runs = views(c, store::runs(c, &filter)?)?;
+        let runs = store::runs(c, &filter)?;
+        let runs = views(c, runs)?;
         Ok((runs, store::flows(c)?))
     })
     .await;
