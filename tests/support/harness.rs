@@ -193,12 +193,12 @@ pub fn fresh_postgres_db() -> String {
             .unwrap()
             .as_micros()
     );
-    // The sync client runs its own runtime: not on a test's async thread.
+    // The store's client runs its own runtime: not on a test's async thread.
     let create = format!("CREATE DATABASE {name}");
     let admin = base.to_string();
     std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
-        c.batch_execute(&create).expect("create database");
+        let mut c = beamflow::store::Db::postgres(&admin).expect("connect");
+        c.batch(&create).expect("create database");
     })
     .join()
     .unwrap();

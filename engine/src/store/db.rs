@@ -151,15 +151,15 @@ impl rusqlite::ToSql for Arg {
 /// PostgreSQL infers each parameter's type from the statement; an `Arg`
 /// fits whatever it inferred that it can be (a NULL fits anything), and a
 /// mismatch is an error naming both.
-impl postgres::types::ToSql for Arg {
+impl tokio_postgres::types::ToSql for Arg {
     fn to_sql(
         &self,
-        ty: &postgres::types::Type,
+        ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
-    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use postgres::types::Type;
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::Type;
         match (self, ty) {
-            (Arg::Null, _) => Ok(postgres::types::IsNull::Yes),
+            (Arg::Null, _) => Ok(tokio_postgres::types::IsNull::Yes),
             (Arg::Int(i), &Type::INT8) => i.to_sql(ty, out),
             (Arg::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
             (Arg::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
@@ -175,22 +175,22 @@ impl postgres::types::ToSql for Arg {
         }
     }
 
-    fn accepts(_: &postgres::types::Type) -> bool {
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A column by name or position, for either database.
-pub trait Col: rusqlite::RowIndex + postgres::row::RowIndex + fmt::Display + Copy {}
+pub trait Col: rusqlite::RowIndex + tokio_postgres::row::RowIndex + fmt::Display + Copy {}
 impl Col for usize {}
 impl Col for &str {}
 
 /// A result row.
 pub enum Row<'a> {
     Sqlite(&'a rusqlite::Row<'a>),
-    Postgres(&'a postgres::Row),
+    Postgres(&'a tokio_postgres::Row),
 }
 
 impl Row<'_> {
@@ -198,7 +198,7 @@ impl Row<'_> {
         match self {
             Row::Sqlite(r) => r.get(c).map_err(|e| anyhow::anyhow!("column {c}: {e}")),
             Row::Postgres(r) => {
-                use postgres::types::Type;
+                use tokio_postgres::types::Type;
                 let ty = r
                     .columns()
                     .get(column_index(r, c)?)
@@ -242,7 +242,7 @@ impl Row<'_> {
     }
 }
 
-fn column_index(r: &postgres::Row, c: impl Col) -> anyhow::Result<usize> {
+fn column_index(r: &tokio_postgres::Row, c: impl Col) -> anyhow::Result<usize> {
     let name = c.to_string();
     if let Ok(i) = name.parse::<usize>() {
         return Ok(i);
@@ -253,6 +253,22 @@ fn column_index(r: &postgres::Row, c: impl Col) -> anyhow::Result<usize> {
         .with_context(|| format!("no column {name}"))
 }
 
+/// A statement with its parameters, for [`Db::execute_all`].
+#[derive(Clone, Debug)]
+pub struct Stmt {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+impl Stmt {
+    pub fn new(sql: &str, args: &[Arg]) -> Stmt {
+        Stmt {
+            sql: sql.to_string(),
+            args: args.to_vec(),
+        }
+    }
+}
+
 /// An open connection.
 pub struct Db {
     conn: Conn,
@@ -260,11 +276,45 @@ pub struct Db {
 
 enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres {
-        client: Box<postgres::Client>,
-        /// Statements prepared on this connection, by their text.
-        prepared: HashMap<String, postgres::Statement>,
-    },
+    Postgres(Box<Pg>),
+}
+
+/// The async client, driven by a runtime of its own: every call is one
+/// `block_on`, during which the connection task runs too.
+struct Pg {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    /// Statements prepared on this connection, by their text.
+    prepared: HashMap<String, tokio_postgres::Statement>,
+}
+
+impl Pg {
+    /// Prepares what is not prepared yet (all at once: one round trip).
+    fn prepare(&mut self, sqls: &[&str]) -> anyhow::Result<Vec<tokio_postgres::Statement>> {
+        let missing: Vec<&str> = {
+            let mut m: Vec<&str> = sqls
+                .iter()
+                .copied()
+                .filter(|s| !self.prepared.contains_key(*s))
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            let client = &self.client;
+            let made = self
+                .rt
+                .block_on(futures_util::future::join_all(missing.iter().map(
+                    |sql| async move { (*sql, client.prepare(&dollar_placeholders(sql)).await) },
+                )));
+            for (sql, st) in made {
+                let st = st.map_err(|e| failed(sql, e))?;
+                self.prepared.insert(sql.to_string(), st);
+            }
+        }
+        Ok(sqls.iter().map(|s| self.prepared[*s].clone()).collect())
+    }
 }
 
 impl Db {
@@ -274,29 +324,37 @@ impl Db {
         }
     }
 
-    /// Connects to PostgreSQL (plain TCP or a Unix socket: `host=/run/…`
-    /// or `postgres://user@%2Frun%2Fpostgresql/db`). The sync client runs
-    /// its own runtime, so this must not run on an async worker: see
-    /// [`blocking`].
+    /// Connects to PostgreSQL (TCP, or a Unix socket with `?host=/run/…`).
+    /// The client's runtime refuses to start inside another: call from a
+    /// plain thread or through [`blocking`].
     pub fn postgres(url: &str) -> anyhow::Result<Db> {
-        let config: postgres::Config = url
+        let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("{}: not a PostgreSQL URL: {e}", redact(url)))?;
-        let client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| anyhow::anyhow!("{}: cannot connect: {}", redact(url), with_causes(&e)))?;
+            .map_err(|e| anyhow::anyhow!("not a PostgreSQL URL: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, connection) = rt
+            .block_on(config.connect(tokio_postgres::NoTls))
+            .map_err(|e| anyhow::anyhow!("cannot connect: {}", with_causes(&e)))?;
+        rt.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("PostgreSQL connection ended: {}", with_causes(&e));
+            }
+        });
         Ok(Db {
-            conn: Conn::Postgres {
-                client: Box::new(client),
+            conn: Conn::Postgres(Box::new(Pg {
+                rt,
+                client,
                 prepared: HashMap::new(),
-            },
+            })),
         })
     }
 
     pub fn dialect(&self) -> Dialect {
         match self.conn {
             Conn::Sqlite(_) => Dialect::Sqlite,
-            Conn::Postgres { .. } => Dialect::Postgres,
+            Conn::Postgres(_) => Dialect::Postgres,
         }
     }
 
@@ -307,13 +365,62 @@ impl Db {
                 .prepare_cached(sql)
                 .and_then(|mut st| st.execute(rusqlite::params_from_iter(args)))
                 .map_err(|e| failed(sql, e))? as u64),
-            Conn::Postgres { client, prepared } => {
-                let st = prepare(client, prepared, sql)?;
-                client
-                    .execute(&st, &pg_args(args))
+            Conn::Postgres(pg) => {
+                let st = pg.prepare(&[sql])?.remove(0);
+                pg.rt
+                    .block_on(pg.client.execute(&st, &pg_args(args)))
                     .map_err(|e| failed(sql, e))
             }
         }
+    }
+
+    /// Runs statements in order. PostgreSQL gets them all before the first
+    /// answer comes back (pipelined), so a group commit of thousands of
+    /// statements costs a few round trips, not one each.
+    pub fn execute_all(&mut self, stmts: &[Stmt]) -> anyhow::Result<()> {
+        let Conn::Postgres(pg) = &mut self.conn else {
+            for s in stmts {
+                self.execute(&s.sql, &s.args)?;
+            }
+            return Ok(());
+        };
+        let sqls: Vec<&str> = stmts.iter().map(|s| s.sql.as_str()).collect();
+        let prepared = pg.prepare(&sqls)?;
+        let client = &pg.client;
+        type Pending<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + 'a>,
+        >;
+        let mut pending: Vec<Pending> = stmts
+            .iter()
+            .zip(&prepared)
+            .map(|(s, st)| Box::pin(client.execute_raw(st, s.args.iter())) as Pending)
+            .collect();
+        let mut done: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+            std::iter::repeat_with(|| None).take(stmts.len()).collect();
+        pg.rt.block_on(async {
+            // A request is sent when its future is first polled: once each,
+            // in order, so the server gets them in order…
+            std::future::poll_fn(|cx| {
+                for (f, d) in pending.iter_mut().zip(done.iter_mut()) {
+                    if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                        *d = Some(r);
+                    }
+                }
+                std::task::Poll::Ready(())
+            })
+            .await;
+            // …then the answers, which come in the same order.
+            for (f, d) in pending.iter_mut().zip(done.iter_mut()) {
+                if d.is_none() {
+                    *d = Some(f.await);
+                }
+            }
+        });
+        for (s, r) in stmts.iter().zip(done) {
+            r.expect("every statement answered")
+                .map_err(|e| failed(&s.sql, e))?;
+        }
+        Ok(())
     }
 
     /// Runs a query and maps each row.
@@ -335,10 +442,11 @@ impl Db {
                 }
                 Ok(out)
             }
-            Conn::Postgres { client, prepared } => {
-                let st = prepare(client, prepared, sql)?;
-                let rows = client
-                    .query(&st, &pg_args(args))
+            Conn::Postgres(pg) => {
+                let st = pg.prepare(&[sql])?.remove(0);
+                let rows = pg
+                    .rt
+                    .block_on(pg.client.query(&st, &pg_args(args)))
                     .map_err(|e| failed(sql, e))?;
                 rows.iter().map(|r| f(&Row::Postgres(r))).collect()
             }
@@ -370,7 +478,10 @@ impl Db {
     pub fn batch(&mut self, sql: &str) -> anyhow::Result<()> {
         match &mut self.conn {
             Conn::Sqlite(c) => c.execute_batch(sql).map_err(|e| failed(sql, e)),
-            Conn::Postgres { client, .. } => client.batch_execute(sql).map_err(|e| failed(sql, e)),
+            Conn::Postgres(pg) => pg
+                .rt
+                .block_on(pg.client.batch_execute(sql))
+                .map_err(|e| failed(sql, e)),
         }
     }
 
@@ -378,7 +489,7 @@ impl Db {
     pub fn as_sqlite(&mut self) -> Option<&mut rusqlite::Connection> {
         match &mut self.conn {
             Conn::Sqlite(c) => Some(c),
-            Conn::Postgres { .. } => None,
+            Conn::Postgres(_) => None,
         }
     }
 }
@@ -411,25 +522,10 @@ fn statement(sql: &str) -> String {
     format!("store query `{shown}`")
 }
 
-fn pg_args(args: &[Arg]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+fn pg_args(args: &[Arg]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
     args.iter()
-        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect()
-}
-
-fn prepare(
-    client: &mut postgres::Client,
-    prepared: &mut HashMap<String, postgres::Statement>,
-    sql: &str,
-) -> anyhow::Result<postgres::Statement> {
-    if let Some(st) = prepared.get(sql) {
-        return Ok(st.clone());
-    }
-    let st = client
-        .prepare(&dollar_placeholders(sql))
-        .map_err(|e| failed(sql, e))?;
-    prepared.insert(sql.to_string(), st.clone());
-    Ok(st)
 }
 
 /// `?N` → `$N`, outside string literals and quoted names.

@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::args;
 use rusqlite::{Connection, OpenFlags};
 
-pub use db::{blocking, Arg, Db, Dialect, Location, Row};
+pub use db::{blocking, Arg, Db, Dialect, Location, Row, Stmt};
 pub use query::*;
 
 /// A change to the store.
@@ -245,7 +245,7 @@ impl Store {
             let mut db = match popped {
                 Some(db) => db,
                 None => open_reader(&self.location)
-                    .with_context(|| format!("store {}", self.location))?,
+                    .map_err(|e| anyhow::anyhow!("store {}: {e:#}", self.location))?,
             };
             let out = f(&mut db);
             // A connection whose server went away is not reused.
@@ -350,10 +350,18 @@ fn open_reader(location: &Location) -> anyhow::Result<Db> {
     }
 }
 
+/// Operations one group commit takes at most: enough to amortise a
+/// commit, few enough that the first batch's effects wait no longer than
+/// one such transaction, and that PostgreSQL never holds one open for long.
+const MAX_GROUP_OPS: usize = 20_000;
+
 fn writer(mut db: Db, rx: mpsc::Receiver<Batch>) {
     while let Ok(first) = rx.recv() {
+        let mut ops = first.ops.len();
         let mut batches = vec![first];
-        while let Ok(b) = rx.try_recv() {
+        while ops < MAX_GROUP_OPS {
+            let Ok(b) = rx.try_recv() else { break };
+            ops += b.ops.len();
             batches.push(b);
         }
         let mut tries = 0;
@@ -384,12 +392,12 @@ fn apply(db: &mut Db, batches: &[Batch]) -> anyhow::Result<()> {
         return Ok(());
     }
     let recorded = crate::util::now_us();
+    let mut stmts = Vec::new();
+    for op in batches.iter().flat_map(|b| &b.ops) {
+        statements(op, db.dialect(), recorded, &mut stmts);
+    }
     db.batch("BEGIN")?;
-    let applied = batches
-        .iter()
-        .flat_map(|b| &b.ops)
-        .try_for_each(|op| apply_op(db, op, recorded));
-    match applied {
+    match db.execute_all(&stmts) {
         Ok(()) => db.batch("COMMIT"),
         Err(e) => {
             let _ = db.batch("ROLLBACK");
@@ -407,7 +415,10 @@ fn greatest(d: Dialect) -> &'static str {
     }
 }
 
-fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
+/// The statements that make `op` durable, appended to `out`. They run in
+/// order inside the group commit's transaction.
+fn statements(op: &Op, dialect: Dialect, recorded: i64, out: &mut Vec<Stmt>) {
+    let mut push = |sql: &str, args: &[Arg]| out.push(Stmt::new(sql, args));
     match op {
         Op::PutFlow {
             name,
@@ -417,11 +428,11 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             spec,
             at,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO flows(name, version, source, path, spec, registered_us) VALUES (?1,?2,?3,?4,?5,?6)
                  ON CONFLICT(name, version) DO UPDATE SET source = ?3, path = ?4, spec = ?5, registered_us = ?6",
                 args![name, *version, source, path, spec, *at],
-            )?;
+            );
         }
         Op::InsertRun {
             id,
@@ -432,10 +443,10 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             state,
             at,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO runs(id, flow, flow_version, input, dir, state, created_us) VALUES (?1,?2,?3,?4,?5,?6,?7)",
                 args![*id, flow, *version, input, dir, *state, *at],
-            )?;
+            );
         }
         Op::RunState {
             id,
@@ -444,16 +455,16 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             at,
         } => {
             let terminal = matches!(*state, "succeeded" | "failed" | "cancelled");
-            db.execute(
+            push(
                 "UPDATE runs SET state = ?2, error = ?3,
                    started_us = CASE WHEN ?2 = 'running' THEN COALESCE(started_us, ?4) ELSE started_us END,
                    finished_us = ?5
                  WHERE id = ?1",
                 args![*id, *state, error, *at, terminal.then_some(*at)],
-            )?;
+            );
         }
         Op::InsertAttempt(a) => {
-            db.execute(
+            push(
                 "INSERT INTO attempts(id, run_id, step, step_index, number, action, state, params, ready_us, error, finished_us, recorded_us)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
                 args![
@@ -470,19 +481,19 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
                     a.finished_us,
                     a.finished_us.map(|_| recorded)
                 ],
-            )?;
+            );
         }
         Op::Dispatched { id, pilot, at } => {
-            db.execute(
+            push(
                 "UPDATE attempts SET state = 'dispatched', pilot_id = ?2, dispatched_us = ?3 WHERE id = ?1",
                 args![*id, *pilot, *at],
-            )?;
+            );
         }
         Op::Started { id, at } => {
-            db.execute(
+            push(
                 "UPDATE attempts SET state = 'running', started_us = ?2 WHERE id = ?1 AND state IN ('dispatched', 'running')",
                 args![*id, *at],
-            )?;
+            );
         }
         Op::Finished {
             id,
@@ -494,11 +505,11 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             finished,
             counts_retry,
         } => {
-            db.execute(
+            push(
                 "UPDATE attempts SET state = ?2, outputs = ?3, error = ?4, exit_code = ?5, started_us = ?6,
                    finished_us = ?7, recorded_us = ?8, counts_retry = ?9 WHERE id = ?1",
                 args![*id, *state, outputs, error, *exit_code, *started, *finished, recorded, *counts_retry],
-            )?;
+            );
         }
         Op::AttemptState {
             id,
@@ -506,16 +517,16 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             error,
             at,
         } => {
-            db.execute(
+            push(
                 "UPDATE attempts SET state = ?2, error = ?3, finished_us = COALESCE(finished_us, ?4), recorded_us = ?5 WHERE id = ?1",
                 args![*id, *state, error, *at, recorded],
-            )?;
+            );
         }
         Op::Supersede { id } => {
-            db.execute(
+            push(
                 "UPDATE attempts SET state = 'superseded', counts_retry = 0 WHERE id = ?1",
                 args![*id],
-            )?;
+            );
         }
         Op::Event {
             at,
@@ -525,10 +536,10 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             kind,
             detail,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO events(ts_us, run_id, attempt_id, pilot_id, kind, detail) VALUES (?1,?2,?3,?4,?5,?6)",
                 args![*at, *run, *attempt, *pilot, *kind, detail],
-            )?;
+            );
         }
         Op::PutPilot {
             id,
@@ -538,11 +549,11 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             state,
             at,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO pilots(id, name, host, info, state, connected_us, last_seen_us) VALUES (?1,?2,?3,?4,?5,?6,?6)
                  ON CONFLICT(id) DO UPDATE SET info = ?4, state = ?5, connected_us = ?6, last_seen_us = ?6, reason = NULL",
                 args![*id, name, host, info, *state, *at],
-            )?;
+            );
         }
         Op::PilotState {
             id,
@@ -550,10 +561,10 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             reason,
             at,
         } => {
-            db.execute(
+            push(
                 "UPDATE pilots SET state = ?2, reason = ?3, last_seen_us = ?4 WHERE id = ?1",
                 args![*id, *state, reason, *at],
-            )?;
+            );
         }
         Op::Catalog {
             run,
@@ -563,25 +574,24 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             body,
             at,
         } => {
-            let id = db.query_opt(
+            push(
                 "INSERT INTO catalog(run_id, attempt_id, flow, created_us, record) VALUES (?1,?2,?3,?4,?5)
-                 ON CONFLICT(attempt_id) DO NOTHING RETURNING id",
+                 ON CONFLICT(attempt_id) DO NOTHING",
                 args![*run, *attempt, flow, *at, record],
-                |r| r.i64(0),
-            )?;
-            if let Some(id) = id {
-                // PostgreSQL's parser keeps a path or a host name as one
-                // token; its text is stored as the words a search splits
-                // the query into, so both databases match the same records.
-                let body = match db.dialect() {
-                    Dialect::Sqlite => body.clone(),
-                    Dialect::Postgres => query::words(body).join(" "),
-                };
-                db.execute(
-                    "INSERT INTO catalog_text(rowid, body) VALUES (?1, ?2)",
-                    args![id, body],
-                )?;
-            }
+            );
+            // PostgreSQL's parser keeps a path or a host name as one
+            // token; its text is stored as the words a search splits the
+            // query into, so both databases match the same records.
+            let body = match dialect {
+                Dialect::Sqlite => body.clone(),
+                Dialect::Postgres => query::words(body).join(" "),
+            };
+            // The record's words, unless it was there already.
+            push(
+                "INSERT INTO catalog_text(rowid, body) SELECT c.id, ?2 FROM catalog c
+                 WHERE c.attempt_id = ?1 AND NOT EXISTS (SELECT 1 FROM catalog_text t WHERE t.rowid = c.id)",
+                args![*attempt, body],
+            );
         }
         Op::PutAllocQueue {
             id,
@@ -589,14 +599,14 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             data,
             created,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO alloc_queues(id, state, data, created_us) VALUES (?1,?2,?3,?4)
                  ON CONFLICT(id) DO UPDATE SET state = ?2, data = ?3",
                 args![*id, *state, data, *created],
-            )?;
+            );
         }
         Op::DeleteAllocQueue { id } => {
-            db.execute("DELETE FROM alloc_queues WHERE id = ?1", args![*id])?;
+            push("DELETE FROM alloc_queues WHERE id = ?1", args![*id]);
         }
         Op::PutAllocJob {
             queue,
@@ -604,11 +614,11 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             phase,
             data,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO alloc_jobs(queue_id, job_id, phase, data) VALUES (?1,?2,?3,?4)
                  ON CONFLICT(queue_id, job_id) DO UPDATE SET phase = ?3, data = ?4",
                 args![*queue, job, *phase, data],
-            )?;
+            );
         }
         Op::AllocLog {
             queue,
@@ -616,15 +626,15 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
             level,
             message,
         } => {
-            db.execute(
+            push(
                 "INSERT INTO alloc_log(queue_id, ts_us, level, message) VALUES (?1,?2,?3,?4)",
                 args![*queue, *at, level, message],
-            )?;
+            );
         }
         Op::PruneRuns { runs, before_us } => {
             // Ids are never handed out twice: remember the highest first.
             for table in ["runs", "attempts", "pilots"] {
-                remember_high_water(db, table)?;
+                push(&remember_high_water(dialect, table), &[]);
             }
             let doomed = format!(
                 "SELECT id FROM runs WHERE id IN {}
@@ -632,44 +642,40 @@ fn apply_op(db: &mut Db, op: &Op, recorded: i64) -> anyhow::Result<()> {
                 query::id_list(runs)
             );
             for table in ["events", "attempts"] {
-                db.execute(
+                push(
                     &format!("DELETE FROM {table} WHERE run_id IN ({doomed})"),
                     args![*before_us],
-                )?;
+                );
             }
-            db.execute(
+            push(
                 &format!("DELETE FROM runs WHERE id IN ({doomed})"),
                 args![*before_us],
-            )?;
+            );
         }
         Op::PruneLogs { before_us } => {
-            remember_high_water(db, "pilots")?;
-            db.execute(
+            push(&remember_high_water(dialect, "pilots"), &[]);
+            push(
                 "DELETE FROM events WHERE run_id IS NULL AND ts_us < ?1",
                 args![*before_us],
-            )?;
-            db.execute(
+            );
+            push(
                 "DELETE FROM pilots WHERE state IN ('lost', 'left') AND last_seen_us < ?1",
                 args![*before_us],
-            )?;
-            db.execute("DELETE FROM alloc_log WHERE ts_us < ?1", args![*before_us])?;
+            );
+            push("DELETE FROM alloc_log WHERE ts_us < ?1", args![*before_us]);
         }
     }
-    Ok(())
 }
 
-/// Records the highest id `table` holds before rows of it are deleted.
-fn remember_high_water(db: &mut Db, table: &str) -> anyhow::Result<()> {
-    let max = greatest(db.dialect());
+/// The statement recording the highest id `table` holds before rows of
+/// it are deleted.
+fn remember_high_water(dialect: Dialect, table: &str) -> String {
+    let max = greatest(dialect);
     // `WHERE true` lets SQLite tell the upsert's ON from a join's.
-    db.execute(
-        &format!(
-            "INSERT INTO high_water(name, value) SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} WHERE true
-             ON CONFLICT(name) DO UPDATE SET value = {max}(high_water.value, excluded.value)"
-        ),
-        &[],
-    )?;
-    Ok(())
+    format!(
+        "INSERT INTO high_water(name, value) SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} WHERE true
+         ON CONFLICT(name) DO UPDATE SET value = {max}(high_water.value, excluded.value)"
+    )
 }
 
 #[cfg(test)]
