@@ -484,14 +484,6 @@ impl Db {
                 .map_err(|e| failed(sql, e)),
         }
     }
-
-    /// The SQLite connection, for what only SQLite has (pragmas).
-    pub fn as_sqlite(&mut self) -> Option<&mut rusqlite::Connection> {
-        match &mut self.conn {
-            Conn::Sqlite(c) => Some(c),
-            Conn::Postgres(_) => None,
-        }
-    }
 }
 
 /// A database error with the statement it came from (shortened): the

@@ -20,7 +20,8 @@ use anyhow::Context;
 use crate::args;
 use rusqlite::{Connection, OpenFlags};
 
-pub use db::{blocking, Arg, Db, Dialect, Location, Row, Stmt};
+use db::{blocking, Stmt};
+pub use db::{Arg, Db, Dialect, Location, Row};
 pub use query::*;
 
 /// A change to the store.
