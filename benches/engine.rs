@@ -4,12 +4,12 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 
-use beamflow::local::{Local, LocalOptions};
+use beamflow::cli::local::{Local, LocalOptions};
 use beamflow::site::SiteConfig;
 use beamflow::store::Durability;
 
 fn flow_validation(c: &mut Criterion) {
-    let src = beamflow::demo::DEMO_FLOW;
+    let src = beamflow::cli::demo::DEMO_FLOW;
     c.bench_function("flow/parse_and_validate_demo", |b| {
         b.iter(|| beamflow::flow::parse(std::hint::black_box(src), "demo.toml", None).unwrap())
     });
@@ -44,7 +44,7 @@ fn noop_runs(c: &mut Criterion) {
         .await
         .unwrap();
         let src = "name = \"n\"\nversion = 1\n[[steps]]\nname = \"a\"\naction = \"kernel\"\nkernel = \"noop\"\n";
-        l.client.post::<serde_json::Value>("/api/flows", &json!({"source": src})).await.unwrap();
+        l.client.register_source(src, "<bench>").await.unwrap();
         l
     });
     let mut g = c.benchmark_group("engine");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use beamflow::client::Client;
+use beamflow::cli::client::Client;
 use beamflow::store::RunDetail;
 use serde_json::{json, Value};
 
@@ -23,7 +23,7 @@ fn lines(p: &Path) -> usize {
 /// with empty input.
 async fn start_one(c: &Client, flow: &Path) -> RunDetail {
     wait_pilots(c, 1).await;
-    let (name, _, _) = c.register(flow).await.unwrap();
+    let name = c.register(flow).await.unwrap().name;
     let id = c.submit(&name, None, vec![json!({})]).await.unwrap()[0];
     detail(c, id).await
 }
@@ -396,7 +396,7 @@ fn the_pilot_token_opens_the_pilot_endpoint_only() {
             assert!(err.contains("a pilot token does not open"), "{path}: {err}");
         }
         let err = as_pilot
-            .post::<Value>("/api/runs", &json!({ "flow": "one", "inputs": [{}] }))
+            .post::<Value, _>("/api/runs", &json!({ "flow": "one", "inputs": [{}] }))
             .await
             .unwrap_err()
             .to_string();
@@ -785,7 +785,7 @@ params = { script = "echo $$ > {{ task.dir }}/shell.pid; sleep 300 & echo $! > {
         wait_first_attempt(&c, id, "cancelled").await;
         // A second cancel is refused clearly.
         let err = c
-            .post::<Value>(&format!("/api/runs/{id}/cancel"), &json!({}))
+            .post::<Value, _>(&format!("/api/runs/{id}/cancel"), &json!({}))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("already cancelled"), "{err}");
@@ -981,7 +981,7 @@ fn cli_validate_demo_and_local_run() {
     );
 
     let data = env.home.join("frames");
-    beamflow::demo::generate_frames(&data, 3, 1000).unwrap();
+    beamflow::cli::demo::generate_frames(&data, 3, 1000).unwrap();
     let out = bf(&[
         "--json",
         "run",

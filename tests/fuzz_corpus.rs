@@ -341,8 +341,8 @@ fn write_seeds() {
 mod seeds {
     use std::path::Path;
 
-    use beamflow::flow::Resources;
     use beamflow::protocol::*;
+    use beamflow::resources::Resources;
     use beamflow::site::TransferPolicy;
     use beamflow_kernels::ptycho::{self, Complex32, Field, History, Probe};
     use beamflow_kernels::xpcs::io::{Geometry, Metadata, QMapFile};

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use beamflow::client::Client;
+use beamflow::cli::client::Client;
 use beamflow::store::{RunDetail, RunRow};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use beamflow::alloc::QueueInfo;
-use beamflow::client::Client;
+use beamflow::cli::client::Client;
 use beamflow::store::RunDetail;
 use serde_json::{json, Value};
 

@@ -108,7 +108,12 @@ fn history() -> Vec<Batch> {
             id: 1,
             name: "p1".into(),
             host: "nid001".into(),
-            info: json!({ "cpus": 64, "batch_job": "123.pbs" }).to_string(),
+            info: json!({
+                "name": "p1", "host": "nid001", "gpu_ids": [], "targets": ["cpu"],
+                "resources": { "cpus": 64, "gpus": 0, "memory_mb": 0, "nodes": 1 },
+                "walltime_end_us": null, "batch_job": "123.pbs", "prefetch": 16, "version": "0.1.0"
+            })
+            .to_string(),
             state: "connected",
             at: 20,
         },
@@ -214,7 +219,7 @@ fn reads(st: &Store) -> Value {
         let failed = store::runs(
             c,
             &RunFilter {
-                state: Some("failed".into()),
+                state: Some(beamflow::api::RunState::Failed),
                 flow: Some("scan".into()),
                 ..Default::default()
             },

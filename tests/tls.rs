@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use beamflow::client::Client;
+use beamflow::cli::client::Client;
 use serde_json::{json, Value};
 
 #[path = "support/harness.rs"]
@@ -63,7 +63,7 @@ async fn hello(c: &Client, env: &Env) -> String {
         .wait(&ids, false, Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    done[0].state.clone()
+    done[0].state.to_string()
 }
 
 /// Waits for a process to end; `None` when it outlives `limit`.

@@ -1,34 +1,42 @@
 //! beamflow: runs flows (transfer → compute → publish) from instruments on
 //! pilot jobs at HPC facilities.
 //!
-//! Crate map: [`flow`] parses and validates flow files; [`store`] keeps durable
-//! state; [`server`] schedules and serves the API; [`pilot`] executes
-//! [`actions`] on compute nodes; [`client`] and [`cli`] are the user's side.
+//! The modules form layers; each uses only those listed before it.
+//! - Foundations: [`util`] (clock, formats), [`units`] (durations, memory),
+//!   [`host`] (this machine), [`home`] (the state directory, `server.json`,
+//!   token files), [`resources`] (requests and capacity), [`ranks`] (MPI).
+//! - Definitions: [`site`] (site configs), [`flow`] (flow files),
+//!   [`protocol`] (pilot ↔ server frames), [`batch`] (PBS and Slurm),
+//!   [`alloc`] (allocation queues), [`api`] (client ↔ server messages).
+//! - State and work: [`store`] (SQLite or PostgreSQL), [`tls`], [`actions`]
+//!   and [`pilot`] (what runs tasks), [`report`] (timing tables' numbers,
+//!   report figures), [`watch`] (file triggers, submitting through
+//!   [`watch::Submit`]).
+//! - [`server`]: the scheduler core, the HTTP API and the web page.
+//! - [`cli`]: the command line, the HTTP client and every line printed.
+//!   Nothing else imports it.
+
+pub mod home;
+pub mod host;
+pub mod ranks;
+pub mod resources;
+pub mod units;
+pub mod util;
+
+pub mod alloc;
+pub mod api;
+pub mod batch;
+pub mod flow;
+pub mod protocol;
+pub mod site;
 
 pub mod actions;
-pub mod alloc;
-pub mod batch;
-pub mod bench;
-pub mod braggnn;
-pub mod capacity;
-pub mod cli;
-pub mod client;
-pub mod demo;
-pub mod doctor;
-pub mod flow;
-pub mod flow_report;
-pub mod hedm;
-pub mod kernel_step;
-pub mod local;
 pub mod pilot;
-pub mod protocol;
-pub mod ptycho;
-pub mod ranks;
 pub mod report;
-pub mod server;
-pub mod site;
 pub mod store;
 pub mod tls;
-pub mod util;
 pub mod watch;
-pub mod xpcs;
+
+pub mod server;
+
+pub mod cli;

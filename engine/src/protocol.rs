@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::{ActionKind, ResourceRequest, Resources};
+use crate::flow::ActionKind;
+use crate::resources::{ResourceRequest, Resources};
 use crate::site::TransferPolicy;
 
 /// Bumped on any incompatible change; the server refuses other versions.
@@ -192,11 +193,11 @@ fn check_resources(field: &str, r: &Resources) -> Result<(), String> {
             return Err(format!("{field}.{what}: {v} is more than {MAX_AMOUNT}"));
         }
     }
-    if r.memory_mb > crate::flow::MAX_MEMORY_MB {
+    if r.memory_mb > crate::units::MAX_MEMORY_MB {
         return Err(format!(
             "{field}.memory_mb: {} is more than {}",
             r.memory_mb,
-            crate::flow::MAX_MEMORY_MB
+            crate::units::MAX_MEMORY_MB
         ));
     }
     for (what, v) in [("nodes", r.nodes), ("ranks_per_node", r.ranks_per_node)] {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::Resources;
+use crate::home::expand_home;
+use crate::resources::Resources;
 
 /// The batch system pilots are submitted through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -196,7 +197,7 @@ impl Target {
         let mem_ok = match self
             .memory_per_node
             .as_deref()
-            .map(crate::flow::parse_memory_mb)
+            .map(crate::units::parse_memory_mb)
         {
             Some(Ok(mb)) => r.memory_mb <= mb,
             _ => true,
@@ -396,7 +397,7 @@ impl SiteConfig {
             );
         }
         if let Some(d) = &self.pilot.drain_margin {
-            if let Err(e) = crate::flow::parse_duration(d) {
+            if let Err(e) = crate::units::parse_duration(d) {
                 bad(Some("pilot".into()), "drain_margin", e);
             }
         }
@@ -431,7 +432,7 @@ impl SiteConfig {
                 }
             }
             if let Some(m) = &t.memory_per_node {
-                if let Err(e) = crate::flow::parse_memory_mb(m) {
+                if let Err(e) = crate::units::parse_memory_mb(m) {
                     bad(table.clone(), "memory_per_node", e);
                 }
             }
@@ -556,7 +557,7 @@ impl SiteConfig {
     pub fn effective(&self, target: &str) -> anyhow::Result<EffectiveTarget> {
         let t = match self.targets.get(target) {
             Some(t) => t.clone(),
-            None if self.targets.is_empty() && crate::flow::STANDARD_TARGETS.contains(&target) => {
+            None if self.targets.is_empty() && STANDARD_TARGETS.contains(&target) => {
                 Target::default()
             }
             None => anyhow::bail!(
@@ -690,12 +691,12 @@ pub fn parse_walltime(s: &str) -> Result<u64, String> {
             .checked_mul(86400)
             .and_then(|d| d.checked_add(secs))
             .ok_or_else(bad)?;
-        if total as f64 > crate::flow::MAX_DURATION_S {
+        if total as f64 > crate::units::MAX_DURATION_S {
             return Err(format!("`{s}` is longer than a year"));
         }
         return Ok(total);
     }
-    let secs = match crate::flow::parse_duration(t) {
+    let secs = match crate::units::parse_duration(t) {
         Ok(secs) => secs,
         Err(e) if e.ends_with("is longer than a year") => return Err(e),
         Err(_) => return Err(bad()),
@@ -747,14 +748,8 @@ fn locate(text: &str, table: Option<&str>, key: &str) -> usize {
     header_line.unwrap_or(1)
 }
 
-pub fn expand_home(p: &str) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest.trim_start_matches('/'));
-        }
-    }
-    PathBuf::from(p)
-}
+/// Targets every site understands; site configs may add their own.
+pub const STANDARD_TARGETS: &[&str] = &["cpu", "gpu", "edge", "realtime"];
 
 #[cfg(test)]
 mod tests {

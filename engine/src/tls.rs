@@ -205,7 +205,7 @@ fn san_names(extra: &[String], bind: SocketAddr) -> Vec<String> {
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
-        crate::pilot::resources::hostname(),
+        crate::host::hostname(),
     ];
     let ip = bind.ip();
     if !ip.is_unspecified() && !ip.is_loopback() {
@@ -225,7 +225,7 @@ fn generate(cert_path: &Path, key_path: &Path, names: &[String]) -> anyhow::Resu
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(
         rcgen::DnType::CommonName,
-        format!("beamflow server on {}", crate::pilot::resources::hostname()),
+        format!("beamflow server on {}", crate::host::hostname()),
     );
     params.distinguished_name = dn;
     // Pilots pin the certificate and ignore its dates; the dates are for
@@ -237,7 +237,7 @@ fn generate(cert_path: &Path, key_path: &Path, names: &[String]) -> anyhow::Resu
     let cert = params
         .self_signed(&key)
         .context("generating the server's TLS certificate")?;
-    crate::server::tokens::write_private(key_path, &key.serialize_pem())?;
+    crate::home::write_private(key_path, &key.serialize_pem())?;
     std::fs::write(cert_path, cert.pem())
         .with_context(|| format!("{}: cannot write", cert_path.display()))?;
     tracing::info!(

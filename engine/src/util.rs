@@ -1,6 +1,5 @@
-//! Small shared helpers: clocks, the beamflow home directory, a median.
+//! Small shared helpers: the clock, how times print, a median.
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch: the unit of every timestamp beamflow stores.
@@ -9,14 +8,6 @@ pub fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-/// `~/.beamflow`, or `$BEAMFLOW_HOME` when set.
-pub fn default_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("BEAMFLOW_HOME") {
-        return PathBuf::from(h);
-    }
-    crate::site::expand_home("~/.beamflow")
 }
 
 /// RFC 3339 (seconds) of a timestamp in microseconds.
@@ -43,29 +34,6 @@ pub fn fmt_secs(s: f64) -> String {
     } else {
         format!("{:.1} min", s / 60.0)
     }
-}
-
-/// What the benchmark ran on: enough to compare numbers across machines.
-pub fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
-    serde_json::json!({
-        "host": crate::pilot::resources::hostname(),
-        "cpu_model": cpu,
-        "cpus": crate::pilot::resources::cpus(),
-        "memory_mb": crate::pilot::resources::memory_mb(),
-        "gpus": crate::pilot::resources::gpus().len(),
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-        "beamflow": env!("CARGO_PKG_VERSION"),
-    })
 }
 
 /// The upper median of `v` (sorted in place); NaN when empty.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use beamflow::client::Client;
+use beamflow::cli::client::Client;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_beamflow");

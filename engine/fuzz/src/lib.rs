@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use beamflow::capacity::Capacity;
-use beamflow::flow::{FlowSpec, ResourceRequest, Resources};
+use beamflow::flow::FlowSpec;
 use beamflow::protocol::{FromPilot, ToPilot};
+use beamflow::resources::capacity::Capacity;
+use beamflow::resources::{ResourceRequest, Resources};
 use beamflow::site::SiteConfig;
 
 /// What each reader made of one input, by reader.
@@ -131,7 +132,7 @@ pub fn site(data: &[u8]) -> Report {
     let _ = site.template_vars();
     let _ = site.transfer.roots();
     let names: Vec<String> = if site.targets.is_empty() {
-        beamflow::flow::STANDARD_TARGETS
+        beamflow::site::STANDARD_TARGETS
             .iter()
             .map(|s| s.to_string())
             .collect()

@@ -8,7 +8,6 @@
 //! learns when jobs start and end from their pilots connecting and leaving.
 //! Polling the scheduler is only a slow fallback.
 
-pub mod cmd;
 pub mod manager;
 
 use serde::{Deserialize, Serialize};

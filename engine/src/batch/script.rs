@@ -72,7 +72,7 @@ impl PilotCommand {
             drain_margin_s: p
                 .drain_margin
                 .as_deref()
-                .and_then(|d| crate::flow::parse_duration(d).ok())
+                .and_then(|d| crate::units::parse_duration(d).ok())
                 .unwrap_or(60.0) as u64,
         }
     }

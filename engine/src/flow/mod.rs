@@ -11,7 +11,5 @@ mod spec;
 pub mod template;
 
 pub use input::{coerce_inputs, parse_set};
-pub use parse::{
-    parse, parse_duration, parse_memory_mb, FlowError, FlowErrors, MAX_DURATION_S, MAX_MEMORY_MB,
-};
+pub use parse::{parse, FlowError, FlowErrors};
 pub use spec::*;

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::flow::Resources;
+use crate::resources::Resources;
 
 /// Which program starts ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -146,7 +146,7 @@ pub fn job_hosts() -> anyhow::Result<Vec<String>> {
     // its file — but say so from the node's own name where it is known.
     let me = std::env::var("SLURMD_NODENAME")
         .ok()
-        .unwrap_or_else(super::resources::hostname);
+        .unwrap_or_else(crate::host::hostname);
     if let Some(i) = hosts
         .iter()
         .position(|h| h == &me || h.split('.').next() == me.split('.').next())

@@ -6,13 +6,12 @@
 //! drops; tasks keep running meanwhile and their results are sent again after
 //! the reconnect, so a server restart loses nothing and runs nothing twice.
 
+pub mod job;
 pub mod launch;
-pub mod resources;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 
@@ -21,11 +20,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::actions::{self, Cancel, Grant};
-use crate::capacity::{Capacity, Charge};
-use crate::flow::Resources;
 use crate::protocol::{
     FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot, PROTOCOL_VERSION,
 };
+use crate::resources::capacity::{Capacity, Charge};
+use crate::resources::Resources;
 use crate::site::TransferPolicy;
 use crate::util::now_us;
 use launch::{Launcher, LauncherKind};
@@ -158,11 +157,11 @@ fn ws_url(url: &str) -> String {
 /// Runs a pilot until it is idle, drained, told to stop, or loses the server.
 pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     let started = now_us();
-    let gpus = opts.gpus.clone().unwrap_or_else(resources::gpus);
+    let gpus = opts.gpus.clone().unwrap_or_else(crate::host::gpus);
     let mut hosts = match (&opts.nodes.hosts, opts.nodes.span_job) {
         (Some(h), _) if !h.is_empty() => h.clone(),
         (_, true) => launch::job_hosts()?,
-        _ => vec![resources::hostname()],
+        _ => vec![crate::host::hostname()],
     };
     let head = hosts.remove(0);
     let launcher = Launcher::new(
@@ -170,9 +169,9 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         opts.nodes.launcher_flags.as_deref(),
     )?;
     let res = Resources {
-        cpus: opts.cpus.unwrap_or_else(resources::cpus),
+        cpus: opts.cpus.unwrap_or_else(crate::host::cpus),
         gpus: gpus.len() as u32,
-        memory_mb: opts.memory_mb.unwrap_or_else(resources::memory_mb),
+        memory_mb: opts.memory_mb.unwrap_or_else(crate::host::memory_mb),
         nodes: 1 + hosts.len() as u32,
         ranks_per_node: 1,
     };
@@ -187,7 +186,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         }
         t
     });
-    let host = resources::hostname();
+    let host = crate::host::hostname();
     let info = PilotInfo {
         name: opts
             .name
@@ -197,9 +196,9 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         resources: res,
         gpu_ids: gpus.clone(),
         targets,
-        walltime_end_us: resources::walltime_end_us(opts.walltime, opts.walltime_end, started),
-        reservation: opts.reservation.clone().or_else(resources::reservation),
-        batch_job: resources::batch_job(),
+        walltime_end_us: job::walltime_end_us(opts.walltime, opts.walltime_end, started),
+        reservation: opts.reservation.clone().or_else(job::reservation),
+        batch_job: job::batch_job(),
         prefetch: opts.prefetch.unwrap_or(DEFAULT_PREFETCH),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -595,7 +594,10 @@ async fn connection(
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
-        if let Some(t) = token_file.as_deref().and_then(|f| read_token(f).ok()) {
+        if let Some(t) = token_file
+            .as_deref()
+            .and_then(|f| crate::home::read_token(f).ok())
+        {
             if !t.is_empty() {
                 token = t;
             }
@@ -748,20 +750,4 @@ async fn connect(
         ),
         Err(e) => Err(ConnectError::Retry(e.to_string())),
     }
-}
-
-/// Reads `token` from a file or the environment for `beamflow pilot`.
-/// The token file a pilot of `home` reads: the pilots' own token, or the
-/// admin's where there is none (a server from before pilot tokens).
-pub fn token_file(home: &std::path::Path) -> std::path::PathBuf {
-    Some(home.join("pilot-token"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| home.join("token"))
-}
-
-pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read token", path.display()))?
-        .trim()
-        .to_string())
 }

@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::core::{ApiError, CoreMsg, Reply};
-use super::tokens::Role;
 use super::App;
 use crate::store;
 
@@ -71,7 +70,7 @@ fn admit(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Result<
     use super::ui::Caller;
     match super::ui::caller(app, headers) {
         Caller::Token(role) => {
-            let need = Role::needed(method, path);
+            let need = super::tokens::needed(method, path);
             if role.opens(need) {
                 Ok(())
             } else {

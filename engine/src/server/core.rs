@@ -20,9 +20,11 @@ mod ready;
 use self::ready::{Rank, ReadyQueue};
 
 pub use self::alloc::{AllocConfig, AllocMsg};
-use crate::capacity::{Capacity, Charge};
-use crate::flow::{self, ActionKind, FlowSpec, ResourceRequest, Resources};
+use crate::api::{self, RunState};
+use crate::flow::{self, ActionKind, FlowSpec};
 use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
+use crate::resources::capacity::{Capacity, Charge};
+use crate::resources::{ResourceRequest, Resources};
 use crate::site::SiteConfig;
 use crate::store::{self, AttemptRow, Batch, NewAttempt, Op, Store};
 use crate::util::now_us;
@@ -1062,14 +1064,14 @@ impl Core {
             ));
         }
         let mut row = detail.run;
-        row.state = "queued".into();
+        row.state = RunState::Queued;
         // Only succeeded and skipped attempts carry over.
         let keep: Vec<AttemptRow> = detail
             .attempts
             .into_iter()
             .map(|mut a| {
                 if !matches!(a.state.as_str(), "succeeded" | "skipped") {
-                    a.state = "superseded".into();
+                    a.state = api::AttemptState::Superseded;
                     a.counts_retry = false;
                 }
                 a

@@ -18,11 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use self::core::{AllocConfig, Core, CoreConfig, CoreMsg, RunUpdate};
-use crate::client::Client;
 use crate::site::SiteConfig;
 use crate::store::{Durability, Location, Store};
 
@@ -64,20 +62,6 @@ impl ServerOptions {
             tls: crate::tls::ServerTls::default(),
         }
     }
-}
-
-/// How clients find a running server: written to `HOME/server.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Access {
-    pub url: String,
-    pub pid: u32,
-    pub store: String,
-    /// The certificate the server presents (PEM), which clients pin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert: Option<String>,
-    /// Its SHA-256, to compare with what a copy of the file holds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -129,7 +113,7 @@ pub struct Running {
 
 /// Reads the API token, creating it (mode 0600) the first time.
 pub fn ensure_token(home: &Path) -> anyhow::Result<String> {
-    let path = home.join("token");
+    let path = home.join(crate::home::TOKEN_FILE);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
@@ -138,7 +122,7 @@ pub fn ensure_token(home: &Path) -> anyhow::Result<String> {
     }
     std::fs::create_dir_all(home).with_context(|| format!("{}: cannot create", home.display()))?;
     let token = tokens::fresh()?;
-    tokens::write_private(&path, &token)?;
+    crate::home::write_private(&path, &token)?;
     Ok(token)
 }
 
@@ -165,11 +149,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let tls_config = identity.as_ref().map(|id| id.server_config()).transpose()?;
     let pilot_url = opts.advertise_url.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
-            format!(
-                "{scheme}://{}:{}",
-                crate::pilot::resources::hostname(),
-                addr.port()
-            )
+            format!("{scheme}://{}:{}", crate::host::hostname(), addr.port())
         } else {
             url.clone()
         }
@@ -188,7 +168,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "beamflow".to_string()),
             url: pilot_url,
-            token_file: home.join("pilot-token"),
+            token_file: home.join(crate::home::PILOT_TOKEN_FILE),
             server_cert: identity.as_ref().map(|id| id.cert_path.clone()),
         },
     };
@@ -219,7 +199,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     tokens.ensure_pilot_token()?;
     let triggers = triggers::Triggers::start(
         home.clone(),
-        Client::pinned(&url, tokens.internal(), trust.clone()),
+        triggers::CoreSubmit {
+            core: core_tx.clone(),
+            store: store.clone(),
+        },
         newest,
     );
     let app = App {
@@ -240,7 +223,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let access = Access {
+    let access = crate::home::Access {
         url: url.clone(),
         pid: std::process::id(),
         store: location.to_string(),
@@ -249,9 +232,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             .map(|id| id.cert_path.display().to_string()),
         fingerprint: identity.as_ref().map(|id| id.fingerprint.clone()),
     };
-    let access_path = home.join("server.json");
-    std::fs::write(&access_path, serde_json::to_string_pretty(&access)?)
-        .with_context(|| format!("{}: cannot write", access_path.display()))?;
+    access.write(&home)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app);
     let flush_store = store.clone();
@@ -272,7 +253,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             }
         }
         flush_store.flush().await;
-        let _ = std::fs::remove_file(&access_path);
+        access.remove_if_own(&home);
         Ok(())
     });
     tracing::info!("beamflow server on {url} (store {location})");

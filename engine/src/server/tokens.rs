@@ -14,93 +14,45 @@
 //! server writes the new one to the file and accepts the old one for a
 //! grace period, in which pilots — which re-read their token file before
 //! each reconnect, and keep the connection they have — and clients move
-//! over. Triggers inside the server use a token of their own that never
-//! leaves the process.
+//! over. Triggers inside the server submit to its core directly and hold
+//! no token.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
-/// What a token may do: viewer, submitter and admin each include the
-/// roles before them; a pilot's opens the pilot endpoint only (and the
-/// admin's opens that too).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Submitter,
-    Admin,
-    Pilot,
-}
+pub use crate::api::{Role, TokenInfo};
 
-impl Role {
-    /// Whether a token of this role opens a request that needs `need`.
-    pub fn opens(self, need: Role) -> bool {
-        match (self, need) {
-            (Role::Admin, _) | (Role::Pilot, Role::Pilot) => true,
-            (Role::Pilot, _) | (_, Role::Pilot) => false,
-            (have, need) => have >= need,
-        }
+/// The role a request needs: reading is for viewers; registering flows
+/// and starting, cancelling and retrying runs for submitters; pilots,
+/// allocation queues, sign-in codes and tokens for the admin.
+pub fn needed(method: &axum::http::Method, path: &str) -> Role {
+    use axum::http::Method;
+    if path == "/api/pilot" {
+        return Role::Pilot;
     }
-
-    /// The role a request needs: reading is for viewers; registering flows
-    /// and starting, cancelling and retrying runs for submitters; pilots,
-    /// allocation queues, sign-in codes and tokens for the admin.
-    pub fn needed(method: &axum::http::Method, path: &str) -> Role {
-        use axum::http::Method;
-        if path == "/api/pilot" {
-            return Role::Pilot;
-        }
-        let admin_only = path.starts_with("/api/alloc")
-            || path.starts_with("/api/tokens")
-            || path.starts_with("/api/admin")
-            || path == "/api/ui/code";
-        if admin_only {
-            Role::Admin
-        } else if method == Method::GET || method == Method::HEAD {
-            Role::Viewer
-        } else {
-            Role::Submitter
-        }
+    let admin_only = path.starts_with("/api/alloc")
+        || path.starts_with("/api/tokens")
+        || path.starts_with("/api/admin")
+        || path == "/api/ui/code";
+    if admin_only {
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Viewer
+    } else {
+        Role::Submitter
     }
 }
 
 /// The name `tokens.json` keeps the pilots' token under.
 pub const PILOTS: &str = "pilots";
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Viewer => "viewer",
-            Role::Submitter => "submitter",
-            Role::Admin => "admin",
-            Role::Pilot => "pilot",
-        })
-    }
-}
-
-/// A named token as `tokens.json` keeps it and `beamflow token list` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenInfo {
-    pub name: String,
-    pub role: Role,
-    /// Keyed BLAKE3 of the token, hex.
-    #[serde(skip_serializing_if = "String::is_empty", default)]
-    pub hash: String,
-    pub created_us: i64,
-}
-
 pub struct Tokens {
     home: PathBuf,
     admin: String,
     /// The admin token before the last rotation, good until then.
     previous: Option<(String, Instant)>,
-    internal: String,
     named: Vec<TokenInfo>,
 }
 
@@ -124,23 +76,6 @@ pub fn fresh() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `text` to `path` with mode 0600, atomically.
-pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
-
 impl Tokens {
     pub fn load(home: &Path, admin: String) -> anyhow::Result<Tokens> {
         let path = home.join("tokens.json");
@@ -154,7 +89,6 @@ impl Tokens {
             home: home.to_path_buf(),
             admin,
             previous: None,
-            internal: fresh()?,
             named,
         })
     }
@@ -162,7 +96,7 @@ impl Tokens {
     /// The role of a presented token, if it is one.
     pub fn role_of(&self, presented: &str) -> Option<Role> {
         let p = presented.as_bytes();
-        if same(p, self.admin.as_bytes()) || same(p, self.internal.as_bytes()) {
+        if same(p, self.admin.as_bytes()) {
             return Some(Role::Admin);
         }
         if let Some((old, until)) = &self.previous {
@@ -180,11 +114,6 @@ impl Tokens {
     /// The home token now (the web page's session key derives from it).
     pub fn admin(&self) -> &str {
         &self.admin
-    }
-
-    /// For callers inside this process (triggers): unaffected by rotation.
-    pub fn internal(&self) -> &str {
-        &self.internal
     }
 
     pub fn list(&self) -> Vec<TokenInfo> {
@@ -243,21 +172,21 @@ impl Tokens {
         }
         self.named.retain(|t| t.name != PILOTS);
         let token = self.add(PILOTS, Role::Pilot)?;
-        write_private(&path, &token)
+        crate::home::write_private(&path, &token)
     }
 
     /// A new home token, written to `BEAMFLOW_HOME/token`; the old one
     /// stays good for `grace`.
     pub fn rotate(&mut self, grace: Duration) -> anyhow::Result<()> {
         let new = fresh()?;
-        write_private(&self.home.join("token"), &new)?;
+        crate::home::write_private(&self.home.join("token"), &new)?;
         let old = std::mem::replace(&mut self.admin, new);
         self.previous = Some((old, Instant::now() + grace));
         Ok(())
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        write_private(
+        crate::home::write_private(
             &self.home.join("tokens.json"),
             &serde_json::to_string_pretty(&self.named)?,
         )
@@ -302,13 +231,10 @@ mod tests {
         t.rotate(Duration::ZERO).unwrap();
         assert_eq!(t.role_of(&new), None, "grace over");
 
-        assert_eq!(Role::needed(&Method::GET, "/api/runs"), Role::Viewer);
-        assert_eq!(Role::needed(&Method::POST, "/api/runs"), Role::Submitter);
-        assert_eq!(
-            Role::needed(&Method::POST, "/api/runs/3/cancel"),
-            Role::Submitter
-        );
-        assert_eq!(Role::needed(&Method::GET, "/api/pilot"), Role::Pilot);
+        assert_eq!(needed(&Method::GET, "/api/runs"), Role::Viewer);
+        assert_eq!(needed(&Method::POST, "/api/runs"), Role::Submitter);
+        assert_eq!(needed(&Method::POST, "/api/runs/3/cancel"), Role::Submitter);
+        assert_eq!(needed(&Method::GET, "/api/pilot"), Role::Pilot);
         assert!(Role::Pilot.opens(Role::Pilot) && Role::Admin.opens(Role::Pilot));
         for r in [Role::Viewer, Role::Submitter] {
             assert!(!r.opens(Role::Pilot) && !Role::Pilot.opens(r), "{r}");
@@ -329,8 +255,8 @@ mod tests {
         let again = std::fs::read_to_string(dir.path().join("pilot-token")).unwrap();
         assert_ne!(again, pilot);
         assert_eq!(t.role_of(&again), Some(Role::Pilot));
-        assert_eq!(Role::needed(&Method::GET, "/api/alloc"), Role::Admin);
-        assert_eq!(Role::needed(&Method::POST, "/api/tokens"), Role::Admin);
-        assert_eq!(Role::needed(&Method::POST, "/api/admin/prune"), Role::Admin);
+        assert_eq!(needed(&Method::GET, "/api/alloc"), Role::Admin);
+        assert_eq!(needed(&Method::POST, "/api/tokens"), Role::Admin);
+        assert_eq!(needed(&Method::POST, "/api/admin/prune"), Role::Admin);
     }
 }

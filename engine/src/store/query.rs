@@ -2,106 +2,17 @@
 
 use super::db::{Db, Dialect, Row};
 use crate::args;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::FlowSpec;
+pub use crate::api::{
+    AttemptRow, CatalogRow, EventRow, FlowRow, PilotRow, RunDetail, RunFilter, RunRow,
+};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FlowRow {
-    pub name: String,
-    pub version: u32,
-    pub path: String,
-    pub registered_us: i64,
-    pub spec: FlowSpec,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunRow {
-    pub id: u64,
-    pub flow: String,
-    pub flow_version: u32,
-    pub input: Value,
-    pub dir: String,
-    pub state: String,
-    pub error: Option<String>,
-    pub created_us: i64,
-    pub started_us: Option<i64>,
-    pub finished_us: Option<i64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AttemptRow {
-    pub id: u64,
-    pub run_id: u64,
-    pub step: String,
-    pub step_index: usize,
-    pub number: u32,
-    pub action: String,
-    pub state: String,
-    pub params: Option<Value>,
-    pub pilot_id: Option<u64>,
-    pub ready_us: Option<i64>,
-    pub dispatched_us: Option<i64>,
-    pub started_us: Option<i64>,
-    pub finished_us: Option<i64>,
-    pub recorded_us: Option<i64>,
-    pub outputs: Option<Value>,
-    pub error: Option<String>,
-    pub exit_code: Option<i32>,
-    pub counts_retry: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EventRow {
-    pub ts_us: i64,
-    pub run_id: Option<u64>,
-    pub attempt_id: Option<u64>,
-    pub pilot_id: Option<u64>,
-    pub kind: String,
-    pub detail: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunDetail {
-    pub run: RunRow,
-    pub attempts: Vec<AttemptRow>,
-    pub events: Vec<EventRow>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PilotRow {
-    pub id: u64,
-    pub name: String,
-    pub host: String,
-    pub info: Value,
-    pub state: String,
-    pub reason: Option<String>,
-    pub connected_us: i64,
-    pub last_seen_us: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CatalogRow {
-    pub id: u64,
-    pub run_id: u64,
-    pub attempt_id: u64,
-    pub flow: String,
-    pub created_us: i64,
-    pub record: Value,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RunFilter {
-    pub state: Option<String>,
-    pub flow: Option<String>,
-    /// Only runs with id >= since.
-    pub since: Option<u64>,
-    /// Only runs with id <= until.
-    pub until: Option<u64>,
-    pub limit: Option<usize>,
+/// A row's `state` column as the state enum of its table.
+fn state<S: std::str::FromStr<Err = String>>(r: &Row) -> anyhow::Result<S> {
+    r.text("state")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("stored state: {e}"))
 }
 
 fn json(s: Option<String>) -> Option<Value> {
@@ -133,7 +44,7 @@ fn run_row(r: &Row) -> anyhow::Result<RunRow> {
         flow_version: u32::try_from(r.i64("flow_version")?)?,
         input: json(r.opt_text("input")?).unwrap_or(Value::Null),
         dir: r.text("dir")?,
-        state: r.text("state")?,
+        state: state(r)?,
         error: r.opt_text("error")?,
         created_us: r.i64("created_us")?,
         started_us: r.opt_i64("started_us")?,
@@ -149,7 +60,7 @@ fn attempt_row(r: &Row) -> anyhow::Result<AttemptRow> {
         step_index: r.u64("step_index")? as usize,
         number: u32::try_from(r.i64("number")?)?,
         action: r.text("action")?,
-        state: r.text("state")?,
+        state: state(r)?,
         params: json(r.opt_text("params")?),
         pilot_id: r.opt_u64("pilot_id")?,
         ready_us: r.opt_i64("ready_us")?,
@@ -203,7 +114,7 @@ pub fn runs(c: &mut Db, f: &RunFilter) -> anyhow::Result<Vec<RunRow>> {
     c.query(
         "SELECT * FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) AND (CAST(?2 AS TEXT) IS NULL OR flow = ?2)
            AND (CAST(?4 AS BIGINT) IS NULL OR id >= ?4) AND (CAST(?5 AS BIGINT) IS NULL OR id <= ?5) ORDER BY id DESC LIMIT ?3",
-        args![&f.state, &f.flow, limit, f.since, f.until],
+        args![f.state.map(|s| s.as_str()), &f.flow, limit, f.since, f.until],
         run_row,
     )
 }
@@ -319,8 +230,13 @@ pub fn pilots(c: &mut Db) -> anyhow::Result<Vec<PilotRow>> {
             id: r.u64("id")?,
             name: r.text("name")?,
             host: r.text("host")?,
-            info: json(r.opt_text("info")?).unwrap_or(Value::Null),
-            state: r.text("state")?,
+            info: serde_json::from_str(&r.text("info")?).map_err(|e| {
+                anyhow::anyhow!(
+                    "pilot {}: its stored info does not parse: {e}",
+                    r.i64("id").unwrap_or(0)
+                )
+            })?,
+            state: state(r)?,
             reason: r.opt_text("reason")?,
             connected_us: r.i64("connected_us")?,
             last_seen_us: r.i64("last_seen_us")?,

@@ -14,6 +14,7 @@ pub mod settle;
 pub mod state;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,9 @@ use anyhow::{anyhow, Context};
 use globset::{Glob, GlobMatcher};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::client::Client;
+use crate::api::History;
 use settle::{stat, Settle};
 use state::{Batch, State};
 
@@ -118,15 +119,78 @@ impl WatchSpec {
     }
 }
 
-/// Where a trigger says what it started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Say {
-    /// A line per run on stdout.
-    Text,
-    /// A JSON object per run on stdout.
-    Json,
-    /// The server's log.
-    Log,
+/// Where a trigger's runs go: the server's core, for the triggers the
+/// server runs, or the server's HTTP API, for `beamflow watch`. Either way
+/// a run is checked and stored like any other.
+pub trait Submit: Clone + Send + Sync + 'static {
+    /// The name `flow` is registered under: itself, or — for a flow file —
+    /// the name it declares (registering it first).
+    fn flow_name(&self, flow: &str) -> impl Future<Output = anyhow::Result<String>> + Send;
+    /// Starts a run of `flow` with `input`; the ids of the runs started.
+    fn submit(
+        &self,
+        flow: &str,
+        input: Value,
+    ) -> impl Future<Output = anyhow::Result<Vec<u64>>> + Send;
+    /// The runs of `flow` the server has, newest first, with their attempts.
+    fn history(&self, flow: &str) -> impl Future<Output = anyhow::Result<History>> + Send;
+}
+
+/// What a trigger has to say: what it watches, the runs it started, the
+/// follow-ups, the trouble it met.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// It started watching (a line for people).
+    Watching(String),
+    /// A run started for `files`; `recovered` when it was found or
+    /// submitted after a restart.
+    Started {
+        runs: &'a [u64],
+        files: &'a [PathBuf],
+        recovered: bool,
+        line: String,
+    },
+    /// A follow-up run of `flow` after runs totalling `total`.
+    FollowUp {
+        flow: &'a str,
+        runs: &'a [u64],
+        total: f64,
+        line: String,
+    },
+    /// Something went wrong; the trigger tries again.
+    Warning(String),
+    /// Interrupted, after starting this many runs in all.
+    Stopped { runs: usize },
+}
+
+/// Where a trigger's [`Notice`]s go: the terminal of `beamflow watch`, or
+/// the server's log ([`Log`]).
+pub trait Say: Send + Sync + 'static {
+    /// `trigger` names the trigger's flow and directory.
+    fn say(&self, trigger: &str, n: Notice);
+    /// Whether Ctrl-C ends the trigger (a command in a terminal does; the
+    /// server's triggers end with the server).
+    fn interactive(&self) -> bool;
+}
+
+/// The server's log.
+#[derive(Clone, Copy, Debug)]
+pub struct Log;
+
+impl Say for Log {
+    fn say(&self, trigger: &str, n: Notice) {
+        match n {
+            Notice::Watching(line) => tracing::info!("{line}"),
+            Notice::Started { line, .. } => tracing::info!("trigger {trigger}: {line}"),
+            Notice::FollowUp { line, .. } => tracing::info!("trigger {trigger}: {line}"),
+            Notice::Warning(what) => tracing::warn!("trigger {trigger}: {what}"),
+            Notice::Stopped { .. } => {}
+        }
+    }
+
+    fn interactive(&self) -> bool {
+        false
+    }
 }
 
 /// The default state file of a trigger: one per directory, flow and pattern.
@@ -203,38 +267,27 @@ fn same_input(ours: &Value, stored: &Value) -> bool {
     a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
 }
 
-/// The runs of `flow` the server has, newest first, with their attempts.
-async fn runs_of(
-    client: &Client,
-    flow: &str,
-) -> anyhow::Result<(Vec<crate::store::RunRow>, Vec<crate::store::AttemptRow>)> {
-    let qs = form_urlencoded::Serializer::new(String::new())
-        .append_pair("flow", flow)
-        .append_pair("limit", "100000")
-        .finish();
-    let data: Value = client.get(&format!("/api/report?{qs}")).await?;
-    Ok((
-        serde_json::from_value(data["runs"].clone())?,
-        serde_json::from_value(data["attempts"].clone())?,
-    ))
-}
-
-struct Trigger {
+struct Trigger<S, Y> {
     spec: WatchSpec,
     matcher: GlobMatcher,
-    client: Client,
+    client: S,
     flow: String,
     input: Input,
     state: State,
     known: HashSet<PathBuf>,
     settle: Settle,
     started: usize,
-    say: Say,
+    say: Y,
     /// The follow-up flow's registered name.
     then_flow: Option<String>,
 }
 
-impl Trigger {
+impl<S: Submit, Y: Say> Trigger<S, Y> {
+    /// The trigger's name in what it says: its flow and directory.
+    fn name(&self) -> String {
+        format!("{} ({})", self.flow, self.spec.dir.display())
+    }
+
     fn matches(&self, path: &Path) -> bool {
         let rel = if self.spec.recursive {
             path.strip_prefix(&self.spec.dir).unwrap_or(path)
@@ -337,10 +390,7 @@ impl Trigger {
     }
 
     async fn submit(&mut self, b: Batch) -> anyhow::Result<()> {
-        let ids = self
-            .client
-            .submit(&self.flow, None, vec![b.input.clone()])
-            .await?;
+        let ids = self.client.submit(&self.flow, b.input.clone()).await?;
         self.state.submitted(b.id, &ids)?;
         self.started += 1;
         self.say(&b, &ids, "");
@@ -348,24 +398,11 @@ impl Trigger {
     }
 
     fn warn(&self, what: &str) {
-        match self.say {
-            Say::Log => tracing::warn!(
-                "trigger {} ({}): {what}",
-                self.flow,
-                self.spec.dir.display()
-            ),
-            _ => eprintln!("warning: {what}"),
-        }
+        self.say
+            .say(&self.name(), Notice::Warning(what.to_string()));
     }
 
     fn say(&self, b: &Batch, ids: &[u64], how: &str) {
-        if self.say == Say::Json {
-            println!(
-                "{}",
-                json!({"runs": ids, "files": b.files, "recovered": !how.is_empty()})
-            );
-            return;
-        }
         let what = match &b.files[..] {
             [one] => one.display().to_string(),
             many => format!(
@@ -379,16 +416,15 @@ impl Trigger {
                     .unwrap_or_default()
             ),
         };
-        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        let line = format!("run {} ← {what}{how}", ids.join(","));
-        match self.say {
-            Say::Log => tracing::info!(
-                "trigger {} ({}): {line}",
-                self.flow,
-                self.spec.dir.display()
-            ),
-            _ => println!("{line}"),
-        }
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let line = format!("run {} ← {what}{how}", list.join(","));
+        let n = Notice::Started {
+            runs: ids,
+            files: &b.files,
+            recovered: !how.is_empty(),
+            line,
+        };
+        self.say.say(&self.name(), n);
     }
 
     /// Batches recorded but not known submitted when the trigger last
@@ -398,7 +434,7 @@ impl Trigger {
         if open.is_empty() {
             return Ok(());
         }
-        let (runs, _) = runs_of(&self.client, &self.flow).await?;
+        let runs = self.client.history(&self.flow).await?.runs;
         let mut claimed = self.state.claimed_runs()?;
         for b in open {
             let found = runs
@@ -427,7 +463,7 @@ impl Trigger {
         };
         let open = self.state.untallied()?;
         if !open.is_empty() {
-            let (runs, attempts) = runs_of(&self.client, &self.flow).await?;
+            let History { runs, attempts } = self.client.history(&self.flow).await?;
             let state: std::collections::HashMap<u64, &str> =
                 runs.iter().map(|r| (r.id, r.state.as_str())).collect();
             let value = |run: u64| -> f64 {
@@ -471,7 +507,7 @@ impl Trigger {
                 minijinja::context! { runs => runs, total => total },
             )?;
             let id = self.state.form_followup(&ids, &input)?;
-            let started = self.client.submit(&then, None, vec![input]).await?;
+            let started = self.client.submit(&then, input).await?;
             self.state.followup_submitted(id, &started)?;
             self.say_followup(&then, &started, total, runs.len(), "");
             (total, group) = (0.0, Vec::new());
@@ -487,11 +523,13 @@ impl Trigger {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        match self.say {
-            Say::Json => println!("{}", json!({"followup": then, "runs": ids, "total": total})),
-            Say::Log => tracing::info!("trigger {}: {line}", self.flow),
-            Say::Text => println!("{line}"),
-        }
+        let n = Notice::FollowUp {
+            flow: then,
+            runs: ids,
+            total,
+            line,
+        };
+        self.say.say(&self.flow, n);
     }
 
     /// Follow-ups recorded but not known submitted: found on the server,
@@ -504,12 +542,12 @@ impl Trigger {
         if open.is_empty() {
             return Ok(());
         }
-        let (runs, _) = runs_of(&self.client, &then).await?;
+        let runs = self.client.history(&then).await?.runs;
         for (id, input) in open {
             match runs.iter().find(|r| same_input(&input, &r.input)) {
                 Some(r) => self.state.followup_submitted(id, &[r.id])?,
                 None => {
-                    let ids = self.client.submit(&then, None, vec![input]).await?;
+                    let ids = self.client.submit(&then, input).await?;
                     self.state.followup_submitted(id, &ids)?;
                 }
             }
@@ -519,7 +557,7 @@ impl Trigger {
 }
 
 /// Runs the trigger until interrupted (or `max_runs` runs are started).
-pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<()> {
+pub async fn watch<S: Submit, Y: Say>(spec: WatchSpec, client: S, say: Y) -> anyhow::Result<()> {
     anyhow::ensure!(spec.batch >= 1, "--batch must be at least 1");
     let dir = std::fs::canonicalize(&spec.dir)
         .with_context(|| format!("{}: cannot watch", spec.dir.display()))?;
@@ -589,7 +627,7 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
         }
     };
     t.scan(Instant::now());
-    if say != Say::Json {
+    {
         let line = format!(
             "watching {} for {} ({}, settle {:?}{}): flow {}",
             t.spec.dir.display(),
@@ -606,10 +644,7 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
             },
             t.flow
         );
-        match say {
-            Say::Log => tracing::info!("{line}"),
-            _ => eprintln!("{line}"),
-        }
+        t.say.say(&t.name(), Notice::Watching(line));
     }
     // The settle clock is checked four times per settle time; a scan runs
     // at the poll interval, or every 10 s behind inotify (missed events,
@@ -673,10 +708,9 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c(), if say != Say::Log => {
-                if say == Say::Text {
-                    eprintln!("stopped: {} runs started", t.state.runs_started()?);
-                }
+            _ = tokio::signal::ctrl_c(), if t.say.interactive() => {
+                let runs = t.state.runs_started()?;
+                t.say.say(&t.name(), Notice::Stopped { runs });
                 return Ok(());
             }
         }
@@ -686,6 +720,7 @@ pub async fn watch(spec: WatchSpec, client: Client, say: Say) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const U: minijinja::Value = minijinja::Value::UNDEFINED;
 

@@ -14,7 +14,7 @@ use super::super::core::ApiError;
 use super::super::App;
 use super::runs::newest;
 use super::{fail, render};
-use crate::flow_report::{self, FlowReport};
+use crate::report::flow::{self as flow_report, FlowReport};
 use crate::store;
 
 #[derive(Serialize)]

@@ -135,7 +135,7 @@ pub(super) fn svg(d: &RunDetail, now: i64) -> String {
             s,
             r#"<g class="row" data-step="{}" data-state="{}"><text class="label" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
             esc(&a.step),
-            esc(&a.state),
+            esc(a.state.as_str()),
             LABEL_W - 8.0,
             y + ROW_H / 2.0 + 4.0,
             esc(&label)
@@ -174,6 +174,7 @@ mod tests {
     use crate::store::RunRow;
 
     fn attempt(step: &str, times: [Option<i64>; 5], state: &str) -> AttemptRow {
+        let state = state.parse().unwrap();
         AttemptRow {
             id: 1,
             run_id: 1,
@@ -181,7 +182,7 @@ mod tests {
             step_index: 0,
             number: 1,
             action: "kernel".into(),
-            state: state.into(),
+            state,
             params: None,
             pilot_id: Some(1),
             ready_us: times[0],
@@ -233,7 +234,7 @@ mod tests {
                 flow_version: 1,
                 input: serde_json::Value::Null,
                 dir: "/r".into(),
-                state: "succeeded".into(),
+                state: crate::api::RunState::Succeeded,
                 error: None,
                 created_us: 0,
                 started_us: Some(0),

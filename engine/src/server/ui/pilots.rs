@@ -11,6 +11,7 @@ use super::super::api::{ask, read};
 use super::super::core::{AllocMsg, CoreMsg};
 use super::super::App;
 use super::{fail, render};
+use crate::api::PilotState;
 use crate::store;
 
 #[derive(Serialize)]
@@ -18,7 +19,7 @@ struct PilotView {
     id: u64,
     name: String,
     host: String,
-    state: String,
+    state: PilotState,
     reason: Option<String>,
     cpus: u64,
     gpus: u64,
@@ -35,8 +36,8 @@ struct PilotView {
 }
 
 /// Connected, or finishing its tasks before it leaves.
-fn is_up(state: &str) -> bool {
-    matches!(state, "connected" | "draining")
+fn is_up(state: PilotState) -> bool {
+    matches!(state, PilotState::Connected | PilotState::Draining)
 }
 
 pub(super) async fn page(State(app): State<App>) -> Response {
@@ -63,27 +64,19 @@ pub(super) async fn page(State(app): State<App>) -> Response {
         .into_iter()
         .map(|p| {
             let info = &p.info;
-            let res = &info["resources"];
-            let up = is_up(&p.state);
+            let res = &info.resources;
+            let up = is_up(p.state);
             PilotView {
-                walltime_left_s: info["walltime_end_us"]
-                    .as_i64()
+                walltime_left_s: info
+                    .walltime_end_us
                     .filter(|_| up)
                     .map(|end| ((end - now) as f64 / 1e6).max(0.0)),
-                cpus: res["cpus"].as_u64().unwrap_or(0),
-                gpus: res["gpus"].as_u64().unwrap_or(0),
-                memory_mb: res["memory_mb"].as_u64().unwrap_or(0),
-                targets: info["targets"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|t| t.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default(),
-                batch_job: info["batch_job"].as_str().map(str::to_string),
-                reservation: info["reservation"].as_str().map(str::to_string),
+                cpus: u64::from(res.cpus),
+                gpus: u64::from(res.gpus),
+                memory_mb: res.memory_mb,
+                targets: info.targets.join(", "),
+                batch_job: info.batch_job.clone(),
+                reservation: info.reservation.clone(),
                 tasks: tasks.remove(&p.id).unwrap_or_default(),
                 id: p.id,
                 name: p.name,
@@ -96,7 +89,7 @@ pub(super) async fn page(State(app): State<App>) -> Response {
         })
         .collect();
     // Pilots that are up first, newest first within.
-    views.sort_by_key(|p| (!is_up(&p.state), std::cmp::Reverse(p.id)));
+    views.sort_by_key(|p| (!is_up(p.state), std::cmp::Reverse(p.id)));
     render(
         "pilots.html",
         minijinja::context! {

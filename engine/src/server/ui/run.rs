@@ -79,7 +79,7 @@ fn attempt_view(a: &AttemptRow, run_dir: &str) -> AttemptView {
         step: a.step.clone(),
         number: a.number,
         action: a.action.clone(),
-        state: a.state.clone(),
+        state: a.state.to_string(),
         pilot: a.pilot_id,
         queued_s: view::span_s(a.ready_us, a.dispatched_us),
         running_s: view::span_s(a.started_us, a.finished_us),

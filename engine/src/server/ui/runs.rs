@@ -14,10 +14,8 @@ use super::super::api::read;
 use super::super::core::ApiError;
 use super::super::App;
 use super::{fail, render, view};
+use crate::api::RunState;
 use crate::store::{self, FlowRow, RunFilter, RunRow};
-
-/// Run states a filter can pick, in the order a run goes through them.
-const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// One row of the list.
 #[derive(Serialize)]
@@ -50,7 +48,7 @@ impl RunView {
             id: r.id,
             flow: r.flow,
             version: r.flow_version,
-            state: r.state,
+            state: r.state.to_string(),
             created_us: r.created_us,
             steps_done: done,
             steps_total: total,
@@ -96,22 +94,26 @@ fn given(s: Option<String>) -> Option<String> {
 
 pub(super) async fn page(State(app): State<App>, Query(f): Query<Filter>) -> Response {
     let flow = given(f.flow);
-    let state = given(f.state);
-    if let Some(s) = &state {
-        if !STATES.contains(&s.as_str()) {
-            return fail(ApiError::new(
-                400,
-                format!("state `{s}`: expected one of {}", STATES.join(", ")),
-            ));
-        }
-    }
+    let states: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+    let state = match given(f.state) {
+        None => None,
+        Some(s) => match s.parse::<RunState>() {
+            Ok(st) => Some(st),
+            Err(_) => {
+                return fail(ApiError::new(
+                    400,
+                    format!("state `{s}`: expected one of {}", states.join(", ")),
+                ))
+            }
+        },
+    };
     let limit = match given(f.limit).map(|l| l.trim().parse::<usize>()) {
         None => 100,
         Some(Ok(n)) => n.clamp(1, 5000),
         Some(Err(_)) => return fail(ApiError::new(400, "show: expected a number of runs")),
     };
     let filter = RunFilter {
-        state: state.clone(),
+        state,
         flow: flow.clone(),
         limit: Some(limit),
         since: None,
@@ -134,7 +136,7 @@ pub(super) async fn page(State(app): State<App>, Query(f): Query<Filter>) -> Res
             runs,
             flows => newest(&flows),
             inputs => input_templates(&flows),
-            states => STATES,
+            states => states,
             flow,
             state,
             limit,

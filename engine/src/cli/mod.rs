@@ -1,0 +1,267 @@
+//! The `beamflow` command line: the only part of the crate that prints, and
+//! the only user of the HTTP [`client`]. Each command family has a module
+//! of its own with its arguments and what it does; [`render`] decides how
+//! results are shown (table, `--json`, `--quiet`).
+
+pub mod admin;
+pub mod alloc;
+pub mod bench;
+pub mod catalog;
+pub mod client;
+pub mod demo;
+pub mod doctor;
+pub mod flow;
+pub mod kernel;
+pub mod local;
+pub mod pilot;
+pub mod pilots;
+pub mod render;
+pub mod report;
+pub mod runs;
+pub mod server;
+pub mod site;
+pub mod token;
+pub mod ui;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use self::client::Client;
+use self::render::Out;
+
+#[derive(Parser)]
+#[command(
+    name = "beamflow",
+    version,
+    about = "Flows from instruments to supercomputers, on pilot jobs"
+)]
+pub struct Cli {
+    /// State directory (store, token, server.json, runs).
+    #[arg(long, global = true, env = "BEAMFLOW_HOME")]
+    home: Option<PathBuf>,
+    /// Server URL (default: read from HOME/server.json).
+    #[arg(long, global = true, env = "BEAMFLOW_URL")]
+    url: Option<String>,
+    /// The server's certificate (PEM): an https server presenting any other
+    /// is refused (default: the file server.json names, else
+    /// HOME/tls/cert.pem). Pilots on other hosts get a copy of it.
+    #[arg(long, global = true, env = "BEAMFLOW_SERVER_CERT")]
+    server_cert: Option<PathBuf>,
+    /// API token (default: read from HOME/token).
+    #[arg(long, global = true, env = "BEAMFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors: the exit status says how it went.
+    #[arg(long, short = 'q', global = true, conflicts_with = "json")]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server: HTTP API, pilot connections, durable store.
+    Server(server::ServerArgs),
+    /// Run a pilot that executes tasks pushed by the server.
+    Pilot(pilot::PilotArgs),
+    /// Register, list, show and validate flows.
+    #[command(subcommand)]
+    Flow(flow::FlowCmd),
+    /// Start a run of a flow (a registered name or a .toml file).
+    Run(runs::RunArgs),
+    /// List, show, cancel, retry and wait for runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
+    /// Start a flow for each new file (or batch of files) in a directory,
+    /// once the file is complete; each file once, across restarts.
+    Watch(watch::WatchArgs),
+    /// Where a flow's runs spent their time: per-step medians and
+    /// quartiles, runtime box plots and runs in flight over time (PNG).
+    Report(report::ReportArgs),
+    /// Search the catalog of published records.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCmd),
+    /// List pilots the server knows.
+    Pilots,
+    /// Print the link that opens the web page (runs, timelines, catalog,
+    /// reports, pilots) signed in with this server's token.
+    Ui,
+    /// Check this machine, the server, the token and a site config, and say
+    /// precisely what is wrong (exit 1 when a check fails).
+    Doctor(doctor::DoctorArgs),
+    /// Tokens for people and services (viewer, submitter), and rotating
+    /// the home token without restarting anything.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Keeping the server's store in bounds (admin token).
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
+    /// The native kernels: list them, or run one on files outside any flow.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
+    /// Server and pilot in one process, a generated dataset, a real flow end to end.
+    Demo(demo::DemoArgs),
+    /// Benchmarks: the machine and every kernel (the default), or one
+    /// kernel, the engine, the store or the batch scheduler.
+    Bench(bench::BenchArgs),
+    /// Check and show site configs (site-configs/NAME.toml).
+    #[command(subcommand)]
+    Site(site::SiteCmd),
+    /// Allocation queues: pilot jobs submitted to PBS or Slurm on demand.
+    #[command(subcommand)]
+    Alloc(alloc::AllocCmd),
+}
+
+/// What every command is given: where the server and its home are, and
+/// how to print.
+pub struct Ctx {
+    pub home: PathBuf,
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub server_cert: Option<PathBuf>,
+    pub out: Out,
+}
+
+impl Ctx {
+    /// A client of the server this home (or `--url`) names.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::discover(
+            &self.home,
+            self.url.clone(),
+            self.token.clone(),
+            self.server_cert.clone(),
+        )
+    }
+}
+
+/// Durations on the command line: `90s`, `5m`, `1h 30m`, or seconds.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(s).map(Duration::from_secs_f64)
+}
+
+/// The exit status of a command that either worked or did not.
+fn done(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(
+        cli.cmd,
+        Cmd::Pilot(_) | Cmd::Kernel(_) | Cmd::Bench(_) | Cmd::Demo(_)
+    ) {
+        suit_blas();
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) {
+            "info"
+        } else {
+            "warn"
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Pilot logs end up in batch output files: colour codes only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // A client command piped into `head` ends quietly when the pipe
+    // closes, like other Unix tools; the long-running roles keep ignoring
+    // SIGPIPE and handle a closed socket as an error.
+    if !matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_) | Cmd::Watch(_)) {
+        // SAFETY: restoring a default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cx = Ctx {
+        home: cli.home.unwrap_or_else(crate::home::default_home),
+        url: cli.url,
+        token: cli.token,
+        server_cert: cli.server_cert,
+        out: Out::new(cli.json, cli.quiet),
+    };
+    match cli.cmd {
+        Cmd::Server(a) => a.run(&cx).await,
+        Cmd::Pilot(a) => a.run(&cx).await,
+        Cmd::Flow(c) => c.run(&cx).await,
+        Cmd::Run(a) => a.run(&cx).await,
+        Cmd::Runs(c) => c.run(&cx).await,
+        Cmd::Watch(a) => a.run(&cx).await,
+        Cmd::Report(a) => a.run(&cx).await,
+        Cmd::Catalog(c) => c.run(&cx).await,
+        Cmd::Pilots => pilots::list(&cx).await,
+        Cmd::Ui => ui::link(&cx).await,
+        Cmd::Doctor(a) => a.run(&cx).await,
+        Cmd::Token(c) => c.run(&cx).await,
+        Cmd::Admin(c) => c.run(&cx).await,
+        Cmd::Kernel(c) => c.run(&cx).await,
+        Cmd::Demo(a) => a.run(&cx).await,
+        Cmd::Bench(a) => a.run(&cx).await,
+        Cmd::Site(c) => c.run(&cx),
+        Cmd::Alloc(c) => c.run(&cx).await,
+    }
+}
+
+/// Re-executes this command with `OPENBLAS_CORETYPE` set when OpenBLAS
+/// fell back to kernels far below the CPU (see `beamflow_kernels::blas`):
+/// the variable is only read when the library loads. Commands that compute
+/// do it; the variable passes on to the pilot's kernel processes, so it
+/// happens once per pilot. Setting the variable yourself turns it off.
+fn suit_blas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some(core) = beamflow_kernels::blas::suited_core() else {
+        return;
+    };
+    let chosen = beamflow_kernels::blas::core();
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OPENBLAS_CORETYPE", core)
+        .exec();
+    eprintln!(
+        "beamflow: OpenBLAS runs its {chosen} kernels on this CPU, which supports {core}; \
+         restarting with OPENBLAS_CORETYPE={core} failed ({err}), going on slowly"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

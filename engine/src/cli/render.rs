@@ -1,0 +1,137 @@
+//! How the command line prints: a table or text for people, JSON with
+//! `--json`, nothing but errors with `--quiet`. Commands hand their result
+//! to [`Out`], which decides; no command tests `--json` itself.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::Table;
+use serde::Serialize;
+
+/// What a command's result is printed as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Tables and sentences on stdout, notes and progress on stderr.
+    Human,
+    /// One JSON document on stdout; no notes, no progress bars.
+    Json,
+    /// Nothing on stdout; errors on stderr and the exit status.
+    Quiet,
+}
+
+/// The output of one command.
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    pub format: Format,
+}
+
+impl Out {
+    pub fn new(json: bool, quiet: bool) -> Out {
+        let format = match (json, quiet) {
+            (true, _) => Format::Json,
+            (false, true) => Format::Quiet,
+            (false, false) => Format::Human,
+        };
+        Out { format }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// Progress bars and notes stay off unless a person reads the output.
+    pub fn quiet(&self) -> bool {
+        self.format != Format::Human
+    }
+
+    /// `v` as indented JSON with `--json`, else what `human` makes of it.
+    pub fn show<T: Serialize + ?Sized, D: Display>(&self, v: &T, human: impl FnOnce(&T) -> D) {
+        match self.format {
+            Format::Json => println!("{}", pretty(v)),
+            Format::Human => println!("{}", human(v)),
+            Format::Quiet => {}
+        }
+    }
+
+    /// `v` as indented JSON with `--json` only: for commands whose human
+    /// form was printed line by line as they went.
+    pub fn json<T: Serialize + ?Sized>(&self, v: &T) {
+        if self.format == Format::Json {
+            println!("{}", pretty(v));
+        }
+    }
+
+    /// One record of a stream (`beamflow watch`): a line of JSON with
+    /// `--json`, a line of text otherwise.
+    pub fn record<T: Serialize + ?Sized>(&self, v: &T, human: impl Display) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+            Format::Human => println!("{human}"),
+            Format::Quiet => {}
+        }
+    }
+
+    /// A benchmark's report: one line of JSON with `--json` (for files and
+    /// scripts), indented otherwise.
+    pub fn report<T: Serialize + ?Sized>(&self, v: &T) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+            Format::Human => println!("{}", pretty(v)),
+            Format::Quiet => {}
+        }
+    }
+
+    /// A line for a person on stdout (not with `--json` or `--quiet`).
+    pub fn line(&self, text: impl Display) {
+        if self.format == Format::Human {
+            println!("{text}");
+        }
+    }
+
+    /// A remark for a person on stderr: registered flows, where files went.
+    pub fn note(&self, text: impl Display) {
+        if self.format == Format::Human {
+            eprintln!("{text}");
+        }
+    }
+}
+
+fn pretty<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// A table with the CLI's one style.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header.to_vec());
+    t
+}
+
+/// A kernel's report as a two-column table of named figures.
+pub fn figures<K: ToString>(rows: impl IntoIterator<Item = (K, String)>) -> Table {
+    let mut t = table(&["figure", "value"]);
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    t
+}
+
+/// A progress bar over frames of `what`, drawn on stderr unless `quiet`.
+pub fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:14} [{bar:30}] {pos}/{len} frames {elapsed} ({per_sec}, eta {eta})",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
