@@ -7,6 +7,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
+use beamflow::api::{AttemptId, AttemptState, PilotId, PilotState, RunId, RunState};
 use beamflow::store::{self, Batch, Durability, Location, NewAttempt, Op, RunFilter, Store};
 use serde_json::{json, Value};
 
@@ -25,7 +26,9 @@ action = "kernel"
 kernel = "noop"
 "#;
 
-fn run_ops(id: u64, state: &'static str, at: i64) -> Vec<Op> {
+fn run_ops(n: u64, state: RunState, at: i64) -> Vec<Op> {
+    let (id, attempt, pilot) = (RunId(n), AttemptId(n), PilotId(1));
+    let failed = state == RunState::Failed;
     vec![
         Op::InsertRun {
             id,
@@ -33,60 +36,63 @@ fn run_ops(id: u64, state: &'static str, at: i64) -> Vec<Op> {
             version: 2,
             input: json!({ "path": format!("/data/scan{id}.h5") }).to_string(),
             dir: format!("/runs/{id}"),
-            state: "queued",
+            state: RunState::Queued,
             at,
         },
         Op::InsertAttempt(Box::new(NewAttempt {
-            id,
+            id: attempt,
             run: id,
             step: "count".into(),
             step_index: 0,
             number: 1,
             action: "shell",
-            state: "ready",
+            state: AttemptState::Ready,
             params: Some(json!({ "run": "wc -c" }).to_string()),
             ready_us: at,
             error: None,
             finished_us: None,
         })),
         Op::Dispatched {
-            id,
-            pilot: 1,
+            id: attempt,
+            pilot,
             at: at + 1,
         },
-        Op::Started { id, at: at + 2 },
+        Op::Started {
+            id: attempt,
+            at: at + 2,
+        },
         Op::Finished {
-            id,
-            state: if state == "failed" {
-                "failed"
+            id: attempt,
+            state: if failed {
+                AttemptState::Failed
             } else {
-                "succeeded"
+                AttemptState::Succeeded
             },
-            outputs: Some(json!({ "bytes": id * 10 }).to_string()),
-            error: (state == "failed").then(|| "exit 1".to_string()),
-            exit_code: Some(if state == "failed" { 1 } else { 0 }),
+            outputs: Some(json!({ "bytes": n * 10 }).to_string()),
+            error: failed.then(|| "exit 1".to_string()),
+            exit_code: Some(if failed { 1 } else { 0 }),
             started: at + 2,
             finished: at + 3,
-            counts_retry: state == "failed",
+            counts_retry: failed,
         },
         Op::Event {
             at: at + 3,
             run: Some(id),
-            attempt: Some(id),
-            pilot: Some(1),
+            attempt: Some(attempt),
+            pilot: Some(pilot),
             kind: "attempt_finished",
             detail: Some("it's done: 'quoted' ?1".into()),
         },
         Op::RunState {
             id,
-            state: "running",
+            state: RunState::Running,
             error: None,
             at: at + 1,
         },
         Op::RunState {
             id,
             state,
-            error: (state == "failed").then(|| "step count failed".to_string()),
+            error: failed.then(|| "step count failed".to_string()),
             at: at + 4,
         },
     ]
@@ -105,7 +111,7 @@ fn history() -> Vec<Batch> {
             at: 10,
         },
         Op::PutPilot {
-            id: 1,
+            id: PilotId(1),
             name: "p1".into(),
             host: "nid001".into(),
             info: json!({
@@ -114,40 +120,40 @@ fn history() -> Vec<Batch> {
                 "walltime_end_us": null, "batch_job": "123.pbs", "prefetch": 16, "version": "0.1.0"
             })
             .to_string(),
-            state: "connected",
+            state: PilotState::Connected,
             at: 20,
         },
     ];
-    ops.extend(run_ops(1, "succeeded", 100));
-    ops.extend(run_ops(2, "failed", 200));
-    ops.extend(run_ops(3, "succeeded", 300));
-    ops.extend(run_ops(4, "running", 400));
+    ops.extend(run_ops(1, RunState::Succeeded, 100));
+    ops.extend(run_ops(2, RunState::Failed, 200));
+    ops.extend(run_ops(3, RunState::Succeeded, 300));
+    ops.extend(run_ops(4, RunState::Running, 400));
     // Run 4's attempt is still on the pilot; a second attempt of run 2
     // superseded by a user's retry.
     ops.push(Op::InsertAttempt(Box::new(NewAttempt {
-        id: 5,
-        run: 2,
+        id: AttemptId(5),
+        run: RunId(2),
         step: "count".into(),
         step_index: 0,
         number: 2,
         action: "shell",
-        state: "skipped",
+        state: AttemptState::Skipped,
         params: None,
         ready_us: 250,
         error: Some("skipped: when = false".into()),
         finished_us: Some(251),
     })));
-    ops.push(Op::Supersede { id: 5 });
+    ops.push(Op::Supersede { id: AttemptId(5) });
     ops.push(Op::AttemptState {
-        id: 2,
-        state: "lost",
+        id: AttemptId(2),
+        state: AttemptState::Lost,
         error: Some("pilot p1 lost".into()),
         at: 260,
     });
     for (run, sample) in [(1u64, "S17"), (3, "S18")] {
         ops.push(Op::Catalog {
-            run,
-            attempt: run,
+            run: RunId(run),
+            attempt: AttemptId(run),
             flow: "scan".into(),
             record: json!({
                 "flow": "scan",
@@ -161,16 +167,16 @@ fn history() -> Vec<Batch> {
     }
     // The same record again (a re-published attempt) is ignored.
     ops.push(Op::Catalog {
-        run: 1,
-        attempt: 1,
+        run: RunId(1),
+        attempt: AttemptId(1),
         flow: "scan".into(),
         record: "{}".into(),
         body: "duplicate".into(),
         at: 999,
     });
     ops.push(Op::PilotState {
-        id: 1,
-        state: "lost",
+        id: PilotId(1),
+        state: PilotState::Lost,
         reason: Some("no heartbeat for 30 s".into()),
         at: 500,
     });
@@ -291,7 +297,7 @@ fn prune(st: &Store, rt: &tokio::runtime::Runtime) -> Value {
     st.submit(Batch {
         ops: vec![
             Op::PruneRuns {
-                runs: ids,
+                runs: ids.into_iter().map(RunId).collect(),
                 before_us: 250,
             },
             Op::PruneLogs { before_us: 600 },

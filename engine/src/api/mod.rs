@@ -6,6 +6,7 @@
 //!
 //! States travel as lower-case words (`"succeeded"`); ids as numbers.
 
+mod ids;
 mod rows;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use self::ids::{AttemptId, PilotId, RunId};
 pub use self::rows::*;
 pub use crate::alloc::{JobInfo, LogEntry, QueueInfo, QueueSpec};
 
@@ -284,6 +286,8 @@ pub struct History {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UiCode {
     pub code: String,
+    /// Seconds the code stays good.
+    pub expires_s: u64,
 }
 
 /// `POST /api/tokens`.

@@ -10,8 +10,8 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::report::{timing, RunTiming};
 use crate::api::{AttemptRow, RunDetail, RunRow};
+use crate::report::{timing, RunTiming};
 
 /// Median and quartiles of a sample.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]

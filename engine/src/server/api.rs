@@ -12,12 +12,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::core::{ApiError, CoreMsg, Reply};
 use super::App;
+use crate::api::{
+    CatalogRow, ErrorBody, EventsQuery, FlowRow, Health, History, HistoryQuery, Message, PilotRow,
+    RegisterFlow, Registered, RunDetail, RunFilter, RunId, RunRow, SubmitRuns, Submitted,
+    VersionQuery,
+};
 use crate::store;
 
 pub(crate) fn router(app: App) -> Router {
@@ -48,7 +52,10 @@ pub(crate) fn router(app: App) -> Router {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({ "error": self.message }))).into_response()
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -126,10 +133,12 @@ impl Recheck {
     }
 }
 
-async fn health() -> Json<Value> {
-    Json(
-        json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "schema": store::Store::schema_version() }),
-    )
+async fn health() -> Json<Health> {
+    Json(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        schema: store::Store::schema_version(),
+    })
 }
 
 pub(super) async fn ask<T>(
@@ -155,17 +164,10 @@ pub(super) async fn read<T: Send + 'static>(
         .map_err(internal)
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    source: String,
-    #[serde(default)]
-    path: Option<String>,
-}
-
 async fn register_flow(
     State(app): State<App>,
-    Json(b): Json<RegisterBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(b): Json<RegisterFlow>,
+) -> Result<Json<Registered>, ApiError> {
     let path = b.path.unwrap_or_else(|| "<api>".to_string());
     let spec = crate::flow::parse(&b.source, &path, Some(&app.site))
         .map_err(|e| ApiError::new(400, e.to_string()))?;
@@ -180,28 +182,22 @@ async fn register_flow(
     if r.changed {
         app.triggers.flow(for_triggers);
     }
-    Ok(Json(serde_json::to_value(r).map_err(internal)?))
+    Ok(Json(r))
 }
 
-async fn list_flows(State(app): State<App>) -> Result<Json<Value>, ApiError> {
-    let flows = read(&app, store::flows).await?;
-    Ok(Json(serde_json::to_value(flows).map_err(internal)?))
-}
-
-#[derive(Deserialize)]
-struct VersionQuery {
-    version: Option<u32>,
+async fn list_flows(State(app): State<App>) -> Result<Json<Vec<FlowRow>>, ApiError> {
+    Ok(Json(read(&app, store::flows).await?))
 }
 
 async fn show_flow(
     State(app): State<App>,
     Path(name): Path<String>,
     Query(q): Query<VersionQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRow>, ApiError> {
     let n = name.clone();
     let f = read(&app, move |c| store::flow(c, &n, q.version)).await?;
     match f {
-        Some(f) => Ok(Json(serde_json::to_value(f).map_err(internal)?)),
+        Some(f) => Ok(Json(f)),
         None => Err(ApiError::new(
             404,
             format!("flow `{name}` is not registered"),
@@ -209,22 +205,10 @@ async fn show_flow(
     }
 }
 
-#[derive(Deserialize)]
-struct SubmitBody {
-    flow: String,
-    #[serde(default)]
-    version: Option<u32>,
-    #[serde(default)]
-    input: Option<Value>,
-    /// Many runs of the same flow in one request (all accepted or none).
-    #[serde(default)]
-    inputs: Option<Vec<Value>>,
-}
-
 async fn submit_runs(
     State(app): State<App>,
-    Json(b): Json<SubmitBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(b): Json<SubmitRuns>,
+) -> Result<Json<Submitted>, ApiError> {
     let inputs = match (b.inputs, b.input) {
         (Some(_), Some(_)) => return Err(ApiError::new(400, "give `input` or `inputs`, not both")),
         (Some(v), None) if v.is_empty() => return Err(ApiError::new(400, "`inputs` is empty")),
@@ -238,55 +222,56 @@ async fn submit_runs(
         reply,
     })
     .await?;
-    Ok(Json(json!({ "runs": ids })))
-}
-
-#[derive(Deserialize)]
-struct ReportQuery {
-    flow: String,
-    limit: Option<usize>,
+    Ok(Json(Submitted { runs: ids }))
 }
 
 /// The newest `limit` runs of a flow with all their attempts, for
 /// `beamflow report`.
 async fn report_data(
     State(app): State<App>,
-    Query(q): Query<ReportQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let (runs, attempts) = read(&app, move |c| store::flow_history(c, &q.flow, limit)).await?;
-    Ok(Json(json!({ "runs": runs, "attempts": attempts })))
+    Ok(Json(History { runs, attempts }))
 }
 
 async fn list_runs(
     State(app): State<App>,
-    Query(f): Query<store::RunFilter>,
-) -> Result<Json<Value>, ApiError> {
-    let runs = read(&app, move |c| store::runs(c, &f)).await?;
-    Ok(Json(serde_json::to_value(runs).map_err(internal)?))
+    Query(f): Query<RunFilter>,
+) -> Result<Json<Vec<RunRow>>, ApiError> {
+    Ok(Json(read(&app, move |c| store::runs(c, &f)).await?))
 }
 
-async fn show_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+async fn show_run(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+) -> Result<Json<RunDetail>, ApiError> {
     match read(&app, move |c| store::run(c, id)).await? {
-        Some(d) => Ok(Json(serde_json::to_value(d).map_err(internal)?)),
+        Some(d) => Ok(Json(d)),
         None => Err(ApiError::new(404, format!("no run {id}"))),
     }
 }
 
-async fn cancel_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let msg = ask(&app, |reply| CoreMsg::Cancel { run: id, reply }).await?;
-    Ok(Json(json!({ "message": msg })))
+async fn cancel_run(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+) -> Result<Json<Message>, ApiError> {
+    let msg = ask(&app, |reply| CoreMsg::Cancel {
+        run: RunId(id),
+        reply,
+    })
+    .await?;
+    Ok(Json(Message::new(msg)))
 }
 
-async fn retry_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let msg = ask(&app, |reply| CoreMsg::Retry { run: id, reply }).await?;
-    Ok(Json(json!({ "message": msg })))
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    /// Comma-separated run ids; all runs when absent.
-    runs: Option<String>,
+async fn retry_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Message>, ApiError> {
+    let msg = ask(&app, |reply| CoreMsg::Retry {
+        run: RunId(id),
+        reply,
+    })
+    .await?;
+    Ok(Json(Message::new(msg)))
 }
 
 /// Server-sent events: one `run` event per change of a watched run. Clients
@@ -343,9 +328,8 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn list_pilots(State(app): State<App>) -> Result<Json<Value>, ApiError> {
-    let p = read(&app, store::pilots).await?;
-    Ok(Json(serde_json::to_value(p).map_err(internal)?))
+async fn list_pilots(State(app): State<App>) -> Result<Json<Vec<PilotRow>>, ApiError> {
+    Ok(Json(read(&app, store::pilots).await?))
 }
 
 /// `?q=TEXT&field=KEY=VALUE&field=…&limit=N`
@@ -358,7 +342,7 @@ struct CatalogQuery {
 async fn search_catalog(
     State(app): State<App>,
     raw: axum::extract::RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CatalogRow>>, ApiError> {
     let raw = raw.0.unwrap_or_default();
     let q: CatalogQuery = parse_catalog_query(&raw)?;
     let fields = q
@@ -372,7 +356,7 @@ async fn search_catalog(
         store::catalog_search(c, text.as_deref(), &fields, None, limit)
     })
     .await?;
-    Ok(Json(serde_json::to_value(rows).map_err(internal)?))
+    Ok(Json(rows))
 }
 
 /// A catalog filter `KEY=VALUE`, KEY a dotted path into the record.

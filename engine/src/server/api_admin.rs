@@ -7,17 +7,16 @@
 //! run it has made active again (a retry) out of it.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::api::{ask, read};
 use super::core::{ApiError, CoreMsg};
 use super::App;
+use crate::api::{PruneReport, PruneRequest};
 use crate::store::{self, Batch, Op};
 use crate::util::now_us;
 
@@ -27,35 +26,6 @@ pub(crate) fn routes() -> Router<App> {
 
 /// Runs per commit: small enough that a chunk commits in milliseconds.
 const CHUNK: usize = 500;
-
-#[derive(Deserialize)]
-pub struct PruneRequest {
-    /// Runs that finished longer ago than this go.
-    pub older_than_s: f64,
-    /// Write the runs to an archive file before deleting them.
-    #[serde(default = "yes")]
-    pub archive: bool,
-    /// Count what would go, delete nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct PruneReport {
-    pub dry_run: bool,
-    /// Runs that finished before this (µs since the epoch) were taken.
-    pub before_us: i64,
-    pub runs: u64,
-    pub attempts: u64,
-    pub events: u64,
-    /// JSON Lines, one run (with its attempts and events) per line.
-    pub archive: Option<PathBuf>,
-    pub seconds: f64,
-}
 
 async fn prune(
     State(app): State<App>,
@@ -122,7 +92,7 @@ async fn prune(
             ids.len()
         } else {
             ask(&app, |reply| CoreMsg::Prune {
-                runs: ids,
+                runs: ids.into_iter().map(crate::api::RunId).collect(),
                 before_us,
                 reply,
             })

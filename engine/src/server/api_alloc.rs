@@ -3,13 +3,11 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::api::{ask, internal, read};
+use super::api::{ask, read};
 use super::core::{AllocMsg, ApiError, CoreMsg};
 use super::App;
-use crate::alloc::QueueSpec;
+use crate::api::{LogEntry, LogQuery, Message, QueueAdded, QueueInfo, QueueSpec, RemoveQueue};
 
 pub(crate) fn routes() -> Router<App> {
     Router::new()
@@ -20,7 +18,10 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/alloc/{id}/resume", post(resume))
 }
 
-async fn add(State(app): State<App>, Json(spec): Json<QueueSpec>) -> Result<Json<Value>, ApiError> {
+async fn add(
+    State(app): State<App>,
+    Json(spec): Json<QueueSpec>,
+) -> Result<Json<QueueAdded>, ApiError> {
     let id = ask(&app, |reply| {
         CoreMsg::Alloc(AllocMsg::Add {
             spec: Box::new(spec),
@@ -28,39 +29,29 @@ async fn add(State(app): State<App>, Json(spec): Json<QueueSpec>) -> Result<Json
         })
     })
     .await?;
-    Ok(Json(json!({ "id": id })))
+    Ok(Json(QueueAdded { id }))
 }
 
-async fn list(State(app): State<App>) -> Result<Json<Value>, ApiError> {
+async fn list(State(app): State<App>) -> Result<Json<Vec<QueueInfo>>, ApiError> {
     let q = ask(&app, |reply| CoreMsg::Alloc(AllocMsg::List { reply })).await?;
-    Ok(Json(serde_json::to_value(q).map_err(internal)?))
+    Ok(Json(q))
 }
 
-async fn pause(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+async fn pause(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Message>, ApiError> {
     ask(&app, |reply| CoreMsg::Alloc(AllocMsg::Pause { id, reply })).await?;
-    Ok(Json(
-        json!({ "message": format!("allocation queue {id} paused") }),
-    ))
+    Ok(Json(Message::new(format!("allocation queue {id} paused"))))
 }
 
-async fn resume(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+async fn resume(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<Message>, ApiError> {
     ask(&app, |reply| CoreMsg::Alloc(AllocMsg::Resume { id, reply })).await?;
-    Ok(Json(
-        json!({ "message": format!("allocation queue {id} resumed") }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct RemoveQuery {
-    #[serde(default)]
-    cancel: bool,
+    Ok(Json(Message::new(format!("allocation queue {id} resumed"))))
 }
 
 async fn remove(
     State(app): State<App>,
     Path(id): Path<u64>,
-    Query(q): Query<RemoveQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<RemoveQueue>,
+) -> Result<Json<Message>, ApiError> {
     ask(&app, |reply| {
         CoreMsg::Alloc(AllocMsg::Remove {
             id,
@@ -69,19 +60,15 @@ async fn remove(
         })
     })
     .await?;
-    Ok(Json(
-        json!({ "message": format!("allocation queue {id} removed") }),
-    ))
+    Ok(Json(Message::new(format!("allocation queue {id} removed"))))
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    queue: Option<u64>,
-    limit: Option<u32>,
-}
-
-async fn log(State(app): State<App>, Query(q): Query<LogQuery>) -> Result<Json<Value>, ApiError> {
+async fn log(
+    State(app): State<App>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Vec<LogEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(200).min(10_000);
-    let rows = read(&app, move |c| crate::store::alloc_log(c, q.queue, limit)).await?;
-    Ok(Json(serde_json::to_value(rows).map_err(internal)?))
+    Ok(Json(
+        read(&app, move |c| crate::store::alloc_log(c, q.queue, limit)).await?,
+    ))
 }

@@ -1,16 +1,13 @@
 //! `/api/tokens`: named tokens with roles, and rotating the home token
 //! (admin only; see [`super::tokens`]).
 
+use super::api::internal;
+use super::core::ApiError;
+use super::App;
+use crate::api::{IssuedToken, NewToken, Revoked, Rotate, Rotated, TokenInfo};
 use axum::extract::{Path, State};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
-
-use super::api::internal;
-use super::core::ApiError;
-use super::tokens::Role;
-use super::App;
 
 pub(crate) fn routes() -> Router<App> {
     Router::new()
@@ -19,13 +16,10 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/tokens/{name}", delete(revoke))
 }
 
-#[derive(Deserialize)]
-struct NewToken {
-    name: String,
-    role: Role,
-}
-
-async fn add(State(app): State<App>, Json(t): Json<NewToken>) -> Result<Json<Value>, ApiError> {
+async fn add(
+    State(app): State<App>,
+    Json(t): Json<NewToken>,
+) -> Result<Json<IssuedToken>, ApiError> {
     let token = app
         .tokens
         .write()
@@ -33,17 +27,21 @@ async fn add(State(app): State<App>, Json(t): Json<NewToken>) -> Result<Json<Val
         .add(&t.name, t.role)
         .map_err(|e| ApiError::new(400, format!("{e:#}")))?;
     tracing::info!("token `{}` added with role {}", t.name, t.role);
-    Ok(Json(
-        json!({ "name": t.name, "role": t.role, "token": token }),
-    ))
+    Ok(Json(IssuedToken {
+        name: t.name,
+        role: t.role,
+        token,
+    }))
 }
 
-async fn list(State(app): State<App>) -> Result<Json<Value>, ApiError> {
-    let l = app.tokens.read().expect("tokens lock").list();
-    Ok(Json(serde_json::to_value(l).map_err(internal)?))
+async fn list(State(app): State<App>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(app.tokens.read().expect("tokens lock").list()))
 }
 
-async fn revoke(State(app): State<App>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn revoke(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
     let gone = app
         .tokens
         .write()
@@ -54,16 +52,10 @@ async fn revoke(State(app): State<App>, Path(name): Path<String>) -> Result<Json
         return Err(ApiError::new(404, format!("no token named `{name}`")));
     }
     tracing::info!("token `{name}` revoked");
-    Ok(Json(json!({ "revoked": name })))
+    Ok(Json(Revoked { revoked: name }))
 }
 
-#[derive(Deserialize)]
-struct Rotate {
-    /// Seconds the old home token stays good.
-    grace_s: f64,
-}
-
-async fn rotate(State(app): State<App>, Json(r): Json<Rotate>) -> Result<Json<Value>, ApiError> {
+async fn rotate(State(app): State<App>, Json(r): Json<Rotate>) -> Result<Json<Rotated>, ApiError> {
     if !(0.0..=7.0 * 86400.0).contains(&r.grace_s) {
         return Err(ApiError::new(400, "grace_s: between 0 and a week"));
     }
@@ -76,5 +68,8 @@ async fn rotate(State(app): State<App>, Json(r): Json<Rotate>) -> Result<Json<Va
         "home token rotated; the old one is good for {}",
         crate::util::fmt_secs(r.grace_s)
     );
-    Ok(Json(json!({ "rotated": true, "grace_s": r.grace_s })))
+    Ok(Json(Rotated {
+        rotated: true,
+        grace_s: r.grace_s,
+    }))
 }

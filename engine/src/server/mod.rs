@@ -20,7 +20,8 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::sync::{broadcast, mpsc};
 
-use self::core::{AllocConfig, Core, CoreConfig, CoreMsg, RunUpdate};
+use self::core::{AllocConfig, Core, CoreConfig, CoreMsg};
+use crate::api::RunUpdate;
 use crate::site::SiteConfig;
 use crate::store::{Durability, Location, Store};
 

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::api::Recheck;
 use super::core::CoreMsg;
 use super::App;
+use crate::api::{AttemptId, PilotId};
 use crate::protocol::{FromPilot, ToPilot, PROTOCOL_VERSION};
 
 pub(crate) async fn upgrade(
@@ -64,9 +65,9 @@ async fn serve(mut socket: WebSocket, app: App, check: Recheck) {
         .core
         .send(CoreMsg::PilotHello {
             conn,
-            pilot_id,
+            pilot_id: pilot_id.map(PilotId),
             info,
-            held,
+            held: held.into_iter().map(AttemptId).collect(),
             tx,
             reply: id_tx,
         })

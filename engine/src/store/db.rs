@@ -117,6 +117,37 @@ impl From<&String> for Arg {
         Arg::Text(v.clone())
     }
 }
+macro_rules! word_arg {
+    ($($t:ty),*) => {$(
+        /// Stored as its word.
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Arg {
+                Arg::Text(v.as_str().to_string())
+            }
+        }
+    )*};
+}
+word_arg!(
+    crate::api::RunState,
+    crate::api::AttemptState,
+    crate::api::PilotState
+);
+
+macro_rules! id_arg {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Arg {
+                Arg::Int(v.0 as i64)
+            }
+        }
+    )*};
+}
+id_arg!(
+    crate::api::RunId,
+    crate::api::AttemptId,
+    crate::api::PilotId
+);
+
 impl<T: Into<Arg>> From<Option<T>> for Arg {
     fn from(v: Option<T>) -> Arg {
         v.map_or(Arg::Null, Into::into)

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
+use crate::api::{AttemptId, AttemptState, PilotId, PilotState, RunId, RunState};
 use crate::args;
 use rusqlite::{Connection, OpenFlags};
 
@@ -36,34 +37,34 @@ pub enum Op {
         at: i64,
     },
     InsertRun {
-        id: u64,
+        id: RunId,
         flow: String,
         version: u32,
         input: String,
         dir: String,
-        state: &'static str,
+        state: RunState,
         at: i64,
     },
     RunState {
-        id: u64,
-        state: &'static str,
+        id: RunId,
+        state: RunState,
         error: Option<String>,
         at: i64,
     },
     InsertAttempt(Box<NewAttempt>),
     Dispatched {
-        id: u64,
-        pilot: u64,
+        id: AttemptId,
+        pilot: PilotId,
         at: i64,
     },
     Started {
-        id: u64,
+        id: AttemptId,
         at: i64,
     },
     /// The attempt ended; `recorded_us` is stamped by the writer.
     Finished {
-        id: u64,
-        state: &'static str,
+        id: AttemptId,
+        state: AttemptState,
         outputs: Option<String>,
         error: Option<String>,
         exit_code: Option<i32>,
@@ -74,41 +75,41 @@ pub enum Op {
     /// The attempt ended without running to completion (lost, cancelled,
     /// returned): no outputs.
     AttemptState {
-        id: u64,
-        state: &'static str,
+        id: AttemptId,
+        state: AttemptState,
         error: Option<String>,
         at: i64,
     },
     /// A user retried the run: this attempt no longer counts toward the step's
     /// state or retry budget (its record stays).
     Supersede {
-        id: u64,
+        id: AttemptId,
     },
     Event {
         at: i64,
-        run: Option<u64>,
-        attempt: Option<u64>,
-        pilot: Option<u64>,
+        run: Option<RunId>,
+        attempt: Option<AttemptId>,
+        pilot: Option<PilotId>,
         kind: &'static str,
         detail: Option<String>,
     },
     PutPilot {
-        id: u64,
+        id: PilotId,
         name: String,
         host: String,
         info: String,
-        state: &'static str,
+        state: PilotState,
         at: i64,
     },
     PilotState {
-        id: u64,
-        state: &'static str,
+        id: PilotId,
+        state: PilotState,
         reason: Option<String>,
         at: i64,
     },
     Catalog {
-        run: u64,
-        attempt: u64,
+        run: RunId,
+        attempt: AttemptId,
         flow: String,
         record: String,
         body: String,
@@ -141,7 +142,7 @@ pub enum Op {
     /// `before_us`, with their attempts and events. The check is made at
     /// commit, so a run retried since it was picked stays.
     PruneRuns {
-        runs: Vec<u64>,
+        runs: Vec<RunId>,
         before_us: i64,
     },
     /// Deletes what else grows with time and was recorded before
@@ -154,13 +155,13 @@ pub enum Op {
 
 #[derive(Debug)]
 pub struct NewAttempt {
-    pub id: u64,
-    pub run: u64,
+    pub id: AttemptId,
+    pub run: RunId,
     pub step: String,
     pub step_index: usize,
     pub number: u32,
     pub action: &'static str,
-    pub state: &'static str,
+    pub state: AttemptState,
     pub params: Option<String>,
     pub ready_us: i64,
     pub error: Option<String>,
@@ -455,7 +456,7 @@ fn statements(op: &Op, dialect: Dialect, recorded: i64, out: &mut Vec<Stmt>) {
             error,
             at,
         } => {
-            let terminal = matches!(*state, "succeeded" | "failed" | "cancelled");
+            let terminal = state.is_finished();
             push(
                 "UPDATE runs SET state = ?2, error = ?3,
                    started_us = CASE WHEN ?2 = 'running' THEN COALESCE(started_us, ?4) ELSE started_us END,
@@ -640,7 +641,7 @@ fn statements(op: &Op, dialect: Dialect, recorded: i64, out: &mut Vec<Stmt>) {
             let doomed = format!(
                 "SELECT id FROM runs WHERE id IN {}
                  AND state IN ('succeeded', 'failed', 'cancelled') AND finished_us < ?1",
-                query::id_list(runs)
+                query::id_list(&runs.iter().map(|r| r.0).collect::<Vec<_>>())
             );
             for table in ["events", "attempts"] {
                 push(
@@ -683,7 +684,8 @@ fn remember_high_water(dialect: Dialect, table: &str) -> String {
 mod tests {
     use super::*;
 
-    fn run(id: u64, state: &'static str, at: i64) -> Vec<Op> {
+    fn run(n: u64, state: RunState, at: i64) -> Vec<Op> {
+        let id = RunId(n);
         vec![
             Op::InsertRun {
                 id,
@@ -691,17 +693,17 @@ mod tests {
                 version: 1,
                 input: "{}".into(),
                 dir: format!("/runs/{id}"),
-                state: "queued",
+                state: RunState::Queued,
                 at,
             },
             Op::InsertAttempt(Box::new(NewAttempt {
-                id,
+                id: AttemptId(n),
                 run: id,
                 step: "s".into(),
                 step_index: 0,
                 number: 1,
                 action: "shell",
-                state: "ready",
+                state: AttemptState::Ready,
                 params: None,
                 ready_us: at,
                 error: None,
@@ -710,7 +712,7 @@ mod tests {
             Op::Event {
                 at,
                 run: Some(id),
-                attempt: Some(id),
+                attempt: Some(AttemptId(n)),
                 pilot: None,
                 kind: "attempt_ready",
                 detail: None,
@@ -735,10 +737,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let mut ops = run(1, "succeeded", 100);
-        ops.extend(run(2, "running", 100));
-        ops.extend(run(3, "failed", 100));
-        ops.extend(run(4, "succeeded", 900));
+        let mut ops = run(1, RunState::Succeeded, 100);
+        ops.extend(run(2, RunState::Running, 100));
+        ops.extend(run(3, RunState::Failed, 100));
+        ops.extend(run(4, RunState::Succeeded, 900));
         st.submit(Batch {
             ops,
             effects: vec![],
@@ -750,7 +752,7 @@ mod tests {
         // the store keeps what is not finished.
         st.submit(Batch {
             ops: vec![Op::PruneRuns {
-                runs: vec![1, 2, 3, 4],
+                runs: [1, 2, 3, 4].map(RunId).to_vec(),
                 before_us: 500,
             }],
             effects: vec![],
@@ -769,15 +771,15 @@ mod tests {
         // With every run gone, the next ids still follow the highest ever.
         st.submit(Batch {
             ops: vec![Op::PruneRuns {
-                runs: vec![4],
+                runs: vec![RunId(4)],
                 before_us: 1000,
             }],
             effects: vec![],
         });
         st.submit(Batch {
             ops: vec![Op::RunState {
-                id: 2,
-                state: "succeeded",
+                id: RunId(2),
+                state: RunState::Succeeded,
                 error: None,
                 at: 950,
             }],
@@ -786,7 +788,7 @@ mod tests {
         rt.block_on(st.flush());
         st.submit(Batch {
             ops: vec![Op::PruneRuns {
-                runs: vec![2],
+                runs: vec![RunId(2)],
                 before_us: 1000,
             }],
             effects: vec![],

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::api::{AttemptId, AttemptState, PilotId, RunId, RunState};
 use crate::store::{self, Batch, Durability, Location, NewAttempt, Op, RunFilter, Store};
 use crate::util::{median, now_us};
 
@@ -66,13 +67,13 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
         let created = t_end - (runs - run) as i64 * span_us;
         let flow = FLOWS[(run % FLOWS.len() as u64) as usize];
         batch.ops.push(Op::InsertRun {
-            id: run,
+            id: RunId(run),
             flow: flow.into(),
             version: 1,
             input: json!({ "path": format!("/data/scan{run:07}.h5"), "sample": format!("S{}", run % 97) })
                 .to_string(),
             dir: format!("/runs/{run}"),
-            state: "queued",
+            state: RunState::Queued,
             at: created,
         });
         let active = run > runs - ACTIVE.min(runs);
@@ -80,8 +81,8 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
             continue;
         }
         batch.ops.push(Op::RunState {
-            id: run,
-            state: "running",
+            id: RunId(run),
+            state: RunState::Running,
             error: None,
             at: created,
         });
@@ -90,31 +91,35 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
             attempt += 1;
             let t = created + i as i64 * 1_000_000;
             batch.ops.push(Op::InsertAttempt(Box::new(NewAttempt {
-                id: attempt,
-                run,
+                id: AttemptId(attempt),
+                run: RunId(run),
                 step: step.to_string(),
                 step_index: i,
                 number: 1,
                 action: if i == 3 { "publish" } else { "kernel" },
-                state: "ready",
+                state: AttemptState::Ready,
                 params: Some(json!({ "path": format!("/data/scan{run:07}.h5") }).to_string()),
                 ready_us: t,
                 error: None,
                 finished_us: None,
             })));
             batch.ops.push(Op::Dispatched {
-                id: attempt,
-                pilot: 1 + run % 8,
+                id: AttemptId(attempt),
+                pilot: PilotId(1 + run % 8),
                 at: t + 200,
             });
             batch.ops.push(Op::Started {
-                id: attempt,
+                id: AttemptId(attempt),
                 at: t + 400,
             });
             let ok = !(failed && i == 2);
             batch.ops.push(Op::Finished {
-                id: attempt,
-                state: if ok { "succeeded" } else { "failed" },
+                id: AttemptId(attempt),
+                state: if ok {
+                    AttemptState::Succeeded
+                } else {
+                    AttemptState::Failed
+                },
                 outputs: Some(json!({ "exit_code": 0, "beta": 0.21, "tau_s": 0.013 }).to_string()),
                 error: (!ok).then(|| "fit did not converge".to_string()),
                 exit_code: Some(if ok { 0 } else { 1 }),
@@ -124,9 +129,9 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
             });
             batch.ops.push(Op::Event {
                 at: t + 900_000,
-                run: Some(run),
-                attempt: Some(attempt),
-                pilot: Some(1 + run % 8),
+                run: Some(RunId(run)),
+                attempt: Some(AttemptId(attempt)),
+                pilot: Some(PilotId(1 + run % 8)),
                 kind: "attempt_finished",
                 detail: None,
             });
@@ -135,8 +140,12 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
             }
         }
         batch.ops.push(Op::RunState {
-            id: run,
-            state: if failed { "failed" } else { "succeeded" },
+            id: RunId(run),
+            state: if failed {
+                RunState::Failed
+            } else {
+                RunState::Succeeded
+            },
             error: failed.then(|| "step `fit` failed".to_string()),
             at: created + 4_000_000,
         });
@@ -148,8 +157,8 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
                 "outputs": { "beta": 0.21 },
             });
             batch.ops.push(Op::Catalog {
-                run,
-                attempt,
+                run: RunId(run),
+                attempt: AttemptId(attempt),
                 flow: flow.into(),
                 record: record.to_string(),
                 body: format!("scan {run} S{} 8-ID-I {flow}", run % 97),
@@ -245,7 +254,7 @@ fn store(b: StoreBench) -> anyhow::Result<Value> {
         pruned += ids.len();
         st.submit(Batch {
             ops: vec![Op::PruneRuns {
-                runs: ids,
+                runs: ids.into_iter().map(RunId).collect(),
                 before_us: cutoff,
             }],
             effects: vec![],

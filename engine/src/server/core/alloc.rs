@@ -154,7 +154,7 @@ impl Core {
                 .filter(|r| {
                     self.attempts
                         .get(&r.attempt)
-                        .is_some_and(|a| a.state == super::AttemptState::Ready)
+                        .is_some_and(|a| a.state == crate::api::AttemptState::Ready)
                 })
                 .count() as u64;
             if n == 0 {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::api::AttemptId;
 use crate::flow::FlowSpec;
 
 /// Sort key of one ready attempt; smaller goes first.
@@ -17,11 +18,11 @@ pub struct Rank {
     /// Negated priority, so that higher priorities sort first.
     neg_priority: i32,
     submitted_us: i64,
-    pub attempt: u64,
+    pub attempt: AttemptId,
 }
 
 impl Rank {
-    pub fn new(flow: &FlowSpec, step: usize, run_created_us: i64, attempt: u64) -> Self {
+    pub fn new(flow: &FlowSpec, step: usize, run_created_us: i64, attempt: AttemptId) -> Self {
         let s = &flow.steps[step];
         Rank {
             class: if s.on == "realtime" { 0 } else { 1 },
@@ -74,13 +75,13 @@ mod tests {
         let due = flow("name = \"d\"\nversion = 1\ndeadline = \"10m\"\n[[steps]]\nname = \"a\"\naction = \"shell\"\nparams = { argv = [\"true\"] }\n");
         let rt = flow("name = \"r\"\nversion = 1\npriority = -3\n[[steps]]\nname = \"a\"\naction = \"shell\"\non = \"realtime\"\nparams = { argv = [\"true\"] }\n[[steps]]\nname = \"b\"\naction = \"shell\"\npriority = 9\nparams = { argv = [\"true\"] }\n");
         let mut q = ReadyQueue::default();
-        q.push(Rank::new(&plain, 0, 100, 1)); // oldest plain
-        q.push(Rank::new(&plain, 0, 200, 2));
-        q.push(Rank::new(&urgent, 0, 300, 3));
-        q.push(Rank::new(&due, 0, 400, 4));
-        q.push(Rank::new(&rt, 0, 500, 5)); // realtime, low priority, newest
-        q.push(Rank::new(&rt, 1, 500, 6)); // same flow, cpu step, priority 9
-        let order: Vec<u64> = std::iter::from_fn(|| q.pop_front().map(|r| r.attempt)).collect();
+        q.push(Rank::new(&plain, 0, 100, AttemptId(1))); // oldest plain
+        q.push(Rank::new(&plain, 0, 200, AttemptId(2)));
+        q.push(Rank::new(&urgent, 0, 300, AttemptId(3)));
+        q.push(Rank::new(&due, 0, 400, AttemptId(4)));
+        q.push(Rank::new(&rt, 0, 500, AttemptId(5))); // realtime, low priority, newest
+        q.push(Rank::new(&rt, 1, 500, AttemptId(6))); // same flow, cpu step, priority 9
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop_front().map(|r| r.attempt.0)).collect();
         assert_eq!(order, vec![5, 4, 6, 3, 1, 2]);
     }
 

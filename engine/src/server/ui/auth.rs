@@ -19,7 +19,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::super::App;
 use super::render;
@@ -156,8 +155,11 @@ impl Codes {
 }
 
 /// `POST /api/ui/code` (token only): a sign-in code for a link.
-pub(crate) async fn issue_code(State(app): State<App>) -> Json<Value> {
-    Json(json!({ "code": app.codes.issue(), "expires_s": CODE_LIFE.as_secs() }))
+pub(crate) async fn issue_code(State(app): State<App>) -> Json<crate::api::UiCode> {
+    Json(crate::api::UiCode {
+        code: app.codes.issue(),
+        expires_s: CODE_LIFE.as_secs(),
+    })
 }
 
 #[derive(Deserialize)]

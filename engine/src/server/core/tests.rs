@@ -1,0 +1,398 @@
+//! The core's rules, driven by messages as the API and pilot connections
+//! send them, with a store in a temporary directory: no sockets, no
+//! processes. A "pilot" here is the channel the core writes its messages to.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::runs::StepState;
+use super::{AllocConfig, Core, CoreConfig, CoreMsg};
+use crate::api::{AttemptId, AttemptState, PilotId, RunId, RunState};
+use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
+use crate::resources::Resources;
+use crate::site::SiteConfig;
+use crate::store::{self, Durability, Location, Store};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Harness {
+    core: Core,
+    store: Store,
+    next_conn: u64,
+    _dir: tempfile::TempDir,
+    _me: mpsc::UnboundedReceiver<CoreMsg>,
+}
+
+/// A pilot as the core sees it: its id, its connection and what the core
+/// sent it.
+struct FakePilot {
+    id: PilotId,
+    conn: u64,
+    rx: mpsc::UnboundedReceiver<Vec<ToPilot>>,
+    /// Received with the welcome, not yet looked at.
+    unread: Vec<ToPilot>,
+}
+
+impl FakePilot {
+    /// Everything the core has sent since the last look.
+    fn inbox(&mut self) -> Vec<ToPilot> {
+        let mut out = std::mem::take(&mut self.unread);
+        while let Ok(batch) = self.rx.try_recv() {
+            out.extend(batch);
+        }
+        out
+    }
+
+    fn tasks(&mut self) -> Vec<TaskSpec> {
+        self.inbox()
+            .into_iter()
+            .flat_map(|m| match m {
+                ToPilot::Tasks { tasks } => tasks,
+                _ => vec![],
+            })
+            .collect()
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &Location::Sqlite(dir.path().join("core.db")),
+            Durability::Normal,
+        )
+        .unwrap();
+        let cfg = CoreConfig {
+            pilot_timeout: TIMEOUT,
+            heartbeat: Duration::from_secs(2),
+            runs_dir: dir.path().join("runs").display().to_string(),
+            site: SiteConfig::local(),
+            alloc: AllocConfig {
+                poll_interval: Duration::from_secs(60),
+                dir: dir.path().join("alloc"),
+                exe: "beamflow".into(),
+                url: "http://127.0.0.1:1".into(),
+                token_file: dir.path().join("pilot-token"),
+                server_cert: None,
+            },
+        };
+        let (me, me_rx) = mpsc::unbounded_channel();
+        let (updates, _) = broadcast::channel(1024);
+        let core = Core::load(cfg, store.clone(), me, updates).unwrap();
+        Harness {
+            core,
+            store,
+            next_conn: 1,
+            _dir: dir,
+            _me: me_rx,
+        }
+    }
+
+    /// Places what is ready and commits; the effects (messages to pilots,
+    /// replies) have run when this returns.
+    async fn commit(&mut self) {
+        self.core.step();
+        self.store.flush().await;
+    }
+
+    fn register(&mut self, src: &str) -> String {
+        let spec = crate::flow::parse(src, "t.toml", None).unwrap();
+        let name = spec.name.clone();
+        self.core
+            .register(spec, src.to_string(), "t.toml".into())
+            .unwrap();
+        name
+    }
+
+    fn submit(&mut self, flow: &str) -> RunId {
+        self.core.submit(flow, None, vec![json!({})]).unwrap()[0]
+    }
+
+    async fn pilot(&mut self, cpus: u32, targets: &[&str], prefetch: u32) -> FakePilot {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let info = PilotInfo {
+            name: format!("p{conn}"),
+            host: "node".into(),
+            resources: Resources {
+                cpus,
+                ..Resources::NONE
+            },
+            gpu_ids: vec![],
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            walltime_end_us: None,
+            batch_job: None,
+            reservation: None,
+            prefetch,
+            version: String::new(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (id_tx, id_rx) = oneshot::channel();
+        self.core.hello(conn, None, info, vec![], tx, id_tx);
+        self.commit().await;
+        let id = id_rx.await.unwrap();
+        let mut p = FakePilot {
+            id,
+            conn,
+            rx,
+            unread: vec![],
+        };
+        let mut first = p.inbox();
+        assert!(matches!(first.first(), Some(ToPilot::Welcome { .. })));
+        p.unread = first.split_off(1);
+        p
+    }
+
+    fn say(&mut self, p: &FakePilot, msgs: Vec<FromPilot>) {
+        self.core.pilot_msgs(p.id, p.conn, msgs);
+    }
+
+    fn result(&mut self, p: &FakePilot, t: &TaskSpec, outcome: Outcome) {
+        let r = TaskResult {
+            attempt: t.attempt,
+            outputs: json!({ "exit_code": 0 }),
+            error: (outcome == Outcome::Failed).then(|| "exit 1".to_string()),
+            exit_code: Some(i32::from(outcome == Outcome::Failed)),
+            started_us: 1,
+            finished_us: 2,
+            outcome,
+        };
+        self.say(p, vec![FromPilot::Finished(r)]);
+    }
+
+    fn run_row(&self, id: RunId) -> store::RunDetail {
+        self.store.read(|c| store::run(c, id.0)).unwrap().unwrap()
+    }
+}
+
+fn one_step(name: &str, extra: &str, step_extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = 1\n{extra}\n[[steps]]\nname = \"a\"\naction = \"shell\"\n\
+         params = {{ argv = [\"true\"] }}\n{step_extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn realtime_then_deadline_then_priority_then_age() {
+    let mut h = Harness::new();
+    let plain = h.register(&one_step("plain", "", ""));
+    let urgent = h.register(&one_step("urgent", "priority = 5", ""));
+    let due = h.register(&one_step("due", "deadline = \"10m\"", ""));
+    let rt = h.register(&one_step("rt", "priority = -3", "on = \"realtime\""));
+    // Submitted in the reverse of the order they must run in, but for the
+    // two plain runs, of which the older goes first.
+    let old = h.submit(&plain);
+    let new = h.submit(&plain);
+    let u = h.submit(&urgent);
+    let d = h.submit(&due);
+    let r = h.submit(&rt);
+    h.commit().await;
+    // One core, no prefetch: one attempt at a time, each placed when the
+    // one before it ends.
+    let mut p = h.pilot(1, &["cpu", "realtime"], 0).await;
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let tasks = p.tasks();
+        assert_eq!(tasks.len(), 1, "one task at a time: {tasks:?}");
+        order.push(RunId(tasks[0].run));
+        h.result(&p, &tasks[0], Outcome::Succeeded);
+        h.commit().await;
+    }
+    assert_eq!(order, vec![r, d, u, old, new]);
+    for id in order {
+        assert_eq!(h.run_row(id).run.state, RunState::Succeeded);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_try_is_retried_after_its_back_off_then_the_run_fails() {
+    let mut h = Harness::new();
+    let f = h.register(&one_step(
+        "flaky",
+        "",
+        "retries = { count = 2, backoff = \"10s\" }",
+    ));
+    let run = h.submit(&f);
+    let mut p = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let mut delays = Vec::new();
+    for try_no in 1..=3u32 {
+        let t = p.tasks().pop().expect("a task for this try");
+        assert!(t.task_dir.ends_with(&format!("attempt-{try_no}")), "{t:?}");
+        h.result(&p, &t, Outcome::Failed);
+        let failed_at = Instant::now();
+        h.commit().await;
+        if try_no == 3 {
+            break;
+        }
+        // Waiting: nothing is placed before the back-off has passed.
+        assert_eq!(h.core.runs[&run].steps[0].state, StepState::Waiting);
+        let (&(at, _), _) = h.core.retries.iter().next().expect("a retry is due");
+        delays.push(at.duration_since(failed_at).as_secs_f64());
+        h.core.retries_due(at - Duration::from_millis(50));
+        h.commit().await;
+        assert!(p.tasks().is_empty(), "retried before its back-off");
+        h.core.retries_due(at);
+        h.commit().await;
+        // The next iteration takes the new attempt.
+        assert_eq!(h.core.runs[&run].steps[0].state, StepState::Active);
+        // `p.tasks()` at the top of the loop sees it.
+    }
+    // 10 s, then doubled.
+    assert!((delays[0] - 10.0).abs() < 0.5, "{delays:?}");
+    assert!((delays[1] - 20.0).abs() < 0.5, "{delays:?}");
+    let d = h.run_row(run);
+    assert_eq!(d.run.state, RunState::Failed);
+    let err = d.run.error.unwrap();
+    assert!(err.contains("failed after 3 tries: exit 1"), "{err}");
+    let states: Vec<AttemptState> = d.attempts.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AttemptState::Failed; 3]);
+    assert!(d.attempts.iter().all(|a| a.counts_retry));
+    let scheduled = d
+        .events
+        .iter()
+        .filter(|e| e.kind == "retry_scheduled")
+        .count();
+    assert_eq!(scheduled, 2);
+}
+
+#[tokio::test]
+async fn a_pilot_lost_mid_task_has_its_task_requeued_without_using_a_try() {
+    let mut h = Harness::new();
+    // No retries: a lost pilot must not count against them.
+    let f = h.register(&one_step("once", "", ""));
+    let run = h.submit(&f);
+    let mut first = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let t = first.tasks().pop().expect("dispatched to the first pilot");
+    h.say(
+        &first,
+        vec![FromPilot::Started {
+            attempt: t.attempt,
+            at_us: 1,
+        }],
+    );
+    h.commit().await;
+    // A second pilot with room is there, but the attempt stays with the
+    // first while it may come back.
+    let mut second = h.pilot(1, &["cpu"], 0).await;
+    h.core.pilot_gone(first.id, first.conn);
+    h.commit().await;
+    assert!(second.tasks().is_empty());
+    // The timeout later; the second pilot has kept sending heartbeats.
+    let later = Instant::now() + TIMEOUT;
+    h.core.pilots.get_mut(&second.id).unwrap().last_seen = later;
+    h.core.tick_at(later);
+    h.commit().await;
+    let again = second.tasks().pop().expect("requeued to the second pilot");
+    assert_ne!(again.attempt, t.attempt);
+    assert!(again.task_dir.ends_with("attempt-2"));
+    assert_eq!(h.core.runs[&run].steps[0].failures, 0, "no try used");
+    assert_eq!(h.core.runs[&run].steps[0].crashes, 1);
+    // A kernel step would now run in a process of its own; a shell step
+    // always does.
+    h.result(&second, &again, Outcome::Succeeded);
+    h.commit().await;
+    let d = h.run_row(run);
+    assert_eq!(d.run.state, RunState::Succeeded);
+    let lost = &d.attempts[0];
+    assert_eq!(lost.state, AttemptState::Lost);
+    assert!(!lost.counts_retry);
+    assert!(lost.error.as_deref().unwrap().contains("did not reconnect"));
+    assert_eq!(d.attempts[1].state, AttemptState::Succeeded);
+    assert!(!h.core.pilots.contains_key(&first.id));
+}
+
+#[tokio::test]
+async fn a_cancel_racing_a_result_keeps_the_run_cancelled() {
+    let mut h = Harness::new();
+    let two = "name = \"two\"\nversion = 1\n[[steps]]\nname = \"a\"\naction = \"shell\"\n\
+               params = { argv = [\"true\"] }\n[[steps]]\nname = \"b\"\naction = \"shell\"\n\
+               params = { argv = [\"true\"] }\n";
+    let f = h.register(two);
+    let run = h.submit(&f);
+    let mut p = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let t = p.tasks().pop().expect("step a dispatched");
+    h.say(
+        &p,
+        vec![FromPilot::Started {
+            attempt: t.attempt,
+            at_us: 1,
+        }],
+    );
+    // The user cancels; in the same drain, before the cancel reached the
+    // pilot, its result arrives.
+    let msg = h.core.cancel(run).unwrap();
+    assert_eq!(msg, format!("run {run} cancelled"));
+    h.result(&p, &t, Outcome::Succeeded);
+    h.commit().await;
+    let inbox = p.inbox();
+    let cancels: Vec<u64> = inbox
+        .iter()
+        .flat_map(|m| match m {
+            ToPilot::Cancel { attempts } => attempts.clone(),
+            _ => vec![],
+        })
+        .collect();
+    let acks: Vec<u64> = inbox
+        .iter()
+        .flat_map(|m| match m {
+            ToPilot::Ack { attempts } => attempts.clone(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(cancels, vec![t.attempt], "the pilot is told to stop it");
+    assert_eq!(acks, vec![t.attempt], "and its result is acknowledged");
+    assert!(
+        !inbox.iter().any(|m| matches!(m, ToPilot::Tasks { .. })),
+        "step b never starts: {inbox:?}"
+    );
+    let d = h.run_row(run);
+    assert_eq!(d.run.state, RunState::Cancelled);
+    assert_eq!(d.run.error.as_deref(), Some("cancelled by user"));
+    assert_eq!(d.attempts.len(), 1);
+    // What the pilot said is kept as it said it.
+    assert_eq!(d.attempts[0].state, AttemptState::Succeeded);
+    assert!(!h.core.runs.contains_key(&run));
+    assert!(!h.core.attempts.contains_key(&AttemptId(t.attempt)));
+    // A second cancel is refused with the run's state.
+    let e = h.core.cancel(run).unwrap_err();
+    assert_eq!(e.status, 409);
+    assert!(e.message.contains("already cancelled"), "{}", e.message);
+    // The same result sent again after a reconnect changes nothing.
+    h.result(&p, &t, Outcome::Failed);
+    h.commit().await;
+    assert_eq!(h.run_row(run).attempts[0].state, AttemptState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_retry_waiting_for_its_back_off_survives_a_restart() {
+    let mut h = Harness::new();
+    let f = h.register(&one_step(
+        "flaky",
+        "",
+        "retries = { count = 1, backoff = \"1h\" }",
+    ));
+    let run = h.submit(&f);
+    let mut p = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let t = p.tasks().pop().unwrap();
+    h.result(&p, &t, Outcome::Failed);
+    h.commit().await;
+    // A new core on the same store: the waiting step is retried at once
+    // rather than forgotten.
+    let (me, _me_rx) = mpsc::unbounded_channel();
+    let (updates, _) = broadcast::channel(16);
+    let cfg = h.core.cfg.clone();
+    let mut restarted = Core::load(cfg, h.store.clone(), me, updates).unwrap();
+    assert_eq!(restarted.retries.len(), 1);
+    restarted.retries_due(Instant::now());
+    let step = &restarted.runs[&run].steps[0];
+    assert_eq!(
+        (step.state, step.attempts, step.failures),
+        (StepState::Active, 2, 1)
+    );
+}
