@@ -151,51 +151,6 @@ pub fn find(name: &str) -> Option<&'static dyn Kernel> {
     kernels().iter().copied().find(|k| k.name() == name)
 }
 
-/// A step's parameters as a typed configuration `T` (serde, with
-/// defaults): parameters in `all` but not in `text` hold numbers, booleans
-/// or lists, and arrive from templates as strings read as JSON; `null`s are
-/// dropped; `out`, when `T` has one and the step did not set it, is the
-/// attempt's directory; empty text (an optional input left unset in the
-/// flow) counts as absent; `required` must be present. Errors name the
-/// parameter.
-pub fn typed_params<T: serde::de::DeserializeOwned>(
-    params: &Value,
-    ctx: &KernelContext,
-    all: &[&str],
-    text: &[&str],
-    required: &str,
-) -> Result<T, KernelError> {
-    let mut m = params.as_object().cloned().unwrap_or_default();
-    for (k, v) in m.iter_mut() {
-        let typed = all.contains(&k.as_str()) && !text.contains(&k.as_str());
-        if let (true, Value::String(s)) = (typed, &*v) {
-            *v = serde_json::from_str(s.trim()).map_err(|_| {
-                KernelError::param(k, format!("`{s}` is not a number, boolean or list"))
-            })?;
-        }
-    }
-    m.retain(|k, v| !(v.is_null() || (text.contains(&k.as_str()) && v.as_str() == Some(""))));
-    if all.contains(&"out") && !m.contains_key("out") {
-        m.insert(
-            "out".into(),
-            Value::String(ctx.ensure_work_dir()?.display().to_string()),
-        );
-    }
-    if !m.contains_key(required) {
-        return Err(KernelError::param(required, "required"));
-    }
-    serde_json::from_value(Value::Object(m)).map_err(|e| {
-        let msg = e.to_string();
-        let name = msg
-            .split('`')
-            .nth(1)
-            .filter(|n| all.contains(n))
-            .unwrap_or("params")
-            .to_string();
-        KernelError::param(&name, msg)
-    })
-}
-
 /// Reads an optional non-negative number parameter.
 pub fn param_f64(params: &Value, name: &str, default: f64) -> Result<f64, KernelError> {
     match params.get(name) {

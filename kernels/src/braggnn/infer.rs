@@ -26,16 +26,20 @@ use crate::hedm::regions::Scratch;
 /// Inference over a frame stack: the model, where it runs, and the
 /// search's files and settings (those of `hedm.peaks`; the fit's are not
 /// used).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct Config {
-    /// `.onnx` (ONNX Runtime) or BraggNN weights (`.safetensors`, `.npz`:
-    /// libtorch).
+    /// Peak model: `.onnx` (ONNX Runtime) or BraggNN weights
+    /// (`.safetensors`, `.npz`: libtorch).
+    #[arg(long)]
     pub model: PathBuf,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Patches per inference call.
+    #[arg(long, default_value_t = 512)]
     pub batch: usize,
+    #[command(flatten)]
     #[serde(flatten)]
     pub search: Search,
 }

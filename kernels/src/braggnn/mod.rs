@@ -15,6 +15,7 @@ pub mod io;
 pub mod model;
 pub mod net;
 pub mod onnx;
+pub mod params;
 pub mod patches;
 pub mod plot;
 pub mod prepare;

@@ -3,56 +3,44 @@
 //! peaks), `braggnn.train` (a network, its ONNX export and learning curve)
 //! and `braggnn.infer` (peak positions on raw frames).
 
-use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::params::{InferParams, PrepareParams, SyntheticParams, TrainParams};
 use super::train::train_shared;
-use super::{infer, io, onnx, plot, prepare, train, Shape, TrainOptions};
+use super::{io, onnx, plot, prepare, train, Shape};
 use crate::backend::granted_device;
-use crate::hedm::steps::{PEAK_PARAMS, TEXT_PARAMS};
+use crate::params::from_step;
 use crate::ranks::Collective;
-use crate::registry::{typed_params, Kernel, KernelContext, KernelError};
+use crate::registry::{Kernel, KernelContext, KernelError};
 use crate::synthetic::braggnn::patches;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// `list` followed by `extra`, for parameter lists built on the search's.
-fn with(list: &'static [&'static str], extra: &[&'static str]) -> Vec<&'static str> {
-    list.iter().chain(extra).copied().collect()
-}
-
 fn failed(e: String) -> KernelError {
     KernelError::Failed(e)
 }
 
-pub struct SyntheticStep;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct SyntheticParams {
-    out: PathBuf,
-    count: usize,
-    psz: usize,
-    aug: usize,
-    seed: u64,
-}
-
-impl Default for SyntheticParams {
-    fn default() -> Self {
-        SyntheticParams {
-            out: PathBuf::new(),
-            count: 50_000,
-            psz: 11,
-            aug: 1,
-            seed: 1234,
-        }
+/// A parameter's check that starts with its name (`psz: …`).
+fn named(e: String) -> KernelError {
+    match e.split_once(": ") {
+        Some((name, msg)) => KernelError::param(name, msg),
+        None => KernelError::Failed(e),
     }
 }
+
+/// The frame stack a search needs.
+fn frames_given(search: &crate::hedm::config::Config) -> Result<(), KernelError> {
+    if search.frames.as_os_str().is_empty() {
+        return Err(KernelError::param("frames", "required"));
+    }
+    Ok(())
+}
+
+pub struct SyntheticStep;
 
 impl Kernel for SyntheticStep {
     fn name(&self) -> &'static str {
@@ -65,17 +53,11 @@ impl Kernel for SyntheticStep {
         &["patches", "count"]
     }
     fn params(&self) -> &'static [&'static str] {
-        &["out", "count", "psz", "aug", "seed"]
+        crate::param_names!(SyntheticParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let p: SyntheticParams = typed_params(params, ctx, self.params(), &["out"], "out")?;
-        super::model::check_psz(p.psz).map_err(|e| KernelError::param("psz", e))?;
-        let file = if p.out.extension().is_some_and(|e| e == "h5") {
-            p.out.clone()
-        } else {
-            std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
-            p.out.join("patches.h5")
-        };
+        let p: SyntheticParams = from_step(params, ctx)?;
+        let file = p.file().map_err(named)?;
         let set = ctx.on_granted_cores(|| patches(p.count, p.psz, p.aug, p.seed))?;
         io::write(&file, &set).map_err(failed)?;
         Ok(json!({"patches": s(&file), "count": set.len()}))
@@ -83,28 +65,6 @@ impl Kernel for SyntheticStep {
 }
 
 pub struct PrepareStep;
-
-static PREPARE_PARAMS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| with(PEAK_PARAMS, &["peaks", "psz", "aug"]));
-static PREPARE_TEXT: LazyLock<Vec<&'static str>> = LazyLock::new(|| with(TEXT_PARAMS, &["peaks"]));
-
-#[derive(Deserialize)]
-struct PrepareParams {
-    peaks: PathBuf,
-    #[serde(default = "psz")]
-    psz: usize,
-    #[serde(default = "aug")]
-    aug: usize,
-    #[serde(flatten)]
-    search: crate::hedm::config::Config,
-}
-
-fn psz() -> usize {
-    11
-}
-fn aug() -> usize {
-    1
-}
 
 impl Kernel for PrepareStep {
     fn name(&self) -> &'static str {
@@ -117,10 +77,11 @@ impl Kernel for PrepareStep {
         &["patches", "count", "peaks", "crowded", "edge"]
     }
     fn params(&self) -> &'static [&'static str] {
-        &PREPARE_PARAMS
+        crate::param_names!(PrepareParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let p: PrepareParams = typed_params(params, ctx, &PREPARE_PARAMS, &PREPARE_TEXT, "peaks")?;
+        let p: PrepareParams = from_step(params, ctx)?;
+        frames_given(&p.search)?;
         let (file, st) = ctx
             .on_granted_cores(|| prepare::run(&p.search, &p.peaks, p.psz, p.aug, &mut |_, _| {}))?
             .map_err(failed)?;
@@ -135,30 +96,6 @@ impl Kernel for PrepareStep {
 }
 
 pub struct TrainStep;
-
-/// `threads` is not one: a step trains on the cores its pilot granted.
-const TRAIN_PARAMS: &[&str] = &[
-    "patches",
-    "out",
-    "epochs",
-    "batch",
-    "lr",
-    "patience",
-    "validation",
-    "fcsz",
-    "device",
-    "seed",
-];
-
-#[derive(Deserialize)]
-struct TrainParams {
-    patches: PathBuf,
-    out: PathBuf,
-    #[serde(default)]
-    fcsz: Option<Vec<i64>>,
-    #[serde(flatten)]
-    o: TrainOptions,
-}
 
 impl Kernel for TrainStep {
     fn name(&self) -> &'static str {
@@ -182,7 +119,7 @@ impl Kernel for TrainStep {
         ]
     }
     fn params(&self) -> &'static [&'static str] {
-        TRAIN_PARAMS
+        crate::param_names!(TrainParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         train_step(params, ctx, None)
@@ -209,34 +146,29 @@ fn train_step(
     ctx: &KernelContext,
     world: Option<&dyn Collective>,
 ) -> Result<Value, KernelError> {
-    let mut p: TrainParams = typed_params(
-        params,
-        ctx,
-        TRAIN_PARAMS,
-        &["patches", "out", "device"],
-        "patches",
-    )?;
-    p.o.device = granted_device(&p.o.device, &ctx.gpus);
+    let mut p: TrainParams = from_step(params, ctx)?;
+    p.train.device = granted_device(&p.train.device, &ctx.gpus);
     let set = io::read(&p.patches).map_err(failed)?;
     std::fs::create_dir_all(&p.out).map_err(|e| failed(format!("{}: {e}", s(&p.out))))?;
     let shape = Shape {
         psz: set.psz as i64,
-        fcsz: p.fcsz.clone().unwrap_or_else(|| Shape::default().fcsz),
+        fcsz: p.fcsz.clone(),
     };
     let weights = p.out.join("best.safetensors");
     let mut cancelled = false;
-    p.o.threads = ctx.cpus.max(1);
+    p.train.threads = ctx.cpus.max(1);
     let mut progress = |_: &_| {
         cancelled = ctx.cancelled();
         !cancelled
     };
     let tr = match world {
-        None => ctx
-            .on_granted_cores(|| train(&set, shape.clone(), &p.o, Some(&weights), &mut progress))?,
+        None => ctx.on_granted_cores(|| {
+            train(&set, shape.clone(), &p.train, Some(&weights), &mut progress)
+        })?,
         Some(w) => train_shared(
             &set,
             shape.clone(),
-            &p.o,
+            &p.train,
             Some(&weights),
             &mut progress,
             Some(w),
@@ -287,11 +219,6 @@ fn train_step(
 
 pub struct InferStep;
 
-static INFER_PARAMS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| with(PEAK_PARAMS, &["model", "device", "batch"]));
-static INFER_TEXT: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| with(TEXT_PARAMS, &["model", "device"]));
-
 impl Kernel for InferStep {
     fn name(&self) -> &'static str {
         "braggnn.infer"
@@ -312,11 +239,11 @@ impl Kernel for InferStep {
         ]
     }
     fn params(&self) -> &'static [&'static str] {
-        &INFER_PARAMS
+        crate::param_names!(InferParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let mut cfg: infer::Config =
-            typed_params(params, ctx, &INFER_PARAMS, &INFER_TEXT, "frames")?;
+        let mut cfg: InferParams = from_step(params, ctx)?;
+        frames_given(&cfg.search)?;
         if cfg.model.as_os_str().is_empty() {
             return Err(KernelError::param("model", "required"));
         }

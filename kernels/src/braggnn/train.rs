@@ -30,21 +30,34 @@ use super::weights;
 use crate::ranks::{share_of, Collective};
 use crate::synthetic::braggnn::PatchSet;
 
-/// How to train (also a flow step's parameters).
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default)]
+/// How to train (also a flow step's parameters, but `threads`: a step
+/// trains on the cores its pilot granted).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
+    /// Passes over the training patches at most.
+    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
+    /// Patches per optimiser step.
+    #[arg(long, default_value_t = 512)]
     pub batch: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 3e-4)]
     pub lr: f64,
     /// Stop after this many epochs without a lower validation error.
+    #[arg(long, default_value_t = 20)]
     pub patience: usize,
     /// Fraction of the patches (the last ones) held out for validation.
+    #[arg(long, default_value_t = 0.2)]
     pub validation: f64,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto` (falls back to the CPU with a note).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// libtorch's intra-op threads (a process-wide setting); 0 leaves it.
+    #[arg(skip)]
+    #[serde(skip)]
     pub threads: usize,
 }
 

@@ -11,46 +11,121 @@ use super::io::{self, Stack};
 use super::lm::LmOptions;
 use super::pipeline::{self, Dark, Options, Summary};
 use super::regions::{FindOptions, Ring, Threshold};
+use crate::synthetic::hedm::Scene;
 
-/// A peak search over a stack of frames. Defaults are MIDAS's.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A peak search over a stack of frames, as `beamflow kernel hedm peaks`
+/// takes it (each field a flag of the same name) and a `hedm.peaks` step
+/// (and the BraggNN steps that search frames) as `params`. Defaults are
+/// MIDAS's, the same on both ([`Config::default`]; a test compares them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// HDF5 frame stack.
+    /// HDF5 frame stack (uint8/16/32 or float32/64).
+    #[arg(long)]
     pub frames: PathBuf,
     /// Dataset in it (default `/entry/data/data`).
+    #[arg(long)]
     pub dataset: Option<String>,
     /// Output directory.
+    #[arg(long, short = 'o', default_value = ".")]
     pub out: PathBuf,
     /// Base name of the outputs (default: the frame file's stem).
+    #[arg(long)]
     pub name: Option<String>,
-    /// Dark image (HDF5; a stack is averaged), or one value for every pixel.
+    /// Dark image (HDF5; a stack is averaged).
+    #[arg(long, conflicts_with = "dark_value")]
     pub dark: Option<PathBuf>,
+    /// One dark value for every pixel.
+    #[arg(long)]
     pub dark_value: Option<f64>,
     /// Flat-field image (HDF5) the dark-corrected frames are divided by.
+    #[arg(long)]
     pub flood: Option<PathBuf>,
     /// Bad-pixel mask (HDF5, non-zero = bad).
+    #[arg(long)]
     pub mask: Option<PathBuf>,
-    /// Threshold everywhere, or per ring when `rings` is given.
+    /// Threshold above the dark, counts (every pixel, unless rings are given).
+    #[arg(long, default_value_t = 30.0)]
     pub threshold: f64,
+    /// A diffraction ring RADIUS:WIDTH:THRESHOLD in pixels (repeatable):
+    /// only pixels on a ring are searched, each with its ring's threshold.
+    #[arg(long = "rings", visible_alias = "ring", value_parser = parse_ring)]
     pub rings: Vec<Ring>,
-    /// `cartesian` (row, col) or `polar` (R, Eta) fitting coordinates.
+    /// Fitting coordinates: cartesian (row, col) or polar (R, Eta).
+    #[arg(long, default_value = "cartesian", value_parser = ["cartesian", "polar"])]
     pub geometry: String,
-    /// Beam centre (row, col); default: the frame's centre.
+    /// Beam centre ROW,COL (default: the frame's centre).
+    #[arg(long, value_parser = parse_centre)]
     pub centre: Option<[f64; 2]>,
+    /// Regions need more pixels than this.
+    #[arg(long, default_value_t = FindOptions::default().min_pixels)]
     pub min_pixels: usize,
+    /// Regions need fewer pixels than this.
+    #[arg(long, default_value_t = FindOptions::default().max_pixels)]
     pub max_pixels: usize,
+    /// Regions with a pixel above this are saturated and skipped.
+    #[arg(long, default_value_t = FindOptions::default().saturation)]
     pub saturation: f64,
+    /// At most this many peaks per region.
+    #[arg(long, default_value_t = FindOptions::default().max_peaks)]
     pub max_peaks: usize,
+    /// Drop maxima less than this above the dip towards a brighter one (off
+    /// by default, as in MIDAS).
+    #[arg(long)]
     pub prominence: Option<f64>,
+    /// Omega of the first frame, degrees.
+    #[arg(long, default_value_t = 0.0)]
     pub omega_start: f64,
+    /// Omega per frame, degrees.
+    #[arg(long, default_value_t = 0.0)]
     pub omega_step: f64,
+    /// First frame (inclusive).
+    #[arg(long, visible_alias = "first")]
     pub first_frame: Option<usize>,
+    /// Last frame (exclusive).
+    #[arg(long, visible_alias = "last")]
     pub last_frame: Option<usize>,
+    /// Most trial steps (model evaluations) per region fit.
+    #[arg(long, default_value_t = LmOptions::default().max_iter)]
     pub max_iter: u32,
+    /// Relative tolerance on the cost reduction, the step and the gradient
+    /// at which a fit has converged.
+    #[arg(long, default_value_t = LmOptions::default().tol)]
     pub tol: f64,
-    /// Write the PNG overlay of the first frame.
+    /// Write the PNG overlay of the first frame (`--plot false`: not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub plot: bool,
+}
+
+/// `RADIUS:WIDTH:THRESHOLD`, pixels and counts.
+pub fn parse_ring(s: &str) -> Result<Ring, String> {
+    let bad = || format!("`{s}`: write RADIUS:WIDTH:THRESHOLD, e.g. 512:6:80");
+    let p: Vec<f64> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    match p[..] {
+        [radius, width, threshold] => Ok(Ring {
+            radius,
+            width,
+            threshold,
+        }),
+        _ => Err(bad()),
+    }
+}
+
+/// `ROW,COL`, pixels.
+pub fn parse_centre(s: &str) -> Result<[f64; 2], String> {
+    let p: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{s}`: write ROW,COL, e.g. 1023.5,1023.5"))?;
+    match p[..] {
+        [row, col] => Ok([row, col]),
+        _ => Err(format!("`{s}`: write ROW,COL, e.g. 1023.5,1023.5")),
+    }
 }
 
 impl Default for Config {
@@ -83,6 +158,75 @@ impl Default for Config {
             tol: l.tol,
             plot: true,
         }
+    }
+}
+
+/// Frames with known pseudo-Voigt peaks (`beamflow kernel hedm
+/// synthetic`, the `hedm.synthetic` step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticParams {
+    /// Directory to write into (default: the current directory; in a flow,
+    /// the attempt's directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Base name of the files.
+    #[arg(long, default_value = "hedm")]
+    pub name: String,
+    /// Frames in the stack.
+    #[arg(long, default_value_t = 4)]
+    pub frames: usize,
+    /// Frame side, pixels (at least 64).
+    #[arg(long, default_value_t = 2048)]
+    pub size: usize,
+    /// Peaks per frame (default: 300 on a 2048² frame, as many per area
+    /// on others).
+    #[arg(long)]
+    pub peaks: Option<usize>,
+    /// Peaks defined in (R, Eta) about the centre instead of (row, col).
+    #[arg(long)]
+    pub polar: bool,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Background counts under the peaks.
+    #[arg(long, default_value_t = Scene::default().background)]
+    pub background: f64,
+}
+
+impl Default for SyntheticParams {
+    fn default() -> Self {
+        SyntheticParams {
+            dir: None,
+            name: "hedm".into(),
+            frames: 4,
+            size: 2048,
+            peaks: None,
+            polar: false,
+            seed: 1234,
+            background: Scene::default().background,
+        }
+    }
+}
+
+impl SyntheticParams {
+    /// The scene to draw, checked.
+    pub fn scene(&self) -> Result<Scene, String> {
+        if self.size < 64 {
+            return Err(format!("size: {} is below 64 pixels", self.size));
+        }
+        if self.frames == 0 {
+            return Err("frames: at least 1".into());
+        }
+        let area = self.size * self.size;
+        Ok(Scene {
+            rows: self.size,
+            cols: self.size,
+            peaks_per_frame: self.peaks.unwrap_or(300 * area / (2048 * 2048)).max(1),
+            background: self.background,
+            polar: self.polar,
+            seed: self.seed,
+            ..Scene::default()
+        })
     }
 }
 
@@ -257,5 +401,35 @@ impl Config {
         )
         .map_err(|e| format!("{}: cannot write: {e}", js.display()))?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_command_line_and_a_flow_step_default_alike() {
+        crate::params::same_defaults::<Config>(
+            &["--frames", "f.h5"],
+            json!({ "frames": "f.h5", "out": "." }),
+        );
+        crate::params::same_defaults::<SyntheticParams>(&[], json!({}));
+    }
+
+    #[test]
+    fn rings_and_centres_read_as_written() {
+        assert_eq!(
+            parse_ring("512:6:80"),
+            Ok(Ring {
+                radius: 512.0,
+                width: 6.0,
+                threshold: 80.0
+            })
+        );
+        assert!(parse_ring("512:6").is_err());
+        assert_eq!(parse_centre("255.5,255.5"), Ok([255.5, 255.5]));
+        assert!(parse_centre("255.5").unwrap_err().contains("ROW,COL"));
     }
 }

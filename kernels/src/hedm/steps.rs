@@ -1,52 +1,21 @@
 //! HEDM kernels for flows: `hedm.synthetic` writes frames with known peaks,
 //! `hedm.peaks` finds and fits them (parameters are [`Config`]'s fields).
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 
-use super::config::Config;
-use crate::registry::{param_f64, typed_params, Kernel, KernelContext, KernelError};
-use crate::synthetic::hedm::{write_dataset, Scene};
-
-/// Every [`Config`] field, as flow validation needs them.
-pub const PEAK_PARAMS: &[&str] = &[
-    "frames",
-    "dataset",
-    "out",
-    "name",
-    "dark",
-    "dark_value",
-    "flood",
-    "mask",
-    "threshold",
-    "rings",
-    "geometry",
-    "centre",
-    "min_pixels",
-    "max_pixels",
-    "saturation",
-    "max_peaks",
-    "prominence",
-    "omega_start",
-    "omega_step",
-    "first_frame",
-    "last_frame",
-    "max_iter",
-    "tol",
-    "plot",
-];
-
-/// Fields that hold paths and names; every other one holds a number, a
-/// boolean or a list, and arrives from a template as a string read as JSON.
-pub const TEXT_PARAMS: &[&str] = &[
-    "frames", "dataset", "out", "name", "dark", "flood", "mask", "geometry",
-];
+use super::config::{Config, SyntheticParams};
+use crate::params::from_step;
+use crate::registry::{Kernel, KernelContext, KernelError};
+use crate::synthetic::hedm::write_dataset;
 
 /// The step's parameters as a [`Config`]; the attempt's directory is the
 /// default output directory.
 pub fn config(params: &Value, ctx: &KernelContext) -> Result<Config, KernelError> {
-    typed_params(params, ctx, PEAK_PARAMS, TEXT_PARAMS, "frames")
+    let c: Config = from_step(params, ctx)?;
+    if c.frames.as_os_str().is_empty() {
+        return Err(KernelError::param("frames", "required"));
+    }
+    Ok(c)
 }
 
 pub struct PeaksStep;
@@ -73,7 +42,7 @@ impl Kernel for PeaksStep {
         ]
     }
     fn params(&self) -> &'static [&'static str] {
-        PEAK_PARAMS
+        crate::param_names!(Config)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         let cfg = config(params, ctx)?;
@@ -116,55 +85,19 @@ impl Kernel for SyntheticStep {
         &["dir", "frames", "truth", "peaks"]
     }
     fn params(&self) -> &'static [&'static str] {
-        &[
-            "dir",
-            "name",
-            "frames",
-            "size",
-            "peaks",
-            "polar",
-            "seed",
-            "background",
-        ]
+        crate::param_names!(SyntheticParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let d = Scene::default();
-        let int = |k: &str, default: usize| -> Result<usize, KernelError> {
-            Ok(param_f64(params, k, default as f64)? as usize)
-        };
-        let size = int("size", 1024)?;
-        if size < 64 {
-            return Err(KernelError::param("size", "at least 64 pixels"));
-        }
-        let polar = match params.get("polar") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
-            Some(v) => {
-                return Err(KernelError::param(
-                    "polar",
-                    format!("expected true or false, got {v}"),
-                ))
-            }
-        };
-        let scene = Scene {
-            rows: size,
-            cols: size,
-            peaks_per_frame: int("peaks", 300 * size * size / (2048 * 2048))?.max(1),
-            background: param_f64(params, "background", d.background)?,
-            polar,
-            seed: int("seed", 1234)? as u64,
-            ..d
-        };
-        let dir = match params.get("dir").and_then(|v| v.as_str()) {
-            Some(p) => PathBuf::from(p),
+        let p: SyntheticParams = from_step(params, ctx)?;
+        let scene = p.scene().map_err(|e| {
+            let (name, msg) = e.split_once(": ").unwrap_or(("params", &e));
+            KernelError::param(name, msg)
+        })?;
+        let dir = match &p.dir {
+            Some(d) => d.clone(),
             None => ctx.ensure_work_dir()?.to_path_buf(),
         };
-        let name = params
-            .get("name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("hedm");
-        let count = int("frames", 4)?.max(1);
+        let (count, name) = (p.frames, p.name.as_str());
         let f = ctx
             .on_granted_cores(|| write_dataset(&scene, count, &dir, name, &mut |_| {}))?
             .map_err(KernelError::Failed)?;

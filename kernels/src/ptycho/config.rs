@@ -11,30 +11,41 @@ use super::metrics::Error;
 use super::model::{Field, Probe};
 use super::recon::{reconstruct, Options, Truth};
 
-/// A reconstruction of one dataset. (Unknown keys cannot be refused here —
-/// serde does not combine that with the flattened engine options — so the
-/// flow step checks parameter names against its list before this is built.)
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A reconstruction of one dataset, as `beamflow kernel ptycho
+/// reconstruct` takes it (flags of the same names) and a
+/// `ptycho.reconstruct` step (`params`). (Unknown keys cannot be refused
+/// here — serde does not combine that with the flattened engine options —
+/// so flow validation checks parameter names against this struct's.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct Config {
-    /// The dataset file, or a Ptychodus diffraction file (`/dp`) with `meta`.
+    /// The dataset file (/data/intensities + /positions/…), or a Ptychodus
+    /// diffraction file (`/dp`) with `meta`.
+    #[arg(long)]
     pub data: PathBuf,
-    /// The Ptychodus product file (probe, object geometry, positions).
+    /// The Ptychodus product file (probe, object geometry, positions in metres).
+    #[arg(long)]
     pub meta: Option<PathBuf>,
     /// Output directory.
+    #[arg(long, short = 'o', default_value = ".")]
     pub out: PathBuf,
     /// Base name of the outputs (default: the data file's stem).
+    #[arg(long)]
     pub name: Option<String>,
     /// Where the starting probe comes from: `init` (the file's `/init/probe`
     /// or the product file's probe), `truth` (`/truth/probe`, for tests with
     /// a known probe), or a path to an HDF5 file with a complex `/probe`.
+    #[arg(long, default_value = "init")]
     pub probe: String,
     /// Incoherent probe modes to retrieve (extra modes are started from the
     /// first at 10 % of its amplitude).
+    #[arg(long, default_value_t = 1)]
     pub modes: usize,
+    #[command(flatten)]
     #[serde(flatten)]
     pub options: Options,
-    /// Write amplitude and phase PNGs.
+    /// Write amplitude and phase PNGs (`--plot false`: not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub plot: bool,
 }
 
@@ -50,6 +61,55 @@ impl Default for Config {
             options: Options::default(),
             plot: true,
         }
+    }
+}
+
+/// A simulated dataset with known object and probe (`beamflow kernel
+/// ptycho synthetic`, the `ptycho.synthetic` step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticParams {
+    /// Directory to write into (default: the current directory; in a flow,
+    /// the attempt's directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Base name of the files.
+    #[arg(long, default_value = "ptycho")]
+    pub name: String,
+    /// tiny, small, medium (256 positions, 128² probe) or large (1024).
+    #[arg(long, default_value = "medium")]
+    pub size: String,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Poisson counts (`--noise false`: exact intensities).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub noise: bool,
+    /// Also write the Ptychodus pair (NAME_dp.hdf5 + NAME_meta.hdf5).
+    #[arg(long)]
+    pub ptychodus: bool,
+}
+
+impl Default for SyntheticParams {
+    fn default() -> Self {
+        SyntheticParams {
+            dir: None,
+            name: "ptycho".into(),
+            size: "medium".into(),
+            seed: 7,
+            noise: true,
+            ptychodus: false,
+        }
+    }
+}
+
+impl SyntheticParams {
+    /// The scene to simulate.
+    pub fn scene(&self) -> Result<crate::synthetic::ptycho::Scene, String> {
+        let mut scene = crate::synthetic::ptycho::Scene::preset(&self.size)
+            .map_err(|e| format!("size: {e}"))?;
+        scene.seed = self.seed;
+        scene.noise = self.noise;
+        Ok(scene)
     }
 }
 
@@ -222,5 +282,19 @@ impl Config {
         )
         .map_err(|e| format!("{}: cannot write: {e}", report.summary_json.display()))?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_and_a_flow_step_default_alike() {
+        crate::params::same_defaults::<Config>(
+            &["--data", "d.h5"],
+            serde_json::json!({ "data": "d.h5" }),
+        );
+        crate::params::same_defaults::<SyntheticParams>(&[], serde_json::json!({}));
     }
 }

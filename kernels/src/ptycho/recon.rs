@@ -57,45 +57,74 @@ impl Engine {
     }
 }
 
-/// How to reconstruct.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// How to reconstruct (flags of `beamflow kernel ptycho reconstruct` and
+/// parameters of a `ptycho.reconstruct` step alike).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct Options {
+    /// epie, rpie, dm or lsqml.
+    #[arg(long, default_value = "rpie")]
     pub engine: Engine,
+    #[arg(long, default_value_t = 100)]
     pub iterations: usize,
-    /// rPIE's α (object) and β (probe) weights.
+    /// rPIE's α (object weight).
+    #[arg(long, default_value_t = 0.1)]
     pub alpha: f32,
+    /// rPIE's β (probe weight).
+    #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
-    /// Step sizes γ_O and γ_P of the PIE engines.
+    /// Step size γ_O of the PIE engines' object update.
+    #[arg(long, default_value_t = 1.0)]
     pub object_step: f32,
+    /// Step size γ_P of the PIE engines' probe update.
+    #[arg(long, default_value_t = 1.0)]
     pub probe_step: f32,
     /// Retrieve the probe as well as the object.
+    #[arg(long)]
     pub update_probe: bool,
     /// First iteration (0-based) at which the probe is updated: a few
     /// object-only iterations first keep a poor initial probe from
     /// absorbing the object.
+    #[arg(long, default_value_t = 5)]
     pub probe_start: usize,
-    /// Random position order each epoch (PIE engines); fixed order if off.
+    /// Random position order each epoch (PIE engines); `--shuffle false`:
+    /// a fixed order.
+    #[arg(long, visible_alias = "random-order", default_value_t = true, action = clap::ArgAction::Set)]
     pub shuffle: bool,
+    /// Seed of the position order.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// DM's exit-wave relaxation and overlap alternations.
+    /// DM: exit-wave relaxation β.
+    #[arg(long, default_value_t = 1.0)]
     pub dm_beta: f32,
+    /// DM: probe/object alternations per iteration.
+    #[arg(long, default_value_t = 1)]
     pub dm_inner: usize,
     /// DM's Fourier relaxation (PtyPy's `fourier_relax_factor`): with the
     /// exact projection (0) DM chases the Poisson noise and drifts away
     /// after ~30 iterations; 0.05 converges.
+    #[arg(long, default_value_t = 0.05)]
     pub dm_relax: f32,
-    /// LSQ-ML's minibatch size.
+    /// LSQ-ML: positions per minibatch.
+    #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// `cpu`, or `torch[:DEVICE]` (LSQ-ML on libtorch tensors, for GPUs).
+    /// cpu, or torch[:DEVICE] (LSQ-ML on libtorch: torch:cuda, torch:cuda:N,
+    /// torch:cpu; falls back to the CPU with a message where there is no GPU).
+    #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Refine the scan positions (ePIE, rPIE, LSQ-ML; see
-    /// [`super::position`]), from iteration `position_start` (0-based), a
-    /// fraction `position_step` of each estimate, at most
-    /// `position_limit` px per position and iteration.
+    /// [`super::position`]): the refined corners go to the result file's
+    /// /positions/px_corner_yx.
+    #[arg(long)]
     pub correct_positions: bool,
+    /// First iteration (0-based) of position correction.
+    #[arg(long, default_value_t = PositionOptions::default().start)]
     pub position_start: usize,
+    /// Fraction of each position's least-squares shift applied per iteration.
+    #[arg(long, default_value_t = PositionOptions::default().step)]
     pub position_step: f64,
+    /// Largest move of a position per iteration, px.
+    #[arg(long, default_value_t = PositionOptions::default().limit)]
     pub position_limit: f64,
 }
 

@@ -6,42 +6,10 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::config::Config;
-use crate::registry::{param_f64, typed_params, Kernel, KernelContext, KernelError};
-use crate::synthetic::ptycho::{write_dataset, Scene};
-
-/// Every parameter of `ptycho.reconstruct`.
-const RECON_PARAMS: &[&str] = &[
-    "data",
-    "meta",
-    "out",
-    "name",
-    "probe",
-    "modes",
-    "plot",
-    "engine",
-    "iterations",
-    "alpha",
-    "beta",
-    "object_step",
-    "probe_step",
-    "update_probe",
-    "probe_start",
-    "shuffle",
-    "seed",
-    "dm_beta",
-    "dm_inner",
-    "dm_relax",
-    "batch",
-    "backend",
-    "correct_positions",
-    "position_start",
-    "position_step",
-    "position_limit",
-];
-
-/// Parameters that hold paths, names and words.
-const TEXT_PARAMS: &[&str] = &["data", "meta", "out", "name", "probe", "engine", "backend"];
+use super::config::{Config, SyntheticParams};
+use crate::params::from_step;
+use crate::registry::{Kernel, KernelContext, KernelError};
+use crate::synthetic::ptycho::write_dataset;
 
 pub struct ReconstructStep;
 
@@ -67,18 +35,18 @@ impl Kernel for ReconstructStep {
         ]
     }
     fn params(&self) -> &'static [&'static str] {
-        RECON_PARAMS
+        crate::param_names!(Config)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let mut params = params.clone();
         // The engine name is a word, but parse it here for a clear error.
         if let Some(e) = params.get("engine").and_then(|v| v.as_str()) {
-            let e: super::Engine = e
-                .parse()
-                .map_err(|m: String| KernelError::param("engine", m))?;
-            params["engine"] = json!(e.name());
+            e.parse::<super::Engine>()
+                .map_err(|m| KernelError::param("engine", m))?;
         }
-        let cfg: Config = typed_params(&params, ctx, RECON_PARAMS, TEXT_PARAMS, "data")?;
+        let cfg: Config = from_step(params, ctx)?;
+        if cfg.data.as_os_str().is_empty() {
+            return Err(KernelError::param("data", "required"));
+        }
         let r = ctx.on_granted_cores(|| cfg.run(&mut |_, _, _| !ctx.cancelled()))?;
         if ctx.cancelled() {
             return Err(KernelError::Cancelled);
@@ -117,29 +85,18 @@ impl Kernel for SyntheticStep {
         &["dir", "data", "dp", "meta", "positions"]
     }
     fn params(&self) -> &'static [&'static str] {
-        &["dir", "name", "size", "seed", "noise", "ptychodus"]
+        crate::param_names!(SyntheticParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let word = |k: &str| params.get(k).and_then(|v| v.as_str());
-        let flag = |k: &str, default: bool| match params.get(k) {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-            Some(v) => Err(KernelError::param(
-                k,
-                format!("expected true or false, got {v}"),
-            )),
-        };
-        let mut scene = Scene::preset(word("size").unwrap_or("small"))
-            .map_err(|m| KernelError::param("size", m))?;
-        scene.seed = param_f64(params, "seed", scene.seed as f64)? as u64;
-        scene.noise = flag("noise", true)?;
-        let dir = match word("dir") {
-            Some(p) => PathBuf::from(p),
+        let p: SyntheticParams = from_step(params, ctx)?;
+        let scene = p
+            .scene()
+            .map_err(|e| KernelError::param("size", e.trim_start_matches("size: ")))?;
+        let dir = match &p.dir {
+            Some(d) => d.clone(),
             None => ctx.ensure_work_dir()?.to_path_buf(),
         };
-        let name = word("name").unwrap_or("ptycho");
-        let ptychodus = flag("ptychodus", false)?;
+        let (name, ptychodus) = (p.name.as_str(), p.ptychodus);
         let f = ctx
             .on_granted_cores(|| write_dataset(&scene, &dir, name, ptychodus))?
             .map_err(KernelError::Failed)?;

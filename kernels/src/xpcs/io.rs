@@ -556,6 +556,45 @@ fn iso8601(secs: u64) -> String {
     )
 }
 
+/// `NAME_metadata.hdf` beside the raw file, else the only `*_metadata.hdf` there.
+pub fn find_metadata(raw: &Path) -> Result<PathBuf, String> {
+    // A bare file name's parent is "": the current directory.
+    let dir = raw
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = raw
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let direct = dir.join(format!("{stem}_metadata.hdf"));
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot list: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("_metadata.hdf"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "{}: no *_metadata.hdf next to the raw file {} (name the metadata file: --meta FILE, or `meta` in a flow step)",
+            dir.display(),
+            raw.display()
+        )),
+        many => Err(format!(
+            "{}: {} *_metadata.hdf files next to the raw file {}; name one: --meta FILE, or `meta` in a flow step",
+            dir.display(),
+            many.len(),
+            raw.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

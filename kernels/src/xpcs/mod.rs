@@ -8,6 +8,7 @@ pub mod imm;
 pub mod io;
 mod lanes;
 pub mod multitau;
+pub mod params;
 pub mod pipeline;
 pub mod plot;
 pub mod qbin;

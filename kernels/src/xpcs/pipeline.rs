@@ -105,36 +105,6 @@ impl Options {
     }
 }
 
-/// Parses a bin selection like `1,2,5-7`.
-pub fn parse_selection(s: &str) -> Result<Vec<u32>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |x: &str| {
-            x.trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| format!("bad bin {x:?} in selection {s:?} (bins count from 1)"))
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if b < a {
-                    return Err(format!("empty range {part:?} in selection {s:?}"));
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(num(part)?),
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    if out.is_empty() {
-        return Err(format!("selection {s:?} names no bins"));
-    }
-    Ok(out)
-}
-
 /// Where an analysis is, for progress bars.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -646,7 +616,7 @@ pub fn run_shared(
     }
     let meta = match &opts.meta {
         Some(m) => m.clone(),
-        None => find_metadata(&opts.raw)?,
+        None => super::io::find_metadata(&opts.raw)?,
     };
     let frame_time = read_frame_time(&meta)?;
     let plan = FramePlan::new(opts, raw_frames, &opts.raw)?;
@@ -919,39 +889,6 @@ pub fn run_shared(
         summary_path,
         multitau: g2_result,
     }))
-}
-
-/// `NAME_metadata.hdf` beside the raw file, else the only `*_metadata.hdf` there.
-pub fn find_metadata(raw: &Path) -> Result<PathBuf, String> {
-    let dir = raw.parent().unwrap_or(Path::new("."));
-    let stem = raw
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let direct = dir.join(format!("{stem}_metadata.hdf"));
-    if direct.exists() {
-        return Ok(direct);
-    }
-    let found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: cannot list: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with("_metadata.hdf"))
-        })
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "{}: no *_metadata.hdf next to the raw file (pass the metadata file explicitly)",
-            dir.display()
-        )),
-        many => Err(format!(
-            "{}: {} *_metadata.hdf files next to the raw file; pass one explicitly",
-            dir.display(),
-            many.len()
-        )),
-    }
 }
 
 /// Fits every non-empty dynamic bin; τ in seconds.

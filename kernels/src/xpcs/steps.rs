@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::io::{open_frames, read_frame_time};
-use super::pipeline::{self, parse_selection, Mode, Options, PipelineError, Summary};
+use super::params::{AnalysisParams, SyntheticParams};
+use super::pipeline::{self, Mode, Options, PipelineError, Summary};
 use super::plot;
+use crate::params::from_step;
 use crate::ranks::Collective;
-use crate::registry::{param_f64, Kernel, KernelContext, KernelError};
-use crate::synthetic::xpcs::{write_dataset, SpeckleConfig};
+use crate::registry::{Kernel, KernelContext, KernelError};
+use crate::synthetic::xpcs::write_dataset;
 
 fn text<'a>(params: &'a Value, name: &str) -> Result<Option<&'a str>, KernelError> {
     match params.get(name) {
@@ -30,62 +32,9 @@ fn path(params: &Value, name: &str) -> Result<PathBuf, KernelError> {
         .ok_or_else(|| KernelError::param(name, "required"))
 }
 
-fn count(params: &Value, name: &str, default: usize) -> Result<usize, KernelError> {
-    let x = param_f64(params, name, default as f64)?;
-    if x.fract() != 0.0 {
-        return Err(KernelError::param(
-            name,
-            format!("expected a whole number, got {x}"),
-        ));
-    }
-    Ok(x as usize)
-}
-
-fn flag(params: &Value, name: &str) -> Result<bool, KernelError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(v) => Err(KernelError::param(
-            name,
-            format!("expected true or false, got {v}"),
-        )),
-    }
-}
-
 /// The analysis options from step parameters shared by both correlations.
 fn options(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Options, KernelError> {
-    let out = match text(params, "out")? {
-        Some(p) => PathBuf::from(p),
-        None => ctx.ensure_work_dir()?.to_path_buf(),
-    };
-    let mut o = Options::new(&path(params, "raw")?, &path(params, "qmap")?, &out, mode);
-    o.meta = text(params, "meta")?.map(PathBuf::from);
-    o.begin = count(params, "begin", 0)?;
-    o.end = match params.get("end") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(count(params, "end", 0)?),
-    };
-    o.stride = count(params, "stride", 1)?;
-    o.avg = count(params, "avg", 1)?;
-    o.overwrite = flag(params, "overwrite")?;
-    o.plots = !flag(params, "no_plots")?;
-    o.normalize_frame = flag(params, "normalize_frame")?;
-    // `auto` (the default): torch on the granted GPU when the pilot granted
-    // one, else the native CPU kernel.
-    o.backend = match text(params, "backend")?.unwrap_or("auto") {
-        "auto" => match crate::backend::granted_device("auto", &ctx.gpus).as_str() {
-            "cpu" => pipeline::Backend::Cpu,
-            gpu => pipeline::Backend::Torch { device: gpu.into() },
-        },
-        b => pipeline::Backend::parse(b).map_err(|e| KernelError::param("backend", e))?,
-    };
-    if let Some(sel) = text(params, "dq")? {
-        o.dq_selection = Some(parse_selection(sel).map_err(|e| KernelError::param("dq", e))?);
-    }
-    let gb = param_f64(params, "max_memory_gb", 4.0)?;
-    o.max_memory = (gb * (1u64 << 30) as f64) as usize;
-    Ok(o)
+    from_step::<AnalysisParams>(params, ctx)?.options(mode, &ctx.gpus)
 }
 
 fn analyse(params: &Value, ctx: &KernelContext, mode: Mode) -> Result<Value, KernelError> {
@@ -134,22 +83,6 @@ fn outputs(s: &Summary, summary_path: &Path) -> Value {
     })
 }
 
-const ANALYSIS_PARAMS: &[&str] = &[
-    "raw",
-    "qmap",
-    "meta",
-    "out",
-    "begin",
-    "end",
-    "stride",
-    "avg",
-    "overwrite",
-    "no_plots",
-    "normalize_frame",
-    "backend",
-    "dq",
-    "max_memory_gb",
-];
 const ANALYSIS_OUTPUTS: &[&str] = &[
     "results",
     "summary",
@@ -188,7 +121,7 @@ impl Kernel for MultitauStep {
         ANALYSIS_OUTPUTS
     }
     fn params(&self) -> &'static [&'static str] {
-        ANALYSIS_PARAMS
+        crate::param_names!(AnalysisParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         analyse(params, ctx, Mode::Multitau)
@@ -231,7 +164,7 @@ impl Kernel for TwotimeStep {
         ANALYSIS_OUTPUTS
     }
     fn params(&self) -> &'static [&'static str] {
-        ANALYSIS_PARAMS
+        crate::param_names!(AnalysisParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
         analyse(params, ctx, Mode::Twotime)
@@ -266,7 +199,7 @@ impl Kernel for MetadataStep {
         let (frames, height, width) = open_frames(&raw).map_err(KernelError::Failed)?.shape();
         let meta = match text(params, "meta")? {
             Some(m) => PathBuf::from(m),
-            None => pipeline::find_metadata(&raw).map_err(KernelError::Failed)?,
+            None => super::io::find_metadata(&raw).map_err(KernelError::Failed)?,
         };
         let frame_time = read_frame_time(&meta).map_err(KernelError::Failed)?;
         let bytes = std::fs::metadata(&raw).map(|m| m.len()).unwrap_or(0);
@@ -340,41 +273,17 @@ impl Kernel for SyntheticStep {
         &["dir", "raw", "qmap", "metadata", "truth"]
     }
     fn params(&self) -> &'static [&'static str] {
-        &[
-            "dir",
-            "name",
-            "size",
-            "frames",
-            "modes",
-            "mean_count",
-            "frame_time",
-            "seed",
-        ]
+        crate::param_names!(SyntheticParams)
     }
     fn run(&self, params: &Value, ctx: &KernelContext) -> Result<Value, KernelError> {
-        let d = SpeckleConfig::default();
-        let cfg = SpeckleConfig {
-            size: count(params, "size", 128)?,
-            frames: count(params, "frames", 1000)?,
-            modes: count(params, "modes", d.modes)?.max(1),
-            mean_count: param_f64(params, "mean_count", d.mean_count)?,
-            dt: param_f64(params, "frame_time", d.dt)?,
-            seed: count(params, "seed", 1)? as u64,
-            ..d
-        };
-        if cfg.size < 16 || cfg.frames < 10 {
-            return Err(KernelError::param(
-                "size",
-                "size >= 16 and frames >= 10 are needed",
-            ));
-        }
-        let dir = match text(params, "dir")? {
-            Some(p) => PathBuf::from(p),
+        let p: SyntheticParams = from_step(params, ctx)?;
+        let cfg = p.config()?;
+        let dir = match &p.dir {
+            Some(d) => d.clone(),
             None => ctx.ensure_work_dir()?.to_path_buf(),
         };
-        let name = text(params, "name")?.unwrap_or("synthetic");
         let files = ctx
-            .on_granted_cores(|| write_dataset(&cfg, &dir, name, |_| {}))?
+            .on_granted_cores(|| write_dataset(&cfg, &dir, &p.name, |_| {}))?
             .map_err(KernelError::Failed)?;
         let s = |p: &Path| p.display().to_string();
         Ok(json!({

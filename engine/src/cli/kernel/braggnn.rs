@@ -1,28 +1,30 @@
 //! `beamflow kernel braggnn …`: training patches (synthetic or cut from
 //! frames around fitted peaks), training with a progress bar that shows
 //! the validation error, ONNX export checked against libtorch, and peak
-//! positions on raw frames — outside any flow.
+//! positions on raw frames — outside any flow. `synthetic`, `prepare`,
+//! `train` and `infer` take the `braggnn.*` steps' parameters as flags
+//! (`beamflow_kernels::braggnn::params`).
 
 use std::path::PathBuf;
 
 use beamflow_kernels::braggnn::data::crops;
-use beamflow_kernels::braggnn::{self, infer, io, onnx, prepare, Predictor, Shape, TrainOptions};
+use beamflow_kernels::braggnn::params::{InferParams, PrepareParams, SyntheticParams, TrainParams};
+use beamflow_kernels::braggnn::{self, io, onnx, prepare, Predictor, Shape};
 use beamflow_kernels::ranks::Collective;
 use beamflow_kernels::synthetic::braggnn::patches;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::cli::kernel::hedm::SearchArgs;
-use crate::cli::render::{bar, Out};
+use crate::cli::render::{bar, figures, Out};
 use crate::ranks::Ranks;
 
 #[derive(Subcommand)]
 pub enum BraggnnCmd {
     /// Single-peak patches with known centres (HDF5: /patches, /centres).
-    Synthetic(SyntheticArgs),
+    Synthetic(SyntheticParams),
     /// Training patches cut from frames around the peaks of a `hedm peaks`
     /// table (lone, converged peaks; the fitted centre is the label).
-    Prepare(Box<PrepareArgs>),
+    Prepare(Box<PrepareParams>),
     /// Train from scratch: best checkpoint, ONNX model, history JSON,
     /// learning-curve PNG.
     Train(TrainArgs),
@@ -33,22 +35,7 @@ pub enum BraggnnCmd {
     Export(ExportArgs),
     /// Peak positions on raw frames with a peak model (.onnx through ONNX
     /// Runtime, .safetensors/.npz weights through libtorch).
-    Infer(Box<InferArgs>),
-}
-
-#[derive(Args)]
-pub struct PrepareArgs {
-    #[command(flatten)]
-    search: SearchArgs,
-    /// Peak table from `beamflow kernel hedm peaks` (NAME_peaks.h5) for these frames.
-    #[arg(long)]
-    peaks: PathBuf,
-    /// The network's patch side (odd).
-    #[arg(long, default_value_t = 11)]
-    psz: usize,
-    /// Extra pixels per side for shifted training crops.
-    #[arg(long, default_value_t = 1)]
-    aug: usize,
+    Infer(Box<InferParams>),
 }
 
 #[derive(Args)]
@@ -84,72 +71,17 @@ pub struct ExportArgs {
     check: usize,
 }
 
-#[derive(Args)]
-pub struct InferArgs {
-    #[command(flatten)]
-    search: SearchArgs,
-    /// Peak model: .onnx, or BraggNN weights (.safetensors, .npz).
-    #[arg(long)]
-    model: PathBuf,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Patches per inference call.
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-}
-
-#[derive(Args)]
-pub struct SyntheticArgs {
-    /// Output patch file.
-    #[arg(long, short = 'o')]
-    out: PathBuf,
-    /// Number of patches.
-    #[arg(long, default_value_t = 50_000)]
-    count: usize,
-    /// The network's patch side (odd).
-    #[arg(long, default_value_t = 11)]
-    psz: usize,
-    /// Extra pixels per side for shifted training crops.
-    #[arg(long, default_value_t = 1)]
-    aug: usize,
-    #[arg(long, default_value_t = 1234)]
-    seed: u64,
-}
-
+/// Training: a `braggnn.train` step's parameters, and how this process
+/// runs it (a step trains on the cores its pilot granted, and spans nodes
+/// by its `nodes`).
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Patch file (`beamflow kernel braggnn synthetic`, or cut from frames).
-    #[arg(long)]
-    patches: PathBuf,
-    /// Output directory: best.safetensors, history.json, learning_curve.png.
-    #[arg(long, short = 'o', default_value = ".")]
-    out: PathBuf,
-    #[arg(long, default_value_t = 100)]
-    epochs: usize,
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Adam's learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    lr: f64,
-    /// Stop after this many epochs without a lower validation error.
-    #[arg(long, default_value_t = 20)]
-    patience: usize,
-    /// Fraction of the patches (the last ones) held out for validation.
-    #[arg(long, default_value_t = 0.2)]
-    validation: f64,
-    /// Widths of the hidden dense layers, e.g. 16,8,4,2.
-    #[arg(long, value_delimiter = ',', default_value = "16,8,4,2")]
-    fcsz: Vec<i64>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    params: TrainParams,
     /// libtorch threads (0: its default, one per core; with --mpi, the
     /// node's cores shared among its ranks).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Train data parallel over the MPI ranks this process is one of
     /// (`mpiexec -n K beamflow kernel braggnn train --mpi …`): each runs
     /// its slice of every minibatch and the gradients are summed; rank 0
@@ -159,34 +91,29 @@ pub struct TrainArgs {
 }
 
 pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
-    let json_out = out.is_json();
     match cmd {
         BraggnnCmd::Synthetic(a) => {
-            braggnn::model::check_psz(a.psz).map_err(|e| anyhow::anyhow!("--psz: {e}"))?;
+            let file = a.file().map_err(anyhow::Error::msg)?;
             let set = patches(a.count, a.psz, a.aug, a.seed);
-            io::write(&a.out, &set).map_err(|e| anyhow::anyhow!(e))?;
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"patches": a.out, "count": set.len(), "psz": a.psz, "aug": a.aug})
-                );
-            } else {
-                println!(
+            io::write(&file, &set).map_err(|e| anyhow::anyhow!(e))?;
+            let v = json!({"patches": file, "count": set.len(), "psz": a.psz, "aug": a.aug});
+            out.show(&v, |_| {
+                format!(
                     "{} patches of {}² (+{} px margin): {}",
                     set.len(),
                     a.psz,
                     a.aug,
-                    a.out.display()
-                );
-            }
+                    file.display()
+                )
+            });
             Ok(())
         }
         BraggnnCmd::Train(a) => {
             if !a.mpi {
-                return train(&a, json_out, None);
+                return train(&a, out, None);
             }
             let ranks = crate::ranks::Ranks::init()?;
-            match train(&a, json_out, Some(&ranks)) {
+            match train(&a, out, Some(&ranks)) {
                 // The other ranks would wait for this one's next step.
                 Err(e) if ranks.size() > 1 => {
                     eprintln!("error (rank {}): {e:#}", ranks.rank());
@@ -196,23 +123,15 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
             }
         }
         BraggnnCmd::Prepare(a) => {
-            let b = bar(0, "frames", json_out);
-            let r = prepare::run(
-                &a.search.config(),
-                &a.peaks,
-                a.psz,
-                a.aug,
-                &mut |done, total| {
-                    b.set_length(total as u64);
-                    b.set_position(done as u64);
-                },
-            );
+            let b = bar(0, "frames", out.quiet());
+            let r = prepare::run(&a.search, &a.peaks, a.psz, a.aug, &mut |done, total| {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            });
             b.finish_and_clear();
             let (file, st) = r.map_err(|e| anyhow::anyhow!(e))?;
-            if json_out {
-                println!("{}", json!({"patches": file, "stats": st}));
-            } else {
-                println!(
+            out.show(&json!({"patches": file, "stats": st}), |_| {
+                format!(
                     "{} patches of {}² (+{} px margin) from {} peaks ({} crowded, {} not converged, {} masked, {} at the edge, {} off centre): {}",
                     st.kept,
                     a.psz,
@@ -224,8 +143,8 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
                     st.edge,
                     st.off_centre,
                     file.display()
-                );
-            }
+                )
+            });
             Ok(())
         }
         BraggnnCmd::Evaluate(a) => {
@@ -242,29 +161,27 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
             let ratio = fit.as_ref().map(|f| {
                 model["mean_px"].as_f64().unwrap_or(0.0) / f["mean_px"].as_f64().unwrap_or(1.0)
             });
-            let out = json!({"model": a.model, "device": net.device, "patches": set.len(), "errors": model, "pseudo_voigt_fit": fit, "model_over_fit": ratio});
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-                return Ok(());
-            }
-            let row = |v: &serde_json::Value| {
-                format!(
-                    "mean {:.4}, median {:.4}, p95 {:.4}",
-                    v["mean_px"].as_f64().unwrap_or(f64::NAN),
-                    v["median_px"].as_f64().unwrap_or(f64::NAN),
-                    v["p95_px"].as_f64().unwrap_or(f64::NAN)
-                )
-            };
-            let mut rows = vec![
-                ("model", format!("{} ({})", a.model.display(), net.device)),
-                ("patches", set.len().to_string()),
-                ("centre error, px", row(&model)),
-            ];
-            if let (Some(f), Some(r)) = (&fit, ratio) {
-                rows.push(("pseudo-Voigt fit, px", row(f)));
-                rows.push(("model / fit (mean)", format!("{r:.2}")));
-            }
-            println!("{}", crate::cli::render::figures(rows));
+            let v = json!({"model": a.model, "device": net.device, "patches": set.len(), "errors": model, "pseudo_voigt_fit": fit, "model_over_fit": ratio});
+            out.show(&v, |_| {
+                let row = |v: &serde_json::Value| {
+                    format!(
+                        "mean {:.4}, median {:.4}, p95 {:.4}",
+                        v["mean_px"].as_f64().unwrap_or(f64::NAN),
+                        v["median_px"].as_f64().unwrap_or(f64::NAN),
+                        v["p95_px"].as_f64().unwrap_or(f64::NAN)
+                    )
+                };
+                let mut rows = vec![
+                    ("model", format!("{} ({})", a.model.display(), net.device)),
+                    ("patches", set.len().to_string()),
+                    ("centre error, px", row(&model)),
+                ];
+                if let (Some(f), Some(r)) = (&fit, ratio) {
+                    rows.push(("pseudo-Voigt fit, px", row(f)));
+                    rows.push(("model / fit (mean)", format!("{r:.2}")));
+                }
+                figures(rows)
+            });
             Ok(())
         }
         BraggnnCmd::Export(a) => {
@@ -280,13 +197,9 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
             } else {
                 None
             };
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"onnx": a.out, "psz": shape.psz, "fcsz": shape.fcsz, "parameters": shape.parameters(), "checked_patches": a.check, "max_abs_difference": diff})
-                );
-            } else {
-                println!(
+            let v = json!({"onnx": a.out, "psz": shape.psz, "fcsz": shape.fcsz, "parameters": shape.parameters(), "checked_patches": a.check, "max_abs_difference": diff});
+            out.show(&v, |_| {
+                format!(
                     "{}: BraggNN psz {}, fcsz {:?}, {} parameters{}",
                     a.out.display(),
                     shape.psz,
@@ -297,18 +210,12 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
                         a.check
                     ))
                     .unwrap_or_default()
-                );
-            }
+                )
+            });
             Ok(())
         }
-        BraggnnCmd::Infer(a) => {
-            let cfg = infer::Config {
-                model: a.model.clone(),
-                device: a.device.clone(),
-                batch: a.batch,
-                search: a.search.config(),
-            };
-            let b = bar(0, "frames", json_out);
+        BraggnnCmd::Infer(cfg) => {
+            let b = bar(0, "frames", out.quiet());
             let r = cfg.run(&mut |done, total| {
                 b.set_length(total as u64);
                 b.set_position(done as u64);
@@ -318,30 +225,30 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
             if let Some(why) = &r.summary.device_note {
                 eprintln!("note: {why}");
             }
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
-            }
-            let s = &r.summary;
-            let t = crate::cli::render::figures([
-                (
-                    "model",
-                    format!("{} ({}, psz {})", s.model.display(), s.device, s.psz),
-                ),
-                ("frames", s.frames.to_string()),
-                ("regions", s.regions.to_string()),
-                ("peaks", s.peaks.to_string()),
-                (
-                    "lone / crowded / at the edge",
-                    format!("{} / {} / {}", s.lone, s.crowded, s.edge),
-                ),
-                ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
-                ("patches/s (network)", format!("{:.0}", s.patches_per_s)),
-                ("frames/s", format!("{:.2}", s.frames_per_s)),
-            ]);
-            println!("{t}");
-            println!("peaks: {}", r.peaks_h5.display());
-            println!("       {}", r.peaks_csv.display());
+            out.show(&r, |r| {
+                let s = &r.summary;
+                let t = figures([
+                    (
+                        "model",
+                        format!("{} ({}, psz {})", s.model.display(), s.device, s.psz),
+                    ),
+                    ("frames", s.frames.to_string()),
+                    ("regions", s.regions.to_string()),
+                    ("peaks", s.peaks.to_string()),
+                    (
+                        "lone / crowded / at the edge",
+                        format!("{} / {} / {}", s.lone, s.crowded, s.edge),
+                    ),
+                    ("search ms/frame", format!("{:.1}", s.find_ms_per_frame)),
+                    ("patches/s (network)", format!("{:.0}", s.patches_per_s)),
+                    ("frames/s", format!("{:.2}", s.frames_per_s)),
+                ]);
+                format!(
+                    "{t}\npeaks: {}\n       {}",
+                    r.peaks_h5.display(),
+                    r.peaks_csv.display()
+                )
+            });
             Ok(())
         }
     }
@@ -349,12 +256,13 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
 
 /// `beamflow kernel braggnn train`, alone or as one of `ranks` (only rank 0
 /// shows progress and writes the outputs).
-fn train(a: &TrainArgs, json_out: bool, ranks: Option<&Ranks>) -> anyhow::Result<()> {
+fn train(args: &TrainArgs, out: Out, ranks: Option<&Ranks>) -> anyhow::Result<()> {
+    let a = &args.params;
     let leader = ranks.is_none_or(|r| r.rank() == 0);
     let size = ranks.map_or(1, |r| r.size());
     let threads = match ranks {
-        Some(r) if a.threads == 0 => r.threads_each(),
-        _ => a.threads,
+        Some(r) if args.threads == 0 => r.threads_each(),
+        _ => args.threads,
     };
     let set = io::read(&a.patches).map_err(|e| anyhow::anyhow!(e))?;
     if leader {
@@ -365,19 +273,13 @@ fn train(a: &TrainArgs, json_out: bool, ranks: Option<&Ranks>) -> anyhow::Result
         psz: set.psz as i64,
         fcsz: a.fcsz.clone(),
     };
-    let o = TrainOptions {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        patience: a.patience,
-        validation: a.validation,
-        seed: a.seed,
-        device: a.device.clone(),
+    let o = braggnn::TrainOptions {
         threads,
+        ..a.train.clone()
     };
     let ck = a.out.join("best.safetensors");
     let model = a.out.join("braggnn.onnx");
-    let b = bar(a.epochs as u64, "epochs", json_out || !leader);
+    let b = bar(o.epochs as u64, "epochs", out.quiet() || !leader);
     let mut best = f64::INFINITY;
     let tr = braggnn::train::train_shared(
         &set,
@@ -426,41 +328,42 @@ fn train(a: &TrainArgs, json_out: bool, ranks: Option<&Ranks>) -> anyhow::Result
     });
     std::fs::write(&history, serde_json::to_string_pretty(&summary)?)?;
     braggnn::plot::learning_curve(&curve, &tr.history, tr.best).map_err(|e| anyhow::anyhow!(e))?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-        return Ok(());
-    }
-    let median_rate = tr.median_samples_per_s();
-    let mut rows = vec![("device", tr.device.clone())];
-    if ranks.is_some() {
-        let each = if threads > 0 {
-            format!(
-                "{threads} thread{} each",
-                if threads == 1 { "" } else { "s" }
-            )
-        } else {
-            "libtorch's threads each".to_string()
-        };
-        rows.push(("ranks", format!("{size} ({each})")));
-    }
-    rows.extend([
-        ("patches", format!("{} of {}²", set.len(), set.psz)),
-        ("epochs run", tr.history.len().to_string()),
-        ("kept epoch", kept.epoch.to_string()),
-        (
-            "validation error, px",
-            format!(
-                "mean {:.4}, median {:.4}, p95 {:.4}",
-                kept.val_mean_px, kept.val_p50_px, kept.val_p95_px
+    out.show(&summary, |_| {
+        let median_rate = tr.median_samples_per_s();
+        let mut rows = vec![("device", tr.device.clone())];
+        if ranks.is_some() {
+            let each = if threads > 0 {
+                format!(
+                    "{threads} thread{} each",
+                    if threads == 1 { "" } else { "s" }
+                )
+            } else {
+                "libtorch's threads each".to_string()
+            };
+            rows.push(("ranks", format!("{size} ({each})")));
+        }
+        rows.extend([
+            ("patches", format!("{} of {}²", set.len(), set.psz)),
+            ("epochs run", tr.history.len().to_string()),
+            ("kept epoch", kept.epoch.to_string()),
+            (
+                "validation error, px",
+                format!(
+                    "mean {:.4}, median {:.4}, p95 {:.4}",
+                    kept.val_mean_px, kept.val_p50_px, kept.val_p95_px
+                ),
             ),
-        ),
-        ("samples/s (median)", format!("{median_rate:.0}")),
-    ]);
-    println!("{}", crate::cli::render::figures(rows));
-    println!("checkpoint: {}", ck.display());
-    println!("onnx:       {}", model.display());
-    println!("history:    {}", history.display());
-    println!("curve:      {}", curve.display());
+            ("samples/s (median)", format!("{median_rate:.0}")),
+        ]);
+        format!(
+            "{}\ncheckpoint: {}\nonnx:       {}\nhistory:    {}\ncurve:      {}",
+            figures(rows),
+            ck.display(),
+            model.display(),
+            history.display(),
+            curve.display()
+        )
+    });
     Ok(())
 }
 
