@@ -9,12 +9,14 @@
 //! Polling the scheduler is only a slow fallback.
 
 pub mod manager;
+pub mod queue;
 
 use serde::{Deserialize, Serialize};
 
 use crate::site::EffectiveTarget;
 
-pub use manager::{Command, Demand, Manager};
+pub use manager::Manager;
+pub use queue::{Command, Demand};
 
 /// What `beamflow alloc add` asks for; stored with the queue.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

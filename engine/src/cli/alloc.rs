@@ -205,7 +205,7 @@ impl AllocCmd {
                     format!(
                         "allocation queue {}: {}",
                         r.id,
-                        crate::alloc::manager::describe(&spec)
+                        crate::alloc::queue::describe(&spec)
                     )
                 });
                 Ok(())

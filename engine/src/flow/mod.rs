@@ -5,9 +5,11 @@
 //! the server only ever schedules flows whose steps, edges and templates are
 //! known to be consistent.
 
+mod check;
 mod input;
 mod parse;
 mod spec;
+mod step;
 pub mod template;
 
 pub use input::{coerce_inputs, parse_set};

@@ -1,6 +1,6 @@
 //! TOML flow files → [`FlowSpec`], with errors that name file, line and key.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -9,11 +9,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
+use super::check::{check_edges, check_templates};
 use super::spec::*;
-use super::template;
-use crate::resources::{ResourceRequest, Resources};
-use crate::site::{SiteConfig, STANDARD_TARGETS};
-use crate::units::{parse_duration, parse_memory_mb};
+use super::step::build_step;
+use crate::site::SiteConfig;
+use crate::units::parse_duration;
 
 /// One problem in a flow file.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,139 +59,144 @@ impl std::error::Error for FlowErrors {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFlow {
-    name: Spanned<String>,
-    version: Spanned<i64>,
+pub(super) struct RawFlow {
+    pub(super) name: Spanned<String>,
+    pub(super) version: Spanned<i64>,
     #[serde(default)]
-    description: String,
+    pub(super) description: String,
     #[serde(default)]
-    priority: Option<Spanned<i64>>,
+    pub(super) priority: Option<Spanned<i64>>,
     #[serde(default)]
-    deadline: Option<Spanned<String>>,
+    pub(super) deadline: Option<Spanned<String>>,
     #[serde(default)]
-    input: BTreeMap<Spanned<String>, Spanned<RawInput>>,
+    pub(super) input: BTreeMap<Spanned<String>, Spanned<RawInput>>,
     #[serde(default)]
-    steps: Vec<Spanned<RawStep>>,
+    pub(super) steps: Vec<Spanned<RawStep>>,
     #[serde(default)]
-    trigger: Vec<Spanned<RawTrigger>>,
+    pub(super) trigger: Vec<Spanned<RawTrigger>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTrigger {
-    dir: Spanned<String>,
+pub(super) struct RawTrigger {
+    pub(super) dir: Spanned<String>,
     #[serde(default)]
-    pattern: Option<Spanned<String>>,
+    pub(super) pattern: Option<Spanned<String>>,
     #[serde(default)]
-    recursive: bool,
+    pub(super) recursive: bool,
     #[serde(default)]
-    batch: Option<Spanned<i64>>,
+    pub(super) batch: Option<Spanned<i64>>,
     #[serde(default)]
-    settle: Option<Spanned<String>>,
+    pub(super) settle: Option<Spanned<String>>,
     #[serde(default)]
-    flush_after: Option<Spanned<String>>,
+    pub(super) flush_after: Option<Spanned<String>>,
     #[serde(default)]
-    poll: Option<Spanned<String>>,
+    pub(super) poll: Option<Spanned<String>>,
     #[serde(default)]
-    input: Option<Spanned<toml::Table>>,
+    pub(super) input: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawInput {
+pub(super) struct RawInput {
     #[serde(rename = "type")]
-    ty: Spanned<String>,
+    pub(super) ty: Spanned<String>,
     #[serde(default)]
-    required: Option<bool>,
+    pub(super) required: Option<bool>,
     #[serde(default)]
-    default: Option<Spanned<toml::Value>>,
+    pub(super) default: Option<Spanned<toml::Value>>,
     #[serde(default)]
-    description: String,
+    pub(super) description: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawStep {
-    name: Spanned<String>,
-    action: Spanned<String>,
+pub(super) struct RawStep {
+    pub(super) name: Spanned<String>,
+    pub(super) action: Spanned<String>,
     #[serde(default)]
-    kernel: Option<Spanned<String>>,
+    pub(super) kernel: Option<Spanned<String>>,
     #[serde(default)]
-    params: Option<Spanned<toml::Table>>,
+    pub(super) params: Option<Spanned<toml::Table>>,
     #[serde(default)]
-    after: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) after: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
-    when: Option<Spanned<String>>,
+    pub(super) when: Option<Spanned<String>>,
     #[serde(default)]
-    retries: Option<Spanned<RawRetries>>,
+    pub(super) retries: Option<Spanned<RawRetries>>,
     #[serde(default)]
-    timeout: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
     #[serde(default)]
-    resources: Option<Spanned<RawResources>>,
+    pub(super) resources: Option<Spanned<RawResources>>,
     #[serde(default)]
-    on: Option<Spanned<String>>,
+    pub(super) on: Option<Spanned<String>>,
     #[serde(default)]
-    outputs: Option<Spanned<Vec<String>>>,
+    pub(super) outputs: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    priority: Option<Spanned<i64>>,
+    pub(super) priority: Option<Spanned<i64>>,
     #[serde(default)]
-    isolate: Option<Spanned<bool>>,
+    pub(super) isolate: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawRetries {
+pub(super) enum RawRetries {
     Count(i64),
     Policy(RawRetryPolicy),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRetryPolicy {
-    count: i64,
+pub(super) struct RawRetryPolicy {
+    pub(super) count: i64,
     #[serde(default)]
-    backoff: Option<String>,
+    pub(super) backoff: Option<String>,
     #[serde(default)]
-    max_backoff: Option<String>,
+    pub(super) max_backoff: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawAmounts {
+pub(super) struct RawAmounts {
     #[serde(default)]
-    cpus: Option<i64>,
+    pub(super) cpus: Option<i64>,
     #[serde(default)]
-    gpus: Option<i64>,
+    pub(super) gpus: Option<i64>,
     #[serde(default)]
-    memory: Option<String>,
+    pub(super) memory: Option<String>,
     #[serde(default)]
-    nodes: Option<i64>,
+    pub(super) nodes: Option<i64>,
     #[serde(default)]
-    ranks_per_node: Option<i64>,
+    pub(super) ranks_per_node: Option<i64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawResources {
+pub(super) struct RawResources {
     #[serde(flatten)]
-    base: RawAmounts,
+    pub(super) base: RawAmounts,
     #[serde(default)]
-    variants: Option<Vec<RawAmounts>>,
+    pub(super) variants: Option<Vec<RawAmounts>>,
 }
 
 /// Collects errors against the source text so each gets a line number.
-struct Ctx<'a> {
-    file: &'a str,
-    src: &'a str,
-    errors: Vec<FlowError>,
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a str,
+    pub(super) src: &'a str,
+    pub(super) errors: Vec<FlowError>,
 }
 
 impl Ctx<'_> {
-    fn line(&self, span: Range<usize>) -> usize {
+    pub(super) fn line(&self, span: Range<usize>) -> usize {
         let end = span.start.min(self.src.len());
         self.src[..end].bytes().filter(|&b| b == b'\n').count() + 1
     }
-    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let line = self.line(span);
         self.errors.push(FlowError {
             file: self.file.to_string(),
@@ -202,7 +207,7 @@ impl Ctx<'_> {
     }
     /// Span of `needle` inside `within`, or `within` itself: a template string
     /// nested in a params table has no span of its own after deserialising.
-    fn find(&self, within: Range<usize>, needle: &str) -> Range<usize> {
+    pub(super) fn find(&self, within: Range<usize>, needle: &str) -> Range<usize> {
         let hay = &self.src[within.clone()];
         match hay.find(needle) {
             Some(off) => within.start + off..within.start + off + needle.len(),
@@ -237,7 +242,7 @@ pub fn parse(src: &str, file: &str, site: Option<&SiteConfig>) -> Result<FlowSpe
     }
 }
 
-fn is_ident(s: &str) -> bool {
+pub(super) fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -421,7 +426,7 @@ fn build_trigger(cx: &mut Ctx, t: &RawTrigger, key: &str, inputs: &[InputSpec]) 
 }
 
 /// Priorities are small integers; anything outside ±1000 is a typo.
-fn build_priority(cx: &mut Ctx, p: &Spanned<i64>, key: &str) -> i32 {
+pub(super) fn build_priority(cx: &mut Ctx, p: &Spanned<i64>, key: &str) -> i32 {
     let v = *p.get_ref();
     if !(-1000..=1000).contains(&v) {
         cx.err(
@@ -497,678 +502,6 @@ fn build_inputs(
         });
     }
     out
-}
-
-fn build_step(
-    cx: &mut Ctx,
-    s: &RawStep,
-    key: &str,
-    index: usize,
-    all: &[Spanned<RawStep>],
-    site: Option<&SiteConfig>,
-) -> StepSpec {
-    let action = match ActionKind::from_name(s.action.get_ref()) {
-        Some(a) => a,
-        None => {
-            cx.err(
-                s.action.span(),
-                format!("{key}.action"),
-                format!(
-                    "unknown action `{}` (expected shell, transfer, publish or kernel)",
-                    s.action.get_ref()
-                ),
-            );
-            ActionKind::Shell
-        }
-    };
-    let mut allowed_params: Vec<&str> = action.params().to_vec();
-    let kernel = match (&s.kernel, action) {
-        (Some(k), ActionKind::Kernel) => match beamflow_kernels::find(k.get_ref()) {
-            Some(kern) => {
-                allowed_params.extend(kern.params());
-                Some(k.get_ref().clone())
-            }
-            None => {
-                let known: Vec<&str> = beamflow_kernels::kernels()
-                    .iter()
-                    .map(|k| k.name())
-                    .collect();
-                cx.err(
-                    k.span(),
-                    format!("{key}.kernel"),
-                    format!(
-                        "unknown kernel `{}` (known: {})",
-                        k.get_ref(),
-                        known.join(", ")
-                    ),
-                );
-                None
-            }
-        },
-        (None, ActionKind::Kernel) => {
-            cx.err(
-                s.action.span(),
-                format!("{key}.kernel"),
-                "an action = \"kernel\" step must name its kernel",
-            );
-            None
-        }
-        (Some(k), _) => {
-            cx.err(
-                k.span(),
-                format!("{key}.kernel"),
-                "only action = \"kernel\" steps take a kernel",
-            );
-            None
-        }
-        (None, _) => None,
-    };
-
-    let params_span = s.params.as_ref().map(|p| p.span()).unwrap_or(s.name.span());
-    let params = match &s.params {
-        Some(p) => {
-            for k in p.get_ref().keys() {
-                if !allowed_params.contains(&k.as_str()) {
-                    let span = cx.find(p.span(), k);
-                    let what = kernel
-                        .as_deref()
-                        .map(|k| format!("kernel `{k}`"))
-                        .unwrap_or_else(|| format!("action `{}`", action.name()));
-                    let expected = if allowed_params.is_empty() {
-                        "none".to_string()
-                    } else {
-                        allowed_params.join(", ")
-                    };
-                    cx.err(
-                        span,
-                        format!("{key}.params.{k}"),
-                        format!("unknown parameter for {what} (expected: {expected})"),
-                    );
-                }
-            }
-            toml_to_json(&toml::Value::Table(p.get_ref().clone()))
-        }
-        None => Value::Object(Default::default()),
-    };
-    check_action_params(cx, action, &params, params_span, key);
-
-    let after = match &s.after {
-        Some(a) => a.get_ref().iter().map(|x| x.get_ref().clone()).collect(),
-        None if index > 0 => vec![all[index - 1].get_ref().name.get_ref().clone()],
-        None => vec![],
-    };
-
-    let retry = match &s.retries {
-        None => RetryPolicy::default(),
-        Some(r) => {
-            let span = r.span();
-            let mut p = RetryPolicy::default();
-            let count = match r.get_ref() {
-                RawRetries::Count(n) => *n,
-                RawRetries::Policy(rp) => {
-                    if let Some(b) = &rp.backoff {
-                        match parse_duration(b) {
-                            Ok(d) => p.backoff_s = d,
-                            Err(m) => cx.err(span.clone(), format!("{key}.retries.backoff"), m),
-                        }
-                    }
-                    if let Some(b) = &rp.max_backoff {
-                        match parse_duration(b) {
-                            Ok(d) => p.max_backoff_s = d,
-                            Err(m) => cx.err(span.clone(), format!("{key}.retries.max_backoff"), m),
-                        }
-                    }
-                    rp.count
-                }
-            };
-            if !(0..=1000).contains(&count) {
-                cx.err(
-                    span,
-                    format!("{key}.retries"),
-                    format!("count must be between 0 and 1000, got {count}"),
-                );
-            }
-            p.count = count.clamp(0, 1000) as u32;
-            p
-        }
-    };
-
-    let timeout_s = s
-        .timeout
-        .as_ref()
-        .and_then(|t| match parse_duration(t.get_ref()) {
-            Ok(d) if d > 0.0 => Some(d),
-            Ok(_) => {
-                cx.err(
-                    t.span(),
-                    format!("{key}.timeout"),
-                    "must be longer than zero",
-                );
-                None
-            }
-            Err(m) => {
-                cx.err(t.span(), format!("{key}.timeout"), m);
-                None
-            }
-        });
-
-    let on =
-        s.on.as_ref()
-            .map(|o| o.get_ref().clone())
-            .unwrap_or_else(|| "cpu".to_string());
-    let on_span = s.on.as_ref().map(|o| o.span()).unwrap_or(s.name.span());
-    let known_target = match site {
-        Some(site) => {
-            site.targets.contains_key(&on)
-                || (site.targets.is_empty() && STANDARD_TARGETS.contains(&on.as_str()))
-        }
-        None => STANDARD_TARGETS.contains(&on.as_str()),
-    };
-    if !known_target {
-        let known: Vec<String> = match site {
-            Some(site) if !site.targets.is_empty() => site.targets.keys().cloned().collect(),
-            _ => STANDARD_TARGETS.iter().map(|s| s.to_string()).collect(),
-        };
-        cx.err(
-            on_span.clone(),
-            format!("{key}.on"),
-            format!("unknown target `{on}` (known: {})", known.join(", ")),
-        );
-    }
-
-    let resources = match &s.resources {
-        None => ResourceRequest::default(),
-        Some(r) => build_resources(cx, r, key),
-    };
-    if resources
-        .variants
-        .iter()
-        .any(|v| v.nodes > 1 || v.ranks_per_node > 1)
-    {
-        let span = s
-            .resources
-            .as_ref()
-            .map(|r| r.span())
-            .unwrap_or(on_span.clone());
-        let spans = match action {
-            ActionKind::Shell => true,
-            ActionKind::Kernel => kernel
-                .as_deref()
-                .and_then(beamflow_kernels::find)
-                .is_none_or(|k| k.spans_nodes()),
-            _ => false,
-        };
-        if !spans {
-            let wide: Vec<&str> = beamflow_kernels::kernels()
-                .iter()
-                .filter(|k| k.spans_nodes())
-                .map(|k| k.name())
-                .collect();
-            cx.err(
-                span.clone(),
-                format!("{key}.resources.nodes"),
-                format!(
-                    "only shell steps and kernels that share a run among MPI ranks ({}) span nodes",
-                    wide.join(", ")
-                ),
-            );
-        }
-        if resources
-            .variants
-            .iter()
-            .any(|v| v.nodes > 1 && v.cpus % v.ranks_per_node != 0)
-        {
-            cx.err(
-                span.clone(),
-                format!("{key}.resources.cpus"),
-                "on several nodes `cpus` counts per node and is split among the node's ranks: make it a multiple of ranks_per_node",
-            );
-        }
-        if resources
-            .variants
-            .iter()
-            .any(|v| v.nodes == 1 && v.ranks_per_node > 1)
-        {
-            cx.err(
-                span,
-                format!("{key}.resources.ranks_per_node"),
-                "ranks are started on several nodes only: set nodes > 1 (a step on one node runs in the pilot)",
-            );
-        }
-    }
-    if let Some(limits) = site.and_then(|s| s.targets.get(&on)) {
-        if !resources.variants.iter().any(|v| limits.admits(v)) {
-            let span = s.resources.as_ref().map(|r| r.span()).unwrap_or(on_span);
-            let wide = resources.variants.iter().any(|v| v.nodes > 1)
-                && limits.pilot_per == crate::site::PilotPer::Node;
-            cx.err(
-                span,
-                format!("{key}.resources"),
-                format!(
-                    "no variant fits target `{on}` of site `{}` ({}){}",
-                    site.map(|s| s.name.as_str()).unwrap_or(""),
-                    limits.describe(),
-                    if wide {
-                        "; steps on several nodes need a target with pilot_per = \"job\""
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
-    }
-
-    let outputs = s
-        .outputs
-        .as_ref()
-        .map(|o| o.get_ref().clone())
-        .unwrap_or_default();
-    if let Some(o) = &s.outputs {
-        for name in o.get_ref() {
-            if !is_ident(name) {
-                cx.err(
-                    o.span(),
-                    format!("{key}.outputs"),
-                    format!("`{name}` is not an identifier"),
-                );
-            }
-        }
-        if action != ActionKind::Shell {
-            cx.err(
-                o.span(),
-                format!("{key}.outputs"),
-                "only shell steps declare extra outputs",
-            );
-        }
-    }
-
-    let priority = s
-        .priority
-        .as_ref()
-        .map(|p| build_priority(cx, p, &format!("{key}.priority")));
-    let isolate = s.isolate.as_ref().is_some_and(|i| *i.get_ref());
-    if let (Some(i), false) = (&s.isolate, action == ActionKind::Kernel) {
-        cx.err(
-            i.span(),
-            format!("{key}.isolate"),
-            "only kernel steps run in the pilot's process; other actions need no isolation",
-        );
-    }
-    StepSpec {
-        priority,
-        isolate,
-        name: s.name.get_ref().clone(),
-        action,
-        kernel,
-        params,
-        after,
-        when: s.when.as_ref().map(|w| w.get_ref().clone()),
-        retry,
-        timeout_s,
-        resources,
-        on,
-        outputs,
-    }
-}
-
-fn check_action_params(
-    cx: &mut Ctx,
-    action: ActionKind,
-    params: &Value,
-    span: Range<usize>,
-    key: &str,
-) {
-    let has = |k: &str| params.get(k).is_some();
-    match action {
-        ActionKind::Shell => {
-            if has("argv") == has("script") {
-                cx.err(
-                    span.clone(),
-                    format!("{key}.params"),
-                    "a shell step needs exactly one of `argv` (list) or `script` (string)",
-                );
-            }
-            if let Some(a) = params.get("argv") {
-                let ok = matches!(a, Value::Array(v) if !v.is_empty()) || a.is_string();
-                if !ok {
-                    cx.err(
-                        span.clone(),
-                        format!("{key}.params.argv"),
-                        "must be a non-empty list of strings",
-                    );
-                }
-            }
-            if let Some(e) = params.get("env") {
-                if !e.is_object() {
-                    cx.err(
-                        span,
-                        format!("{key}.params.env"),
-                        "must be a table of strings",
-                    );
-                }
-            }
-        }
-        ActionKind::Transfer => {
-            for k in ["src", "dst"] {
-                if !has(k) {
-                    cx.err(
-                        span.clone(),
-                        format!("{key}.params"),
-                        format!("a transfer step needs `{k}`"),
-                    );
-                }
-            }
-        }
-        ActionKind::Publish | ActionKind::Kernel => {}
-    }
-}
-
-fn build_resources(cx: &mut Ctx, r: &Spanned<RawResources>, key: &str) -> ResourceRequest {
-    let span = r.span();
-    let raw = r.get_ref();
-    let one = |cx: &mut Ctx, a: &RawAmounts, base: Option<&Resources>| -> Resources {
-        let mut res = base.copied().unwrap_or_default();
-        let int = |cx: &mut Ctx, v: Option<i64>, what: &str, min: i64| -> Option<u32> {
-            let v = v?;
-            if v < min || v > 1_000_000 {
-                cx.err(
-                    span.clone(),
-                    format!("{key}.resources.{what}"),
-                    format!("must be between {min} and 1000000, got {v}"),
-                );
-                return None;
-            }
-            Some(v as u32)
-        };
-        if let Some(c) = int(cx, a.cpus, "cpus", 0) {
-            res.cpus = c;
-        }
-        if let Some(g) = int(cx, a.gpus, "gpus", 0) {
-            res.gpus = g;
-        }
-        if let Some(n) = int(cx, a.nodes, "nodes", 1) {
-            res.nodes = n;
-        }
-        if let Some(n) = int(cx, a.ranks_per_node, "ranks_per_node", 1) {
-            res.ranks_per_node = n;
-        }
-        if let Some(m) = &a.memory {
-            match parse_memory_mb(m) {
-                Ok(mb) => res.memory_mb = mb,
-                Err(msg) => cx.err(span.clone(), format!("{key}.resources.memory"), msg),
-            }
-        }
-        res
-    };
-    let base = one(cx, &raw.base, None);
-    let variants = match &raw.variants {
-        None => vec![base],
-        Some(vs) if vs.is_empty() => {
-            cx.err(
-                span.clone(),
-                format!("{key}.resources.variants"),
-                "must list at least one variant",
-            );
-            vec![base]
-        }
-        // Keys given beside `variants` are defaults each variant may override.
-        Some(vs) => vs
-            .iter()
-            .map(|v| {
-                let mut b = base;
-                if v.gpus.is_some() && v.cpus.is_none() && raw.base.cpus.is_none() {
-                    b.cpus = 1;
-                }
-                one(cx, v, Some(&b))
-            })
-            .collect(),
-    };
-    for v in &variants {
-        if v.cpus == 0 && v.gpus == 0 {
-            cx.err(
-                span.clone(),
-                format!("{key}.resources"),
-                "a variant must ask for at least one cpu or gpu",
-            );
-        }
-    }
-    ResourceRequest { variants }
-}
-
-/// Edges: every `after` names an existing step, and the graph has no cycle.
-fn check_edges(cx: &mut Ctx, raw: &RawFlow, spec: &FlowSpec) {
-    let names: HashSet<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
-    for (rs, s) in raw.steps.iter().zip(&spec.steps) {
-        let span = rs
-            .get_ref()
-            .after
-            .as_ref()
-            .map(|a| a.span())
-            .unwrap_or(rs.get_ref().name.span());
-        for dep in &s.after {
-            if !names.contains(dep.as_str()) {
-                cx.err(
-                    span.clone(),
-                    format!("steps.{}.after", s.name),
-                    format!("unknown step `{dep}`"),
-                );
-            } else if dep == &s.name {
-                cx.err(
-                    span.clone(),
-                    format!("steps.{}.after", s.name),
-                    "a step cannot wait for itself",
-                );
-            }
-        }
-    }
-    if !cx.errors.is_empty() {
-        return;
-    }
-    if let Some(cycle) = find_cycle(spec) {
-        let first = &cycle[0];
-        let idx = spec.step_index(first).unwrap_or(0);
-        let rs = raw.steps[idx].get_ref();
-        let span = rs
-            .after
-            .as_ref()
-            .map(|a| a.span())
-            .unwrap_or(rs.name.span());
-        cx.err(
-            span,
-            format!("steps.{first}.after"),
-            format!("cycle: {}", cycle.join(" -> ")),
-        );
-    }
-}
-
-/// Returns one cycle as a closed path of step names, if any.
-fn find_cycle(spec: &FlowSpec) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    let n = spec.steps.len();
-    let mut mark = vec![Mark::New; n];
-    let mut stack: Vec<usize> = Vec::new();
-    fn visit(
-        i: usize,
-        spec: &FlowSpec,
-        mark: &mut [Mark],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<String>> {
-        mark[i] = Mark::Active;
-        stack.push(i);
-        for dep in &spec.steps[i].after {
-            let j = spec.step_index(dep)?;
-            match mark[j] {
-                Mark::Active => {
-                    let pos = stack.iter().position(|&k| k == j).unwrap_or(0);
-                    let mut path: Vec<String> = stack[pos..]
-                        .iter()
-                        .map(|&k| spec.steps[k].name.clone())
-                        .collect();
-                    path.push(spec.steps[j].name.clone());
-                    return Some(path);
-                }
-                Mark::New => {
-                    if let Some(c) = visit(j, spec, mark, stack) {
-                        return Some(c);
-                    }
-                }
-                Mark::Done => {}
-            }
-        }
-        stack.pop();
-        mark[i] = Mark::Done;
-        None
-    }
-    for i in 0..n {
-        if mark[i] == Mark::New {
-            if let Some(c) = visit(i, spec, &mut mark, &mut stack) {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-/// Names every step transitively waits for.
-pub(crate) fn ancestors(spec: &FlowSpec, idx: usize) -> HashSet<String> {
-    let mut out = HashSet::new();
-    let mut todo: Vec<usize> = vec![idx];
-    while let Some(i) = todo.pop() {
-        for dep in &spec.steps[i].after {
-            if out.insert(dep.clone()) {
-                if let Some(j) = spec.step_index(dep) {
-                    todo.push(j);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Every template in params and `when` may only use variables that will exist
-/// when the step runs.
-fn check_templates(cx: &mut Ctx, raw: &RawFlow, spec: &FlowSpec, site: Option<&SiteConfig>) {
-    let inputs: HashSet<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
-    for (i, (rs, s)) in raw.steps.iter().zip(&spec.steps).enumerate() {
-        let before = ancestors(spec, i);
-        let key = format!("steps.{}", s.name);
-        let mut strings: Vec<(String, String, Range<usize>)> = Vec::new();
-        let pspan = rs
-            .get_ref()
-            .params
-            .as_ref()
-            .map(|p| p.span())
-            .unwrap_or(rs.span());
-        template::collect_strings(&s.params, &format!("{key}.params"), &mut |path, text| {
-            strings.push((path.to_string(), text.to_string(), pspan.clone()));
-        });
-        if let Some(w) = &rs.get_ref().when {
-            strings.push((
-                format!("{key}.when"),
-                format!("{{{{ {} }}}}", w.get_ref()),
-                w.span(),
-            ));
-        }
-        for (path, text, span) in strings {
-            let vars = match template::variables(&text) {
-                Ok(v) => v,
-                Err(e) => {
-                    let span = cx.find(span, text.lines().next().unwrap_or(""));
-                    cx.err(span, path, format!("bad template: {e}"));
-                    continue;
-                }
-            };
-            for var in vars {
-                if let Err(msg) = check_variable(&var, &inputs, &before, spec, site) {
-                    let needle = var.split('.').next_back().unwrap_or(&var);
-                    let span = cx.find(span.clone(), needle);
-                    cx.err(span, path.clone(), msg);
-                }
-            }
-        }
-    }
-}
-
-fn check_variable(
-    var: &str,
-    inputs: &HashSet<&str>,
-    before: &HashSet<String>,
-    spec: &FlowSpec,
-    site: Option<&SiteConfig>,
-) -> Result<(), String> {
-    let parts: Vec<&str> = var.split('.').collect();
-    match parts[0] {
-        "input" => match parts.get(1) {
-            None => Ok(()),
-            Some(n) if inputs.contains(n) => Ok(()),
-            Some(n) => Err(format!("`{var}`: the flow declares no input `{n}`")),
-        },
-        "run" => match parts.get(1) {
-            None | Some(&"id") | Some(&"dir") | Some(&"flow") => Ok(()),
-            Some(n) => Err(format!(
-                "`{var}`: unknown run variable `{n}` (known: id, dir, flow)"
-            )),
-        },
-        "task" => match parts.get(1) {
-            None | Some(&"id") | Some(&"dir") | Some(&"attempt") => Ok(()),
-            Some(n) => Err(format!(
-                "`{var}`: unknown task variable `{n}` (known: id, dir, attempt)"
-            )),
-        },
-        "site" => match (parts.get(1), site) {
-            (None, _) | (Some(_), None) => Ok(()),
-            (Some(&"name"), Some(_)) => Ok(()),
-            (Some(n), Some(site)) if site.vars.contains_key(*n) => Ok(()),
-            (Some(n), Some(site)) => Err(format!(
-                "`{var}`: site `{}` defines no variable `{n}`",
-                site.name
-            )),
-        },
-        "steps" => {
-            let Some(step) = parts.get(1) else {
-                return Err(format!(
-                    "`{var}`: name a step, as in steps.NAME.outputs.KEY"
-                ));
-            };
-            let Some(idx) = spec.step_index(step) else {
-                return Err(format!("`{var}`: unknown step `{step}`"));
-            };
-            if !before.contains(*step) {
-                return Err(format!(
-                    "`{var}`: step `{step}` does not run before this one (add it to `after`)"
-                ));
-            }
-            match (parts.get(2), parts.get(3)) {
-                (None, _) | (Some(&"outputs"), None) => Ok(()),
-                (Some(&"outputs"), Some(k)) => {
-                    let keys = spec.steps[idx].output_keys();
-                    if keys.iter().any(|x| x == k) {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "`{var}`: step `{step}` has no output `{k}` (it has: {})",
-                            if keys.is_empty() {
-                                "none".to_string()
-                            } else {
-                                keys.join(", ")
-                            }
-                        ))
-                    }
-                }
-                (Some(other), _) => Err(format!(
-                    "`{var}`: unknown field `{other}` (use steps.{step}.outputs.KEY)"
-                )),
-            }
-        }
-        other => Err(format!(
-            "unknown variable `{other}` (known: input, run, task, site, steps)"
-        )),
-    }
 }
 
 pub(crate) fn toml_to_json(v: &toml::Value) -> Value {

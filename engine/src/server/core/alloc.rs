@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ApiError, Core, CoreMsg, Reply};
-use crate::alloc::manager::{Job, Queue};
+use crate::alloc::queue::{Job, Queue};
 use crate::alloc::{Command, Demand, QueueInfo, QueueSpec};
 use crate::batch::script::{JobRequest, PilotCommand};
 use crate::batch::{JobState, Scheduler};
