@@ -1,5 +1,6 @@
 //! Every file in tests/flows/bad must be rejected with the message its first
-//! line promises (`# expect: …`), and every flow in jobs/ must validate.
+//! line promises (`# expect: …`), and every flow in jobs/ and every flow the
+//! tests run (tests/flows/*.toml) must validate.
 
 use std::path::Path;
 
@@ -40,8 +41,17 @@ fn bad_flows_fail_with_their_expected_message() {
 
 #[test]
 fn shipped_flows_validate() {
+    validate_all("jobs");
+}
+
+#[test]
+fn the_tests_flows_validate() {
+    validate_all("tests/flows");
+}
+
+fn validate_all(dir: &str) {
     let mut n = 0;
-    for e in std::fs::read_dir(root().join("jobs")).unwrap() {
+    for e in std::fs::read_dir(root().join(dir)).unwrap() {
         let path = e.unwrap().path();
         if path.extension().is_some_and(|x| x == "toml") {
             let src = std::fs::read_to_string(&path).unwrap();

@@ -153,6 +153,14 @@ impl Env {
         Proc(child)
     }
 
+    /// tests/flows/NAME.toml, copied into the home as a user would keep it.
+    pub fn fixture(&self, name: &str) -> PathBuf {
+        let src = fixture_path(name);
+        let text =
+            std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        self.flow(name, &text)
+    }
+
     pub fn flow(&self, name: &str, src: &str) -> PathBuf {
         let p = self.home.join(format!("{name}.toml"));
         std::fs::create_dir_all(&self.home).unwrap();
@@ -233,4 +241,9 @@ pub async fn wait_pilots(c: &Client, n: usize) {
         assert!(Instant::now() < deadline, "pilots did not connect: {p:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A flow the tests share: tests/flows/NAME.toml.
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/flows/{name}.toml"))
 }
