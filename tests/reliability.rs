@@ -496,7 +496,7 @@ params = { script = "echo {{ input.n }} > {{ run.dir }}/n" }
     });
     // A submitter may not prune.
     let submitter = env.beamflow_ok(&["token", "add", "ci", "--role", "submitter"]);
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin())
         .env("BEAMFLOW_HOME", &env.home)
         .env("BEAMFLOW_TOKEN", submitter.trim())
         .args(["admin", "prune", "--older-than", "0s"])

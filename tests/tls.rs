@@ -176,7 +176,7 @@ fn clients_and_pilots_pinning_another_certificate_are_refused() {
         "{e}"
     );
     // The same from the command line, with --url pointing elsewhere.
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .arg("--home")
         .arg(&victim.home)
         .args(["--url", &ic.url, "runs", "list"])
@@ -190,7 +190,7 @@ fn clients_and_pilots_pinning_another_certificate_are_refused() {
     // the impostor refuses to connect and says why; the impostor sees no
     // pilot, so never the token.
     let mut stray = Proc(
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--home")
             .arg(&victim.home)
             .args(["--url", &ic.url, "pilot", "--name", "stray", "--cpus", "1"])
@@ -212,7 +212,7 @@ fn clients_and_pilots_pinning_another_certificate_are_refused() {
     });
 
     // doctor names the refusal and both fingerprints.
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .arg("--home")
         .arg(&victim.home)
         .args(["--json", "--url", &ic.url, "doctor"])
@@ -228,7 +228,7 @@ fn clients_and_pilots_pinning_another_certificate_are_refused() {
     let detail = tls["detail"].as_str().unwrap();
     assert!(detail.contains(&ifp) && detail.contains(&vfp), "{detail}");
     // ... and, against the right server, that the handshake succeeds.
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .arg("--home")
         .arg(&victim.home)
         .args(["--json", "doctor"])
@@ -251,7 +251,7 @@ fn clients_and_pilots_pinning_another_certificate_are_refused() {
     let copy: PathBuf = elsewhere.home.join("server-cert.pem");
     std::fs::copy(victim.home.join("tls/cert.pem"), &copy).unwrap();
     let _remote = Proc(
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--home")
             .arg(&elsewhere.home)
             .args(["--url", &vc.url, "pilot", "--name", "remote", "--cpus", "1"])
@@ -335,7 +335,7 @@ fn an_operator_may_bring_a_certificate_or_turn_tls_off() {
         assert_eq!(hello(&c, &plain).await, "succeeded");
     });
     // TLS off and names for a certificate contradict each other.
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .arg("--home")
         .arg(&plain.home)
         .args(["server", "--no-tls", "--tls-name", "x"])

@@ -106,7 +106,7 @@ fn a_revoked_token_loses_its_open_streams_and_pilot_connection() {
     let viewer = env.beamflow_ok(&["token", "add", "wall", "--role", "viewer"]);
     let pilot_token = env.beamflow_ok(&["token", "add", "p2", "--role", "pilot"]);
     let mut pilot = Proc(
-        Command::new(BIN)
+        Command::new(bin())
             .args([
                 "--home",
                 env.home.to_str().unwrap(),
@@ -309,7 +309,7 @@ params = {{ script = "env | sort > {}", env = {{ STEP_TOKEN = "given" }} }}
             dump_path.display()
         ),
     );
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .args(["--home", env.home.to_str().unwrap()])
         .args(["run", flow.to_str().unwrap(), "--local", "--wait"])
         .env("BEAMFLOW_TOKEN", "t0ken-of-the-pilot")
@@ -341,7 +341,7 @@ fn doctor_names_what_is_wrong() {
     let env = Env::new();
     let (_server, _c) = env.server("127.0.0.1:0", &[]);
     let doctor = |extra: &[&str]| {
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .args(["--home", env.home.to_str().unwrap(), "--json"])
             .args(extra)
             .arg("doctor")
@@ -378,7 +378,7 @@ fn doctor_names_what_is_wrong() {
         "name = \"nowhere\"\nscheduler = \"pbs\"\naccount = \"x\"\nscratch = \"/nonexistent/scratch\"\n[targets.cpu]\nwalltime = \"1h\"\n",
     )
     .unwrap();
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .args([
             "--home",
             env.home.to_str().unwrap(),

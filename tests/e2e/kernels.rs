@@ -199,7 +199,7 @@ fn braggnn_infer_errors_name_the_culprit() {
     std::fs::write(&junk, "not hdf5").unwrap();
     let frames = dir.join("f.h5");
     let fail = |frames: &Path, model: &Path, ort: Option<&str>| {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.env("BEAMFLOW_HOME", &env.home).args([
             "kernel",
             "braggnn",

@@ -20,6 +20,7 @@ mod mpi;
 mod pilots;
 mod runs;
 mod scheduling;
+mod shapes;
 mod triggers;
 
 fn lines(p: &Path) -> usize {

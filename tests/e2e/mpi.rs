@@ -63,12 +63,12 @@ const MPIRUN_TWO: &[&str] = &[
 
 /// `beamflow`, started by `launcher` when one is given (`&[]`: directly).
 fn launched(launcher: &[&str]) -> Command {
-    let mut cmd = Command::new(launcher.first().copied().unwrap_or(BIN));
+    let mut cmd = Command::new(launcher.first().copied().unwrap_or(bin()));
     cmd.args(launcher.iter().skip(1));
     // One host: OpenMPI needs no remote shell, but insists one exists.
     cmd.env("OMPI_MCA_plm_rsh_agent", "false");
     if !launcher.is_empty() {
-        cmd.arg(BIN);
+        cmd.arg(bin());
     }
     cmd
 }

@@ -81,7 +81,7 @@ fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
         let bytes = std::fs::read(p.as_str().unwrap()).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{p}");
     }
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .env("BEAMFLOW_HOME", &env.home)
         .args([
             "report",
@@ -300,7 +300,7 @@ fn cli_validate_demo_and_local_run() {
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bf = |args: &[&str]| {
-        Command::new(BIN)
+        Command::new(bin())
             .env("BEAMFLOW_HOME", &env.home)
             .args(args)
             .output()

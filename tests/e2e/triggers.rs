@@ -6,7 +6,7 @@ use super::*;
 /// most (a partial batch after 300 ms), with `extra` flags.
 fn watcher(env: &Env, dir: &Path, flow: &Path, extra: &[&str]) -> Proc {
     Proc(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["--home", env.home.to_str().unwrap(), "watch"])
             .arg(dir)
             .args([
@@ -269,7 +269,7 @@ fn a_follow_up_flow_starts_when_the_runs_add_up() {
     let dir = env.home.join("ssx");
     std::fs::create_dir_all(&dir).unwrap();
     let _w = Proc(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["--home", env.home.to_str().unwrap(), "watch"])
             .arg(&dir)
             .args([

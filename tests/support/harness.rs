@@ -13,7 +13,15 @@ use std::time::{Duration, Instant};
 use beamflow::cli::client::Client;
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_beamflow");
+/// The beamflow the tests run: this build's, or the one
+/// `BEAMFLOW_TEST_BIN` names (to compare another build's behaviour, as the
+/// shapes test does against an older one).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BEAMFLOW_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_beamflow").into())
+    })
+}
 
 /// Kills the process (and reaps it) when dropped, so a failing test leaves nothing behind.
 pub struct Proc(pub Child);
@@ -58,7 +66,7 @@ impl Env {
 
     /// Runs the CLI against this home; it must succeed. Returns stdout.
     pub fn beamflow_ok(&self, args: &[&str]) -> String {
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .env("BEAMFLOW_HOME", &self.home)
             .args(args)
             .output()
@@ -100,7 +108,7 @@ impl Env {
     pub fn server(&self, bind: &str, extra: &[&str]) -> (Proc, Client) {
         let _ = std::fs::remove_file(self.home.join("server.json"));
         let child = Proc(
-            Command::new(BIN)
+            Command::new(bin())
                 .args([
                     "--home",
                     self.home.to_str().unwrap(),
@@ -135,7 +143,7 @@ impl Env {
     }
 
     pub fn pilot_with(&self, name: &str, cpus: u32, extra: &[&str]) -> Proc {
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args([
                 "--home",
                 self.home.to_str().unwrap(),

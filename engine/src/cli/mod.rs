@@ -264,4 +264,76 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+
+    /// Every `beamflow …` command in a code block of the README and the
+    /// docs parses as written: the docs stay true to the command line.
+    /// (Usage lines with `[optional]` parts, `A|B` choices or `…` are
+    /// synopses, not commands, and are left out.)
+    #[test]
+    fn the_commands_in_the_docs_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+        let mut parsed = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (line, cmd) in commands(&text) {
+                let words = shlex::split(&cmd)
+                    .unwrap_or_else(|| panic!("{}:{line}: cannot split `{cmd}`", file.display()));
+                match Cli::try_parse_from(&words) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {}
+                    Err(e) => panic!("{}:{line}: `{cmd}`:\n{e}", file.display()),
+                }
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 40, "only {parsed} commands found in the docs");
+    }
+
+    /// `(line, command)` for each `beamflow …` command in the code blocks
+    /// of `md`: continuation lines joined, comments and a trailing `&` cut.
+    fn commands(md: &str) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        let mut in_code = false;
+        let mut pending: Option<(usize, String)> = None;
+        for (i, raw) in md.lines().enumerate() {
+            if raw.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if !in_code {
+                continue;
+            }
+            let l = raw.trim();
+            let l = l.strip_prefix("$ ").unwrap_or(l);
+            let (start, mut text) = match pending.take() {
+                Some((n, t)) => (n, t + " " + l),
+                None if l.starts_with("beamflow ") || l == "beamflow" => (i + 1, l.to_string()),
+                None => continue,
+            };
+            if let Some(cut) = text.find(" # ").or_else(|| text.find("  #")) {
+                text.truncate(cut);
+            }
+            let text = text.trim_end();
+            if let Some(more) = text.strip_suffix('\\') {
+                pending = Some((start, more.trim_end().to_string()));
+                continue;
+            }
+            let text = text.trim_end_matches('&').trim_end();
+            let synopsis = ['[', '|', '…', '<'].iter().any(|c| text.contains(*c))
+                || text.contains("...")
+                || text.contains("$(");
+            if !synopsis {
+                out.push((start, text.to_string()));
+            }
+        }
+        out
+    }
 }
