@@ -115,6 +115,15 @@ fn quoted_text(msg: &str) -> Option<String> {
     serde_json::from_str(&rest[..end]).ok()
 }
 
+/// `v` (a JSON object) as `T`, as [`from_table`] reads it: for tests.
+#[cfg(test)]
+pub fn from_json<T: DeserializeOwned>(v: Value) -> Result<T, KernelError> {
+    match v {
+        Value::Object(m) => from_table(m),
+        other => panic!("a table, not {other}"),
+    }
+}
+
 /// For each struct's test: the defaults clap gives for `args` (the
 /// required flags) are the defaults serde gives for `table`.
 #[cfg(test)]
@@ -127,9 +136,6 @@ where
         .try_get_matches_from(args)
         .expect("the required flags parse");
     let cli = T::from_arg_matches(&matches).expect("the flags make the struct");
-    let Value::Object(m) = table else {
-        panic!("a table");
-    };
-    let flow: T = from_table(m).expect("the table makes the struct");
+    let flow: T = from_json(table).expect("the table makes the struct");
     assert_eq!(cli, flow, "clap's and serde's defaults differ");
 }

@@ -138,11 +138,8 @@ mod tests {
 
     #[test]
     fn a_bad_value_in_a_flattened_search_names_its_parameter() {
-        let e = crate::params::from_table::<PrepareParams>(
-            json!({ "peaks": "p.h5", "frames": "f.h5", "threshold": "high" })
-                .as_object()
-                .unwrap()
-                .clone(),
+        let e = crate::params::from_json::<PrepareParams>(
+            json!({ "peaks": "p.h5", "frames": "f.h5", "threshold": "high" }),
         )
         .unwrap_err()
         .to_string();
@@ -150,11 +147,8 @@ mod tests {
             e.starts_with("parameter `threshold`: `high` is not a number"),
             "{e}"
         );
-        let p = crate::params::from_table::<PrepareParams>(
-            json!({ "peaks": "p.h5", "frames": "f.h5", "threshold": "45", "psz": "13" })
-                .as_object()
-                .unwrap()
-                .clone(),
+        let p = crate::params::from_json::<PrepareParams>(
+            json!({ "peaks": "p.h5", "frames": "f.h5", "threshold": "45", "psz": "13" }),
         )
         .unwrap();
         assert_eq!((p.search.threshold, p.psz), (45.0, 13));

@@ -284,20 +284,13 @@ mod tests {
 
     #[test]
     fn one_check_for_both() {
-        let p: AnalysisParams = crate::params::from_table(
-            json!({ "raw": "r.h5", "qmap": "q.h5", "stride": "0" })
-                .as_object()
-                .unwrap()
-                .clone(),
-        )
-        .unwrap();
+        let p: AnalysisParams =
+            crate::params::from_json(json!({ "raw": "r.h5", "qmap": "q.h5", "stride": "0" }))
+                .unwrap();
         let e = p.options(Mode::Multitau, &[]).unwrap_err().to_string();
         assert_eq!(e, "parameter `stride`: must be at least 1");
-        let e = crate::params::from_table::<AnalysisParams>(
-            json!({ "raw": "r.h5", "qmap": "q.h5", "avg": "two" })
-                .as_object()
-                .unwrap()
-                .clone(),
+        let e = crate::params::from_json::<AnalysisParams>(
+            json!({ "raw": "r.h5", "qmap": "q.h5", "avg": "two" }),
         )
         .unwrap_err()
         .to_string();
@@ -305,11 +298,9 @@ mod tests {
             e.starts_with("parameter `avg`: `two` is not a number"),
             "{e}"
         );
-        let e = crate::params::from_table::<AnalysisParams>(
-            json!({ "qmap": "q.h5" }).as_object().unwrap().clone(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = crate::params::from_json::<AnalysisParams>(json!({ "qmap": "q.h5" }))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "parameter `raw`: required");
         let auto = p.options(Mode::Multitau, &[1]).err();
         assert!(auto.is_some(), "stride 0 is refused whatever the device");
