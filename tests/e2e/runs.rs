@@ -351,6 +351,29 @@ fn cli_validate_demo_and_local_run() {
         text.contains("the results came back to the beamline"),
         "{text}"
     );
+    // The Γ table: a row per q bin the kernel resolved; where the true
+    // decay spans at least two frames (1 ms apart in the demo), the fit is
+    // within 5 % of the truth.
+    let rows = gamma_rows(&text);
+    assert!(rows.len() >= 15, "{} rows of Γ:\n{text}", rows.len());
+    let mut checked = 0;
+    for (q, fitted, truth) in &rows {
+        if 1.0 / (2.0 * truth * 1e-3) < 2.0 {
+            continue;
+        }
+        let off = (fitted - truth).abs() / truth;
+        assert!(
+            off < 0.05,
+            "q {q}: Γ fitted {fitted}, true {truth}:\n{text}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 15,
+        "{checked} bins decay over two frames or more:\n{text}"
+    );
+    // The timing table and the Γ table keep their columns.
+    super::shapes::check_columns("demo", &text);
 
     let data = env.home.join("frames");
     beamflow::cli::demo::generate_frames(&data, 3, 1000).unwrap();
@@ -419,4 +442,27 @@ fn cancel_during_a_server_restart_still_stops_the_step() {
         let d = wait_first_attempt(&c2, id, "cancelled").await;
         assert_eq!(d.run.state, "cancelled");
     });
+}
+
+/// (q, Γ fitted, Γ true) of each row of the demo's Γ table.
+fn gamma_rows(text: &str) -> Vec<(f64, f64, f64)> {
+    let mut rows = Vec::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l.contains("Γ fitted (1/s)") {
+            inside = true;
+        } else if inside && l.starts_with('└') {
+            break;
+        } else if inside && l.starts_with('│') {
+            let cells: Vec<f64> = l
+                .trim_matches('│')
+                .split('┆')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect();
+            if let [q, fitted, truth, _beta] = cells[..] {
+                rows.push((q, fitted, truth));
+            }
+        }
+    }
+    rows
 }

@@ -119,6 +119,14 @@ impl Shapes {
     }
 }
 
+/// The columns of the tables in `text` (a command's output) against
+/// tests/data/shapes/NAME.columns, for tests that run a command anyway.
+pub(super) fn check_columns(name: &str, text: &str) {
+    let mut s = Shapes::new();
+    s.table(name, text);
+    assert!(s.wrong.is_empty(), "{}", s.wrong.join("\n\n"));
+}
+
 /// Runs the CLI against `env`'s home, whatever its exit status.
 fn say(env: &Env, args: &[&str]) -> String {
     let o = Command::new(bin())

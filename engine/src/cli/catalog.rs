@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::render::table;
+use super::render::{dash, table};
 use super::Ctx;
 use crate::util::fmt_ts;
 
@@ -40,8 +40,8 @@ impl CatalogCmd {
                     r.run_id.to_string(),
                     r.flow.clone(),
                     fmt_ts(r.created_us),
-                    r.record["title"].as_str().unwrap_or("").to_string(),
-                    r.record["outputs"].to_string(),
+                    dash(r.record.get("title").and_then(|t| t.as_str())),
+                    dash(r.record.get("outputs").map(|o| o.to_string()).as_deref()),
                 ]);
             }
             t

@@ -139,7 +139,10 @@ impl Client {
             .map_err(|e| self.request_error(&e))?;
         let status = resp.status();
         let url = resp.url().path().to_string();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer to {url} from {}", self.url))?;
         if !status.is_success() {
             let msg = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)

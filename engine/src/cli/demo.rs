@@ -8,11 +8,14 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use serde_json::{json, Value};
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::json;
 
 use beamflow_kernels::synthetic::xpcs::{write_dataset, SpeckleConfig};
 
 use super::local::{Local, LocalOptions};
+use super::render::table;
 use super::Ctx;
 use crate::api::{RunDetail, RunState};
 use crate::site::SiteConfig;
@@ -57,6 +60,91 @@ pub fn generate_frames(dir: &Path, n: usize, size: usize) -> anyhow::Result<()> 
 /// The flow the demo runs: XPCS from a (synthetic) beamline to the catalog.
 pub const XPCS_FLOW: &str = include_str!("../../../jobs/xpcs.toml");
 
+/// What the demo reads of the xpcs flow's catalog record: a field missing
+/// is an error that names it, not an empty table.
+#[derive(Deserialize)]
+struct Record {
+    title: String,
+    outputs: Outputs,
+    files: Vec<RecordFile>,
+}
+
+/// The record's `outputs`, per resolvable q bin where they are lists.
+#[derive(Deserialize)]
+struct Outputs {
+    diffusion: Option<f64>,
+    beta_mean: Option<f64>,
+    q: Vec<f64>,
+    dq: Vec<usize>,
+    gamma: Vec<Option<f64>>,
+    beta: Vec<Option<f64>>,
+    resolved: Vec<bool>,
+}
+
+#[derive(Deserialize)]
+struct RecordFile {
+    path: String,
+    bytes: u64,
+    blake3: String,
+}
+
+/// The generator's ground truth (`ground_truth.json`).
+#[derive(Deserialize)]
+struct Truth {
+    diffusion: f64,
+    beta: f64,
+    /// Per dynamic bin, 1-based `dq` → `bins[dq - 1]`.
+    bins: Vec<TrueBin>,
+}
+
+#[derive(Deserialize)]
+struct TrueBin {
+    gamma: f64,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not what was expected", path.display()))
+}
+
+/// Γ fitted beside Γ true for each resolvable q bin.
+fn gamma_table(o: &Outputs, truth: &Truth) -> anyhow::Result<comfy_table::Table> {
+    let n = o.q.len();
+    for (name, len) in [
+        ("dq", o.dq.len()),
+        ("gamma", o.gamma.len()),
+        ("beta", o.beta.len()),
+        ("resolved", o.resolved.len()),
+    ] {
+        anyhow::ensure!(
+            len == n,
+            "the catalog record's outputs.{name} has {len} values for {n} q bins"
+        );
+    }
+    let mut tab = table(&["q (1/Å)", "Γ fitted (1/s)", "Γ true (1/s)", "β"]);
+    let num = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("—".to_string(), f);
+    for i in (0..n).filter(|&i| o.resolved[i]) {
+        let true_gamma =
+            o.dq.get(i)
+                .and_then(|&d| d.checked_sub(1))
+                .and_then(|b| truth.bins.get(b))
+                .map(|b| b.gamma);
+        tab.add_row(vec![
+            format!("{:.5}", o.q[i]),
+            num(o.gamma[i], &|g| format!("{g:.4e}")),
+            num(true_gamma, &|g| format!("{g:.4e}")),
+            num(o.beta[i], &|b| format!("{b:.4}")),
+        ]);
+    }
+    anyhow::ensure!(
+        tab.row_count() > 0,
+        "the catalog record marks none of its {n} q bins resolved"
+    );
+    Ok(tab)
+}
+
 pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let local = Local::start(LocalOptions {
         home: keep.map(Path::to_path_buf),
@@ -83,15 +171,15 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let files = tokio::task::spawn_blocking(move || write_dataset(&c, &dir, "S001_silica", |_| {}))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let truth: Value = serde_json::from_str(&std::fs::read_to_string(&files.truth)?)?;
-    let d_true = truth["diffusion"].as_f64().unwrap_or(f64::NAN);
+    let truth: Truth = read_json(&files.truth)?;
+    let d_true = truth.diffusion;
     println!(
         "beamline wrote {} frames of {}x{} speckle (Brownian motion, D = {:.4e} Å²/s, β = {}) to {}",
         cfg.frames,
         cfg.size,
         cfg.size,
         d_true,
-        truth["beta"],
+        truth.beta,
         files.dir.display()
     );
     let flow_path = local.home.join("xpcs.toml");
@@ -131,53 +219,30 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     if let Some(err) = &runs[0].error {
         println!("error: {err}");
     }
-    let hits: Vec<Value> = local.client.get("/api/catalog?q=silica").await?;
+    let hits = local.client.catalog(Some("silica"), &[], 50).await?;
     let mut d_fit = None;
     if let Some(h) = hits.first() {
-        let r = &h["record"];
-        let o = &r["outputs"];
-        println!(
-            "\ncatalog record {}: {}",
-            h["id"],
-            r["title"].as_str().unwrap_or("")
-        );
-        d_fit = o["diffusion"].as_f64();
+        let r: Record = serde_json::from_value(h.record.clone()).with_context(|| {
+            format!("catalog record {}: not what the xpcs flow publishes", h.id)
+        })?;
+        println!("\ncatalog record {}: {}", h.id, r.title);
+        let o = &r.outputs;
+        d_fit = o.diffusion;
         if let Some(d) = d_fit {
             println!(
-                "  D fitted {d:.4e} Å²/s (true {d_true:.4e}, off by {:+.2} %), mean β {:.4} (true {})",
+                "  D fitted {d:.4e} Å²/s (true {d_true:.4e}, off by {:+.2} %), mean β {} (true {})",
                 100.0 * (d - d_true) / d_true,
-                o["beta_mean"].as_f64().unwrap_or(f64::NAN),
-                truth["beta"]
+                o.beta_mean.map_or("—".into(), |b| format!("{b:.4}")),
+                truth.beta
             );
         }
-        let q = o["q"].as_array().cloned().unwrap_or_default();
-        let dq = o["dq"].as_array().cloned().unwrap_or_default();
-        let gamma = o["gamma"].as_array().cloned().unwrap_or_default();
-        let beta = o["beta"].as_array().cloned().unwrap_or_default();
-        let mut tab =
-            crate::cli::render::table(&["q (1/Å)", "Γ fitted (1/s)", "Γ true (1/s)", "β"]);
-        let bins = truth["bins"].as_array().cloned().unwrap_or_default();
-        for (((q, g), b), d) in q.iter().zip(&gamma).zip(&beta).zip(&dq).step_by(3) {
-            let i = d.as_u64().unwrap_or(0).saturating_sub(1) as usize;
-            tab.add_row(vec![
-                format!("{:.5}", q.as_f64().unwrap_or(f64::NAN)),
-                format!("{:.4e}", g.as_f64().unwrap_or(f64::NAN)),
-                format!(
-                    "{:.4e}",
-                    bins.get(i)
-                        .and_then(|b| b["gamma"].as_f64())
-                        .unwrap_or(f64::NAN)
-                ),
-                format!("{:.4}", b.as_f64().unwrap_or(f64::NAN)),
-            ]);
-        }
-        println!("{tab}");
-        for f in r["files"].as_array().into_iter().flatten() {
+        println!("{}", gamma_table(o, &truth)?);
+        for f in &r.files {
             println!(
                 "  file: {} ({} bytes, blake3 {})",
-                f["path"].as_str().unwrap_or(""),
-                f["bytes"],
-                f["blake3"].as_str().unwrap_or("").get(..16).unwrap_or("")
+                f.path,
+                f.bytes,
+                f.blake3.get(..16).unwrap_or(&f.blake3)
             );
         }
     }

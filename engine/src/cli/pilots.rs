@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::render::table;
+use super::render::{dash, table};
 use super::Ctx;
 use crate::util::fmt_ts;
 
@@ -27,7 +27,7 @@ pub async fn list(cx: &Ctx) -> anyhow::Result<ExitCode> {
                 p.state.to_string(),
                 p.info.resources.to_string(),
                 p.info.targets.join(","),
-                p.info.batch_job.clone().unwrap_or_default(),
+                dash(p.info.batch_job.as_deref()),
                 fmt_ts(p.connected_us),
             ]);
         }

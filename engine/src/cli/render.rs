@@ -66,7 +66,7 @@ impl Out {
     /// `--json`, a line of text otherwise.
     pub fn record<T: Serialize + ?Sized>(&self, v: &T, human: impl Display) {
         match self.format {
-            Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+            Format::Json => println!("{}", serde_json::to_string(v).expect("serialisable")),
             Format::Human => println!("{human}"),
             Format::Quiet => {}
         }
@@ -76,7 +76,7 @@ impl Out {
     /// scripts), indented otherwise.
     pub fn report<T: Serialize + ?Sized>(&self, v: &T) {
         match self.format {
-            Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+            Format::Json => println!("{}", serde_json::to_string(v).expect("serialisable")),
             Format::Human => println!("{}", pretty(v)),
             Format::Quiet => {}
         }
@@ -98,7 +98,12 @@ impl Out {
 }
 
 fn pretty<T: Serialize + ?Sized>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
+    serde_json::to_string_pretty(v).expect("serialisable")
+}
+
+/// An optional value in a table or sentence: "—" where there is none.
+pub fn dash(v: Option<&str>) -> String {
+    v.unwrap_or("—").to_string()
 }
 
 /// A table with the CLI's one style.

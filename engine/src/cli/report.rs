@@ -48,9 +48,7 @@ impl ReportArgs {
             r.succeeded > 0,
             "flow {}: no succeeded runs to report on{}",
             self.flow,
-            self.since
-                .map(|s| format!(" since {s}"))
-                .unwrap_or_default()
+            self.since.map_or(String::new(), |s| format!(" since {s}"))
         );
         let mut plots = Vec::new();
         if !self.no_plots {

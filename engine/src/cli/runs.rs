@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::client::{is_flow_file, Client};
-use super::render::{table, Out};
+use super::render::{dash, table, Out};
 use super::report::timing_table;
 use super::{done, duration, Ctx};
 use crate::api::{AttemptRow, EventRow, RunDetail, RunFilter, RunRow, RunState};
@@ -180,10 +180,7 @@ impl RunsCmd {
                                 "run {} {}{}",
                                 r.id,
                                 r.state,
-                                r.error
-                                    .as_ref()
-                                    .map(|e| format!(": {e}"))
-                                    .unwrap_or_default()
+                                r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
                             )
                         })
                         .collect::<Vec<_>>()
@@ -208,7 +205,7 @@ fn runs_table(rows: &[RunRow]) -> comfy_table::Table {
             r.state.to_string(),
             fmt_ts(r.created_us),
             dur,
-            r.error.clone().unwrap_or_default(),
+            dash(r.error.as_deref()),
         ]);
     }
     t

@@ -151,24 +151,17 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
             let set = io::read(&a.patches).map_err(|e| anyhow::anyhow!(e))?;
             let mut net =
                 Predictor::open(&a.model, &a.device, 0).map_err(|e| anyhow::anyhow!(e))?;
-            let stats = |mut e: Vec<f64>| {
-                e.sort_by(f64::total_cmp);
-                let q = |f: f64| e[((e.len() - 1) as f64 * f).round() as usize];
-                json!({"mean_px": e.iter().sum::<f64>() / e.len() as f64, "median_px": q(0.5), "p95_px": q(0.95), "p995_px": q(0.995)})
-            };
-            let model = stats(net.errors(&set, 512).map_err(|e| anyhow::anyhow!(e))?);
-            let fit = a.fit.then(|| stats(braggnn::baseline::errors(&set)));
-            let ratio = fit.as_ref().map(|f| {
-                model["mean_px"].as_f64().unwrap_or(0.0) / f["mean_px"].as_f64().unwrap_or(1.0)
-            });
+            let model = ErrorStats::of(net.errors(&set, 512).map_err(|e| anyhow::anyhow!(e))?);
+            let fit = a
+                .fit
+                .then(|| ErrorStats::of(braggnn::baseline::errors(&set)));
+            let ratio = fit.as_ref().map(|f| model.mean_px / f.mean_px);
             let v = json!({"model": a.model, "device": net.device, "patches": set.len(), "errors": model, "pseudo_voigt_fit": fit, "model_over_fit": ratio});
             out.show(&v, |_| {
-                let row = |v: &serde_json::Value| {
+                let row = |s: &ErrorStats| {
                     format!(
                         "mean {:.4}, median {:.4}, p95 {:.4}",
-                        v["mean_px"].as_f64().unwrap_or(f64::NAN),
-                        v["median_px"].as_f64().unwrap_or(f64::NAN),
-                        v["p95_px"].as_f64().unwrap_or(f64::NAN)
+                        s.mean_px, s.median_px, s.p95_px
                     )
                 };
                 let mut rows = vec![
@@ -209,7 +202,7 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
                         "; ONNX Runtime vs libtorch on {} patches: max |difference| {d:.1e}",
                         a.check
                     ))
-                    .unwrap_or_default()
+                    .unwrap_or_else(String::new)
                 )
             });
             Ok(())
@@ -250,6 +243,28 @@ pub fn run(cmd: BraggnnCmd, out: Out) -> anyhow::Result<()> {
                 )
             });
             Ok(())
+        }
+    }
+}
+
+/// Centre errors of a model (or the fit) over a patch file, px.
+#[derive(serde::Serialize)]
+struct ErrorStats {
+    mean_px: f64,
+    median_px: f64,
+    p95_px: f64,
+    p995_px: f64,
+}
+
+impl ErrorStats {
+    fn of(mut e: Vec<f64>) -> ErrorStats {
+        e.sort_by(f64::total_cmp);
+        let q = |f: f64| e[((e.len() - 1) as f64 * f).round() as usize];
+        ErrorStats {
+            mean_px: e.iter().sum::<f64>() / e.len() as f64,
+            median_px: q(0.5),
+            p95_px: q(0.95),
+            p995_px: q(0.995),
         }
     }
 }
