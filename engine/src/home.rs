@@ -14,6 +14,8 @@ pub const TOKEN_FILE: &str = "token";
 pub const PILOT_TOKEN_FILE: &str = "pilot-token";
 /// How clients find the running server ([`Access`]).
 pub const ACCESS_FILE: &str = "server.json";
+/// Held locked by the one server of a home ([`HomeLock`]).
+pub const LOCK_FILE: &str = "server.lock";
 
 /// `~/.beamflow`, or `$BEAMFLOW_HOME` when set.
 pub fn default_home() -> PathBuf {
@@ -81,6 +83,38 @@ impl Access {
         if Access::saved(home).is_some_and(|a| a.pid == self.pid && a.url == self.url) {
             let _ = std::fs::remove_file(Access::path(home));
         }
+    }
+}
+
+/// The lock a server holds on its home while it runs: a second server on
+/// the same home would share its store, tokens and `server.json`. The
+/// kernel releases it when the process ends, however it ends.
+pub struct HomeLock(#[allow(dead_code)] std::fs::File);
+
+impl HomeLock {
+    /// Takes the home's lock, or says which server holds it.
+    pub fn take(home: &Path) -> anyhow::Result<HomeLock> {
+        use std::os::fd::AsRawFd;
+        let path = home.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(HomeLock(file));
+        }
+        let other = match Access::saved(home) {
+            Some(a) => format!("pid {}, {}", a.pid, a.url),
+            None => "starting up".into(),
+        };
+        anyhow::bail!(
+            "another beamflow server ({other}) uses this home, {}; stop it first, or give this one another --home",
+            home.display()
+        )
     }
 }
 

@@ -44,3 +44,13 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
     v[v.len() / 2]
 }
+
+/// `n` and `what`, in the plural unless `n` is 1: "1 run", "3 runs".
+pub fn plural(n: impl Into<u64>, what: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}

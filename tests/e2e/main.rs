@@ -17,6 +17,7 @@ use harness::*;
 mod auth;
 mod kernels;
 mod mpi;
+mod newcomer;
 mod pilots;
 mod runs;
 mod scheduling;

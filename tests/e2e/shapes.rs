@@ -207,5 +207,15 @@ fn every_json_answer_and_table_keeps_its_shape() {
     s.table("alloc-list", &t(&["alloc", "list"]));
     s.table("kernel-list", &t(&["kernel", "list"]));
     s.table("doctor", &say(&env, &["doctor"]));
+    // Last, as it leaves a run waiting: what explain says of it.
+    let waiting = rt().block_on(async {
+        c.register(&env.fixture("gpu-only")).await.unwrap();
+        c.submit("gpu-only", None, vec![json!({})]).await.unwrap()[0]
+    });
+    let waiting = waiting.to_string();
+    s.json("runs-explain", &j(&["runs", "explain", &waiting]));
+    s.json("runs-show-waiting", &j(&["runs", "show", &waiting]));
+    s.table("runs-explain", &t(&["runs", "explain", &waiting]));
+    env.beamflow_ok(&["runs", "cancel", &waiting]);
     assert!(s.wrong.is_empty(), "{}", s.wrong.join("\n\n"));
 }

@@ -282,6 +282,40 @@ pub struct History {
     pub attempts: Vec<AttemptRow>,
 }
 
+/// `GET /api/runs/{id}/explain`: why each live step of a run is where it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunExplain {
+    pub run: u64,
+    /// The run's live attempts: ready (waiting for a pilot), dispatched or
+    /// running. Empty when the run has finished.
+    pub steps: Vec<StepExplain>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepExplain {
+    pub step: String,
+    pub attempt: u64,
+    pub state: AttemptState,
+    pub target: String,
+    pub resources: crate::resources::ResourceRequest,
+    pub timeout_s: Option<f64>,
+    /// The pilot it was sent to.
+    pub pilot: Option<u64>,
+    /// For a ready attempt: why no pilot has taken it, in one sentence.
+    pub waiting: Option<String>,
+    /// For a ready attempt: what each pilot says to it.
+    pub pilots: Vec<PilotVerdict>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PilotVerdict {
+    pub pilot: u64,
+    pub name: String,
+    /// True when the pilot takes the attempt at the next placement.
+    pub takes: bool,
+    pub why: String,
+}
+
 /// `POST /api/ui/code`: a one-time sign-in code for the web page.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UiCode {

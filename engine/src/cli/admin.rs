@@ -6,6 +6,17 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::{duration, Ctx};
+
+/// An age with its unit: a bare number would be taken as seconds, and
+/// `--older-than 30` would prune nearly everything.
+fn age(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>().is_ok() {
+        return Err(format!(
+            "`{s}` has no unit: give one, e.g. 30d or 12h (s, m, h, d)"
+        ));
+    }
+    duration(s)
+}
 use crate::api::PruneRequest;
 use crate::util::fmt_ts;
 
@@ -16,8 +27,8 @@ pub enum AdminCmd {
     /// runs to an archive file beside it (HOME/archive/*.jsonl). Catalog
     /// records and the runs' directories stay.
     Prune {
-        /// Age of the newest run that goes, e.g. 30d, 12h.
-        #[arg(long, value_parser = duration)]
+        /// Age of the newest run that goes, with its unit: 30d, 12h.
+        #[arg(long, value_parser = age)]
         older_than: Duration,
         /// Delete without writing the archive.
         #[arg(long)]
@@ -43,12 +54,13 @@ impl AdminCmd {
         let r = cx.client()?.prune(&req).await?;
         cx.out.show(&r, |r| {
             format!(
-                "{} {} runs ({} attempts, {} events) that finished before {} in {:.1} s{}",
+                "cut-off: {} ({} ago)\n{} {} ({} attempts, {} events) that finished before it, in {:.1} s{}",
+                fmt_ts(r.before_us),
+                humantime::format_duration(older_than),
                 if r.dry_run { "would prune" } else { "pruned" },
-                r.runs,
+                crate::util::plural(r.runs, "run"),
                 r.attempts,
                 r.events,
-                fmt_ts(r.before_us),
                 r.seconds,
                 match &r.archive {
                     Some(p) => format!("; archived to {}", p.display()),

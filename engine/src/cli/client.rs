@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::api::{
     CatalogRow, ErrorBody, FlowRow, History, HistoryQuery, IssuedToken, LogEntry, LogQuery,
     Message, NewToken, PilotRow, PruneReport, PruneRequest, QueueAdded, QueueInfo, QueueSpec,
-    RegisterFlow, Registered, RemoveQueue, Revoked, Rotate, Rotated, RunDetail, RunFilter, RunRow,
-    RunUpdate, SubmitRuns, Submitted, TokenInfo, UiCode, VersionQuery,
+    RegisterFlow, Registered, RemoveQueue, Revoked, Rotate, Rotated, RunDetail, RunExplain,
+    RunFilter, RunRow, RunUpdate, SubmitRuns, Submitted, TokenInfo, UiCode, VersionQuery,
 };
 use crate::home::Access;
 use crate::tls::Trust;
@@ -200,6 +200,11 @@ impl Client {
     /// A run with its attempts and events.
     pub async fn run(&self, id: u64) -> anyhow::Result<RunDetail> {
         self.get(&format!("/api/runs/{id}")).await
+    }
+
+    /// Why the run's live steps wait, or where they run.
+    pub async fn explain(&self, id: u64) -> anyhow::Result<RunExplain> {
+        self.get(&format!("/api/runs/{id}/explain")).await
     }
 
     pub async fn cancel(&self, id: u64) -> anyhow::Result<Message> {

@@ -14,7 +14,7 @@ use super::client::{is_flow_file, Client};
 use super::render::{dash, table, Out};
 use super::report::timing_table;
 use super::{done, duration, Ctx};
-use crate::api::{AttemptRow, EventRow, RunDetail, RunFilter, RunRow, RunState};
+use crate::api::{AttemptRow, EventRow, RunDetail, RunExplain, RunFilter, RunRow, RunState};
 use crate::report::RunTiming;
 use crate::util::{fmt_secs, fmt_ts};
 
@@ -34,7 +34,8 @@ pub struct RunArgs {
     /// Wait for the run to finish and print its timing table.
     #[arg(long)]
     wait: bool,
-    /// Server and pilot in this process: no server needed.
+    /// Server and pilot in this process: no server needed. The run's
+    /// store and files stay in HOME/local.
     #[arg(long)]
     local: bool,
 }
@@ -54,6 +55,9 @@ pub enum RunsCmd {
     },
     /// A run's steps, attempts and timing table.
     Show { id: u64 },
+    /// Why a run's ready steps are not running: what each asks for (target,
+    /// resources, walltime) and what each pilot says to it.
+    Explain { id: u64 },
     /// Stop a run: its queued steps are withdrawn, its running ones stopped.
     Cancel { id: u64 },
     /// Re-run the failed or cancelled steps of a run.
@@ -77,7 +81,7 @@ impl RunArgs {
                 self.flow
             );
             let local = super::local::Local::start(super::local::LocalOptions {
-                home: None,
+                home: Some(cx.home.join("local")),
                 pilots: 1,
                 cpus: None,
                 prefetch: None,
@@ -137,6 +141,11 @@ impl RunArgs {
         }
         let runs = c.wait(&ids, !out.quiet(), None).await?;
         show_run(c, id, out).await?;
+        if self.local {
+            if let Some(r) = runs.first() {
+                out.note(format!("the run's files: {}", r.dir));
+            }
+        }
         Ok(done(runs.iter().all(|r| r.state == RunState::Succeeded)))
     }
 }
@@ -158,6 +167,11 @@ impl RunsCmd {
             }
             RunsCmd::Show { id } => {
                 show_run(&c, id, cx.out).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            RunsCmd::Explain { id } => {
+                let e = c.explain(id).await?;
+                cx.out.show(&e, explain_text);
                 Ok(ExitCode::SUCCESS)
             }
             RunsCmd::Cancel { id } => {
@@ -211,24 +225,93 @@ fn runs_table(rows: &[RunRow]) -> comfy_table::Table {
     t
 }
 
-/// `runs show --json`: the run's rows and its timing table's numbers.
+/// `runs show --json`: the run's rows, its timing table's numbers, and
+/// what its ready steps wait for.
 #[derive(Serialize)]
 struct Shown<'a> {
     run: &'a RunRow,
     attempts: &'a [AttemptRow],
     events: &'a [EventRow],
     timing: &'a RunTiming,
+    waiting: Vec<Waiting>,
+}
+
+/// A ready step and why no pilot has taken it.
+#[derive(Serialize)]
+struct Waiting {
+    step: String,
+    reason: String,
+}
+
+fn explain_text(e: &RunExplain) -> String {
+    if e.steps.is_empty() {
+        return format!("run {}: no step is waiting or running", e.run);
+    }
+    let mut text = String::new();
+    for s in &e.steps {
+        let resources = s
+            .resources
+            .variants
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        text += &format!(
+            "step {} (attempt {}): {} · target {} · {resources}{}\n",
+            s.step,
+            s.attempt,
+            s.state,
+            s.target,
+            s.timeout_s
+                .map_or(String::new(), |t| format!(" · timeout {}", fmt_secs(t)))
+        );
+        match (&s.waiting, s.pilot) {
+            (Some(w), _) => text += &format!("  {w}\n"),
+            (None, Some(p)) => text += &format!("  on pilot {p}\n"),
+            (None, None) => {}
+        }
+        if !s.pilots.is_empty() {
+            let mut t = table(&["pilot", "name", "takes it", "why"]);
+            for p in &s.pilots {
+                let takes = if p.takes { "yes" } else { "no" };
+                t.add_row(vec![
+                    p.pilot.to_string(),
+                    p.name.clone(),
+                    takes.into(),
+                    p.why.clone(),
+                ]);
+            }
+            text += &format!("{t}\n");
+        }
+    }
+    text.trim_end().to_string()
 }
 
 /// A run's header, timing table and failed attempts.
 pub async fn show_run(c: &Client, id: u64, out: Out) -> anyhow::Result<()> {
     let d: RunDetail = c.run(id).await?;
     let t = crate::report::timing(&d);
+    let waiting = if d.run.state.is_finished() {
+        vec![]
+    } else {
+        c.explain(id)
+            .await?
+            .steps
+            .into_iter()
+            .filter_map(|s| {
+                s.waiting.map(|reason| Waiting {
+                    step: s.step,
+                    reason,
+                })
+            })
+            .collect()
+    };
     let shown = Shown {
         run: &d.run,
         attempts: &d.attempts,
         events: &d.events,
         timing: &t,
+        waiting,
     };
     out.show(&shown, |s| {
         let r = s.run;
@@ -246,6 +329,12 @@ pub async fn show_run(c: &Client, id: u64, out: Out) -> anyhow::Result<()> {
             text += &format!("error: {e}\n");
         }
         text += &timing_table(s.timing).to_string();
+        for w in &s.waiting {
+            text += &format!(
+                "\nstep {} is {} (beamflow runs explain {})",
+                w.step, w.reason, r.id
+            );
+        }
         let failed: Vec<_> = s.attempts.iter().filter(|a| a.error.is_some()).collect();
         if !failed.is_empty() {
             text += "\nattempts with errors:";

@@ -209,6 +209,13 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         gpus,
         info.targets
     );
+    match opts.idle_timeout {
+        Some(t) => tracing::info!(
+            "leaves after {} without work (--idle-timeout 0s: stays)",
+            crate::util::fmt_secs(t.as_secs_f64())
+        ),
+        None => tracing::info!("stays without work until stopped"),
+    }
     if !hosts.is_empty() {
         tracing::info!(
             "holding nodes {head} (this one), {}; steps on several nodes start with {:?}",

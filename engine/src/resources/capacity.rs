@@ -101,6 +101,17 @@ impl Capacity {
         })
     }
 
+    /// What the head node has free for a single-node attempt.
+    pub fn free(&self) -> Resources {
+        if self.head_lent {
+            return Resources::NONE;
+        }
+        let mut f = self.per_node;
+        f.sub(&self.head_used);
+        f.nodes = 1;
+        f
+    }
+
     pub fn take(&mut self, c: &Charge) {
         if c.variant.nodes <= 1 {
             self.head_used.add(&c.variant);

@@ -19,8 +19,8 @@ use super::core::{ApiError, CoreMsg, Reply};
 use super::App;
 use crate::api::{
     CatalogRow, ErrorBody, EventsQuery, FlowRow, Health, History, HistoryQuery, Message, PilotRow,
-    RegisterFlow, Registered, RunDetail, RunFilter, RunId, RunRow, SubmitRuns, Submitted,
-    VersionQuery,
+    RegisterFlow, Registered, RunDetail, RunExplain, RunFilter, RunId, RunRow, SubmitRuns,
+    Submitted, VersionQuery,
 };
 use crate::store;
 
@@ -32,6 +32,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/runs/{id}/retry", post(retry_run))
+        .route("/api/runs/{id}/explain", get(explain_run))
         .route("/api/events", get(events))
         .route("/api/pilots", get(list_pilots))
         .route("/api/catalog", get(search_catalog))
@@ -272,6 +273,22 @@ async fn retry_run(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<M
     })
     .await?;
     Ok(Json(Message::new(msg)))
+}
+
+/// Why the run's live steps are where they are (ready, on which pilot).
+async fn explain_run(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+) -> Result<Json<RunExplain>, ApiError> {
+    let r = ask(&app, |reply| CoreMsg::Explain {
+        run: RunId(id),
+        reply,
+    })
+    .await?;
+    if r.steps.is_empty() && read(&app, move |c| store::run(c, id)).await?.is_none() {
+        return Err(ApiError::new(404, format!("no run {id}")));
+    }
+    Ok(Json(r))
 }
 
 /// Server-sent events: one `run` event per change of a watched run. Clients

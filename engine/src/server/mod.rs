@@ -132,6 +132,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let home = opts.home.clone();
     std::fs::create_dir_all(&home)
         .with_context(|| format!("{}: cannot create beamflow home", home.display()))?;
+    let lock = crate::home::HomeLock::take(&home)?;
     let token = ensure_token(&home)?;
     let location = opts
         .store
@@ -238,6 +239,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let router = api::router(app);
     let flush_store = store.clone();
     let task = tokio::spawn(async move {
+        // Held until the server has stopped and removed its server.json.
+        let _lock = lock;
         let stop = async move {
             let _ = stop_rx.await;
         };

@@ -40,7 +40,7 @@ use self::pilots::Pilot;
 use self::ready::ReadyQueue;
 pub use self::runs::task_dir;
 use self::runs::Run;
-use crate::api::{AttemptId, AttemptState, PilotId, Registered, RunId, RunUpdate};
+use crate::api::{AttemptId, AttemptState, PilotId, Registered, RunExplain, RunId, RunUpdate};
 use crate::flow::FlowSpec;
 use crate::protocol::{FromPilot, PilotInfo, TaskSpec, ToPilot};
 use crate::resources::ResourceRequest;
@@ -103,6 +103,11 @@ pub enum CoreMsg {
     PilotGone {
         pilot: PilotId,
         conn: u64,
+    },
+    /// What the live attempts of a run wait for (`beamflow runs explain`).
+    Explain {
+        run: RunId,
+        reply: Reply<RunExplain>,
     },
     Tick,
     Alloc(AllocMsg),
@@ -227,6 +232,7 @@ impl Core {
         for v in core.flows.values_mut() {
             v.sort_by_key(|f| f.version);
         }
+        core.await_pilots()?;
         let n = snap.runs.len();
         for (row, atts) in snap.runs {
             core.resume(row, atts);
@@ -318,6 +324,14 @@ impl Core {
             } => self.hello(conn, pilot_id, info, held, tx, reply),
             CoreMsg::PilotMsgs { pilot, conn, msgs } => self.pilot_msgs(pilot, conn, msgs),
             CoreMsg::PilotGone { pilot, conn } => self.pilot_gone(pilot, conn),
+            CoreMsg::Explain { run, reply } => {
+                let r = RunExplain {
+                    run: run.0,
+                    steps: self.explain(run),
+                };
+                // Read-only: answered at once, not after a commit.
+                let _ = reply.send(Ok(r));
+            }
             CoreMsg::Tick => self.tick(),
             CoreMsg::Alloc(m) => self.alloc_msg(m),
             CoreMsg::Prune {

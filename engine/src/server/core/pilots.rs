@@ -77,16 +77,13 @@ impl Pilot {
         self.in_capacity.insert(attempt, c);
     }
 
-    /// Whether the pilot takes work for `target` lasting `timeout_s` now:
-    /// connected, not draining, serving the target, with the walltime for it.
-    pub fn accepts(&self, target: &str, timeout_s: Option<f64>, now: i64) -> bool {
-        if self.tx.is_none() || self.draining || !self.info.targets.iter().any(|t| t == target) {
-            return false;
-        }
-        match self.info.walltime_end_us {
-            Some(end) => now + ((timeout_s.unwrap_or(0.0) * 1e6) as i64) < end,
-            None => true,
-        }
+    /// Connected and taking new work.
+    pub fn is_up(&self) -> bool {
+        self.tx.is_some() && !self.draining
+    }
+
+    pub fn serves(&self, target: &str) -> bool {
+        self.info.targets.iter().any(|t| t == target)
     }
 
     /// Releases what `attempt` held and moves prefetched attempts that now fit
@@ -111,6 +108,29 @@ impl Pilot {
 }
 
 impl Core {
+    /// After a restart: the pilots that were connected are disconnected
+    /// now, and have the pilot timeout to come back under their ids with
+    /// what they hold; the others are lost then, as any pilot would be.
+    pub(super) fn await_pilots(&mut self) -> anyhow::Result<()> {
+        let now = now_us();
+        for row in self.store.read(crate::store::pilots)? {
+            if matches!(row.state, PilotState::Lost | PilotState::Left) {
+                continue;
+            }
+            let id = PilotId(row.id);
+            self.pilots.insert(id, Pilot::new(row.info, 0, None));
+            if row.state != PilotState::Disconnected {
+                self.batch.ops.push(Op::PilotState {
+                    id,
+                    state: PilotState::Disconnected,
+                    reason: Some("the server restarted".into()),
+                    at: now,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn hello(
         &mut self,
         conn: u64,

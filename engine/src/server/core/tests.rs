@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::runs::StepState;
 use super::{AllocConfig, Core, CoreConfig, CoreMsg};
-use crate::api::{AttemptId, AttemptState, PilotId, RunId, RunState};
+use crate::api::{AttemptId, AttemptState, PilotId, PilotState, RunId, RunState};
 use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
 use crate::resources::Resources;
 use crate::site::SiteConfig;
@@ -111,6 +111,16 @@ impl Harness {
     }
 
     async fn pilot(&mut self, cpus: u32, targets: &[&str], prefetch: u32) -> FakePilot {
+        self.gpu_pilot(cpus, 0, targets, prefetch).await
+    }
+
+    async fn gpu_pilot(
+        &mut self,
+        cpus: u32,
+        gpus: u32,
+        targets: &[&str],
+        prefetch: u32,
+    ) -> FakePilot {
         let conn = self.next_conn;
         self.next_conn += 1;
         let info = PilotInfo {
@@ -118,9 +128,10 @@ impl Harness {
             host: "node".into(),
             resources: Resources {
                 cpus,
+                gpus,
                 ..Resources::NONE
             },
-            gpu_ids: vec![],
+            gpu_ids: (0..gpus).collect(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             walltime_end_us: None,
             batch_job: None,
@@ -395,4 +406,97 @@ async fn a_retry_waiting_for_its_back_off_survives_a_restart() {
         (step.state, step.attempts, step.failures),
         (StepState::Active, 2, 1)
     );
+}
+
+fn gpu_flow(name: &str, resources: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = 1\n[[steps]]\nname = \"fit\"\naction = \"shell\"\n\
+         on = \"gpu\"\nresources = {resources}\nparams = {{ argv = [\"true\"] }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_gpu_step_runs_its_cpu_variant_where_no_pilot_serves_gpu() {
+    let mut h = Harness::new();
+    let either = h.register(&gpu_flow(
+        "either",
+        "{ variants = [{ gpus = 1, cpus = 2 }, { cpus = 1 }] }",
+    ));
+    let only_gpu = h.register(&gpu_flow("only-gpu", "{ gpus = 1 }"));
+    let run = h.submit(&either);
+    let stuck = h.submit(&only_gpu);
+    let mut cpu = h.pilot(2, &["cpu", "edge", "realtime"], 0).await;
+    h.commit().await;
+    let tasks = cpu.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(RunId(tasks[0].run), run, "the step with a CPU variant runs");
+    // The other waits, and says why.
+    let e = h.core.explain(stuck);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].state, AttemptState::Ready);
+    assert_eq!(
+        e[0].waiting.as_deref(),
+        Some(
+            "waiting: no connected pilot serves target gpu (and the step has no variant \
+             without GPUs to run on a cpu pilot)"
+        )
+    );
+    assert_eq!(e[0].pilots.len(), 1);
+    assert!(!e[0].pilots[0].takes);
+    assert_eq!(e[0].pilots[0].why, "serves cpu, edge, realtime, not gpu");
+    // Once a GPU pilot is connected, gpu steps wait for it, not for the
+    // CPUs: the full GPU pilot takes the stuck step, the next waits.
+    let mut gpu = h.gpu_pilot(1, 1, &["cpu", "gpu"], 0).await;
+    h.commit().await;
+    assert_eq!(RunId(gpu.tasks()[0].run), stuck);
+    let third = h.submit(&either);
+    h.commit().await;
+    assert!(
+        cpu.tasks().is_empty(),
+        "the cpu pilot takes no gpu step now"
+    );
+    assert!(gpu.tasks().is_empty());
+    let e = h.core.explain(third);
+    assert_eq!(
+        e[0].waiting.as_deref(),
+        Some("waiting for a pilot with free resources (see each pilot's reason)")
+    );
+    let why: Vec<&str> = e[0].pilots.iter().map(|p| p.why.as_str()).collect();
+    assert_eq!(
+        why,
+        vec![
+            "serves cpu, edge, realtime, not gpu",
+            "busy: 0 cpus free, its prefetch queue full (0 waiting)"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_pilots_are_disconnected_until_they_come_back_under_their_ids() {
+    let mut h = Harness::new();
+    let p = h.pilot(2, &["cpu"], 0).await;
+    let (me, _me_rx) = mpsc::unbounded_channel();
+    let (updates, _) = broadcast::channel(16);
+    let cfg = h.core.cfg.clone();
+    h.core = Core::load(cfg, h.store.clone(), me, updates).unwrap();
+    h.store.flush().await;
+    let row = |h: &Harness| {
+        let rows = h.store.read(store::pilots).unwrap();
+        assert_eq!(rows.len(), 1, "no ghost rows");
+        (rows[0].id, rows[0].state)
+    };
+    assert_eq!(row(&h), (p.id.0, PilotState::Disconnected));
+    // It reconnects, naming its id: the same pilot, connected again.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (id_tx, id_rx) = oneshot::channel();
+    let info = h.core.pilots[&p.id].info.clone();
+    h.core.hello(9, Some(p.id), info, vec![], tx, id_tx);
+    h.commit().await;
+    assert_eq!(id_rx.await.unwrap(), p.id);
+    assert_eq!(row(&h), (p.id.0, PilotState::Connected));
+    // One that does not come back is lost after the pilot timeout.
+    h.core.pilot_gone(p.id, 9);
+    h.core.tick_at(Instant::now() + TIMEOUT);
+    h.commit().await;
+    assert_eq!(row(&h), (p.id.0, PilotState::Lost));
 }

@@ -11,9 +11,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::super::api::read;
-use super::super::core::{task_dir, ApiError};
+use super::super::core::{task_dir, ApiError, CoreMsg};
 use super::super::App;
 use super::{fail, files, gantt, render, view};
+use crate::api::RunId;
 use crate::store::{self, AttemptRow};
 
 /// The end of a log the page shows; the whole file is a link away.
@@ -123,7 +124,24 @@ pub(super) async fn page(State(app): State<App>, UrlPath(id): UrlPath<u64>) -> R
             ))
         }
     };
-    let live = matches!(detail.run.state.as_str(), "queued" | "running");
+    let live = !detail.run.state.is_finished();
+    // What the ready steps wait for, in the core's words.
+    let waiting: Vec<(String, String)> = if live {
+        super::super::api::ask(&app, |reply| CoreMsg::Explain {
+            run: RunId(id),
+            reply,
+        })
+        .await
+        .map(|e| {
+            e.steps
+                .into_iter()
+                .filter_map(|s| s.waiting.map(|w| (s.step, w)))
+                .collect()
+        })
+        .unwrap_or_default()
+    } else {
+        vec![]
+    };
     let run = &detail.run;
     render(
         "run.html",
@@ -132,6 +150,7 @@ pub(super) async fn page(State(app): State<App>, UrlPath(id): UrlPath<u64>) -> R
             run,
             input => serde_json::to_string_pretty(&run.input).unwrap_or_default(),
             live,
+            waiting,
             timeline,
             timing,
             attempts,
