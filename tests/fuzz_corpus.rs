@@ -257,6 +257,14 @@ const EXPECT: &[(&str, &str, &str, Want)] = &[
     ("h5_xpcs", "seed-raw.imm", "frames", Read("3 frames of 4x5")),
     ("h5_xpcs", "seed-qmap.h5", "qmap", Read("qmap 4x5: 19 valid pixels, 2 static and 1 dynamic bins")),
     ("h5_xpcs", "seed-metadata.h5", "frame_time", Read("frame time 0.002 s")),
+    // One dynamic bin of 0xFFFFFFFF: the correlator sized its tables by
+    // it and asked for 100 GB, which killed the process (and the pilot).
+    (
+        "h5_xpcs",
+        "oom-qmap-bin-huge.h5",
+        "qmap",
+        Refused("/qmap/dynamic_roi_map: bin 4294967295 exceeds dynamic_num_pts (1)"),
+    ),
     // A superblock whose driver information block claims 4 GiB: libhdf5
     // read (zeros past the end of the file) 4 GiB before checking it.
     (

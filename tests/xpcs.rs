@@ -244,6 +244,27 @@ fn bad_inputs_fail_with_the_file_named_and_leave_no_results() {
         Mode::Multitau,
     ));
     assert!(e.contains("no *_metadata.hdf"), "{e}");
+    assert!(e.contains("--meta FILE"), "{e}");
+    // One dynamic bin far past the qmap's bins (4294967295): refused, not
+    // an allocation of 100 GB that kills the process.
+    let huge = t.path().join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    let bad_qmap = huge.join("S01_sample_qmap.hdf");
+    std::fs::copy(&files.qmap, &bad_qmap).unwrap();
+    {
+        let f = hdf5::File::open_rw(&bad_qmap).unwrap();
+        let ds = f.dataset("/qmap/dynamic_roi_map").unwrap();
+        let mut m = ds.read_2d::<u32>().unwrap();
+        m[[3, 5]] = u32::MAX;
+        ds.write(&m).unwrap();
+    }
+    let e = read_qmap(&bad_qmap).unwrap_err();
+    assert!(
+        e.ends_with("huge/S01_sample_qmap.hdf: /qmap/dynamic_roi_map: bin 4294967295 exceeds dynamic_num_pts (20)"),
+        "{e}"
+    );
+    let e = fail(&Options::new(&files.raw, &bad_qmap, &out, Mode::Multitau));
+    assert!(e.contains("bin 4294967295 exceeds dynamic_num_pts"), "{e}");
     // Too few frames for the range.
     let mut o = Options::new(&files.raw, &files.qmap, &out, Mode::Multitau);
     o.begin = 35;

@@ -187,6 +187,13 @@ pub(super) async fn run_process(
         if let Some(full) = full_disk(dir) {
             error.push_str(&format!("; {full}"));
         }
+        if let Some(why) = std::fs::read_to_string(&stderr_path)
+            .ok()
+            .as_deref()
+            .and_then(telling_line)
+        {
+            error.push_str(&format!(": {why}"));
+        }
         if !tail.is_empty() {
             error.push_str("; stderr ends with:\n");
             error.push_str(&tail);
@@ -288,6 +295,22 @@ fn scrub_secrets(cmd: &mut tokio::process::Command) {
     }
 }
 
+/// The line of a failed process's stderr that says why, where one does: a
+/// failed allocation, a panic, or beamflow's own `error:` (the first, the
+/// cause, rather than what followed it).
+fn telling_line(stderr: &str) -> Option<&str> {
+    const MARKS: [&str; 4] = [
+        "memory allocation of",
+        "panicked at",
+        "error: ",
+        "Segmentation fault",
+    ];
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| MARKS.iter().any(|m| l.contains(m)))
+}
+
 fn tail_lines(path: &std::path::Path, n: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
@@ -298,7 +321,24 @@ fn tail_lines(path: &std::path::Path, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::secret_name;
+    use super::{secret_name, telling_line};
+
+    #[test]
+    fn the_line_that_says_why_is_found() {
+        let stderr = "loading qmap\nmemory allocation of 103079215104 bytes failed\n\
+                      thread 1 stack:\n  0: foo\n  1: bar\n  2: baz\n  3: qux\n  4: quux\n";
+        assert_eq!(
+            telling_line(stderr),
+            Some("memory allocation of 103079215104 bytes failed")
+        );
+        assert_eq!(
+            telling_line(
+                "error: /d/q.h5: /qmap/dynamic_roi_map: bin 7 exceeds dynamic_num_pts (3)\n"
+            ),
+            Some("error: /d/q.h5: /qmap/dynamic_roi_map: bin 7 exceeds dynamic_num_pts (3)")
+        );
+        assert_eq!(telling_line("all fine\nthen exit 1\n"), None);
+    }
 
     #[test]
     fn secret_looking_names_are_kept_from_steps() {

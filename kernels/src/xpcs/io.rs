@@ -269,6 +269,38 @@ pub fn read_qmap_group(path: &Path, group: &str) -> Result<QMap, String> {
         }
     };
     let (height, width) = dq.dim();
+    // Everything downstream sizes its tables by the largest bin: one bad
+    // value must be an error here, not an allocation of 100 GB.
+    for (kind, map) in [("dynamic", &dq), ("static", &sq)] {
+        let largest = map.iter().copied().max().unwrap_or(0) as u64;
+        let read_ints = |name: &str| -> Option<Vec<i64>> {
+            file.dataset(&format!("{group}/{kind}_{name}"))
+                .ok()
+                .filter(|d| crate::h5check::whole(d).is_ok())
+                .and_then(|d| d.read_raw::<i64>().ok())
+        };
+        let (limit, what) = match (read_ints("num_pts"), read_ints("index_mapping")) {
+            (Some(n), _) if !n.is_empty() => {
+                let bins = n.iter().map(|&x| x.max(0) as u64).product::<u64>();
+                (bins, format!("{kind}_num_pts ({bins})"))
+            }
+            (_, Some(m)) => (
+                m.len() as u64,
+                format!("{kind}_index_mapping ({} bins)", m.len()),
+            ),
+            _ => {
+                let pixels = (height * width) as u64;
+                (pixels, format!("the map's {pixels} pixels"))
+            }
+        };
+        if largest > limit {
+            return Err(err(
+                path,
+                &format!("{group}/{kind}_roi_map"),
+                format!("bin {largest} exceeds {what}"),
+            ));
+        }
+    }
     Ok(QMap {
         width,
         height,
