@@ -197,7 +197,7 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
         // The session cookie is not the token, and opens only what the page
         // needs: the events, and starting runs from its own origin.
         let token = std::fs::read_to_string(env.home.join("token")).unwrap();
-        let session = beamflow::server::ui::session_key(token.trim());
+        let session = beamflow::server::ui::session_key(token.trim(), beamflow::api::Role::Admin);
         assert!(!session.contains(token.trim()));
         let with = |method: reqwest::Method, path: &str, cookie: &str| {
             http.request(method, format!("{}{path}", c.url))
@@ -224,6 +224,34 @@ fn the_web_page_follows_a_run_live_and_finds_it_in_the_catalog() {
             status(with(get.clone(), "/ui/file?path=%2Fetc%2Fpasswd", &session).send().await.unwrap()),
             403
         );
+        // A viewer signs in with `beamflow --token V ui` and watches, but
+        // starts nothing.
+        let viewer = env.beamflow_ok(&["token", "add", "wall", "--role", "viewer"]);
+        let out = env.beamflow_ok(&["--token", viewer.trim(), "ui"]);
+        let link = out.lines().find(|l| l.starts_with("http")).unwrap().to_string();
+        let r = http.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 303, "the viewer's link signs in");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let watching = set
+            .split(';')
+            .next()
+            .and_then(|kv| kv.strip_prefix("beamflow_session="))
+            .unwrap()
+            .to_string();
+        assert_ne!(watching, session, "the viewer's session is not the admin's");
+        assert_eq!(status(with(get.clone(), "/ui/runs", &watching).send().await.unwrap()), 200);
+        let own = with(post.clone(), "/api/runs", &watching)
+            .header("sec-fetch-site", "same-origin")
+            .json(&start);
+        assert_eq!(status(own.send().await.unwrap()), 403, "a viewer starts no run");
+        // The form takes a viewer's token too.
+        let r = http
+            .post(format!("{}/ui/login", c.url))
+            .form(&[("token", viewer.trim())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
 
         // Sign in with the link `beamflow ui` prints.
         let out = env.beamflow_ok(&["ui"]);

@@ -88,8 +88,8 @@ fn admit(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Result<
                 ))
             }
         }
-        Caller::Session if super::ui::session_may(method, path, headers) => Ok(()),
-        Caller::Session => Err(ApiError::new(
+        Caller::Session(role) if super::ui::session_may(role, method, path, headers) => Ok(()),
+        Caller::Session(_) => Err(ApiError::new(
             403,
             "the web page's session does not open this: send `Authorization: Bearer TOKEN`",
         )),

@@ -96,8 +96,8 @@ impl App {
 
     /// The web page's session key: derived from the home token, so a
     /// rotation signs the browsers out.
-    pub fn session(&self) -> String {
-        ui::session_key(self.tokens.read().expect("tokens lock").admin())
+    pub fn session(&self, role: tokens::Role) -> String {
+        ui::session_key(self.tokens.read().expect("tokens lock").admin(), role)
     }
 }
 

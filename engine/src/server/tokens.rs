@@ -34,11 +34,12 @@ pub fn needed(method: &axum::http::Method, path: &str) -> Role {
     }
     let admin_only = path.starts_with("/api/alloc")
         || path.starts_with("/api/tokens")
-        || path.starts_with("/api/admin")
-        || path == "/api/ui/code";
+        || path.starts_with("/api/admin");
+    // Anyone who may watch may ask for a sign-in code; the page then
+    // opens what their token opens.
     if admin_only {
         Role::Admin
-    } else if method == Method::GET || method == Method::HEAD {
+    } else if method == Method::GET || method == Method::HEAD || path == "/api/ui/code" {
         Role::Viewer
     } else {
         Role::Submitter
