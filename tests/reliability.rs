@@ -504,7 +504,7 @@ params = { script = "echo {{ input.n }} > {{ run.dir }}/n" }
         .unwrap();
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("needs a admin token")
+        String::from_utf8_lossy(&o.stderr).contains("needs an admin token")
             || String::from_utf8_lossy(&o.stderr).contains("admin"),
         "{}",
         String::from_utf8_lossy(&o.stderr)

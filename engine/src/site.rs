@@ -748,6 +748,10 @@ fn locate(text: &str, table: Option<&str>, key: &str) -> usize {
     header_line.unwrap_or(1)
 }
 
+/// The accounts of the example configs in site-configs/, which a facility
+/// replaces with its project (`beamflow doctor --site` says so).
+pub const PLACEHOLDER_ACCOUNTS: &[&str] = &["MyProject", "ABC123", "m1234", "m1234_g"];
+
 /// Targets every site understands; site configs may add their own.
 pub const STANDARD_TARGETS: &[&str] = &["cpu", "gpu", "edge", "realtime"];
 

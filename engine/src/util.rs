@@ -45,6 +45,26 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// `x` to `digits` significant digits, as a person reads a measurement:
+/// plain between 0.01 and 10 000 (`286.5`, `0.4983`), else scientific
+/// (`8.383e5`, `2.1e-4`); "—" for no number at all.
+pub fn sig(x: f64, digits: usize) -> String {
+    if !x.is_finite() {
+        return "—".into();
+    }
+    let digits = digits.max(1);
+    if x == 0.0 {
+        return "0".into();
+    }
+    let mag = x.abs().log10().floor() as i32;
+    if (-2..4).contains(&mag) {
+        let decimals = (digits as i32 - 1 - mag).max(0) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.prec$e}", prec = digits - 1)
+    }
+}
+
 /// `n` and `what`, in the plural unless `n` is 1: "1 run", "3 runs".
 pub fn plural(n: impl Into<u64>, what: &str) -> String {
     let n = n.into();
@@ -52,5 +72,24 @@ pub fn plural(n: impl Into<u64>, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurements_print_to_their_significant_digits() {
+        assert_eq!(sig(838256.056351, 4), "8.383e5");
+        assert_eq!(sig(7.109632333459633, 4), "7.110");
+        assert_eq!(sig(286.47, 4), "286.5");
+        assert_eq!(sig(2.8529, 4), "2.853");
+        assert_eq!(sig(0.49831, 4), "0.4983");
+        assert_eq!(sig(0.000213, 2), "2.1e-4");
+        assert_eq!(sig(0.0, 4), "0");
+        assert_eq!(sig(f64::NAN, 4), "—");
+        assert_eq!(plural(1u64, "step"), "1 step");
+        assert_eq!(plural(3u64, "step"), "3 steps");
     }
 }

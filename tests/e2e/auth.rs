@@ -401,4 +401,29 @@ fn doctor_names_what_is_wrong() {
     let (lvl, detail) = level(&checks, "scratch");
     assert_eq!(lvl, "fail");
     assert!(detail.contains("/nonexistent/scratch"), "{detail}");
+    assert!(
+        checks.iter().all(|c| c["what"] != "site account"),
+        "x is no placeholder"
+    );
+    // The shipped example still has its made-up project.
+    let polaris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-configs/polaris.toml");
+    let o = Command::new(bin())
+        .args([
+            "--home",
+            env.home.to_str().unwrap(),
+            "--json",
+            "doctor",
+            "--site",
+        ])
+        .arg(&polaris)
+        .output()
+        .unwrap();
+    let checks: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let (lvl, detail) = level(&checks, "site account");
+    assert_eq!(lvl, "warn");
+    assert!(
+        detail.contains("is the example's placeholder: set your project in the site config"),
+        "{detail}"
+    );
+    assert!(detail.contains("MyProject"), "{detail}");
 }

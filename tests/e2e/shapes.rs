@@ -131,6 +131,7 @@ pub(super) fn check_columns(name: &str, text: &str) {
 fn say(env: &Env, args: &[&str]) -> String {
     let o = Command::new(bin())
         .env("BEAMFLOW_HOME", &env.home)
+        .env_remove("COLUMNS")
         .args(args)
         .output()
         .unwrap();

@@ -68,6 +68,8 @@ impl Env {
     pub fn beamflow_ok(&self, args: &[&str]) -> String {
         let o = Command::new(bin())
             .env("BEAMFLOW_HOME", &self.home)
+            // Tables at their full width, whatever terminal runs the tests.
+            .env_remove("COLUMNS")
             .args(args)
             .output()
             .unwrap();

@@ -42,6 +42,16 @@ pub async fn run(spec: &TaskSpec) -> Result<Value, Failure> {
         .get("outputs")
         .cloned()
         .unwrap_or(Value::Object(Map::new()));
+    // What the outputs and fields are measured in: "Å²/s", "px".
+    let units = match p.get("units") {
+        None => Value::Object(Map::new()),
+        Some(Value::Object(m)) if m.values().all(Value::is_string) => Value::Object(m.clone()),
+        Some(other) => {
+            return Err(Failure::msg(format!(
+                "params.units: expected a table of unit names, e.g. {{ diffusion = \"Å²/s\" }}, got {other}"
+            )))
+        }
+    };
     let title = p
         .get("title")
         .and_then(|t| t.as_str())
@@ -64,6 +74,7 @@ pub async fn run(spec: &TaskSpec) -> Result<Value, Failure> {
         "created_us": now_us(),
         "fields": fields,
         "outputs": outputs,
+        "units": units,
         "files": described,
     });
     Ok(json!({ "record_id": format!("{}-{}", spec.run, spec.attempt), "record": record }))

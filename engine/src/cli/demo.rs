@@ -20,6 +20,7 @@ use super::Ctx;
 use crate::api::{RunDetail, RunState};
 use crate::site::SiteConfig;
 use crate::store::Durability;
+use crate::util::sig;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -124,7 +125,7 @@ fn gamma_table(o: &Outputs, truth: &Truth) -> anyhow::Result<comfy_table::Table>
         );
     }
     let mut tab = table(&["q (1/Å)", "Γ fitted (1/s)", "Γ true (1/s)", "β"]);
-    let num = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("—".to_string(), f);
+    let num = |v: Option<f64>| v.map_or("—".to_string(), |x| sig(x, 4));
     for i in (0..n).filter(|&i| o.resolved[i]) {
         let true_gamma =
             o.dq.get(i)
@@ -132,10 +133,10 @@ fn gamma_table(o: &Outputs, truth: &Truth) -> anyhow::Result<comfy_table::Table>
                 .and_then(|b| truth.bins.get(b))
                 .map(|b| b.gamma);
         tab.add_row(vec![
-            format!("{:.5}", o.q[i]),
-            num(o.gamma[i], &|g| format!("{g:.4e}")),
-            num(true_gamma, &|g| format!("{g:.4e}")),
-            num(o.beta[i], &|b| format!("{b:.4}")),
+            sig(o.q[i], 4),
+            num(o.gamma[i]),
+            num(true_gamma),
+            num(o.beta[i]),
         ]);
     }
     anyhow::ensure!(

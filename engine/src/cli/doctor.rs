@@ -403,6 +403,26 @@ async fn check_site(r: &mut Report, name: &str) {
         "site config",
         format!("`{}` is valid", site.name),
     );
+    // The example configs ship with made-up projects; a job charged to one
+    // is refused by the scheduler, late and in its own words.
+    let mut accounts: Vec<(String, &str)> = vec![];
+    if let Some(a) = &site.account {
+        accounts.push(("account".into(), a));
+    }
+    for (name, t) in &site.targets {
+        if let Some(a) = &t.account {
+            accounts.push((format!("targets.{name}.account"), a));
+        }
+    }
+    for (key, a) in accounts {
+        if crate::site::PLACEHOLDER_ACCOUNTS.contains(&a) {
+            r.add(
+                Level::Warn,
+                "site account",
+                format!("{key} = \"{a}\" is the example's placeholder: set your project in the site config"),
+            );
+        }
+    }
     let commands: &[&str] = match site.scheduler {
         Scheduler::Slurm => &["sbatch", "squeue", "scancel", "scontrol"],
         Scheduler::Pbs => &["qsub", "qstat", "qdel"],

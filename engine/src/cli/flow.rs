@@ -43,11 +43,11 @@ impl FlowCmd {
                         .with_context(|| format!("{}: cannot read", path.display()))?;
                     match crate::flow::parse(&src, &path.display().to_string(), site.as_ref()) {
                         Ok(spec) => cx.out.line(format!(
-                            "{}: ok (flow {} v{}, {} steps)",
+                            "{}: ok (flow {} v{}, {})",
                             path.display(),
                             spec.name,
                             spec.version,
-                            spec.steps.len()
+                            crate::util::plural(spec.steps.len() as u64, "step")
                         )),
                         Err(e) => {
                             eprintln!("{e}");

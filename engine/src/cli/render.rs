@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::Table;
+use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
 /// What a command's result is printed as.
@@ -106,12 +106,34 @@ pub fn dash(v: Option<&str>) -> String {
     v.unwrap_or("—").to_string()
 }
 
-/// A table with the CLI's one style.
+/// A table with the CLI's one style, wrapped to the terminal's width
+/// (`COLUMNS` where set; no wrapping into a pipe or file).
 pub fn table(header: &[&str]) -> Table {
+    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+    sized(header, width)
+}
+
+fn sized(header: &[&str], width: Option<u16>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some(w) = width {
+        t.set_width(w);
+    }
     t.set_header(header.to_vec());
     t
+}
+
+/// Long text in a list's cell: its first line, at most `max` characters
+/// (the whole of it is in `show`).
+pub fn short(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let cut: String = first.chars().take(max).collect();
+    if cut.chars().count() < first.chars().count() || text.lines().nth(1).is_some() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
 }
 
 /// A kernel's report as a two-column table of named figures.
@@ -139,4 +161,26 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_keep_to_the_width_and_lists_to_one_line() {
+        let mut t = sized(&["kernel", "params"], Some(40));
+        t.add_row(vec!["xpcs.multitau".to_string(), ["raw"; 30].join(", ")]);
+        let text = t.to_string();
+        assert!(text.lines().count() > 4, "wrapped:\n{text}");
+        for l in text.lines() {
+            assert!(l.chars().count() <= 40, "{l}");
+        }
+        assert_eq!(
+            short("step `a` failed\n  at frame 3\n", 80),
+            "step `a` failed…"
+        );
+        assert_eq!(short("abcdef", 3), "abc…");
+        assert_eq!(short("abc", 3), "abc");
+    }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::client::{is_flow_file, Client};
-use super::render::{dash, table, Out};
+use super::render::{dash, short, table, Out};
 use super::report::timing_table;
 use super::{done, duration, Ctx};
 use crate::api::{AttemptRow, EventRow, RunDetail, RunExplain, RunFilter, RunRow, RunState};
@@ -219,7 +219,7 @@ fn runs_table(rows: &[RunRow]) -> comfy_table::Table {
             r.state.to_string(),
             fmt_ts(r.created_us),
             dur,
-            dash(r.error.as_deref()),
+            dash(r.error.as_deref().map(|e| short(e, 80)).as_deref()),
         ]);
     }
     t

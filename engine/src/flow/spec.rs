@@ -128,7 +128,7 @@ impl ActionKind {
         match self {
             Self::Shell => &["argv", "script", "env", "cwd"],
             Self::Transfer => &["src", "dst", "verify"],
-            Self::Publish => &["title", "fields", "files", "outputs"],
+            Self::Publish => &["title", "fields", "files", "outputs", "units"],
             Self::Kernel => &[],
         }
     }

@@ -84,7 +84,11 @@ fn admit(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Result<
             } else {
                 Err(ApiError::new(
                     403,
-                    format!("a {role} token does not open {method} {path}: it needs a {need} token"),
+                    format!(
+                        "{} token does not open {method} {path}: it needs {} token",
+                        a_role(role),
+                        a_role(need)
+                    ),
                 ))
             }
         }
@@ -95,6 +99,14 @@ fn admit(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Result<
         )),
         Caller::Wrong => Err(ApiError::new(401, "invalid token")),
         Caller::Nobody => Err(ApiError::new(401, "missing token: send `Authorization: Bearer TOKEN` (the token is in BEAMFLOW_HOME/token)")),
+    }
+}
+
+/// "a viewer", "an admin".
+fn a_role(r: super::tokens::Role) -> String {
+    match r {
+        super::tokens::Role::Admin => "an admin".into(),
+        r => format!("a {r}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! directly on files, outside any flow, with a progress bar.
 
 use crate::cli::render::{bar, table, Out};
+use crate::util::sig;
 use std::path::{Path, PathBuf};
 
 use beamflow_kernels::synthetic::xpcs::{write_dataset, DatasetFiles, SpeckleConfig};
@@ -105,10 +106,10 @@ pub fn run(cmd: XpcsCmd, out: Out) -> anyhow::Result<()> {
             for f in &s.fits {
                 t.add_row(vec![
                     f.dq.to_string(),
-                    format!("{:.5}", f.q),
-                    format!("{:.4e}", f.gamma),
-                    format!("{:.4}", f.beta),
-                    format!("{:.4}", f.baseline),
+                    sig(f.q, 4),
+                    sig(f.gamma, 4),
+                    sig(f.beta, 4),
+                    sig(f.baseline, 4),
                     if f.resolved { "yes" } else { "no" }.to_string(),
                 ]);
             }

@@ -484,7 +484,13 @@ impl Core {
 
     fn not_active(&self, run_id: RunId) -> ApiError {
         match self.store.read(|c| store::run(c, run_id.0)) {
-            Ok(Some(d)) => ApiError::new(409, format!("run {run_id} is already {}", d.run.state)),
+            Ok(Some(d)) => {
+                let done = match d.run.state {
+                    RunState::Cancelled => "is already cancelled".to_string(),
+                    s => format!("has already {s}"),
+                };
+                ApiError::new(409, format!("run {run_id} {done}"))
+            }
             _ => ApiError::new(404, format!("no run {run_id}")),
         }
     }

@@ -140,13 +140,7 @@ fn scalar(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(match n.as_f64() {
-            Some(x) if n.is_f64() && x != 0.0 && !(1e-3..1e6).contains(&x.abs()) => {
-                format!("{x:.4e}")
-            }
-            Some(x) if n.is_f64() => format!("{x:.6}")
-                .trim_end_matches('0')
-                .trim_end_matches('.')
-                .to_string(),
+            Some(x) if n.is_f64() => crate::util::sig(x, 4),
             _ => n.to_string(),
         }),
         _ => None,
@@ -166,12 +160,18 @@ fn facet_value(v: &Value) -> Option<String> {
 
 fn card(row: &CatalogRow, runs_dir: &Path) -> Card {
     let r = &row.record;
+    // A record may say its values' units: `units = { diffusion = "Å²/s" }`.
+    let unit = |k: &str| {
+        r["units"][k]
+            .as_str()
+            .map_or(String::new(), |u| format!(" {u}"))
+    };
     let pairs = |key: &str| -> Vec<(String, String)> {
         r[key]
             .as_object()
             .map(|o| {
                 o.iter()
-                    .filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s)))
+                    .filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s + &unit(k))))
                     .collect()
             })
             .unwrap_or_default()
@@ -400,9 +400,17 @@ mod tests {
         assert_eq!(c.thumbnails, [png.display().to_string()]);
         assert_eq!(c.files.len(), 2);
         assert!(!c.files[1].served);
-        assert_eq!(c.outputs, [("beta".to_string(), "0.25".to_string())]);
+        assert_eq!(c.outputs, [("beta".to_string(), "0.2500".to_string())]);
         assert_eq!(c.fields.len(), 5);
-        assert_eq!(scalar(&serde_json::json!(1.5e-9)).unwrap(), "1.5000e-9");
+        assert_eq!(scalar(&serde_json::json!(1.5e-9)).unwrap(), "1.500e-9");
+        assert_eq!(
+            scalar(&serde_json::json!(838256.056351)).unwrap(),
+            "8.383e5"
+        );
+        // With the record's units.
+        r.record["units"] = json!({ "beta": "(contrast)" });
+        let c = card(&r, &root);
+        assert_eq!(c.outputs[0].1, "0.2500 (contrast)");
     }
 
     #[test]

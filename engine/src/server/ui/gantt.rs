@@ -7,6 +7,7 @@
 
 use std::fmt::Write;
 
+use crate::api::AttemptState;
 use crate::store::{AttemptRow, RunDetail};
 use crate::util::fmt_secs;
 
@@ -142,10 +143,14 @@ pub(super) fn svg(d: &RunDetail, now: i64) -> String {
         );
         for (k, from, to) in segs {
             let (x0, x1) = (x(*from), x(*to));
-            let class = if *k == Kind::Running && a.state == "failed" {
-                "seg-failed"
-            } else {
-                k.class()
+            let class = match (k, a.state) {
+                (Kind::Running, AttemptState::Failed) => "seg-failed",
+                // Not a success: the action ended with its pilot, or was stopped.
+                (
+                    Kind::Running,
+                    AttemptState::Lost | AttemptState::Cancelled | AttemptState::Returned,
+                ) => "seg-stopped",
+                _ => k.class(),
             };
             let what = match k {
                 Kind::Queued => "queued",
@@ -270,6 +275,19 @@ mod tests {
         );
         assert!(s.contains("seg-failed"));
         assert!(s.contains("fit&lt;x&gt;") && !s.contains("fit<x>"));
+        // An attempt whose pilot died is not drawn as a success.
+        let mut lost = d.clone();
+        lost.attempts[1].state = AttemptState::Lost;
+        let s = svg(&lost, 0);
+        assert!(
+            s.contains("seg-stopped") && !s.contains("seg-failed"),
+            "{s}"
+        );
+        assert_eq!(
+            s.matches("seg-running").count(),
+            1,
+            "only the stage succeeded"
+        );
         assert_eq!(tick(2.0), 0.5);
         assert_eq!(tick(600.0), 100.0);
     }
