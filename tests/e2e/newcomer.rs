@@ -127,3 +127,48 @@ fn run_local_keeps_its_results_under_the_home_and_says_where() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(env.home.join("local/runs/hello/2").is_dir());
 }
+
+#[test]
+fn a_relative_path_given_with_set_means_the_callers_directory() {
+    let env = Env::new();
+    let (_server, c) = env.server("127.0.0.1:0", &[]);
+    let _pilot = env.pilot("elsewhere", 2);
+    let here = tempfile::tempdir().unwrap();
+    beamflow::cli::demo::generate_frames(&here.path().join("frames"), 2, 1000).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../jobs/demo.toml");
+    rt().block_on(wait_pilots(&c, 1));
+    // The pilot runs in another directory than the one the user types in.
+    let o = Command::new(bin())
+        .env("BEAMFLOW_HOME", &env.home)
+        .current_dir(here.path())
+        .args(["--json", "run"])
+        .arg(&demo)
+        .args(["--set", "src=frames", "--wait"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let src = shown["run"]["input"]["src"].as_str().unwrap().to_string();
+    assert_eq!(Path::new(&src), here.path().join("frames"));
+    assert_eq!(shown["run"]["state"], "succeeded");
+}
+
+#[test]
+fn braggnn_synthetic_makes_the_directory_of_its_file() {
+    let env = Env::new();
+    let file = env.home.join("new/dir/patches.h5");
+    let o = beamflow(
+        &env,
+        &[
+            "kernel",
+            "braggnn",
+            "synthetic",
+            "-o",
+            file.to_str().unwrap(),
+            "--count",
+            "64",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(file.is_file());
+}

@@ -95,6 +95,26 @@ fn two_hundred_runs_of_a_four_step_flow_all_succeed() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no succeeded runs"));
+    // A flow that does not exist is named as such.
+    let o = Command::new(bin())
+        .env("BEAMFLOW_HOME", &env.home)
+        .args(["report", "--flow", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("flow `nosuch` is not registered"), "{err}");
+    // Without -o the figures go under the home, not the current directory.
+    let here = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .env("BEAMFLOW_HOME", &env.home)
+        .current_dir(here.path())
+        .args(["report", "--flow", "four"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(here.path()).unwrap().count(), 0);
+    assert!(env.home.join("reports/four/four_concurrency.png").is_file());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use comfy_table::{Cell, CellAlignment, Table};
 use serde_json::json;
@@ -26,9 +27,9 @@ pub struct ReportArgs {
     /// At most this many of the newest runs.
     #[arg(long, default_value_t = 1000)]
     limit: usize,
-    /// Where the PNGs go.
-    #[arg(long, short = 'o', default_value = ".")]
-    out: PathBuf,
+    /// Where the PNGs go (default: HOME/reports/FLOW).
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
     /// No PNGs.
     #[arg(long)]
     no_plots: bool,
@@ -42,7 +43,10 @@ impl ReportArgs {
             .map(since_us)
             .transpose()?
             .unwrap_or(0);
-        let h = cx.client()?.history(&self.flow, self.limit).await?;
+        let c = cx.client()?;
+        // A flow that does not exist says so, rather than "no runs".
+        c.flow(&self.flow, None).await?;
+        let h = c.history(&self.flow, self.limit).await?;
         let r = crate::report::flow::summarise(&self.flow, h.runs, h.attempts, since);
         anyhow::ensure!(
             r.succeeded > 0,
@@ -52,9 +56,14 @@ impl ReportArgs {
         );
         let mut plots = Vec::new();
         if !self.no_plots {
-            std::fs::create_dir_all(&self.out)?;
-            let box_png = self.out.join(format!("{}_runtimes.png", self.flow));
-            let conc_png = self.out.join(format!("{}_concurrency.png", self.flow));
+            let out = self
+                .out
+                .clone()
+                .unwrap_or_else(|| cx.home.join("reports").join(&self.flow));
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("{}: cannot create", out.display()))?;
+            let box_png = out.join(format!("{}_runtimes.png", self.flow));
+            let conc_png = out.join(format!("{}_concurrency.png", self.flow));
             crate::report::flow::boxplots(&r, &box_png)?;
             crate::report::flow::concurrency_plot(&r, &conc_png)?;
             plots = vec![box_png, conc_png];

@@ -115,6 +115,32 @@ impl RunArgs {
         Ok(input)
     }
 
+    /// `--set` values of `path` inputs made absolute: the pilot that reads
+    /// them runs elsewhere, in another directory.
+    fn absolute_paths(
+        &self,
+        spec: &crate::flow::FlowSpec,
+        mut input: Value,
+    ) -> anyhow::Result<Value> {
+        let here = std::env::current_dir().context("the current directory")?;
+        let set: Vec<&str> = self
+            .set
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        for i in &spec.inputs {
+            if i.ty != crate::flow::InputType::Path || !set.contains(&i.name.as_str()) {
+                continue;
+            }
+            if let Some(Value::String(p)) = input.get_mut(&i.name) {
+                if !p.is_empty() && !p.starts_with('~') && Path::new(p.as_str()).is_relative() {
+                    *p = here.join(&*p).display().to_string();
+                }
+            }
+        }
+        Ok(input)
+    }
+
     async fn submit(
         &self,
         c: &Client,
@@ -131,6 +157,8 @@ impl RunArgs {
         } else {
             self.flow.clone()
         };
+        let spec = c.flow(&name, self.version).await?.spec;
+        let input = self.absolute_paths(&spec, input)?;
         let ids = c.submit(&name, self.version, vec![input]).await?;
         let id = ids[0];
         if !wait {

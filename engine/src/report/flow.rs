@@ -166,7 +166,12 @@ pub fn summarise(
 
 /// Runs in flight after each start or end: (time µs, count).
 pub fn concurrency(spans: &[(i64, i64)]) -> Vec<(i64, usize)> {
-    let mut ev: Vec<(i64, i32)> = spans.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
+    // A run takes at least a microsecond: one that ends as it starts must
+    // not end before it began.
+    let mut ev: Vec<(i64, i32)> = spans
+        .iter()
+        .flat_map(|&(a, b)| [(a, 1), (b.max(a + 1), -1)])
+        .collect();
     // Ends before starts at the same instant: a run handing over to the
     // next is not two at once.
     ev.sort();
@@ -177,6 +182,33 @@ pub fn concurrency(spans: &[(i64, i64)]) -> Vec<(i64, usize)> {
             (t, n.max(0) as usize)
         })
         .collect()
+}
+
+/// Columns of the runs-in-flight plot.
+const BINS: usize = 800;
+
+/// The most runs in flight in each of `bins` equal stretches of the time
+/// `steps` (from [`concurrency`]) cover.
+fn column_peaks(steps: &[(i64, usize)], bins: usize) -> Vec<usize> {
+    let (Some(first), Some(last)) = (steps.first(), steps.last()) else {
+        return vec![];
+    };
+    let span = (last.0 - first.0).max(1) as f64;
+    let col = |t: i64| (((t - first.0) as f64 / span * bins as f64) as usize).min(bins - 1);
+    let mut peaks = vec![0usize; bins];
+    let mut now = 0;
+    let mut at = 0;
+    for &(t, n) in steps {
+        let c = col(t);
+        // Until this event the count held at `now`.
+        for p in &mut peaks[at..c] {
+            *p = (*p).max(now);
+        }
+        peaks[c] = peaks[c].max(now).max(n);
+        now = n;
+        at = c;
+    }
+    peaks
 }
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
@@ -281,13 +313,14 @@ pub fn concurrency_plot(r: &FlowReport, path: &Path) -> anyhow::Result<()> {
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| fail(path, e))?;
-    // A step line: hold each count until the next event.
-    let mut pts = Vec::with_capacity(2 * steps.len());
-    let mut last = 0.0;
-    for (t, n) in &steps {
-        pts.push((xs(*t), last));
-        last = *n as f64;
-        pts.push((xs(*t), last));
+    // The most runs in flight within each of the plot's columns, so that
+    // a run shorter than a column still shows.
+    let peaks = column_peaks(&steps, BINS);
+    let width = t_end / BINS as f64;
+    let mut pts = Vec::with_capacity(2 * BINS);
+    for (i, n) in peaks.iter().enumerate() {
+        pts.push((i as f64 * width, *n as f64));
+        pts.push(((i + 1) as f64 * width, *n as f64));
     }
     chart
         .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))
@@ -314,5 +347,16 @@ mod tests {
         let c = concurrency(&[(0, 10), (5, 15), (10, 20)]);
         assert_eq!(c.iter().map(|p| p.1).max(), Some(2));
         assert_eq!(c.last(), Some(&(20, 0)));
+        // A run that ends as it starts is one in flight for an instant, not
+        // one that never ends.
+        let c = concurrency(&[(0, 100), (50, 50)]);
+        assert_eq!(c.iter().map(|p| p.1).max(), Some(2));
+        assert_eq!(c.last().unwrap().1, 0);
+        // A run far shorter than a column of the plot still shows in it.
+        let c = concurrency(&[(0, 1_000_000), (500_000, 500_010)]);
+        let peaks = column_peaks(&c, 100);
+        assert_eq!(peaks[50], 2, "{peaks:?}");
+        assert_eq!(peaks[10], 1);
+        assert_eq!(peaks.iter().filter(|&&n| n == 2).count(), 1);
     }
 }
