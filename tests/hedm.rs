@@ -291,16 +291,29 @@ fn peak_tables_round_trip_through_hdf5_and_csv() {
         ..Scene::default()
     };
     let files = write_dataset(&scene, 2, t.path(), "s", &mut |_| {}).unwrap();
-    let r = Config {
+    let cfg = Config {
         frames: files.frames,
         out: t.path().join("out"),
         dark_value: Some(10.0),
         omega_start: 5.0,
         omega_step: 0.25,
         ..Config::default()
+    };
+    let r = cfg.run(&mut |_, _| {}).unwrap();
+    assert_eq!(r.peaks_h5, t.path().join("out/s_peaks.h5"));
+    // A second run keeps the first's files and numbers its own, as XPCS
+    // does; with overwrite it replaces them.
+    let again = cfg.run(&mut |_, _| {}).unwrap();
+    assert_eq!(again.peaks_h5, t.path().join("out/s_1_peaks.h5"));
+    assert_eq!(again.summary_json, t.path().join("out/s_1_summary.json"));
+    assert!(r.peaks_h5.exists() && r.summary_json.exists());
+    let replaced = Config {
+        overwrite: true,
+        ..cfg.clone()
     }
     .run(&mut |_, _| {})
     .unwrap();
+    assert_eq!(replaced.peaks_h5, r.peaks_h5);
     let rows = read_peaks_h5(&r.peaks_h5).unwrap();
     assert_eq!(rows.len(), r.summary.peaks);
     assert!(r.summary.peaks >= 24, "{:?}", r.summary);

@@ -172,6 +172,7 @@ fn both_analyses_open_in_the_viewer_with_the_computed_values() {
     });
     viewer_check(&s.results, &expected, t.path());
     assert_eq!(s.twotime_bins.len(), 20);
+    assert!(s.frames_note.is_none(), "{:?}", s.frames_note);
     // A second run does not overwrite the first.
     let again = run(&opts, &mut |_| true).unwrap();
     assert_eq!(again.summary.results, out.join("S01_sample_results_1.hdf"));
@@ -186,8 +187,16 @@ fn twotime_only_files_open_in_the_viewer() {
     opts.dq_selection = Some(vec![3, 4, 9]);
     // Room for about one bin's frames at a time: several passes over the file.
     opts.max_memory = 200 * 300 * 4;
+    // An end past the file's last frame uses what there is, and says so.
+    opts.end = Some(1000);
     let res = run(&opts, &mut |_| true).unwrap();
     assert_eq!(res.summary.twotime_bins, vec![3, 4, 9]);
+    assert_eq!(res.summary.frames, 200);
+    let note = res.summary.frames_note.as_deref().unwrap_or_default();
+    assert!(
+        note.ends_with("end 1000 is past the file's 200 frames; frames 0..200 were used"),
+        "{note:?}"
+    );
     let (int_t, saxs_sum) = direct_averages(&files);
     viewer_check(
         &res.summary.results,

@@ -25,6 +25,7 @@ pub mod h5check;
 pub mod hedm;
 pub mod inherit;
 pub mod machine;
+pub mod output;
 pub mod params;
 pub mod ptycho;
 pub mod ranks;

@@ -294,11 +294,7 @@ impl Config {
         let search = &self.search;
         std::fs::create_dir_all(&search.out)
             .map_err(|e| format!("{}: cannot create: {e}", search.out.display()))?;
-        let (h5, csv, js) = (
-            search.output("braggnn.h5"),
-            search.output("braggnn.csv"),
-            search.output("braggnn_summary.json"),
-        );
+        let [h5, csv, js] = search.outputs(["braggnn.h5", "braggnn.csv", "braggnn_summary.json"]);
         let flat: Vec<f64> = peaks
             .iter()
             .enumerate()

@@ -152,7 +152,7 @@ pub fn run(
     let (set, st) = from_fits(search, peaks, psz, aug, progress)?;
     std::fs::create_dir_all(&search.out)
         .map_err(|e| format!("{}: cannot create: {e}", search.out.display()))?;
-    let file = search.output("patches.h5");
+    let [file] = search.outputs(["patches.h5"]);
     super::io::write(&file, &set)?;
     Ok((file, st))
 }

@@ -32,6 +32,10 @@ pub struct Config {
     /// Base name of the outputs (default: the frame file's stem).
     #[arg(long)]
     pub name: Option<String>,
+    /// Replace an earlier run's outputs instead of numbering new ones
+    /// (NAME_1_peaks.h5, …).
+    #[arg(long, short = 'w')]
+    pub overwrite: bool,
     /// Dark image (HDF5; a stack is averaged).
     #[arg(long, conflicts_with = "dark_value")]
     pub dark: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl Default for Config {
             dataset: None,
             out: PathBuf::from("."),
             name: None,
+            overwrite: false,
             dark: None,
             dark_value: None,
             flood: None,
@@ -331,15 +336,24 @@ impl Config {
         })
     }
 
-    /// `OUT/NAME_suffix`: NAME is `name`, or the frame file's stem.
-    pub fn output(&self, suffix: &str) -> PathBuf {
+    /// A run's `OUT/NAME_suffix` files: NAME is `name`, or the frame
+    /// file's stem, numbered as one ([`crate::output`]) when an earlier
+    /// run's are there and `overwrite` is off.
+    pub fn outputs<const N: usize>(&self, suffixes: [&str; N]) -> [PathBuf; N] {
+        let tag = crate::output::fresh_tag(self.overwrite, |tag| {
+            suffixes.map(|s| self.tagged(tag, s)).to_vec()
+        });
+        suffixes.map(|s| self.tagged(&tag, s))
+    }
+
+    fn tagged(&self, tag: &str, suffix: &str) -> PathBuf {
         let name = self.name.clone().unwrap_or_else(|| {
             self.frames
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "hedm".into())
         });
-        self.out.join(format!("{name}_{suffix}"))
+        self.out.join(format!("{name}{tag}_{suffix}"))
     }
 
     /// Runs the search and writes `NAME_peaks.h5`, `NAME_peaks.csv`,
@@ -353,8 +367,8 @@ impl Config {
         let (peaks, summary) = pipeline::run(&stack, &o, progress)?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| format!("{}: cannot create: {e}", self.out.display()))?;
-        let at = |suffix: &str| self.output(suffix);
-        let (h5, csv, js) = (at("peaks.h5"), at("peaks.csv"), at("summary.json"));
+        let [h5, csv, js, overlay_png] =
+            self.outputs(["peaks.h5", "peaks.csv", "summary.json", "overlay.png"]);
         let settings = serde_json::to_string(self).unwrap_or_default();
         io::write_peaks_h5(
             &h5,
@@ -372,7 +386,7 @@ impl Config {
         let overlay = if self.plot {
             let first = o.frames.map(|f| f.0).unwrap_or(0);
             let frame = stack.frame(first)?;
-            let p = at("overlay.png");
+            let p = overlay_png;
             super::plot::overlay(
                 &p,
                 &frame,

@@ -32,6 +32,10 @@ pub struct Config {
     /// Base name of the outputs (default: the data file's stem).
     #[arg(long)]
     pub name: Option<String>,
+    /// Replace an earlier run's outputs instead of numbering new ones
+    /// (NAME_1_recon.h5, …).
+    #[arg(long, short = 'w')]
+    pub overwrite: bool,
     /// Where the starting probe comes from: `init` (the file's `/init/probe`
     /// or the product file's probe), `truth` (`/truth/probe`, for tests with
     /// a known probe), or a path to an HDF5 file with a complex `/probe`.
@@ -56,6 +60,7 @@ impl Default for Config {
             meta: None,
             out: PathBuf::from("."),
             name: None,
+            overwrite: false,
             probe: "init".into(),
             modes: 1,
             options: Options::default(),
@@ -215,7 +220,13 @@ impl Config {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "ptycho".into())
         });
-        let at = |suffix: &str| self.out.join(format!("{name}_{suffix}"));
+        // An earlier run's files stay ([`crate::output`]).
+        let tag = crate::output::fresh_tag(self.overwrite, |tag| {
+            ["recon.h5", "amplitude.png", "phase.png", "summary.json"]
+                .map(|s| self.out.join(format!("{name}{tag}_{s}")))
+                .to_vec()
+        });
+        let at = |suffix: &str| self.out.join(format!("{name}{tag}_{suffix}"));
         let result = at("recon.h5");
         io::write_result(
             &result,

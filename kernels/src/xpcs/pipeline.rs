@@ -178,6 +178,8 @@ pub struct Summary {
     pub device: String,
     /// Why it did not run where asked (a GPU asked for and none visible).
     pub device_note: Option<String>,
+    /// Frames asked for that the file does not have (an end past its last).
+    pub frames_note: Option<String>,
     pub timings: Timings,
     pub plots: Vec<PathBuf>,
     /// Why the figures are missing, when they are.
@@ -621,6 +623,13 @@ pub fn run_shared(
     let frame_time = read_frame_time(&meta)?;
     let plan = FramePlan::new(opts, raw_frames, &opts.raw)?;
     let n = plan.n;
+    let frames_note = opts.end.filter(|&e| e > raw_frames).map(|e| {
+        format!(
+            "{}: end {e} is past the file's {raw_frames} frames; frames {}..{raw_frames} were used",
+            opts.raw.display(),
+            opts.begin
+        )
+    });
     let px = height * width;
     let pixels = qmap.valid_pixels();
     if pixels.is_empty() {
@@ -871,6 +880,7 @@ pub fn run_shared(
         pixel_frames_per_s: (pixels.len() * n) as f64 / pass_s.max(1e-9),
         device,
         device_note,
+        frames_note,
         timings: Timings {
             read_correlate_s: pass_s,
             twotime_s,

@@ -19,7 +19,8 @@ use super::io::err;
 
 /// `name_results.hdf` for a raw file: the basename without its extension
 /// and any trailing `.tpx`/`.hdf`/`.bin` and `_metadata`, then `_1`, `_2`, …
-/// if the name is taken and `overwrite` is false. (The reference strips a
+/// if the name is taken and `overwrite` is false ([`crate::output`]'s rule;
+/// the summary and figures take the results file's stem). (The reference strips a
 /// character set rather than the literal suffix, which eats names ending in
 /// e.g. `_data`; we strip the literal suffix.)
 pub fn results_path(out_dir: &Path, raw: &Path, overwrite: bool) -> PathBuf {
@@ -35,14 +36,8 @@ pub fn results_path(out_dir: &Path, raw: &Path, overwrite: bool) -> PathBuf {
     if let Some(s) = stem.strip_suffix("_metadata") {
         stem = s.to_string();
     }
-    let first = out_dir.join(format!("{stem}_results.hdf"));
-    if overwrite || !first.exists() {
-        return first;
-    }
-    (1..)
-        .map(|i| out_dir.join(format!("{stem}_results_{i}.hdf")))
-        .find(|p| !p.exists())
-        .expect("some suffix is free")
+    let at = |tag: &str| out_dir.join(format!("{stem}_results{tag}.hdf"));
+    at(&crate::output::fresh_tag(overwrite, |tag| vec![at(tag)]))
 }
 
 /// A configuration value recorded under `…/config`.

@@ -81,6 +81,7 @@ fn outputs(s: &Summary, summary_path: &Path) -> Value {
             .map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "device": s.device,
         "device_note": s.device_note,
+        "frames_note": s.frames_note,
     })
 }
 
@@ -107,6 +108,7 @@ const ANALYSIS_OUTPUTS: &[&str] = &[
     "plot_error",
     "device",
     "device_note",
+    "frames_note",
 ];
 
 /// Multi-tau g2 per q bin, averages, fits and figures.

@@ -86,7 +86,7 @@ pub fn run(cmd: XpcsCmd, out: Out) -> anyhow::Result<()> {
         analyse(&opts, out.quiet())?
     };
     let s = &outcome.summary;
-    if let Some(why) = &s.device_note {
+    for why in s.device_note.iter().chain(&s.frames_note) {
         eprintln!("note: {why}");
     }
     out.show(s, |s| {
