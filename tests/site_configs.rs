@@ -305,8 +305,14 @@ fn bad_site_config_names_file_line_and_key_and_exits_nonzero() {
     )
     .unwrap();
     let err = validate_fails(&p);
-    assert!(err.contains(&format!("{}:7:", p.display())), "{err}");
-    assert!(err.contains("invalid type"), "{err}");
+    // The line and the key path, as for the checks after parsing.
+    assert!(
+        err.contains(&format!(
+            "{}:7: targets.gpu.cpus_per_node: invalid type: string \"many\"",
+            p.display()
+        )),
+        "{err}"
+    );
 
     std::fs::write(
         &p,

@@ -3,6 +3,7 @@
 //!
 //! The modules form layers; each uses only those listed before it.
 //! - Foundations: [`util`] (clock, formats), [`units`] (durations, memory),
+//!   [`tomlfile`] (typed TOML with errors naming line and key),
 //!   [`host`] (this machine), [`home`] (the state directory, `server.json`,
 //!   token files), [`resources`] (requests and capacity), [`ranks`] (MPI).
 //! - Definitions: [`site`] (site configs), [`flow`] (flow files),
@@ -20,6 +21,7 @@ pub mod home;
 pub mod host;
 pub mod ranks;
 pub mod resources;
+pub mod tomlfile;
 pub mod units;
 pub mod util;
 

@@ -336,14 +336,11 @@ impl SiteConfig {
 
     /// Parses and validates; errors read `FILE:LINE: key: problem`.
     pub fn parse(text: &str, file: &str) -> anyhow::Result<Self> {
-        let site: SiteConfig = toml::from_str(text).map_err(|e| {
-            let mut line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(1);
+        let site: SiteConfig = crate::tomlfile::from_str(text).map_err(|e| {
+            let mut line = e.line(text);
             // An unknown key is reported at its table: point at the key.
             if let Some(key) = e
-                .message()
+                .message
                 .strip_prefix("unknown field `")
                 .and_then(|r| r.split('`').next())
             {
@@ -354,7 +351,10 @@ impl SiteConfig {
                     line = i + 1;
                 }
             }
-            anyhow::anyhow!("{file}:{line}: {}", e.message().trim())
+            match e.key.as_str() {
+                "" => anyhow::anyhow!("{file}:{line}: {}", e.message),
+                key => anyhow::anyhow!("{file}:{line}: {key}: {}", e.message),
+            }
         })?;
         let problems = site.problems();
         if let Some(p) = problems.first() {
@@ -802,10 +802,16 @@ mod tests {
         );
         let text = "name = \"x\"\nscheduler = \"sge\"\n";
         let e = SiteConfig::parse(text, "x.toml").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:2: unknown variant `sge`"), "{e}");
+        assert!(
+            e.starts_with("x.toml:2: scheduler: unknown variant `sge`"),
+            "{e}"
+        );
         let text = "name = \"x\"\n[targets.cpu]\nqueu = \"debug\"\n";
         let e = SiteConfig::parse(text, "x.toml").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:3: unknown field `queu`"), "{e}");
+        assert!(
+            e.starts_with("x.toml:3: targets.cpu: unknown field `queu`"),
+            "{e}"
+        );
         let text = "name = \"x\"\nscheduler = \"slurm\"\n[targets.cpu]\nwalltime = \"1h\"\nnodes = 4\nmax_nodes = 2\n";
         let e = SiteConfig::parse(text, "x.toml").unwrap_err().to_string();
         assert_eq!(e, "x.toml:5: targets.cpu.nodes: 4 is more than max_nodes 2");

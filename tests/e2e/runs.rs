@@ -347,7 +347,8 @@ fn cli_validate_demo_and_local_run() {
         "validate",
         root.join("tests/flows/bad/cycle.toml").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // An invalid file exits 2, as `site validate`, `register` and `run` do.
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cycle.toml:7: steps.a.after: cycle: a -> b -> a"),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::render::table;
-use super::{done, Ctx};
+use super::Ctx;
 use crate::site::SiteConfig;
 use crate::util::fmt_ts;
 
@@ -55,7 +55,13 @@ impl FlowCmd {
                         }
                     }
                 }
-                Ok(done(!bad))
+                // An invalid file is an error, as for `site validate`
+                // and `register` (see cli::main's rule).
+                Ok(if bad {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                })
             }
             FlowCmd::Register { files } => {
                 let c = cx.client()?;

@@ -37,7 +37,10 @@ use self::render::Out;
 #[command(
     name = "beamflow",
     version,
-    about = "Flows from instruments to supercomputers, on pilot jobs"
+    about = "Flows from instruments to supercomputers, on pilot jobs",
+    after_help = "Exit status: 0 it worked; 1 it worked and the answer is no (a run that did not \
+                  succeed, a failed doctor check); 2 it could not do what was asked (an invalid \
+                  flow or site file, a bad argument, no server, a refused request)."
 )]
 pub struct Cli {
     /// State directory (store, token, server.json, runs).
@@ -57,8 +60,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Print nothing but errors: the exit status says how it went.
-    #[arg(long, short = 'q', global = true, conflicts_with = "json")]
+    /// Print nothing but errors: the exit status says how it went. (No
+    /// short form: `-q` is the XPCS commands' qmap, as in the reference CLI.)
+    #[arg(long, global = true, conflicts_with = "json")]
     quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
@@ -145,7 +149,8 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     crate::units::parse_duration(s).map(Duration::from_secs_f64)
 }
 
-/// The exit status of a command that either worked or did not.
+/// The exit status of a command that worked and says yes or no (see
+/// [`main`]).
 fn done(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
@@ -154,8 +159,39 @@ fn done(ok: bool) -> ExitCode {
     }
 }
 
+/// The command line as parsed and as `--help` shows it: the flags that
+/// reach a server (`--url`, `--token`, `--server-cert`) are global, but the
+/// commands that never talk to one (the kernels, benchmarks, the demo, site
+/// configs, the server itself) do not list them.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    const OFFLINE: [&str; 5] = ["kernel", "bench", "demo", "site", "server"];
+    const CLIENT_FLAGS: [&str; 3] = ["url", "token", "server_cert"];
+    let c = Cli::command();
+    // A global flag is not copied into a subcommand that has one of the
+    // same id, so a hidden copy there (itself global) hides it all the way
+    // down. (Changing the arguments after the command is built would
+    // corrupt clap's index of them.)
+    let hidden: Vec<clap::Arg> = c
+        .get_arguments()
+        .filter(|a| CLIENT_FLAGS.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    OFFLINE.iter().fold(c, |c, name| {
+        c.mut_subcommand(name, |s| s.args(hidden.iter().cloned()))
+    })
+}
+
+/// Exit status, one rule for every command: 0 it worked; 1 it worked and
+/// the answer is no (a run that did not succeed, a failed doctor check);
+/// 2 it could not do what was asked (an invalid flow or site file, a bad
+/// argument, no server, a refused request).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches;
+        let mut m = command().get_matches();
+        Cli::from_arg_matches_mut(&mut m).unwrap_or_else(|e| e.exit())
+    };
     if matches!(
         cli.cmd,
         Cmd::Pilot(_) | Cmd::Kernel(_) | Cmd::Bench(_) | Cmd::Demo(_)
@@ -263,6 +299,32 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    /// The kernels' help does not offer the flags that reach a server;
+    /// client commands' help does, and both still accept them.
+    #[test]
+    fn offline_commands_do_not_list_the_server_flags() {
+        let help = |args: &[&str]| {
+            let e = command().try_get_matches_from(args).err().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+            e.to_string()
+        };
+        let h = help(&["beamflow", "kernel", "xpcs", "multitau", "--help"]);
+        assert!(h.contains("--raw") && h.contains("--home"), "{h}");
+        assert!(!h.contains("--url") && !h.contains("--token"), "{h}");
+        let h = help(&["beamflow", "runs", "list", "--help"]);
+        assert!(h.contains("--url") && h.contains("--token"), "{h}");
+        use clap::FromArgMatches;
+        for args in [
+            &["beamflow", "--url", "https://x:1", "kernel", "list"][..],
+            &["beamflow", "kernel", "list", "--url", "https://x:1"][..],
+        ] {
+            let m = command().try_get_matches_from(args).unwrap();
+            let cli = Cli::from_arg_matches(&m).unwrap();
+            assert_eq!(cli.url.as_deref(), Some("https://x:1"));
+        }
     }
 
     /// Every `beamflow …` command in a code block of the README and the

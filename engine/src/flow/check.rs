@@ -148,6 +148,20 @@ pub(super) fn check_templates(
             strings.push((path.to_string(), text.to_string(), pspan.clone()));
         });
         if let Some(w) = &rs.get_ref().when {
+            // `when` is an expression, not a template: braces around it
+            // would otherwise read as a (malformed) object literal.
+            let text = w.get_ref().trim();
+            if let Some(inner) = text.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")) {
+                cx.err(
+                    w.span(),
+                    format!("{key}.when"),
+                    format!(
+                        "`when` is an expression without braces: write when = \"{}\"",
+                        inner.trim()
+                    ),
+                );
+                continue;
+            }
             strings.push((
                 format!("{key}.when"),
                 format!("{{{{ {} }}}}", w.get_ref()),

@@ -138,11 +138,36 @@ pub(super) struct RawStep {
     pub(super) isolate: Option<Spanned<bool>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `retries = 3` or `retries = { count = 3, backoff = "5s" }`. Read by
+/// hand rather than as an untagged enum, whose one error ("did not match
+/// any variant") hides the key that is wrong; this way a misspelt key is
+/// named with the keys there are.
 pub(super) enum RawRetries {
     Count(i64),
     Policy(RawRetryPolicy),
+}
+
+impl<'de> Deserialize<'de> for RawRetries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawRetries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a count (retries = 3) or a table (retries = { count = 3, backoff = \"5s\", max_backoff = \"5m\" })")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawRetries, E> {
+                Ok(RawRetries::Count(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawRetries, E> {
+                Ok(RawRetries::Count(i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawRetries, A::Error> {
+                RawRetryPolicy::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawRetries::Policy)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 #[derive(Deserialize)]
@@ -188,8 +213,7 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub(super) fn line(&self, span: Range<usize>) -> usize {
-        let end = span.start.min(self.src.len());
-        self.src[..end].bytes().filter(|&b| b == b'\n').count() + 1
+        crate::tomlfile::line_at(self.src, span.start)
     }
     pub(super) fn err(
         &mut self,
@@ -225,11 +249,10 @@ pub fn parse(src: &str, file: &str, site: Option<&SiteConfig>) -> Result<FlowSpe
         src,
         errors: Vec::new(),
     };
-    let raw: RawFlow = match toml::from_str(src) {
+    let raw: RawFlow = match crate::tomlfile::from_str(src) {
         Ok(r) => r,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            cx.err(span, "", e.message().trim().to_string());
+            cx.err(e.span, e.key, e.message);
             return Err(FlowErrors(cx.errors));
         }
     };
@@ -531,6 +554,18 @@ mod tests {
     }
     fn errs(src: &str) -> String {
         parse(src, "t.toml", None).unwrap_err().to_string()
+    }
+
+    /// An unknown action is the one error: its params are not held to
+    /// another action's rules.
+    #[test]
+    fn an_unknown_action_is_one_error() {
+        let e = errs("name = \"x\"\nversion = 1\n[[steps]]\nname = \"a\"\naction = \"copy\"\nparams = { from = \"a\" }\n");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains("t.toml:5: steps.a.action: unknown action `copy`"),
+            "{e}"
+        );
     }
 
     const TWO: &str = r#"

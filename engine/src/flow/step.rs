@@ -20,6 +20,9 @@ pub(super) fn build_step(
     all: &[Spanned<RawStep>],
     site: Option<&SiteConfig>,
 ) -> StepSpec {
+    // An unknown action's params are not checked against any action's: the
+    // one error is the action.
+    let known_action = ActionKind::from_name(s.action.get_ref()).is_some();
     let action = match ActionKind::from_name(s.action.get_ref()) {
         Some(a) => a,
         None => {
@@ -80,7 +83,7 @@ pub(super) fn build_step(
     let params_span = s.params.as_ref().map(|p| p.span()).unwrap_or(s.name.span());
     let params = match &s.params {
         Some(p) => {
-            for k in p.get_ref().keys() {
+            for k in p.get_ref().keys().filter(|_| known_action) {
                 if !allowed_params.contains(&k.as_str()) {
                     let span = cx.find(p.span(), k);
                     let what = kernel
@@ -103,7 +106,9 @@ pub(super) fn build_step(
         }
         None => Value::Object(Default::default()),
     };
-    check_action_params(cx, action, &params, params_span, key);
+    if known_action {
+        check_action_params(cx, action, &params, params_span, key);
+    }
 
     let after = match &s.after {
         Some(a) => a.get_ref().iter().map(|x| x.get_ref().clone()).collect(),

@@ -27,6 +27,8 @@ use crate::hedm::regions::Scratch;
 /// search's files and settings (those of `hedm.peaks`; the fit's are not
 /// used).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+// No argument group: two flattened `Config`s would share its name.
+#[group(skip)]
 #[serde(default)]
 pub struct Config {
     /// Peak model: `.onnx` (ONNX Runtime) or BraggNN weights

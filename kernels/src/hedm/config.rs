@@ -18,6 +18,8 @@ use crate::synthetic::hedm::Scene;
 /// (and the BraggNN steps that search frames) as `params`. Defaults are
 /// MIDAS's, the same on both ([`Config::default`]; a test compares them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+// No argument group: two flattened `Config`s would share its name.
+#[group(skip)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HDF5 frame stack (uint8/16/32 or float32/64).

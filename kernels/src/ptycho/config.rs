@@ -17,6 +17,8 @@ use super::recon::{reconstruct, Options, Truth};
 /// here — serde does not combine that with the flattened engine options —
 /// so flow validation checks parameter names against this struct's.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+// No argument group: two flattened `Config`s would share its name.
+#[group(skip)]
 #[serde(default)]
 pub struct Config {
     /// The dataset file (/data/intensities + /positions/…), or a Ptychodus
