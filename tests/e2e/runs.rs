@@ -249,6 +249,19 @@ fn failing_step_retries_then_fails_the_run_and_retry_resumes_it() {
         assert!(err.contains("gate closed"), "{err}");
         let dir = PathBuf::from(&runs[0].dir);
         assert_eq!(lines(&dir.join("gate")), 3);
+        // The two back-offs (0.1 s, 0.2 s) are counted as backoff, the
+        // failed tries as retried, neither as the engine's overhead.
+        let t = beamflow::report::timing(&detail(&c, id).await);
+        let g = t.steps.iter().find(|s| s.step == "gate").unwrap();
+        assert_eq!(g.tries, 3);
+        assert!((0.29..5.0).contains(&g.backoff_s), "{g:?}");
+        assert!(g.retried_s > 0.0 && g.overhead_s < g.backoff_s, "{g:?}");
+        let parts = g.queued_s + g.backoff_s + g.retried_s + g.action_s + g.overhead_s;
+        assert!((parts - g.total_s).abs() < 1e-6, "{g:?}");
+        assert!(
+            t.backoff_s >= g.backoff_s && t.overhead_s < t.total_s,
+            "{t:?}"
+        );
         // Open the gate and retry: only the failed step runs again.
         std::fs::write(&gate, "").unwrap();
         let _: Value = c

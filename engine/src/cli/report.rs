@@ -120,12 +120,21 @@ pub fn timing_table(t: &RunTiming) -> Table {
         "state",
         "tries",
         "queued",
+        "backoff",
         "transfer",
         "compute",
         "publish",
+        "retried",
         "overhead",
         "% overhead",
     ]);
+    let num = |v: f64| Cell::new(fmt_secs(v)).set_alignment(CellAlignment::Right);
+    // Back-off and retried time are blank where there was none, as the
+    // action columns are outside a step's category.
+    let some = |v: f64| {
+        Cell::new(if v > 0.0 { fmt_secs(v) } else { String::new() })
+            .set_alignment(CellAlignment::Right)
+    };
     let time_in = |s: &StepTiming, c: &str| {
         if s.category == c {
             fmt_secs(s.action_s)
@@ -139,11 +148,13 @@ pub fn timing_table(t: &RunTiming) -> Table {
             Cell::new(&s.action),
             Cell::new(&s.state),
             Cell::new(s.tries).set_alignment(CellAlignment::Right),
-            Cell::new(fmt_secs(s.queued_s)).set_alignment(CellAlignment::Right),
+            num(s.queued_s),
+            some(s.backoff_s),
             Cell::new(time_in(s, "transfer")).set_alignment(CellAlignment::Right),
             Cell::new(time_in(s, "compute")).set_alignment(CellAlignment::Right),
             Cell::new(time_in(s, "publish")).set_alignment(CellAlignment::Right),
-            Cell::new(fmt_secs(s.overhead_s)).set_alignment(CellAlignment::Right),
+            some(s.retried_s),
+            num(s.overhead_s),
             Cell::new(pct(s.overhead_s, s.total_s)).set_alignment(CellAlignment::Right),
         ]);
     }
@@ -160,11 +171,13 @@ pub fn timing_table(t: &RunTiming) -> Table {
         Cell::new(""),
         Cell::new(&t.state),
         Cell::new(""),
-        Cell::new(""),
+        num(t.queued_s),
+        some(t.backoff_s),
         Cell::new(total_of("transfer", t.transfer_s)).set_alignment(CellAlignment::Right),
         Cell::new(total_of("compute", t.compute_s)).set_alignment(CellAlignment::Right),
         Cell::new(total_of("publish", t.publish_s)).set_alignment(CellAlignment::Right),
-        Cell::new(fmt_secs(t.overhead_s)).set_alignment(CellAlignment::Right),
+        some(t.retried_s),
+        num(t.overhead_s),
         Cell::new(pct(t.overhead_s, t.total_s)).set_alignment(CellAlignment::Right),
     ]);
     table
@@ -188,6 +201,7 @@ pub fn flow_table(r: &FlowReport) -> Table {
         "runtime, median (q1 – q3)",
         "overhead, median (q1 – q3)",
         "queued, median",
+        "backoff, median",
     ]);
     for s in &r.steps {
         t.add_row(vec![
@@ -197,6 +211,7 @@ pub fn flow_table(r: &FlowReport) -> Table {
             Cell::new(spread(&s.runtime_s)).set_alignment(CellAlignment::Right),
             Cell::new(spread(&s.overhead_s)).set_alignment(CellAlignment::Right),
             Cell::new(fmt_secs(s.queued_s.median)).set_alignment(CellAlignment::Right),
+            Cell::new(fmt_secs(s.backoff_s.median)).set_alignment(CellAlignment::Right),
         ]);
     }
     t.add_row(vec![
@@ -210,7 +225,8 @@ pub fn flow_table(r: &FlowReport) -> Table {
             r.overhead_pct.median
         ))
         .set_alignment(CellAlignment::Right),
-        Cell::new(""),
+        Cell::new(fmt_secs(r.queued_s.median)).set_alignment(CellAlignment::Right),
+        Cell::new(fmt_secs(r.backoff_s.median)).set_alignment(CellAlignment::Right),
     ]);
     t
 }

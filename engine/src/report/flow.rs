@@ -53,8 +53,11 @@ pub struct StepSummary {
     pub category: String,
     pub runs: usize,
     pub runtime_s: Spread,
+    /// The engine's overhead, apart from queue wait and back-off
+    /// ([`super`]'s split).
     pub overhead_s: Spread,
     pub queued_s: Spread,
+    pub backoff_s: Spread,
     /// Every run's runtime, for the box plot.
     #[serde(skip)]
     pub runtimes: Vec<f64>,
@@ -69,6 +72,8 @@ pub struct FlowReport {
     pub failed: usize,
     pub steps: Vec<StepSummary>,
     pub total_s: Spread,
+    pub queued_s: Spread,
+    pub backoff_s: Spread,
     pub overhead_s: Spread,
     pub overhead_pct: Spread,
     /// Most runs in flight at once.
@@ -84,6 +89,7 @@ struct Samples {
     runtime: Vec<f64>,
     overhead: Vec<f64>,
     queued: Vec<f64>,
+    backoff: Vec<f64>,
 }
 
 /// The report over `runs` (with their `attempts`) created at or after
@@ -127,6 +133,7 @@ pub fn summarise(
             e.runtime.push(s.action_s);
             e.overhead.push(s.overhead_s);
             e.queued.push(s.queued_s);
+            e.backoff.push(s.backoff_s);
         }
     }
     let steps = order
@@ -138,6 +145,7 @@ pub fn summarise(
                 runtime_s: Spread::of(&x.runtime),
                 overhead_s: Spread::of(&x.overhead),
                 queued_s: Spread::of(&x.queued),
+                backoff_s: Spread::of(&x.backoff),
                 runtimes: x.runtime,
                 step,
                 category,
@@ -157,6 +165,8 @@ pub fn summarise(
         failed: finished.iter().filter(|r| r.state == "failed").count(),
         steps,
         total_s: Spread::of(&col(|t| t.total_s)),
+        queued_s: Spread::of(&col(|t| t.queued_s)),
+        backoff_s: Spread::of(&col(|t| t.backoff_s)),
         overhead_s: Spread::of(&col(|t| t.overhead_s)),
         overhead_pct: Spread::of(&col(|t| t.overhead_pct)),
         max_concurrent: concurrency(&spans).iter().map(|p| p.1).max().unwrap_or(0),
