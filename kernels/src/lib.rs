@@ -20,6 +20,7 @@ pub mod blas;
 #[cfg(feature = "torch")]
 pub mod braggnn;
 pub mod builtin;
+pub mod figure;
 pub mod gpu;
 pub mod h5check;
 pub mod hedm;

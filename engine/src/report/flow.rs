@@ -228,7 +228,7 @@ fn fail(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 /// Box plots of each step's runtime over the runs (log scale: steps span
 /// milliseconds to minutes).
 pub fn boxplots(r: &FlowReport, path: &Path) -> anyhow::Result<()> {
-    beamflow_kernels::xpcs::plot::font().map_err(|e| anyhow::anyhow!(e))?;
+    beamflow_kernels::figure::font().map_err(|e| anyhow::anyhow!(e))?;
     // The first step on top.
     let steps: Vec<&StepSummary> = r
         .steps
@@ -294,7 +294,7 @@ pub fn boxplots(r: &FlowReport, path: &Path) -> anyhow::Result<()> {
 
 /// Runs in flight over time, from the first run's creation.
 pub fn concurrency_plot(r: &FlowReport, path: &Path) -> anyhow::Result<()> {
-    beamflow_kernels::xpcs::plot::font().map_err(|e| anyhow::anyhow!(e))?;
+    beamflow_kernels::figure::font().map_err(|e| anyhow::anyhow!(e))?;
     let steps = concurrency(&r.spans);
     anyhow::ensure!(
         !steps.is_empty(),

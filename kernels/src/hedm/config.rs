@@ -397,6 +397,11 @@ impl Config {
                 &peaks,
                 first as u32,
                 1024,
+                &self
+                    .frames
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| self.frames.display().to_string()),
             )?;
             Some(p)
         } else {

@@ -248,7 +248,12 @@ impl Config {
         )?;
         let (amplitude_png, phase_png) = if self.plot {
             let (a, p) = (at("amplitude.png"), at("phase.png"));
-            super::plot::object(&a, &p, &out.object)?;
+            let file = self
+                .data
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned());
+            let file = file.unwrap_or_else(|| self.data.display().to_string());
+            super::plot::object(&a, &p, &out.object, &file)?;
             (Some(a), Some(p))
         } else {
             (None, None)

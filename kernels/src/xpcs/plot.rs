@@ -1,15 +1,16 @@
 //! PNG figures a beamline scientist looks at first: g2(τ) per q bin with
-//! its fit, the time-averaged SAXS image, and a two-time map.
+//! its fit, the time-averaged SAXS image, and a two-time map — each titled
+//! with the results file it comes from, axes and colour bars in units.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use ndarray::Array2;
+use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use super::pipeline::BinFit;
 use super::qbin::G2Result;
+use crate::figure::{self, fail, Heat, Key, Scale, LEGEND_H, TITLE_H};
 
 /// The figures of one results file, next to it: `STEM_g2.png` (multi-tau),
 /// `STEM_saxs.png`, `STEM_c2.png` (first two-time map) and 256-pixel
@@ -21,61 +22,39 @@ pub fn figures(results: &Path, out_dir: &Path, fits: &[BinFit]) -> Result<Vec<Pa
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "xpcs".into());
+    let file = results
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| stem.clone());
     std::fs::create_dir_all(out_dir).map_err(|e| fail(out_dir, e))?;
     let name = |suffix: &str| out_dir.join(format!("{stem}_{suffix}.png"));
     let mut out = Vec::new();
     if let Some((tau_s, g)) = &c.multitau {
-        g2_panels(&name("g2"), tau_s, g, &c.dq_values, fits, 300)?;
-        g2_panels(&name("g2_thumb"), tau_s, g, &c.dq_values, fits, 64)?;
+        g2_panels(&name("g2"), tau_s, g, &c.dq_values, fits, 300, &file)?;
+        g2_panels(&name("g2_thumb"), tau_s, g, &c.dq_values, fits, 64, &file)?;
         out.extend([name("g2"), name("g2_thumb")]);
     }
-    saxs_image(&name("saxs"), &c.saxs_2d, 512)?;
-    saxs_image(&name("saxs_thumb"), &c.saxs_2d, 256)?;
+    saxs_image(&name("saxs"), &c.saxs_2d, &file)?;
+    figure::thumbnail(&name("saxs_thumb"), &c.saxs_2d, 256, Scale::Log10)?;
     out.extend([name("saxs"), name("saxs_thumb")]);
-    if let Some((_, c2)) = &c.first_c2 {
-        twotime_map(&name("c2"), c2)?;
+    if let Some((dq, c2)) = &c.first_c2 {
+        let q = (*dq as usize)
+            .checked_sub(1)
+            .and_then(|i| c.dq_values.get(i));
+        twotime_map(&name("c2"), c2, *dq, q.copied(), &file)?;
         out.push(name("c2"));
     }
     Ok(out)
 }
 
-/// Where the labels' font is looked for (Debian's fonts-dejavu-core first).
-const FONT_PATHS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
+/// Panels at least this wide carry text; thumbnails do not.
+const LABELLED: u32 = 150;
 
-/// Registers a sans-serif font once; plotters has no built-in font.
-pub fn font() -> Result<(), String> {
-    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
-    FONT.get_or_init(|| {
-        let env = std::env::var("BEAMFLOW_FONT").ok();
-        let candidates = env
-            .iter()
-            .map(String::as_str)
-            .chain(FONT_PATHS.iter().copied());
-        for path in candidates {
-            if let Ok(bytes) = std::fs::read(path) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                    .map_err(|_| format!("{path}: not a usable TrueType font"));
-            }
-        }
-        Err(format!(
-            "no font for plot labels: tried {} (install fonts-dejavu-core or set BEAMFLOW_FONT)",
-            FONT_PATHS.join(", ")
-        ))
-    })
-    .clone()
-}
-
-pub(crate) fn fail(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: cannot draw: {e}", path.display())
-}
-
-/// g2 against τ (seconds, log axis) for every dynamic bin, one panel each,
-/// with the fitted single exponential drawn over the points.
+/// g2 against τ (seconds, log axis) for every dynamic bin, one panel each:
+/// the points with their ±1σ error bars, the fitted single exponential
+/// over them (dashed and the panel marked where the decay is not resolved
+/// within the measured delays), `file` in the title, a legend below.
+/// Returns the texts drawn.
 pub fn g2_panels(
     path: &Path,
     tau_s: &[f64],
@@ -83,179 +62,362 @@ pub fn g2_panels(
     q: &[f64],
     fits: &[BinFit],
     panel: u32,
-) -> Result<(), String> {
-    // Thumbnails (small panels) carry no text.
-    let labelled = panel >= 150;
+    file: &str,
+) -> Result<Vec<String>, String> {
+    let labelled = panel >= LABELLED;
     if labelled {
-        font()?;
+        figure::font()?;
     }
-    let n_dq = g.g2.ncols();
-    let bins: Vec<usize> = (0..n_dq)
-        .filter(|&d| g.g2.column(d).iter().any(|&v| v != 0.0))
-        .collect();
+    let bins = plotted_bins(g);
     if bins.is_empty() || tau_s.is_empty() {
         return Err(fail(path, "no non-empty q bin to plot"));
     }
-    let cols = (bins.len() as f64).sqrt().ceil() as usize;
-    let rows = bins.len().div_ceil(cols);
-    let root = BitMapBackend::new(path, (panel * cols as u32, panel * 4 / 5 * rows as u32))
-        .into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(path, e))?;
+    let root = BitMapBackend::new(path, g2_size(bins.len(), panel)).into_drawing_area();
+    let texts = draw_g2(&root, tau_s, g, q, fits, panel, file).map_err(|e| fail(path, e))?;
+    root.present().map_err(|e| fail(path, e))?;
+    Ok(texts)
+}
+
+/// The bins with any non-zero g2 (an empty bin has no pixels).
+fn plotted_bins(g: &G2Result) -> Vec<usize> {
+    (0..g.g2.ncols())
+        .filter(|&d| g.g2.column(d).iter().any(|&v| v != 0.0))
+        .collect()
+}
+
+/// Columns and rows of the panel grid for `n` panels.
+fn grid(n: usize) -> (usize, usize) {
+    let cols = (n as f64).sqrt().ceil() as usize;
+    (cols, n.div_ceil(cols))
+}
+
+fn g2_size(n: usize, panel: u32) -> (u32, u32) {
+    let (cols, rows) = grid(n);
+    let bands = if panel >= LABELLED {
+        TITLE_H + LEGEND_H
+    } else {
+        0
+    };
+    (panel * cols as u32, panel * 4 / 5 * rows as u32 + bands)
+}
+
+const DATA: RGBColor = RGBColor(31, 86, 180);
+const ERROR_BAR: RGBColor = RGBColor(140, 170, 220);
+const FIT: RGBColor = RGBColor(200, 30, 30);
+const UNRESOLVED: RGBColor = RGBColor(120, 120, 120);
+
+fn draw_g2<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    tau_s: &[f64],
+    g: &G2Result,
+    q: &[f64],
+    fits: &[BinFit],
+    panel: u32,
+    file: &str,
+) -> Result<Vec<String>, String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let labelled = panel >= LABELLED;
+    root.fill(&WHITE).map_err(e)?;
+    let bins = plotted_bins(g);
+    let fit_of = |d: usize| fits.iter().find(|f| f.dq as usize == d + 1);
+    let mut texts = Vec::new();
+    let body = if labelled {
+        let (top, rest) = root.split_vertically(TITLE_H);
+        let (_, h) = rest.dim_in_pixel();
+        let (body, strip) = rest.split_vertically(h - LEGEND_H);
+        let title = format!("{file}: g2(τ) per q bin");
+        figure::title_band(&top, &title)?;
+        let mut entries = vec![
+            (Key::Dot(DATA), "data ± 1σ".to_string()),
+            (Key::Line(FIT), "fit: baseline + β·exp(−2Γτ)".to_string()),
+        ];
+        if bins.iter().any(|&d| fit_of(d).is_some_and(|f| !f.resolved)) {
+            entries.push((
+                Key::Dashed(UNRESOLVED),
+                "unresolved: the decay lies outside the measured τ".to_string(),
+            ));
+        }
+        figure::legend(&strip, &entries)?;
+        texts.push(title);
+        texts.extend(entries.into_iter().map(|(_, t)| t));
+        body
+    } else {
+        root.clone()
+    };
     let (t_lo, t_hi) = (tau_s[0] * 0.8, tau_s[tau_s.len() - 1] * 1.25);
-    let areas = root.split_evenly((rows, cols));
+    let (cols, rows) = grid(bins.len());
+    let areas = body.split_evenly((rows, cols));
     for (area, &d) in areas.iter().zip(&bins) {
         let col = g.g2.column(d);
-        let (mut lo, mut hi) = col
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
-        let pad = ((hi - lo) * 0.1).max(1e-3);
-        lo -= pad;
-        hi += pad;
-        let title = match q.get(d) {
-            Some(q) => format!("q = {q:.4} 1/Å"),
-            None => format!("bin {}", d + 1),
-        };
+        let err = g.g2_err.column(d);
+        let (lo, hi) = g2_range(col.iter().copied(), err.iter().copied());
+        let fit = fit_of(d);
+        let unresolved = fit.is_some_and(|f| !f.resolved);
         let mut builder = ChartBuilder::on(area);
         builder.margin(if labelled { 6 } else { 2 });
         if labelled {
+            let mut caption = match q.get(d) {
+                Some(q) => format!("q = {} Å⁻¹", figure::tick_label(*q)),
+                None => format!("bin {}", d + 1),
+            };
+            if unresolved {
+                caption.push_str(" · unresolved");
+            }
+            let colour = if unresolved { UNRESOLVED } else { BLACK };
             builder
-                .caption(title, ("sans-serif", 15))
-                .x_label_area_size(28)
-                .y_label_area_size(44);
+                .caption(&caption, ("sans-serif", 14).into_font().color(&colour))
+                .x_label_area_size(40)
+                .y_label_area_size(54);
+            texts.push(caption);
         }
         let mut chart = builder
-            .build_cartesian_2d((t_lo..t_hi).log_scale(), f64::from(lo)..f64::from(hi))
-            .map_err(|e| fail(path, e))?;
+            .build_cartesian_2d(
+                figure::ticked((t_lo..t_hi).log_scale(), figure::log_ticks(t_lo, t_hi)),
+                lo..hi,
+            )
+            .map_err(e)?;
         if labelled {
             chart
                 .configure_mesh()
-                .x_labels(4)
+                .x_desc("τ (s)")
+                .y_desc("g2")
                 .y_labels(5)
                 .x_label_formatter(&|x| format!("{x:.0e}"))
-                .y_label_formatter(&|y| format!("{y:.3}"))
+                .y_label_formatter(&|y| figure::tick_label(*y))
                 .label_style(("sans-serif", 11))
+                .axis_desc_style(("sans-serif", 12))
+                .light_line_style(WHITE.mix(0.0))
                 .draw()
-                .map_err(|e| fail(path, e))?;
+                .map_err(e)?;
+        }
+        let points = || {
+            tau_s
+                .iter()
+                .zip(col.iter().zip(err.iter()))
+                .map(|(&t, (&v, &s))| (t, f64::from(v), f64::from(s)))
+        };
+        if labelled {
+            chart
+                .draw_series(points().filter(|p| p.2 > 0.0).map(|(t, v, s)| {
+                    PathElement::new([(t, v - s), (t, v + s)], ERROR_BAR.stroke_width(1))
+                }))
+                .map_err(e)?;
         }
         chart
             .draw_series(
-                tau_s
-                    .iter()
-                    .zip(col.iter())
-                    .map(|(&t, &v)| Circle::new((t, f64::from(v)), 1 + panel / 150, BLUE.filled())),
+                points().map(|(t, v, _)| Circle::new((t, v), 1 + panel / 150, DATA.filled())),
             )
-            .map_err(|e| fail(path, e))?;
-        if let Some(f) = fits.iter().find(|f| f.dq as usize == d + 1) {
+            .map_err(e)?;
+        if let Some(f) = fit {
             let line = (0..=100).map(|i| {
                 let t = t_lo * (t_hi / t_lo).powf(f64::from(i) / 100.0);
                 (t, f.baseline + f.beta * (-2.0 * f.gamma * t).exp())
             });
-            chart
-                .draw_series(LineSeries::new(line, RED.stroke_width(2)))
-                .map_err(|e| fail(path, e))?;
+            if unresolved {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        line,
+                        6,
+                        4,
+                        UNRESOLVED.stroke_width(2),
+                    ))
+                    .map_err(e)?;
+            } else {
+                chart
+                    .draw_series(LineSeries::new(line, FIT.stroke_width(2)))
+                    .map_err(e)?;
+            }
         }
     }
-    root.present().map_err(|e| fail(path, e))
-}
-
-/// A false-colour map of `values` (row 0 at the top), `scale` applied first.
-pub(crate) fn heat_map(
-    path: &Path,
-    values: &Array2<f32>,
-    side: u32,
-    scale: impl Fn(f32) -> f32,
-) -> Result<(), String> {
-    let (h, w) = values.dim();
-    if h == 0 || w == 0 {
-        return Err(fail(path, "empty image"));
+    if labelled {
+        texts.extend(["τ (s)".to_string(), "g2".to_string()]);
     }
-    let size = fit_side(h, w, side);
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    draw_heat(&root, values, size, scale).map_err(|e| fail(path, e))?;
-    root.present().map_err(|e| fail(path, e))
+    Ok(texts)
 }
 
-/// Output size of an `h` × `w` image whose longer side becomes `side`.
-pub(crate) fn fit_side(h: usize, w: usize, side: u32) -> (u32, u32) {
-    if w >= h {
-        (side, ((side as usize * h) / w).max(1) as u32)
-    } else {
-        (((side as usize * w) / h).max(1) as u32, side)
+/// The g2 axis: the points padded by a tenth, widened by their error bars
+/// as far as the points' own spread (the last delays' bars, from few
+/// frame pairs, would otherwise flatten every curve).
+fn g2_range(values: impl Iterator<Item = f32>, errs: impl Iterator<Item = f32>) -> (f64, f64) {
+    let pairs: Vec<(f64, f64)> = values
+        .zip(errs)
+        .map(|(v, s)| (f64::from(v), f64::from(s).max(0.0)))
+        .filter(|(v, _)| v.is_finite())
+        .collect();
+    let (lo, hi) = pairs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (v, _)| {
+            (a.min(*v), b.max(*v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 2.0);
     }
-}
-
-/// Paints `values` (nearest pixel, `scale` applied, viridis over the finite
-/// range) onto `root` of size `out`; other figures draw on top of it.
-pub(crate) fn draw_heat<DB: plotters::prelude::DrawingBackend>(
-    root: &DrawingArea<DB, plotters::coord::Shift>,
-    values: &Array2<f32>,
-    out: (u32, u32),
-    scale: impl Fn(f32) -> f32,
-) -> Result<(), String> {
-    let (h, w) = values.dim();
-    let scaled = values.mapv(&scale);
-    let finite = scaled.iter().copied().filter(|v| v.is_finite());
-    let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
+    let span = (hi - lo).max(1e-3);
+    let (lo, hi) = pairs.iter().fold((lo, hi), |(a, b), (v, s)| {
+        let s = s.min(span);
+        (a.min(v - s), b.max(v + s))
     });
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    let (out_w, out_h) = out;
-    for y in 0..out_h {
-        for x in 0..out_w {
-            let (r, c) = (
-                y as usize * h / out_h as usize,
-                x as usize * w / out_w as usize,
-            );
-            let v = scaled[[r, c]];
-            let t = if v.is_finite() { (v - lo) / span } else { 0.0 };
-            root.draw_pixel((x as i32, y as i32), &ViridisRGB::get_color(f64::from(t)))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
+    let pad = (hi - lo) * 0.05;
+    (lo - pad, hi + pad)
 }
 
 /// The time-averaged SAXS image on a log scale (zero pixels darkest).
-pub fn saxs_image(path: &Path, img: &Array2<f32>, side: u32) -> Result<(), String> {
-    let floor = img
-        .iter()
-        .copied()
-        .filter(|&v| v > 0.0)
-        .fold(f32::INFINITY, f32::min);
-    let floor = if floor.is_finite() { floor } else { 1.0 };
-    heat_map(path, img, side, |v| v.max(floor).log10())
+pub fn saxs_image(path: &Path, img: &Array2<f32>, file: &str) -> Result<Vec<String>, String> {
+    figure::heat_figure(
+        path,
+        img,
+        512,
+        &Heat {
+            title: format!("{file}: time-averaged scattering"),
+            x: "column (pixel)".into(),
+            y: "row (pixel)".into(),
+            quantity: "intensity (counts/frame)".into(),
+            scale: Scale::Log10,
+            y_up: false,
+            marks: vec![],
+        },
+    )
 }
 
-/// A two-time map C(t1, t2), mirrored from its stored upper triangle.
-pub fn twotime_map(path: &Path, upper: &Array2<f32>) -> Result<(), String> {
+/// A two-time map C2(t₁, t₂) of q bin `dq` (at `q`, Å⁻¹, where known),
+/// mirrored from its stored upper triangle, t₁ = t₂ rising to the right.
+pub fn twotime_map(
+    path: &Path,
+    upper: &Array2<f32>,
+    dq: u32,
+    q: Option<f64>,
+    file: &str,
+) -> Result<Vec<String>, String> {
     let mut full = upper.clone();
     for ((i, j), v) in full.indexed_iter_mut() {
         if i > j {
             *v = upper[[j, i]];
         }
     }
-    heat_map(path, &full, 512, |v| v)
+    let at = q
+        .map(|q| format!(", q = {} Å⁻¹", figure::tick_label(q)))
+        .unwrap_or_default();
+    figure::heat_figure(
+        path,
+        &full,
+        512,
+        &Heat {
+            title: format!("{file}: two-time C2, q bin {dq}{at}"),
+            x: "t₁ (frame)".into(),
+            y: "t₂ (frame)".into(),
+            quantity: "C2(t₁, t₂)".into(),
+            scale: Scale::Linear,
+            y_up: true,
+            marks: vec![],
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::figure::tests::inked;
+
+    fn g2(tau: &[f64], gamma: [f64; 2]) -> G2Result {
+        let t = tau.len();
+        G2Result {
+            tau: (1..=t as u64).collect(),
+            g2: Array2::from_shape_fn((t, 2), |(i, d)| {
+                (1.0 + 0.2 * (-2.0 * gamma[d] * tau[i]).exp()) as f32
+            }),
+            g2_err: Array2::from_elem((t, 2), 0.01),
+        }
+    }
+
+    fn fit(dq: u32, gamma: f64, resolved: bool) -> BinFit {
+        BinFit {
+            dq,
+            q: 0.001 * f64::from(dq),
+            pixels: 100,
+            gamma,
+            beta: 0.2,
+            baseline: 1.0,
+            chi2: 1.0,
+            resolved,
+        }
+    }
+
+    /// The g2 figure names its file, its axes with units, each panel's q,
+    /// the legend's data/fit/unresolved entries, and draws them: the
+    /// title band and the legend strip hold text, the panels error bars.
+    #[test]
+    fn the_g2_figure_labels_axes_fits_and_unresolved_bins() {
+        figure::font().unwrap();
+        let tau: Vec<f64> = (0..40).map(|i| 1e-3 * 1.25f64.powi(i)).collect();
+        let g = g2(&tau, [20.0, 1e-4]);
+        let fits = [fit(1, 20.0, true), fit(2, 1e-4, false)];
+        let size = g2_size(2, 300);
+        let mut buf = vec![0u8; (3 * size.0 * size.1) as usize];
+        let texts = {
+            let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+            let t = draw_g2(&root, &tau, &g, &[0.001, 0.002], &fits, 300, "A001.hdf").unwrap();
+            root.present().unwrap();
+            t
+        };
+        for want in [
+            "A001.hdf: g2(τ) per q bin",
+            "data ± 1σ",
+            "fit: baseline + β·exp(−2Γτ)",
+            "unresolved: the decay lies outside the measured τ",
+            "q = 0.001 Å⁻¹",
+            "q = 0.002 Å⁻¹ · unresolved",
+            "τ (s)",
+            "g2",
+        ] {
+            assert!(texts.iter().any(|t| t == want), "{want:?} not in {texts:?}");
+        }
+        let (w, h) = size;
+        assert!(inked(&buf, w, (0, w), (0, TITLE_H)) > 50, "title drawn");
+        assert!(
+            inked(&buf, w, (0, w), (h - LEGEND_H, h)) > 50,
+            "legend drawn"
+        );
+        let bars = (0..w * h)
+            .filter(|i| {
+                let i = 3 * *i as usize;
+                (buf[i], buf[i + 1], buf[i + 2]) == (ERROR_BAR.0, ERROR_BAR.1, ERROR_BAR.2)
+            })
+            .count();
+        assert!(bars > 20, "error bars drawn: {bars} pixels");
+        // A thumbnail carries no text and no bands.
+        assert_eq!(g2_size(2, 64), (128, 51));
+    }
 
     #[test]
-    fn heat_maps_are_pngs_of_the_requested_size() {
+    fn error_bars_widen_the_axis_only_as_far_as_the_points_spread() {
+        let (lo, hi) = g2_range([1.0f32, 1.2].into_iter(), [0.01f32, 50.0].into_iter());
+        assert!(lo > 0.7 && hi < 1.5, "{lo} {hi}");
+        let (lo, hi) = g2_range([1.0f32, 1.2].into_iter(), [0.05f32, 0.05].into_iter());
+        assert!(lo < 0.95 && hi > 1.25, "{lo} {hi}");
+    }
+
+    #[test]
+    fn saxs_and_two_time_figures_say_what_they_show() {
         let t = tempfile::tempdir().unwrap();
         let img = Array2::from_shape_fn((40, 80), |(r, c)| (r * c) as f32);
-        let p = t.path().join("saxs.png");
-        saxs_image(&p, &img, 512).unwrap();
-        let bytes = std::fs::read(&p).unwrap();
+        let texts = saxs_image(&t.path().join("saxs.png"), &img, "A001.hdf").unwrap();
+        assert_eq!(
+            texts,
+            [
+                "A001.hdf: time-averaged scattering",
+                "column (pixel)",
+                "row (pixel)",
+                "log₁₀ intensity (counts/frame)"
+            ]
+        );
+        let bytes = std::fs::read(t.path().join("saxs.png")).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
-        // IHDR: width and height, big-endian, at bytes 16..24.
-        let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-        let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-        assert_eq!((w, h), (512, 256));
-        let e = saxs_image(&t.path().join("none.png"), &Array2::zeros((0, 3)), 64).unwrap_err();
+        let c2 = Array2::from_shape_fn((30, 30), |(i, j)| (i + j) as f32);
+        let texts =
+            twotime_map(&t.path().join("c2.png"), &c2, 3, Some(0.00421), "A001.hdf").unwrap();
+        assert_eq!(texts[0], "A001.hdf: two-time C2, q bin 3, q = 0.00421 Å⁻¹");
+        assert_eq!(texts[3], "C2(t₁, t₂)");
+        let e = saxs_image(&t.path().join("none.png"), &Array2::zeros((0, 3)), "x").unwrap_err();
         assert!(e.contains("none.png") && e.contains("empty image"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ fn fail(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 pub fn plot(r: &Report, path: &Path) -> anyhow::Result<()> {
-    beamflow_kernels::xpcs::plot::font().map_err(|e| anyhow::anyhow!(e))?;
+    beamflow_kernels::figure::font().map_err(|e| anyhow::anyhow!(e))?;
     let (bw, peak) = (r.machine.triad_gbs, r.machine.sgemm_gflops);
     anyhow::ensure!(
         bw > 0.0 && peak > 0.0,
