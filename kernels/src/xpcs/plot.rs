@@ -30,8 +30,15 @@ pub fn figures(results: &Path, out_dir: &Path, fits: &[BinFit]) -> Result<Vec<Pa
     let name = |suffix: &str| out_dir.join(format!("{stem}_{suffix}.png"));
     let mut out = Vec::new();
     if let Some((tau_s, g)) = &c.multitau {
-        g2_panels(&name("g2"), tau_s, g, &c.dq_values, fits, 300, &file)?;
-        g2_panels(&name("g2_thumb"), tau_s, g, &c.dq_values, fits, 64, &file)?;
+        let fig = G2Figure {
+            tau_s,
+            g,
+            q: &c.dq_values,
+            fits,
+            file: &file,
+        };
+        g2_panels(&name("g2"), &fig, 300)?;
+        g2_panels(&name("g2_thumb"), &fig, 64)?;
         out.extend([name("g2"), name("g2_thumb")]);
     }
     saxs_image(&name("saxs"), &c.saxs_2d, &file)?;
@@ -55,25 +62,17 @@ const LABELLED: u32 = 150;
 /// over them (dashed and the panel marked where the decay is not resolved
 /// within the measured delays), `file` in the title, a legend below.
 /// Returns the texts drawn.
-pub fn g2_panels(
-    path: &Path,
-    tau_s: &[f64],
-    g: &G2Result,
-    q: &[f64],
-    fits: &[BinFit],
-    panel: u32,
-    file: &str,
-) -> Result<Vec<String>, String> {
+pub fn g2_panels(path: &Path, fig: &G2Figure, panel: u32) -> Result<Vec<String>, String> {
     let labelled = panel >= LABELLED;
     if labelled {
         figure::font()?;
     }
-    let bins = plotted_bins(g);
-    if bins.is_empty() || tau_s.is_empty() {
+    let bins = plotted_bins(fig.g);
+    if bins.is_empty() || fig.tau_s.is_empty() {
         return Err(fail(path, "no non-empty q bin to plot"));
     }
     let root = BitMapBackend::new(path, g2_size(bins.len(), panel)).into_drawing_area();
-    let texts = draw_g2(&root, tau_s, g, q, fits, panel, file).map_err(|e| fail(path, e))?;
+    let texts = draw_g2(&root, fig, panel).map_err(|e| fail(path, e))?;
     root.present().map_err(|e| fail(path, e))?;
     Ok(texts)
 }
@@ -106,15 +105,28 @@ const ERROR_BAR: RGBColor = RGBColor(140, 170, 220);
 const FIT: RGBColor = RGBColor(200, 30, 30);
 const UNRESOLVED: RGBColor = RGBColor(120, 120, 120);
 
+/// What a g2 figure shows: τ in seconds, g2 and its errors per bin, q
+/// per bin (Å⁻¹), the fits, and the results file's name for the title.
+pub struct G2Figure<'a> {
+    pub tau_s: &'a [f64],
+    pub g: &'a G2Result,
+    pub q: &'a [f64],
+    pub fits: &'a [BinFit],
+    pub file: &'a str,
+}
+
 fn draw_g2<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    tau_s: &[f64],
-    g: &G2Result,
-    q: &[f64],
-    fits: &[BinFit],
+    fig: &G2Figure,
     panel: u32,
-    file: &str,
 ) -> Result<Vec<String>, String> {
+    let G2Figure {
+        tau_s,
+        g,
+        q,
+        fits,
+        file,
+    } = *fig;
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let labelled = panel >= LABELLED;
     root.fill(&WHITE).map_err(e)?;
@@ -355,7 +367,14 @@ mod tests {
         let mut buf = vec![0u8; (3 * size.0 * size.1) as usize];
         let texts = {
             let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-            let t = draw_g2(&root, &tau, &g, &[0.001, 0.002], &fits, 300, "A001.hdf").unwrap();
+            let fig = G2Figure {
+                tau_s: &tau,
+                g: &g,
+                q: &[0.001, 0.002],
+                fits: &fits,
+                file: "A001.hdf",
+            };
+            let t = draw_g2(&root, &fig, 300).unwrap();
             root.present().unwrap();
             t
         };
