@@ -22,6 +22,9 @@ APT_PACKAGES=(
   ca-certificates
   fonts-dejavu-core   # the font for plots (g2 curves)
   time   # /usr/bin/time -v: peak memory in benches/boost/run.sh
+  rsync   # the rsync transfer backend
+  openssh-client   # ssh under rsync
+  openssh-server   # sshd on a loopback port for the rsync transfer tests
   python3-venv   # only needed if the venv is built from Debian's /usr/bin/python3
   chromium chromium-driver   # the web page's tests drive a headless browser (tests/ui.rs)
   postgresql   # the store's PostgreSQL backend is tested on a private server (scripts/postgres.sh)

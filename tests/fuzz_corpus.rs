@@ -432,6 +432,7 @@ mod seeds {
             heartbeat_s: 2.0,
             transfer: TransferPolicy {
                 allowed_roots: vec!["/data".into(), "~/scratch".into()],
+                ..Default::default()
             },
         };
         put("protocol", "seed-welcome.json", frame(json!([welcome])));

@@ -70,13 +70,56 @@ pub struct SiteConfig {
     pub targets: BTreeMap<String, Target>,
 }
 
-/// Which paths `transfer` steps may read and write.
+/// Which paths `transfer` steps may read and write, and the far ends
+/// (other facilities' data-transfer nodes) they may reach.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransferPolicy {
     /// Absolute roots (`~` expands to the home directory). Empty: no restriction.
     #[serde(default)]
     pub allowed_roots: Vec<String>,
+    /// Far ends by name: a transfer's `src` or `dst` written `NAME:/path`
+    /// is moved to or from remote NAME.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remotes: BTreeMap<String, Remote>,
+}
+
+/// A far end reached over SSH with rsync. Credentials live here, in the
+/// facility's site config, or in the user's SSH agent — never in a flow.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// The backend: `rsync` (over SSH), the facility-standard fallback.
+    #[serde(default)]
+    pub backend: RemoteBackend,
+    /// The far end's data-transfer host.
+    pub host: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// A private key file for this site's transfer account (default: the
+    /// SSH agent and ~/.ssh, as `ssh` finds them).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// The far end's host keys (default: ~/.ssh/known_hosts). Host keys are
+    /// always checked: an unknown host is refused, never added.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// Absolute roots at the far end that transfers may read and write;
+    /// empty: no restriction. Checked on the path as written (no `..`).
+    #[serde(default)]
+    pub roots: Vec<String>,
+    /// Bandwidth cap, KiB/s (rsync's --bwlimit), to share a link.
+    #[serde(default)]
+    pub bwlimit_kib: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteBackend {
+    #[default]
+    Rsync,
 }
 
 impl TransferPolicy {

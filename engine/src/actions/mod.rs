@@ -69,6 +69,7 @@ pub struct Grant {
 }
 
 /// Why an action failed.
+#[derive(Debug)]
 pub enum Failure {
     Failed {
         error: String,

@@ -2,6 +2,11 @@
 //! allowed roots, and resumable: a destination file that already has the
 //! source's content is left alone, and partial copies never appear under the
 //! final name (they are written to `NAME.part` and renamed).
+//!
+//! A `src` or `dst` written `NAME:/path` lives at remote NAME of the site's
+//! `[transfer.remotes]`, and is moved by [`rsync`] over SSH instead.
+
+mod rsync;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,13 +23,13 @@ pub async fn run(
     policy: &TransferPolicy,
     cancel: &Cancel,
 ) -> Result<Value, Failure> {
-    let srcs: Vec<PathBuf> = match spec.params.get("src") {
-        Some(Value::String(s)) => vec![PathBuf::from(s)],
+    let srcs: Vec<String> = match spec.params.get("src") {
+        Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| {
                 x.as_str()
-                    .map(PathBuf::from)
+                    .map(String::from)
                     .ok_or_else(|| Failure::msg(format!("params.src: expected paths, got {x}")))
             })
             .collect::<Result<_, _>>()?,
@@ -35,7 +40,7 @@ pub async fn run(
         }
         None => return Err(Failure::msg("params.src is required")),
     };
-    let dst = PathBuf::from(super::str_param(spec, "dst")?);
+    let dst = super::str_param(spec, "dst")?.to_string();
     let verify = spec
         .params
         .get("verify")
@@ -43,9 +48,16 @@ pub async fn run(
         .unwrap_or(true);
     let roots = policy.roots();
     let cancel = cancel.clone();
-    tokio::task::spawn_blocking(move || copy_all(&srcs, &dst, verify, &roots, &cancel))
-        .await
-        .map_err(|e| Failure::msg(format!("transfer panicked: {e}")))?
+    let job = rsync::Job::plan(&srcs, &dst, policy)?;
+    tokio::task::spawn_blocking(move || match job {
+        Some(job) => job.run(verify, &roots, &cancel),
+        None => {
+            let srcs: Vec<PathBuf> = srcs.iter().map(PathBuf::from).collect();
+            copy_all(&srcs, Path::new(&dst), verify, &roots, &cancel)
+        }
+    })
+    .await
+    .map_err(|e| Failure::msg(format!("transfer panicked: {e}")))?
 }
 
 #[derive(Default)]
@@ -142,7 +154,7 @@ fn walk(src: &Path, dst: &Path, plan: &mut Vec<(PathBuf, PathBuf)>) -> Result<()
 }
 
 /// Refuses paths that resolve outside every allowed root (symlinks included).
-fn check_root(path: &Path, roots: &[PathBuf], what: &str) -> Result<(), Failure> {
+pub(super) fn check_root(path: &Path, roots: &[PathBuf], what: &str) -> Result<(), Failure> {
     if roots.is_empty() {
         return Ok(());
     }

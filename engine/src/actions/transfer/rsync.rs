@@ -1,0 +1,807 @@
+//! `transfer` to or from another facility over SSH with rsync, the
+//! facility-standard fallback where no Globus endpoint serves: resumable
+//! (`--partial-dir`: an interrupted file is kept aside and its bytes reused
+//! by the next try, never left under its final name), checked (`--checksum`
+//! decides what is already there by content, as the local backend does; rsync
+//! verifies every file it moves by a whole-file checksum), host keys always
+//! checked, keys from the site config or the user's SSH agent — never from a
+//! flow. Allowed roots hold at both ends: this site's as for local copies,
+//! the remote's on the path as written (absolute, no `..`, and symlinks
+//! leading out of the tree are not followed: `--safe-links`).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::check_root;
+use crate::actions::{Cancel, Failure};
+use crate::home::expand_home;
+use crate::site::{Remote, TransferPolicy};
+
+/// Which way the data goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Local sources to a remote destination.
+    Push,
+    /// Remote sources to a local destination.
+    Pull,
+}
+
+/// A transfer with one end at a remote.
+#[derive(Debug)]
+pub(super) struct Job {
+    name: String,
+    remote: Remote,
+    direction: Direction,
+    /// The sources, local (push) or at the remote (pull).
+    srcs: Vec<String>,
+    /// The destination, at the remote (push) or local (pull).
+    dst: String,
+}
+
+/// `NAME:/path` → (NAME, /path) when NAME looks like a remote's name; a
+/// local path (absolute, relative, `~`) never does.
+fn split(s: &str) -> Option<(&str, &str)> {
+    let (name, path) = s.split_once(':')?;
+    let named = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (named && !s.starts_with(['/', '.', '~'])).then_some((name, path))
+}
+
+impl Job {
+    /// The remote job `srcs` → `dst` describe, `None` for a local copy.
+    /// Errors name the parameter and, for an unknown remote, the ones the
+    /// site declares.
+    pub(super) fn plan(
+        srcs: &[String],
+        dst: &str,
+        policy: &TransferPolicy,
+    ) -> Result<Option<Job>, Failure> {
+        let known = |what: &str, s: &str| -> Result<Option<String>, Failure> {
+            let Some((name, _)) = split(s) else {
+                return Ok(None);
+            };
+            if policy.remotes.contains_key(name) {
+                return Ok(Some(name.to_string()));
+            }
+            let have: Vec<&str> = policy.remotes.keys().map(String::as_str).collect();
+            Err(Failure::msg(format!(
+                "params.{what}: `{s}` names remote `{name}`, which this site's [transfer.remotes] lacks ({})",
+                if have.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    format!("it has: {}", have.join(", "))
+                }
+            )))
+        };
+        let src_remotes = srcs
+            .iter()
+            .map(|s| known("src", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dst_remote = known("dst", dst)?;
+        let first = src_remotes.first().cloned().flatten();
+        let (direction, name) = match (&dst_remote, src_remotes.iter().any(Option::is_some)) {
+            (None, false) => return Ok(None),
+            (Some(_), true) => {
+                return Err(Failure::msg(
+                    "params: both ends are remote; copy between two remotes through this site \
+                     (one step to stage here, one to send on)",
+                ))
+            }
+            (Some(d), false) => (Direction::Push, d.clone()),
+            (None, true) => {
+                if src_remotes.iter().any(|r| r != &first) {
+                    return Err(Failure::msg(
+                        "params.src: all sources must be at one place (this site, or one remote)",
+                    ));
+                }
+                (Direction::Pull, first.expect("a remote source"))
+            }
+        };
+        let path = |s: &str| split(s).map_or(s, |(_, p)| p).to_string();
+        Ok(Some(Job {
+            remote: policy.remotes[&name].clone(),
+            name,
+            direction,
+            srcs: srcs.iter().map(|s| path(s)).collect(),
+            dst: path(dst),
+        }))
+    }
+
+    /// Checks every path at both ends, then runs rsync to completion or
+    /// until `cancel`.
+    pub(super) fn run(
+        &self,
+        verify: bool,
+        roots: &[PathBuf],
+        cancel: &Cancel,
+    ) -> Result<Value, Failure> {
+        if self.srcs.is_empty() {
+            return Err(Failure::msg("params.src: nothing to transfer"));
+        }
+        let far_roots: Vec<PathBuf> = self.remote.roots.iter().map(PathBuf::from).collect();
+        let far = |p: &str, what: &str| self.check_far(p, &far_roots, what);
+        match self.direction {
+            Direction::Push => {
+                for s in &self.srcs {
+                    std::fs::metadata(s).map_err(|e| Failure::msg(format!("{s}: {e}")))?;
+                    check_root(Path::new(s), roots, "source")?;
+                }
+                far(&self.dst, "destination")?;
+            }
+            Direction::Pull => {
+                for s in &self.srcs {
+                    far(s, "source")?;
+                }
+                check_root(Path::new(&self.dst), roots, "destination")?;
+            }
+        }
+        let mut cmd = self.command(verify);
+        let started = Instant::now();
+        let out = run_to_end(&mut cmd, cancel)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if out.code != Some(0) {
+            let tail: Vec<&str> = out.stderr.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(Failure::Failed {
+                error: format!(
+                    "rsync with remote `{}` ({}) failed: {}{}",
+                    self.name,
+                    self.endpoint(),
+                    meaning(out.code),
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":\n{}", tail.join("\n"))
+                    }
+                ),
+                exit_code: out.code,
+                outputs: Value::Object(Default::default()),
+            });
+        }
+        let stats = Stats::parse(&out.stdout);
+        let files: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(FILE_LINE))
+            .filter(|n| !n.ends_with('/'))
+            .collect();
+        let dst = match self.direction {
+            Direction::Push => format!("{}:{}", self.name, self.dst),
+            Direction::Pull => self.dst.clone(),
+        };
+        Ok(json!({
+            "dst": dst,
+            "files": files,
+            "bytes": stats.total_size,
+            "copied": stats.transferred,
+            "skipped": stats.regular.saturating_sub(stats.transferred),
+            "backend": "rsync",
+            "remote": self.name,
+            "direction": match self.direction { Direction::Push => "push", Direction::Pull => "pull" },
+            "literal_bytes": stats.literal,
+            "matched_bytes": stats.matched,
+            "seconds": seconds,
+        }))
+    }
+
+    /// `[user@]host:port` as messages show it.
+    fn endpoint(&self) -> String {
+        let user = self
+            .remote
+            .user
+            .as_deref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        format!(
+            "{user}{}:{}",
+            self.remote.host,
+            self.remote.port.unwrap_or(22)
+        )
+    }
+
+    /// A far path must be absolute, free of `..`, and under a remote root.
+    fn check_far(&self, path: &str, roots: &[PathBuf], what: &str) -> Result<(), Failure> {
+        let p = Path::new(path);
+        let shown = format!("{}:{path}", self.name);
+        if !p.is_absolute() {
+            return Err(Failure::msg(format!(
+                "{shown}: a remote {what} must be an absolute path"
+            )));
+        }
+        if p.components().any(|c| c == Component::ParentDir) {
+            return Err(Failure::msg(format!(
+                "{shown}: a remote {what} may not contain `..`"
+            )));
+        }
+        if roots.is_empty() || roots.iter().any(|r| p.starts_with(r)) {
+            return Ok(());
+        }
+        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(Failure::msg(format!(
+            "{shown}: {what} is outside remote `{}`'s allowed roots ({})",
+            self.name,
+            list.join(", ")
+        )))
+    }
+
+    /// The rsync command line.
+    fn command(&self, verify: bool) -> Command {
+        let r = &self.remote;
+        let mut ssh = vec![
+            "ssh".to_string(),
+            "-p".into(),
+            r.port.unwrap_or(22).to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+            "-o".into(),
+            "ServerAliveInterval=15".into(),
+        ];
+        if let Some(kh) = &r.known_hosts {
+            ssh.extend(["-o".into(), format!("UserKnownHostsFile={}", expand(kh))]);
+        }
+        if let Some(id) = &r.identity {
+            ssh.extend([
+                "-i".into(),
+                expand(id),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        let mut cmd = Command::new("rsync");
+        cmd.args([
+            "--archive",
+            "--partial-dir=.beamflow-partial",
+            "--mkpath",
+            "--safe-links",
+            "--protect-args",
+            "--stats",
+        ]);
+        cmd.arg(format!("--out-format={FILE_LINE}%n"));
+        if verify {
+            cmd.arg("--checksum");
+        }
+        if let Some(k) = r.bwlimit_kib {
+            cmd.arg(format!("--bwlimit={k}"));
+        }
+        cmd.arg("-e").arg(ssh.join(" "));
+        let host = match &r.user {
+            Some(u) => format!("{u}@{}", r.host),
+            None => r.host.clone(),
+        };
+        match self.direction {
+            Direction::Push => {
+                cmd.args(&self.srcs);
+                cmd.arg(format!("{host}:{}", self.dst));
+            }
+            Direction::Pull => {
+                cmd.args(self.srcs.iter().map(|s| format!("{host}:{s}")));
+                cmd.arg(&self.dst);
+            }
+        }
+        cmd
+    }
+}
+
+fn expand(p: &str) -> String {
+    expand_home(p).display().to_string()
+}
+
+/// How rsync's `--out-format` marks a line naming a moved file (a stats
+/// line never starts so).
+const FILE_LINE: &str = "moved: ";
+
+/// What rsync's exit status means, for the step's error.
+fn meaning(code: Option<i32>) -> String {
+    match code {
+        None => "killed by a signal".into(),
+        Some(255) => {
+            "ssh could not connect (host unreachable or refused, host key unknown or changed, \
+             or the key was not accepted)"
+                .into()
+        }
+        Some(23) => {
+            "some files could not be transferred (missing, unreadable or unwritable)".into()
+        }
+        Some(24) => "some source files vanished during the transfer".into(),
+        Some(30) | Some(35) => "timed out waiting for the far end".into(),
+        Some(12) => "the connection broke (protocol data stream error)".into(),
+        Some(11) => "a file could not be read or written".into(),
+        Some(3) => "a source or destination could not be opened".into(),
+        Some(c) => format!("rsync exited with status {c}"),
+    }
+}
+
+/// The numbers of `--stats` that the step reports.
+#[derive(Debug, Default, PartialEq)]
+struct Stats {
+    regular: u64,
+    transferred: u64,
+    total_size: u64,
+    literal: u64,
+    matched: u64,
+}
+
+impl Stats {
+    fn parse(out: &str) -> Stats {
+        let num = |s: &str| -> u64 {
+            s.chars()
+                .take_while(|c| c.is_ascii_digit() || *c == ',')
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap_or(0)
+        };
+        let field = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| num(v.trim_start()))
+                .unwrap_or(0)
+        };
+        // "Number of files: 3 (reg: 2, dir: 1)"
+        let regular = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Number of files:"))
+            .and_then(|v| v.split_once("reg: "))
+            .map(|(_, r)| num(r))
+            .unwrap_or(0);
+        Stats {
+            regular,
+            transferred: field("Number of regular files transferred:"),
+            total_size: field("Total file size:"),
+            literal: field("Literal data:"),
+            matched: field("Matched data:"),
+        }
+    }
+}
+
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` in its own process group; on `cancel` the group gets SIGTERM
+/// (rsync then keeps the partial file for the next try), then SIGKILL.
+fn run_to_end(cmd: &mut Command, cancel: &Cancel) -> Result<Finished, Failure> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::msg(format!(
+            "cannot start rsync: {e} (install rsync and openssh-client on this node)"
+        ))
+    })?;
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let pgid = child.id() as i32;
+    let mut term_sent: Option<Instant> = None;
+    let status = loop {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(|e| Failure::msg(format!("rsync: {e}")))?
+        {
+            break st;
+        }
+        if cancel.is_cancelled() {
+            let signal = match term_sent {
+                None => {
+                    term_sent = Some(Instant::now());
+                    Some(libc::SIGTERM)
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(3) => Some(libc::SIGKILL),
+                Some(_) => None,
+            };
+            if let Some(sig) = signal {
+                // SAFETY: killpg only signals the group this child leads.
+                unsafe {
+                    libc::killpg(pgid, sig);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if cancel.is_cancelled() {
+        return Err(Failure::Cancelled);
+    }
+    Ok(Finished {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::site::RemoteBackend;
+
+    fn policy() -> TransferPolicy {
+        let mut p = TransferPolicy::default();
+        p.remotes.insert(
+            "aps".into(),
+            Remote {
+                backend: RemoteBackend::Rsync,
+                host: "dtn.example.org".into(),
+                user: Some("s8id".into()),
+                port: None,
+                identity: None,
+                known_hosts: None,
+                roots: vec!["/gdata/8idi".into()],
+                bwlimit_kib: None,
+            },
+        );
+        p
+    }
+
+    fn error(r: Result<impl std::fmt::Debug, Failure>) -> String {
+        match r {
+            Err(Failure::Failed { error, .. }) => error,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remote_paths_are_told_from_local_ones() {
+        assert_eq!(split("aps:/gdata/x.h5"), Some(("aps", "/gdata/x.h5")));
+        assert_eq!(split("/data/a:b"), None);
+        assert_eq!(split("./a:b"), None);
+        assert_eq!(split("~/a:b"), None);
+        assert_eq!(split("plain"), None);
+        let p = policy();
+        assert!(Job::plan(&["/data/a".into()], "/scratch/", &p)
+            .unwrap()
+            .is_none());
+        let push = Job::plan(&["/data/a".into()], "aps:/gdata/8idi/in/", &p)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (push.direction, push.dst.as_str()),
+            (Direction::Push, "/gdata/8idi/in/")
+        );
+        let pull = Job::plan(&["aps:/gdata/8idi/r.h5".into()], "/data/", &p)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (pull.direction, pull.srcs[0].as_str()),
+            (Direction::Pull, "/gdata/8idi/r.h5")
+        );
+    }
+
+    #[test]
+    fn bad_remote_transfers_say_what_is_wrong() {
+        let p = policy();
+        let e = error(Job::plan(&["nersc:/x".into()], "/data/", &p));
+        assert!(
+            e.contains("params.src: `nersc:/x` names remote `nersc`") && e.contains("it has: aps"),
+            "{e}"
+        );
+        let e = error(Job::plan(&["aps:/x".into()], "aps:/y", &p));
+        assert!(e.contains("both ends are remote"), "{e}");
+        let e = error(Job::plan(
+            &["aps:/x".into(), "/data/y".into()],
+            "/data/",
+            &p,
+        ));
+        assert!(e.contains("all sources must be at one place"), "{e}");
+        let job = |src: &str| Job::plan(&[src.into()], "/tmp/", &p).unwrap().unwrap();
+        let cancel = Cancel::default();
+        let e = error(job("aps:/etc/passwd").run(true, &[], &cancel));
+        assert!(
+            e.contains(
+                "aps:/etc/passwd: source is outside remote `aps`'s allowed roots (/gdata/8idi)"
+            ),
+            "{e}"
+        );
+        let e = error(job("aps:/gdata/8idi/../../etc/passwd").run(true, &[], &cancel));
+        assert!(e.contains("may not contain `..`"), "{e}");
+        let e = error(job("aps:gdata/x").run(true, &[], &cancel));
+        assert!(e.contains("must be an absolute path"), "{e}");
+    }
+
+    /// Debian's sshd on a loopback port, with a host key and a user key
+    /// made for the test; stopped when dropped.
+    struct Sshd {
+        dir: tempfile::TempDir,
+        port: u16,
+        child: std::process::Child,
+    }
+
+    impl Sshd {
+        fn start() -> Sshd {
+            let sshd = Path::new("/usr/sbin/sshd");
+            assert!(
+                sshd.exists(),
+                "/usr/sbin/sshd is missing: scripts/setup.sh installs openssh-server"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            for key in ["host", "user"] {
+                let ok = Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(d.join(key))
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "ssh-keygen failed");
+            }
+            std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 PidFile {d}/sshd.pid\nLogLevel ERROR\n",
+                d = d.display()
+            );
+            std::fs::write(d.join("sshd_config"), config).unwrap();
+            // Privilege separation wants its directory when sshd runs as root.
+            let _ = std::fs::create_dir_all("/run/sshd");
+            let child = Command::new(sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+                .spawn()
+                .unwrap();
+            let host_key = std::fs::read_to_string(d.join("host.pub")).unwrap();
+            let mut parts = host_key.split_whitespace();
+            let (kind, key) = (parts.next().unwrap(), parts.next().unwrap());
+            std::fs::write(
+                d.join("known_hosts"),
+                format!("[127.0.0.1]:{port} {kind} {key}\n"),
+            )
+            .unwrap();
+            let until = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < until,
+                    "sshd did not start: {}",
+                    std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Sshd { port, child, dir }
+        }
+
+        /// A remote for this sshd, its roots `roots`.
+        fn remote(&self, roots: &[&Path]) -> Remote {
+            let d = self.dir.path();
+            Remote {
+                backend: RemoteBackend::Rsync,
+                host: "127.0.0.1".into(),
+                user: None,
+                port: Some(self.port),
+                identity: Some(d.join("user").display().to_string()),
+                known_hosts: Some(d.join("known_hosts").display().to_string()),
+                roots: roots.iter().map(|r| r.display().to_string()).collect(),
+                bwlimit_kib: None,
+            }
+        }
+    }
+
+    impl Drop for Sshd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn with(remote: Remote) -> TransferPolicy {
+        let mut p = TransferPolicy::default();
+        p.remotes.insert("far".into(), remote);
+        p
+    }
+
+    fn go(p: &TransferPolicy, src: &str, dst: &str, cancel: &Cancel) -> Result<Value, Failure> {
+        Job::plan(&[src.to_string()], dst, p)
+            .unwrap()
+            .expect("a remote job")
+            .run(true, &[], cancel)
+    }
+
+    fn blake(p: &Path) -> blake3::Hash {
+        blake3::hash(&std::fs::read(p).unwrap())
+    }
+
+    /// A tree pushed to the far end and pulled back arrives byte for byte;
+    /// a second push moves nothing; paths outside the far roots and a far
+    /// end nobody listens on fail naming them.
+    #[test]
+    fn pushes_and_pulls_a_tree_over_ssh_on_loopback() {
+        let sshd = Sshd::start();
+        let t = tempfile::tempdir().unwrap();
+        let (src, far) = (t.path().join("beamline/scan"), t.path().join("far"));
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.bin"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(src.join("sub/b.txt"), b"frames").unwrap();
+        let p = with(sshd.remote(&[&far]));
+        let cancel = Cancel::default();
+        let dst = format!("far:{}/in/", far.display());
+        let out = go(&p, src.to_str().unwrap(), &dst, &cancel).unwrap();
+        assert_eq!(
+            (out["copied"].as_u64(), out["skipped"].as_u64()),
+            (Some(2), Some(0)),
+            "{out}"
+        );
+        assert_eq!(out["bytes"], json!(300_006));
+        assert_eq!(out["dst"], json!(dst));
+        assert_eq!(blake(&far.join("in/scan/a.bin")), blake(&src.join("a.bin")));
+        assert_eq!(
+            std::fs::read(far.join("in/scan/sub/b.txt")).unwrap(),
+            b"frames"
+        );
+        let again = go(&p, src.to_str().unwrap(), &dst, &cancel).unwrap();
+        assert_eq!(
+            (again["copied"].as_u64(), again["skipped"].as_u64()),
+            (Some(0), Some(2))
+        );
+        // And back.
+        let back = t.path().join("back/");
+        let out = go(
+            &p,
+            &format!("far:{}/in/scan", far.display()),
+            back.to_str().unwrap(),
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!(out["direction"], json!("pull"));
+        assert_eq!(blake(&back.join("scan/a.bin")), blake(&src.join("a.bin")));
+        // Outside the far roots: refused before rsync runs.
+        let e = error(go(&p, src.to_str().unwrap(), "far:/etc/beamflow/", &cancel));
+        assert!(
+            e.contains("far:/etc/beamflow/: destination is outside remote `far`'s allowed roots"),
+            "{e}"
+        );
+        // Nobody listening: ssh's failure, named.
+        let mut closed = sshd.remote(&[]);
+        closed.port = Some(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+        );
+        let e = error(go(&with(closed), src.to_str().unwrap(), &dst, &cancel));
+        assert!(
+            e.contains("rsync with remote `far` (127.0.0.1:")
+                && e.contains("ssh could not connect"),
+            "{e}"
+        );
+    }
+
+    /// rsync killed with SIGKILL mid-file leaves the far end's partial
+    /// file aside (never under the final name); the next try reuses its
+    /// bytes and ends with the file intact.
+    #[test]
+    fn a_transfer_killed_mid_file_resumes_from_its_partial() {
+        let sshd = Sshd::start();
+        let t = tempfile::tempdir().unwrap();
+        let (src, far) = (t.path().join("big.bin"), t.path().join("far"));
+        let mut data = vec![0u8; 32 << 20];
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(&src, &data).unwrap();
+        let mut slow = sshd.remote(&[&far]);
+        slow.bwlimit_kib = Some(8 * 1024);
+        let dst = format!("far:{}/", far.display());
+        let cancel = Cancel::default();
+        let job = Job::plan(&[src.display().to_string()], &dst, &with(slow))
+            .unwrap()
+            .unwrap();
+        let run = std::thread::spawn(move || job.run(true, &[], &cancel));
+        // Wait until a good part has arrived, then SIGKILL the rsync.
+        let partial = far.join(".beamflow-partial/big.bin");
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = std::fs::read_dir(&far)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0);
+            if got > 6 << 20 {
+                break;
+            }
+            assert!(Instant::now() < until, "the transfer did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // This side's rsync only (the far one is `rsync --server …`).
+        let pattern = format!("^rsync --archive.*{}", far.display());
+        let killed = Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let e = error(run.join().unwrap());
+        assert!(e.contains("killed by a signal"), "{e}");
+        // The far receiver keeps what it had, aside.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !partial.exists() {
+            assert!(Instant::now() < until, "no partial file kept");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !far.join("big.bin").exists(),
+            "no partial under the final name"
+        );
+        let kept = std::fs::metadata(&partial).unwrap().len();
+        let out = go(
+            &with(sshd.remote(&[&far])),
+            src.to_str().unwrap(),
+            &dst,
+            &Cancel::default(),
+        )
+        .unwrap();
+        assert!(
+            out["matched_bytes"].as_u64().unwrap() >= kept / 2,
+            "{out} after {kept} kept"
+        );
+        assert_eq!(blake(&far.join("big.bin")), blake3::hash(&data));
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn stats_are_read_from_rsyncs_summary() {
+        let out = "moved: sub/\nmoved: sub/a.bin\n\nNumber of files: 3 (reg: 2, dir: 1)\n\
+                   Number of created files: 2 (reg: 1, dir: 1)\n\
+                   Number of regular files transferred: 1\n\
+                   Total file size: 1,048,581 bytes\n\
+                   Total transferred file size: 1,048,576 bytes\n\
+                   Literal data: 524,288 bytes\nMatched data: 524,288 bytes\n";
+        assert_eq!(
+            Stats::parse(out),
+            Stats {
+                regular: 2,
+                transferred: 1,
+                total_size: 1_048_581,
+                literal: 524_288,
+                matched: 524_288,
+            }
+        );
+    }
+}
