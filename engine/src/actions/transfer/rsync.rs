@@ -378,6 +378,11 @@ fn run_to_end(cmd: &mut Command, cancel: &Cancel) -> Result<Finished, Failure> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // As for shell steps: rsync and ssh must not hold the pilot's sockets.
+    // SAFETY: close_fds_on_exec makes only async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(beamflow_kernels::inherit::close_fds_on_exec);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         Failure::msg(format!(
             "cannot start rsync: {e} (install rsync and openssh-client on this node)"
