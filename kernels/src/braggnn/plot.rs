@@ -39,18 +39,13 @@ fn error_range(history: &[Epoch]) -> (f64, f64) {
     ((lo * 0.8).max(1e-4), (hi * 1.25).max(lo * 2.0))
 }
 
-/// Whole-number epoch ticks, about eight of them.
+/// Whole-number epoch ticks, about eight of them: the figure's round
+/// ticks, those between whole epochs left out.
 fn epoch_ticks(first: i64, last: i64) -> Vec<i64> {
-    let step = ((last - first) as f64 / 8.0).ceil().max(1.0) as i64;
-    let step = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000]
+    figure::nice_ticks(first as f64, last as f64, 8)
         .into_iter()
-        .find(|s| *s >= step)
-        .unwrap_or(step);
-    let start = first.div_euclid(step) * step;
-    (0..)
-        .map(|k| start + k * step)
-        .skip_while(|t| *t < first)
-        .take_while(|t| *t <= last)
+        .filter(|t| (t - t.round()).abs() < 1e-9)
+        .map(|t| t.round() as i64)
         .collect()
 }
 
