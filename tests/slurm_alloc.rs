@@ -750,3 +750,220 @@ fn doctor_from_a_compute_node_reaches_the_server_or_says_why_not() {
     assert_eq!(c["level"], "fail", "{c}");
     assert!(c["detail"].as_str().unwrap().contains("401"), "{c}");
 }
+
+/// A site agent for `far-slurm` (the test cluster under another name), as
+/// a facility engineer starts one: its own tokens, the server's
+/// certificate, its own job directory; `sbatch` found through `path`.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn agent_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.home.join("far");
+        std::fs::create_dir_all(&dir).unwrap();
+        let site = std::fs::read_to_string(root().join("site-configs/local-slurm.toml"))
+            .unwrap()
+            .replace("name = \"local-slurm\"", "name = \"far-slurm\"");
+        let site_file = dir.join("far-slurm.toml");
+        std::fs::write(&site_file, site).unwrap();
+        let token = |name: &str, role: &str, file: &str| {
+            let t = self.cli_ok(&["token", "add", name, "--role", role]);
+            let p = dir.join(file);
+            std::fs::write(&p, t.trim()).unwrap();
+            p
+        };
+        (
+            site_file,
+            token("far-agent", "agent", "agent-token"),
+            token("far-pilots", "pilot", "pilot-token"),
+        )
+    }
+
+    fn agent(&self, files: &(PathBuf, PathBuf, PathBuf), path: &str, n: u32) -> Agent {
+        let log = self.home.join(format!("far/agent-{n}.log"));
+        let child = Command::new(BIN)
+            .args(["--home", self.home.join("far").to_str().unwrap(), "agent"])
+            .arg("--site")
+            .arg(&files.0)
+            .args(["--server", &self.client.url])
+            .arg("--token-file")
+            .arg(&files.1)
+            .arg("--pilot-token-file")
+            .arg(&files.2)
+            .arg("--server-cert")
+            .arg(self.home.join("tls/cert.pem"))
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn sites(&self) -> Vec<beamflow::api::SiteInfo> {
+        serde_json::from_str(&self.cli_ok(&["sites", "--json"])).unwrap()
+    }
+
+    fn wait_agent(&self, connected: bool, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.sites().iter().any(|s| {
+                s.name == "far-slurm" && s.agent.as_ref().is_some_and(|a| a.connected == connected)
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never {}:\n{}\n{}",
+                if connected { "connected" } else { "left" },
+                std::fs::read_to_string(log).unwrap_or_default(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn an_agent_runs_a_far_sites_scheduler_and_one_killed_mid_submission_submits_nothing_twice() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    s.register("burst", BURST);
+    let files = s.agent_files();
+    // An sbatch that submits, then hangs before printing the id while the
+    // flag file exists: the agent is killed between submitting and
+    // writing the id down.
+    let wrap = s.home.join("far/bin");
+    std::fs::create_dir_all(&wrap).unwrap();
+    let flag = s.home.join("far/hang");
+    let sbatch = wrap.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        format!(
+            "#!/bin/sh\nout=$(/usr/bin/sbatch \"$@\") || exit $?\nif [ -e {f} ]; then touch {f}.hit; sleep 60; fi\necho \"$out\"\n",
+            f = flag.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", wrap.display(), std::env::var("PATH").unwrap());
+
+    // A wrong token is refused with the reason, and the agent exits.
+    let bad = s.home.join("far/bad-token");
+    std::fs::write(&bad, "x".repeat(64)).unwrap();
+    let mut wrong = s.agent(&(files.0.clone(), bad, files.2.clone()), &path, 0);
+    let status = wrong.child.wait().unwrap();
+    let said = std::fs::read_to_string(&wrong.log).unwrap();
+    assert!(
+        !status.success() && said.contains("rejected the token"),
+        "{said}"
+    );
+
+    let agent = s.agent(&files, &path, 1);
+    s.wait_agent(true, &agent.log);
+    // The client has no far-slurm.toml: the target comes from the agent.
+    let out = s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        "far-slurm",
+        "--target",
+        "cpu",
+        "--max-jobs",
+        "1",
+        "--backlog",
+        "1",
+        "--idle-timeout",
+        "5s",
+    ]);
+    assert!(out.contains("allocation queue 1"), "{out}");
+    let unknown = s.cli(&["alloc", "add", "--site", "nowhere", "--target", "cpu"]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success()
+            && err.contains("unknown site `nowhere`")
+            && err.contains("far-slurm"),
+        "{err}"
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    rt().block_on(async {
+        let ids = submit(&s.client, "burst", vec![json!({ "n": 1 })]).await;
+        let hit = PathBuf::from(format!("{}.hit", flag.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !hit.exists() {
+            assert!(Instant::now() < deadline, "sbatch never ran:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Killed with the job submitted and its id not yet written down.
+        drop(agent);
+        std::fs::remove_file(&flag).unwrap();
+        s.wait_agent(false, &PathBuf::new());
+        let q = &queues(&s.client).await[0];
+        assert_eq!(q.state, "offline", "{q:#?}");
+        assert!(
+            q.paused_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("far-slurm"),
+            "{q:#?}"
+        );
+
+        let again = s.agent(&files, &path, 2);
+        s.wait_agent(true, &again.log);
+        let runs = wait_runs(&s, &ids, 120).await;
+        let a = runs[0]
+            .attempts
+            .iter()
+            .find(|a| a.state == "succeeded")
+            .unwrap();
+        let job = a.outputs.as_ref().unwrap()["job"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let q = &queues(&s.client).await[0];
+        let submitted: Vec<&str> = q.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(submitted, vec![job.as_str()], "{q:#?}");
+        // Exactly one job of that name went to the scheduler.
+        let named = Command::new("squeue")
+            .args(["-h", "-t", "all", "-n", "bf-cpu-1-1", "-o", "%i|%Z"])
+            .output()
+            .unwrap();
+        let dir = s.home.join("far/agent/far-slurm/1/1");
+        let ours: Vec<String> = String::from_utf8_lossy(&named.stdout)
+            .lines()
+            .filter(|l| l.ends_with(dir.to_str().unwrap()))
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        assert!(ours[0].starts_with(&format!("{job}|")), "{ours:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("job-id")).unwrap().trim(),
+            job
+        );
+        let said = std::fs::read_to_string(&again.log).unwrap();
+        assert!(said.contains("was submitted before"), "{said}");
+        let site = s
+            .sites()
+            .into_iter()
+            .find(|x| x.name == "far-slurm")
+            .unwrap();
+        assert_eq!(
+            (site.run_by.as_str(), site.queues.clone()),
+            ("agent", vec![1])
+        );
+    });
+    // The agent's job directories are under the server's home: its drop
+    // cancels them.
+}

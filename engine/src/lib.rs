@@ -12,7 +12,9 @@
 //! - State and work: [`store`] (SQLite or PostgreSQL), [`tls`], [`actions`]
 //!   and [`pilot`] (what runs tasks), [`report`] (timing tables' numbers,
 //!   report figures), [`watch`] (file triggers, submitting through
-//!   [`watch::Submit`]).
+//!   [`watch::Submit`]), [`wsclient`] (the client end of the server's WebSockets).
+//! - [`agent`]: a facility's login-node process that runs its scheduler
+//!   commands for a server elsewhere ([`agent::wire`] is its protocol).
 //! - [`server`]: the scheduler core, the HTTP API and the web page.
 //! - [`cli`]: the command line, the HTTP client and every line printed.
 //!   Nothing else imports it.
@@ -38,6 +40,9 @@ pub mod report;
 pub mod store;
 pub mod tls;
 pub mod watch;
+pub mod wsclient;
+
+pub mod agent;
 
 pub mod server;
 

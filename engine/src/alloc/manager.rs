@@ -45,6 +45,10 @@ pub struct Manager {
     by_job: BTreeMap<String, u64>,
     /// Pilot → (queue, job id).
     by_pilot: BTreeMap<u64, (u64, String)>,
+    /// Sites that cannot be asked now (their agent is gone), with why:
+    /// their queues submit and poll nothing, and their share of the
+    /// demand goes to other sites' queues.
+    offline: BTreeMap<String, String>,
     changes: Changes,
 }
 
@@ -56,6 +60,7 @@ impl Manager {
             poll_us: (poll_interval_s * 1e6) as i64,
             by_job: BTreeMap::new(),
             by_pilot: BTreeMap::new(),
+            offline: BTreeMap::new(),
             changes: Changes::default(),
         }
     }
@@ -74,6 +79,26 @@ impl Manager {
                 }
                 q.jobs.insert(j.job_id.clone(), j);
             }
+        }
+    }
+
+    /// Marks `site` as not reachable (with the reason) or reachable again.
+    pub fn set_offline(&mut self, site: &str, reason: Option<String>) {
+        match reason {
+            Some(r) => {
+                self.offline.insert(site.to_string(), r);
+            }
+            None => {
+                self.offline.remove(site);
+            }
+        }
+    }
+
+    /// A status request that will not be answered (its agent went): the
+    /// queue is polled again at the next interval.
+    pub fn poll_abandoned(&mut self, queue: u64) {
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.polling = false;
         }
     }
 
@@ -201,6 +226,9 @@ impl Manager {
         let ids: Vec<u64> = self.queues.keys().copied().collect();
         for id in ids {
             let q = self.queues.get_mut(&id).expect("queue id from keys");
+            if self.offline.contains_key(&q.spec.target.site) {
+                continue;
+            }
             let key = q.spec.demand_targets();
             let wanted = q.wanted_nodes(demand) as i64;
             let left = remaining.entry(key).or_insert(wanted);
@@ -585,16 +613,19 @@ impl Manager {
                     .filter(|(i, _)| !drop.contains(i))
                     .map(|(_, j)| j)
                     .collect();
+                let offline = self.offline.get(&q.spec.target.site);
                 QueueInfo {
                     id: q.id,
                     spec: q.spec.clone(),
                     state: if q.paused.is_some() {
                         "paused"
+                    } else if offline.is_some() {
+                        "offline"
                     } else {
                         "active"
                     }
                     .to_string(),
-                    paused_reason: q.paused.clone(),
+                    paused_reason: q.paused.clone().or_else(|| offline.cloned()),
                     queued_jobs: q.count(Phase::Queued) + q.submitting.len() as u32,
                     running_jobs: q.count(Phase::Running),
                     ended_jobs: q.count(Phase::Ended),

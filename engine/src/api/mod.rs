@@ -140,8 +140,8 @@ states! {
 }
 
 /// What a token may do: viewer, submitter and admin each include the
-/// roles before them; a pilot's opens the pilot endpoint only (and the
-/// admin's opens that too).
+/// roles before them; a pilot's opens the pilot endpoint only, an agent's
+/// the agent endpoint only (and the admin's opens both).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
@@ -151,14 +151,16 @@ pub enum Role {
     Submitter,
     Admin,
     Pilot,
+    /// A site agent: opens the agent endpoint only.
+    Agent,
 }
 
 impl Role {
     /// Whether a token of this role opens a request that needs `need`.
     pub fn opens(self, need: Role) -> bool {
         match (self, need) {
-            (Role::Admin, _) | (Role::Pilot, Role::Pilot) => true,
-            (Role::Pilot, _) | (_, Role::Pilot) => false,
+            (Role::Admin, _) | (Role::Pilot, Role::Pilot) | (Role::Agent, Role::Agent) => true,
+            (Role::Pilot | Role::Agent, _) | (_, Role::Pilot | Role::Agent) => false,
             (have, need) => have >= need,
         }
     }
@@ -171,6 +173,7 @@ impl fmt::Display for Role {
             Role::Submitter => "submitter",
             Role::Admin => "admin",
             Role::Pilot => "pilot",
+            Role::Agent => "agent",
         })
     }
 }
@@ -405,6 +408,39 @@ pub struct PruneReport {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueAdded {
     pub id: u64,
+}
+
+/// `GET /api/sites`: one site the server submits to, by itself or
+/// through an agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub name: String,
+    pub scheduler: String,
+    pub description: String,
+    /// `server` (this server runs the site's scheduler) or `agent`.
+    pub run_by: String,
+    pub agent: Option<AgentInfo>,
+    pub targets: Vec<String>,
+    /// Allocation queues submitting to the site.
+    pub queues: Vec<u64>,
+    pub jobs_queued: u32,
+    pub jobs_running: u32,
+    /// Pilots connected from the site's jobs.
+    pub pilots: u32,
+    /// The site's config as the server knows it (an agent sends its own):
+    /// `alloc add --site NAME` resolves targets from it where the client
+    /// has no copy of the file.
+    pub config: crate::site::SiteConfig,
+}
+
+/// The agent of a site.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub host: String,
+    pub version: String,
+    pub connected: bool,
+    /// Connected since (µs), or when it was last seen.
+    pub since_us: i64,
 }
 
 /// `DELETE /api/alloc/{id}?cancel=true`.

@@ -183,6 +183,38 @@ impl Scheduler {
         }
     }
 
+    /// Jobs named `name` that were submitted from `dir`, finished ones
+    /// included while the scheduler remembers them: how a submission whose
+    /// answer was lost (the submitter killed between `sbatch` and writing
+    /// down the id) is found again instead of submitted twice.
+    pub async fn find(self, name: &str, dir: &Path) -> Result<Vec<JobId>, BatchError> {
+        match self {
+            Scheduler::Slurm => {
+                let argv = ["squeue", "-h", "-t", "all", "-n", name, "-o", "%i|%Z"];
+                let out = checked(&argv, None).await?;
+                let want = dir.to_string_lossy();
+                Ok(out
+                    .lines()
+                    .filter_map(|l| l.trim().split_once('|'))
+                    .filter(|(_, d)| d.trim_end_matches('/') == want.trim_end_matches('/'))
+                    .map(|(id, _)| JobId(id.trim().to_string()))
+                    .collect())
+            }
+            Scheduler::Pbs => {
+                // qselect has no working directory; the name carries the
+                // queue and number, unique within one agent's directory.
+                let argv = ["qselect", "-x", "-N", name];
+                let out = checked(&argv, None).await?;
+                Ok(out
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| JobId(l.to_string()))
+                    .collect())
+            }
+        }
+    }
+
     /// Cancels `ids` (finished or unknown ids are not an error).
     pub async fn cancel(self, ids: &[JobId]) -> Result<(), BatchError> {
         if ids.is_empty() {

@@ -4,6 +4,7 @@
 //! something an operator has to see verbatim.
 
 pub mod adapter;
+pub mod ledger;
 pub mod pbs;
 pub mod script;
 pub mod slurm;
@@ -23,7 +24,7 @@ impl fmt::Display for JobId {
 }
 
 /// How a finished job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum End {
     Completed,
     Failed,
@@ -35,7 +36,7 @@ pub enum End {
 }
 
 /// What a job is doing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum JobState {
     /// Waiting to start; `reason` as the scheduler gives it (may be empty).
     Queued {

@@ -96,13 +96,59 @@ pub struct ScriptArgs {
 }
 
 impl Shape {
-    /// The queue's resolved target and per-job sizes.
+    /// The queue's resolved target and per-job sizes, from a site config
+    /// file found here.
     fn resolve(&self) -> anyhow::Result<(crate::site::EffectiveTarget, u32, u64, u64)> {
         let path = crate::site::find(&self.site)?;
         let site = SiteConfig::load(&path)?;
+        self.sized(&site, &path.display().to_string())
+    }
+
+    /// As [`Shape::resolve`], but a site an agent runs is resolved from the
+    /// config that agent sent the server (the file lives at its facility),
+    /// and only a name neither knows is an error.
+    async fn resolve_at(
+        &self,
+        client: &Client,
+    ) -> anyhow::Result<(crate::site::EffectiveTarget, u32, u64, u64)> {
+        let by_name = !self.site.contains('/') && !self.site.ends_with(".toml");
+        if by_name {
+            let sites = client.sites().await?;
+            if let Some(s) = sites
+                .iter()
+                .find(|s| s.name == self.site && s.run_by == "agent")
+            {
+                let from = format!("site `{}` (from its agent on {})", s.name, agent_host(s));
+                return self.sized(&s.config, &from);
+            }
+            if let Err(e) = crate::site::find(&self.site) {
+                let agents: Vec<&str> = sites
+                    .iter()
+                    .filter(|s| s.run_by == "agent")
+                    .map(|s| s.name.as_str())
+                    .collect();
+                anyhow::bail!(
+                    "unknown site `{}`: no agent of that name has connected to the server ({}),                      and {e}",
+                    self.site,
+                    if agents.is_empty() {
+                        "it knows none".to_string()
+                    } else {
+                        format!("it knows {}", agents.join(", "))
+                    }
+                );
+            }
+        }
+        self.resolve()
+    }
+
+    fn sized(
+        &self,
+        site: &SiteConfig,
+        from: &str,
+    ) -> anyhow::Result<(crate::site::EffectiveTarget, u32, u64, u64)> {
         let t = site
             .effective(&self.target)
-            .with_context(|| path.display().to_string())?;
+            .with_context(|| from.to_string())?;
         let nodes = self.nodes.unwrap_or(t.nodes);
         let walltime_s = match &self.walltime {
             Some(w) => parse_walltime(w).map_err(|e| anyhow::anyhow!("--walltime: {e}"))?,
@@ -174,7 +220,8 @@ impl AllocCmd {
                 Ok(())
             }
             AllocCmd::Add(a) => {
-                let (target, nodes, walltime_s, idle) = a.shape.resolve()?;
+                let client = cx.client()?;
+                let (target, nodes, walltime_s, idle) = a.shape.resolve_at(&client).await?;
                 let reservation = match &a.shape.reservation {
                     None => None,
                     Some(name) => {
@@ -200,7 +247,7 @@ impl AllocCmd {
                     idle_timeout_s: idle,
                     reservation,
                 };
-                let r = cx.client()?.add_queue(&spec).await?;
+                let r = client.add_queue(&spec).await?;
                 cx.out.show(&r, |r| {
                     format!(
                         "allocation queue {}: {}",
@@ -335,6 +382,10 @@ pub fn parse_window(w: &str, now: i64) -> anyhow::Result<(Option<i64>, Option<i6
         }
     }
     Ok((start, end))
+}
+
+fn agent_host(s: &crate::api::SiteInfo) -> &str {
+    s.agent.as_ref().map(|a| a.host.as_str()).unwrap_or("?")
 }
 
 #[cfg(test)]

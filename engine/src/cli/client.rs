@@ -221,6 +221,10 @@ impl Client {
         self.get("/api/pilots").await
     }
 
+    pub async fn sites(&self) -> anyhow::Result<Vec<crate::api::SiteInfo>> {
+        self.get("/api/sites").await
+    }
+
     /// Catalog records matching every word of `text` and every
     /// `KEY=VALUE` of `fields`.
     pub async fn catalog(

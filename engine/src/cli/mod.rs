@@ -4,6 +4,7 @@
 //! results are shown (table, `--json`, `--quiet`).
 
 pub mod admin;
+pub mod agent;
 pub mod alloc;
 pub mod bench;
 pub mod catalog;
@@ -120,6 +121,13 @@ enum Cmd {
     /// Allocation queues: pilot jobs submitted to PBS or Slurm on demand.
     #[command(subcommand)]
     Alloc(alloc::AllocCmd),
+    /// Run a facility's scheduler for a server elsewhere: on the login
+    /// node, connect out to the server and submit, poll and cancel its
+    /// pilot jobs there (and relay pilots' connections where needed).
+    Agent(agent::AgentArgs),
+    /// Sites the server submits to: its own and those agents run, with
+    /// their queues, jobs and pilots.
+    Sites,
 }
 
 /// What every command is given: where the server and its home are, and
@@ -199,7 +207,7 @@ pub fn main() -> ExitCode {
         suit_blas();
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_)) {
+        let default = if matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_) | Cmd::Agent(_)) {
             "info"
         } else {
             "warn"
@@ -215,7 +223,10 @@ pub fn main() -> ExitCode {
     // A client command piped into `head` ends quietly when the pipe
     // closes, like other Unix tools; the long-running roles keep ignoring
     // SIGPIPE and handle a closed socket as an error.
-    if !matches!(cli.cmd, Cmd::Server(_) | Cmd::Pilot(_) | Cmd::Watch(_)) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Server(_) | Cmd::Pilot(_) | Cmd::Watch(_) | Cmd::Agent(_)
+    ) {
         // SAFETY: restoring a default disposition before any thread starts.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -261,6 +272,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(a) => a.run(&cx).await,
         Cmd::Site(c) => c.run(&cx),
         Cmd::Alloc(c) => c.run(&cx).await,
+        Cmd::Agent(a) => a.run(&cx).await,
+        Cmd::Sites => agent::list(&cx).await,
     }
 }
 

@@ -16,7 +16,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::actions::{self, Cancel, Grant};
@@ -144,16 +143,6 @@ struct Pilot {
     done: u64,
 }
 
-fn ws_url(url: &str) -> String {
-    let base = url.trim_end_matches('/');
-    let base = base
-        .strip_prefix("https://")
-        .map(|r| format!("wss://{r}"))
-        .or_else(|| base.strip_prefix("http://").map(|r| format!("ws://{r}")))
-        .unwrap_or_else(|| base.to_string());
-    format!("{base}/api/pilot")
-}
-
 /// Runs a pilot until it is idle, drained, told to stop, or loses the server.
 pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     let started = now_us();
@@ -225,7 +214,7 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
     }
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let conn = tokio::spawn(connection(
-        ws_url(&opts.url),
+        crate::wsclient::ws_url(&opts.url, "/api/pilot"),
         opts.trust.clone(),
         opts.token.clone(),
         opts.token_file.clone(),
@@ -609,7 +598,7 @@ async fn connection(
                 token = t;
             }
         }
-        match connect(&url, trust.as_ref(), &token).await {
+        match crate::wsclient::connect(&url, trust.as_ref(), &token).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(100);
                 warned = false;
@@ -657,11 +646,11 @@ async fn connection(
                     return;
                 }
             }
-            Err(ConnectError::Fatal(msg)) => {
+            Err(crate::wsclient::ConnectError::Fatal(msg)) => {
                 let _ = ev.send(Ev::Fatal(msg));
                 return;
             }
-            Err(ConnectError::Retry(msg)) => {
+            Err(crate::wsclient::ConnectError::Retry(msg)) => {
                 if !warned {
                     tracing::warn!("cannot reach the server ({msg}); retrying");
                     warned = true;
@@ -686,75 +675,5 @@ fn coalesce(batch: &mut Vec<FromPilot>) {
         batch.retain(
             |m| !matches!(m, FromPilot::Started { attempt, .. } if finished.contains(attempt)),
         );
-    }
-}
-
-enum ConnectError {
-    Retry(String),
-    Fatal(String),
-}
-
-/// The pilot's end of the connection: plain TCP or TLS over it.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// Opens the WebSocket. For wss:// the TLS handshake comes first and
-/// trusts only the pinned certificate, so the token is sent to nobody else;
-/// a server presenting another certificate is fatal, not retried.
-async fn connect(
-    url: &str,
-    trust: Option<&Arc<crate::tls::Trust>>,
-    token: &str,
-) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, ConnectError> {
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| ConnectError::Fatal(format!("bad server url {url}: {e}")))?;
-    let auth = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ConnectError::Fatal("the token is not a valid header value".into()))?;
-    req.headers_mut().insert("authorization", auth);
-    let secure = url.starts_with("wss://");
-    let host = req
-        .uri()
-        .host()
-        .ok_or_else(|| ConnectError::Fatal(format!("bad server url {url}: no host")))?
-        .to_string();
-    let port = req
-        .uri()
-        .port_u16()
-        .unwrap_or(if secure { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| ConnectError::Retry(format!("{host}:{port}: {e}")))?;
-    // Small frames (one result, one task) must leave at once.
-    let _ = tcp.set_nodelay(true);
-    let stream: Box<dyn Io> = if secure {
-        let trust = trust.ok_or_else(|| {
-            ConnectError::Fatal(format!(
-                "{url} serves TLS and no certificate is pinned: pass --server-cert (the \
-                 server's BEAMFLOW_HOME/{})",
-                crate::tls::CERT_FILE
-            ))
-        })?;
-        match crate::tls::connect(tcp, &host, trust).await {
-            Ok(tls) => Box::new(tls),
-            Err(e) => {
-                return Err(match crate::tls::refusal(&e) {
-                    Some(r) => ConnectError::Fatal(r.to_string()),
-                    None => ConnectError::Retry(format!("TLS with {host}:{port}: {e}")),
-                })
-            }
-        }
-    } else {
-        Box::new(tcp)
-    };
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(256 << 20));
-    match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => Err(
-            ConnectError::Fatal(format!("the server at {url} rejected the token (401)")),
-        ),
-        Err(e) => Err(ConnectError::Retry(e.to_string())),
     }
 }

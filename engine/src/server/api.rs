@@ -38,6 +38,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/catalog", get(search_catalog))
         .route("/api/report", get(report_data))
         .route("/api/pilot", get(super::pilot_conn::upgrade))
+        .route("/api/agent", get(super::agent_conn::upgrade))
+        .route("/api/sites", get(list_sites))
         .route("/api/ui/code", post(super::ui::issue_code))
         .merge(super::api_alloc::routes())
         .merge(super::api_tokens::routes())
@@ -355,6 +357,14 @@ async fn events(
             }
         });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn list_sites(State(app): State<App>) -> Result<Json<Vec<crate::api::SiteInfo>>, ApiError> {
+    let sites = ask(&app, |reply| {
+        CoreMsg::Agent(super::core::AgentMsg::List { reply })
+    })
+    .await?;
+    Ok(Json(sites))
 }
 
 async fn list_pilots(State(app): State<App>) -> Result<Json<Vec<PilotRow>>, ApiError> {

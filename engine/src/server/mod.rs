@@ -1,5 +1,6 @@
 //! `beamflow server`: HTTP API for clients, WebSocket for pilots, SQLite store.
 
+mod agent_conn;
 mod api;
 mod api_admin;
 mod api_alloc;

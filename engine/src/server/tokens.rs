@@ -32,6 +32,9 @@ pub fn needed(method: &axum::http::Method, path: &str) -> Role {
     if path == "/api/pilot" {
         return Role::Pilot;
     }
+    if path == "/api/agent" {
+        return Role::Agent;
+    }
     let admin_only = path.starts_with("/api/alloc")
         || path.starts_with("/api/tokens")
         || path.starts_with("/api/admin");
@@ -241,6 +244,12 @@ mod tests {
             assert!(!r.opens(Role::Pilot) && !Role::Pilot.opens(r), "{r}");
         }
         assert!(!Role::Pilot.opens(Role::Admin));
+        assert_eq!(needed(&Method::GET, "/api/agent"), Role::Agent);
+        assert!(Role::Agent.opens(Role::Agent) && Role::Admin.opens(Role::Agent));
+        for r in [Role::Viewer, Role::Submitter, Role::Pilot] {
+            assert!(!r.opens(Role::Agent) && !Role::Agent.opens(r), "{r}");
+        }
+        assert!(!Role::Agent.opens(Role::Admin));
         assert!(Role::Submitter.opens(Role::Viewer) && !Role::Viewer.opens(Role::Submitter));
         t.ensure_pilot_token().unwrap();
         let pilot = std::fs::read_to_string(dir.path().join("pilot-token")).unwrap();

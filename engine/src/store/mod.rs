@@ -138,6 +138,12 @@ pub enum Op {
         level: String,
         message: String,
     },
+    /// A site run by an agent: its config and agent, as JSON.
+    PutSite {
+        name: String,
+        data: String,
+        at: i64,
+    },
     /// Deletes those of `runs` that are finished and finished before
     /// `before_us`, with their attempts and events. The check is made at
     /// commit, so a run retried since it was picked stays.
@@ -605,6 +611,13 @@ fn statements(op: &Op, dialect: Dialect, recorded: i64, out: &mut Vec<Stmt>) {
                 "INSERT INTO alloc_queues(id, state, data, created_us) VALUES (?1,?2,?3,?4)
                  ON CONFLICT(id) DO UPDATE SET state = ?2, data = ?3",
                 args![*id, *state, data, *created],
+            );
+        }
+        Op::PutSite { name, data, at } => {
+            push(
+                "INSERT INTO sites(name, data, updated_us) VALUES (?1,?2,?3)
+                 ON CONFLICT(name) DO UPDATE SET data = ?2, updated_us = ?3",
+                args![name, data, *at],
             );
         }
         Op::DeleteAllocQueue { id } => {

@@ -400,6 +400,13 @@ pub fn alloc_snapshot(c: &mut Db) -> anyhow::Result<AllocSnapshot> {
     Ok(AllocSnapshot { queues, jobs })
 }
 
+/// Sites run by agents, as stored: (name, JSON).
+pub fn sites(c: &mut Db) -> anyhow::Result<Vec<(String, String)>> {
+    c.query("SELECT name, data FROM sites ORDER BY name", &[], |r| {
+        Ok((r.text(0)?, r.text(1)?))
+    })
+}
+
 /// The newest `limit` log lines of a queue (or of all), oldest first.
 pub fn alloc_log(
     c: &mut Db,

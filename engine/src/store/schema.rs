@@ -123,6 +123,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_flow_state ON runs(flow, state);
     CREATE INDEX attempts_in_flight ON attempts(state) WHERE state IN ('dispatched', 'running');
     "#,
+    // 4: sites run by agents elsewhere, and their configs.
+    r#"
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_us INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The same tables in PostgreSQL: integers are BIGINT (ids, microsecond
@@ -247,6 +255,14 @@ const PG_MIGRATIONS: &[&str] = &[
     CREATE INDEX events_ts ON events(ts_us);
     CREATE INDEX runs_flow_state ON runs(flow, state);
     CREATE INDEX attempts_in_flight ON attempts(state) WHERE state IN ('dispatched', 'running');
+    "#,
+    // 4: sites run by agents elsewhere, and their configs.
+    r#"
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_us BIGINT NOT NULL
+    );
     "#,
 ];
 

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ApiError, Core, CoreMsg, Reply};
+use crate::agent::wire::PilotReach;
 use crate::alloc::queue::{Job, Queue};
 use crate::alloc::{Command, Demand, QueueInfo, QueueSpec};
-use crate::batch::script::{JobRequest, PilotCommand};
-use crate::batch::{JobState, Scheduler};
+use crate::batch::{ledger, JobState, Scheduler};
 use crate::store::Op;
 use crate::util::now_us;
 
@@ -115,12 +115,12 @@ impl Core {
                 self.reply(reply, r);
             }
             AllocMsg::Remove { id, cancel, reply } => {
-                let scheduler = self.alloc.queue(id).map(|q| q.spec.target.scheduler);
+                let spec = self.alloc.queue(id).map(|q| q.spec.clone());
                 let r = match self.alloc.remove(id, cancel, now) {
                     Ok(cmds) => {
-                        for c in cmds {
-                            if let Some(s) = scheduler.and_then(Scheduler::for_site) {
-                                self.alloc_run(c, s, None);
+                        if let Some(spec) = spec {
+                            for c in cmds {
+                                self.alloc_run(c, &spec);
                             }
                         }
                         Ok(())
@@ -189,29 +189,33 @@ impl Core {
                 continue;
             };
             let spec = q.spec.clone();
-            match Scheduler::for_site(spec.target.scheduler) {
-                Some(s) => self.alloc_run(c, s, Some(spec)),
-                None => {
-                    if let Command::Submit { number, .. } = c {
-                        self.alloc.submitted(
-                            queue,
-                            number,
-                            "",
-                            Err(format!(
-                                "site `{}` has no batch scheduler; start pilots with `beamflow pilot`",
-                                spec.target.site
-                            )),
-                            now_us(),
-                        );
-                    }
-                }
-            }
+            self.alloc_run(c, &spec);
         }
         self.alloc_persist();
     }
 
-    /// Runs one command in the background; its answer comes back as a message.
-    fn alloc_run(&mut self, c: Command, sched: Scheduler, spec: Option<QueueSpec>) {
+    /// Runs one command: at a site an agent runs, through the agent; at
+    /// this server's own, in the background here. Either way its answer
+    /// comes back as a message.
+    fn alloc_run(&mut self, c: Command, spec: &QueueSpec) {
+        if self.sites.by_agent(&spec.target.site) {
+            return self.agent_command(c, spec);
+        }
+        let Some(sched) = Scheduler::for_site(spec.target.scheduler) else {
+            if let Command::Submit { queue, number, .. } = c {
+                self.alloc.submitted(
+                    queue,
+                    number,
+                    "",
+                    Err(format!(
+                        "site `{}` has no batch scheduler; start pilots with `beamflow pilot`",
+                        spec.target.site
+                    )),
+                    now_us(),
+                );
+            }
+            return;
+        };
         let me = self.me.clone();
         match c {
             Command::Submit {
@@ -221,33 +225,24 @@ impl Core {
                 walltime_s,
                 idle_timeout_s,
             } => {
-                let Some(spec) = spec else { return };
-                let cfg = self.cfg.alloc.clone();
-                let dir = cfg.dir.join(queue.to_string()).join(number.to_string());
-                let t = &spec.target;
-                let req = JobRequest {
-                    name: format!("bf-{}-{queue}-{number}", t.target),
-                    nodes,
-                    walltime_s,
-                    reservation: spec.reservation.as_ref().map(|r| r.name.clone()),
-                    dir: dir.clone(),
-                    pilot: PilotCommand::for_target(
-                        t,
-                        &cfg.exe,
-                        &cfg.url,
-                        cfg.token_file.clone(),
-                        spec.serves(),
-                        idle_timeout_s,
-                    )
-                    .pinning(cfg.server_cert.clone()),
-                    target: spec.target.clone(),
+                let cfg = &self.cfg.alloc;
+                let sub =
+                    super::sites::submit_of(queue, number, nodes, walltime_s, idle_timeout_s, spec);
+                let reach = PilotReach {
+                    exe: cfg.exe.clone(),
+                    url: cfg.url.clone(),
+                    token_file: cfg.token_file.clone(),
+                    server_cert: cfg.server_cert.clone(),
                 };
+                let req = sub.job_request(&cfg.dir, &reach);
                 tokio::spawn(async move {
-                    let result = submit(sched, &req).await;
+                    let result = ledger::submit_once(sched, &req)
+                        .await
+                        .map(|s| s.id().to_string());
                     let _ = me.send(CoreMsg::Alloc(AllocMsg::Submitted {
                         queue,
                         number,
-                        dir: dir.display().to_string(),
+                        dir: req.dir.display().to_string(),
                         result,
                     }));
                 });
@@ -344,52 +339,4 @@ fn check_spec(s: &QueueSpec) -> Result<(), ApiError> {
     s.target
         .check_job(s.nodes_per_job, s.walltime_s)
         .or_else(bad)
-}
-
-/// Renders, writes and submits one job script; the job id or the reason.
-async fn submit(sched: Scheduler, req: &JobRequest) -> Result<String, String> {
-    let script = req.render().map_err(|e| format!("{e:#}"))?;
-    let dir = req.dir.clone();
-    let path = dir.join("job.sh");
-    let write = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(&path, script)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-        })
-    };
-    write
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{}: cannot write the job script: {e}", path.display()))?;
-    let id = sched
-        .submit(&path, &req.dir)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tokio::fs::write(req.dir.join("job-id"), format!("{id}\n")).await;
-    if let Some(queue_dir) = req.dir.parent().map(|p| p.to_path_buf()) {
-        let _ = tokio::task::spawn_blocking(move || prune(&queue_dir, KEEP_JOB_DIRS)).await;
-    }
-    Ok(id.0)
-}
-
-/// Job directories (script, output) kept per queue; older ones are removed.
-const KEEP_JOB_DIRS: u32 = 100;
-
-/// Removes a queue's job directories older than the newest `keep`.
-fn prune(queue_dir: &std::path::Path, keep: u32) {
-    let Ok(rd) = std::fs::read_dir(queue_dir) else {
-        return;
-    };
-    let mut numbers: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
-    numbers.sort_unstable();
-    let excess = numbers.len().saturating_sub(keep as usize);
-    for n in &numbers[..excess] {
-        let _ = std::fs::remove_dir_all(queue_dir.join(n.to_string()));
-    }
 }

@@ -11,10 +11,10 @@
 //! (connections, losses, heartbeats), [`placement`] (which ready attempt goes
 //! to which pilot, in the order of [`ready`]), [`retries`] (results, retry
 //! back-off, requeues that cost no try, crash counting), [`catalog`] (the
-//! records publish steps write), [`prune`] (removing old runs) and
-//! [`alloc`] (allocation queues). The rules are unit-tested here by driving
-//! the core with messages and a store in a temporary directory: no sockets,
-//! no processes (`tests`).
+//! records publish steps write), [`prune`] (removing old runs),
+//! [`alloc`] (allocation queues) and [`sites`] (sites run by agents). The
+//! rules are unit-tested here by driving the core with messages and a store
+//! in a temporary directory: no sockets, no processes (`tests`).
 
 mod alloc;
 mod catalog;
@@ -24,6 +24,7 @@ mod prune;
 mod ready;
 mod retries;
 mod runs;
+mod sites;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +41,7 @@ use self::pilots::Pilot;
 use self::ready::ReadyQueue;
 pub use self::runs::task_dir;
 use self::runs::Run;
+pub use self::sites::AgentMsg;
 use crate::api::{AttemptId, AttemptState, PilotId, Registered, RunExplain, RunId, RunUpdate};
 use crate::flow::FlowSpec;
 use crate::protocol::{FromPilot, PilotInfo, TaskSpec, ToPilot};
@@ -111,6 +113,8 @@ pub enum CoreMsg {
     },
     Tick,
     Alloc(AllocMsg),
+    /// Site agents: connections, answers, `beamflow sites`.
+    Agent(AgentMsg),
     /// Deletes these finished runs from the store (`beamflow admin
     /// prune`); through the core, so a run it is retrying stays. Replies
     /// with the runs handed to the store once it has committed.
@@ -187,6 +191,7 @@ pub struct Core {
     outbox: HashMap<PilotId, Outbox>,
     updated_runs: HashSet<RunId>,
     alloc: crate::alloc::Manager,
+    sites: sites::Sites,
 }
 
 impl Core {
@@ -221,8 +226,10 @@ impl Core {
             outbox: HashMap::new(),
             updated_runs: HashSet::new(),
             alloc: crate::alloc::Manager::new(cfg_poll),
+            sites: sites::Sites::default(),
         };
         alloc::restore(&mut core)?;
+        sites::restore(&mut core)?;
         for f in snap.flows {
             core.flows
                 .entry(f.name.clone())
@@ -334,6 +341,7 @@ impl Core {
             }
             CoreMsg::Tick => self.tick(),
             CoreMsg::Alloc(m) => self.alloc_msg(m),
+            CoreMsg::Agent(m) => self.agent_msg(m),
             CoreMsg::Prune {
                 runs,
                 before_us,
