@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::batch::ledger::{self, Submitted};
-use crate::batch::{JobId, Scheduler};
+use crate::batch::Scheduler;
 use crate::site::SiteConfig;
 use crate::wsclient::ConnectError;
 use wire::{FromAgent, PilotReach, ToAgent, AGENT_PROTOCOL};
@@ -201,25 +201,16 @@ impl Worker {
                         result: result.map(|r| r.id().to_string()),
                     }
                 }
-                ToAgent::Status { queue, jobs } => {
-                    let ids: Vec<JobId> = jobs.iter().map(|j| JobId(j.clone())).collect();
-                    let result = self
-                        .sched
-                        .status(&ids)
-                        .await
-                        .map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect())
-                        .map_err(|e| e.to_string());
-                    FromAgent::Status {
-                        queue,
-                        asked: jobs,
-                        result,
-                    }
-                }
-                ToAgent::Cancel { queue, jobs } => {
-                    let ids: Vec<JobId> = jobs.iter().map(|j| JobId(j.clone())).collect();
-                    let error = self.sched.cancel(&ids).await.err().map(|e| e.to_string());
-                    FromAgent::Cancelled { queue, jobs, error }
-                }
+                ToAgent::Status { queue, jobs } => FromAgent::Status {
+                    queue,
+                    result: self.sched.states(&jobs).await,
+                    asked: jobs,
+                },
+                ToAgent::Cancel { queue, jobs } => FromAgent::Cancelled {
+                    queue,
+                    error: self.sched.cancel_all(&jobs).await.err(),
+                    jobs,
+                },
             };
             let _ = tx.send(answer);
         });

@@ -183,6 +183,23 @@ impl Scheduler {
         }
     }
 
+    /// [`Scheduler::status`] of ids as the allocation manager keeps them
+    /// (strings), the error as its text: what the server and an agent both
+    /// answer a status request with.
+    pub async fn states(self, jobs: &[String]) -> Result<BTreeMap<String, JobState>, String> {
+        let ids: Vec<JobId> = jobs.iter().map(|j| JobId(j.clone())).collect();
+        self.status(&ids)
+            .await
+            .map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Scheduler::cancel`] of ids kept as strings, the error as its text.
+    pub async fn cancel_all(self, jobs: &[String]) -> Result<(), String> {
+        let ids: Vec<JobId> = jobs.iter().map(|j| JobId(j.clone())).collect();
+        self.cancel(&ids).await.map_err(|e| e.to_string())
+    }
+
     /// Jobs named `name` that were submitted from `dir`, finished ones
     /// included while the scheduler remembers them: how a submission whose
     /// answer was lost (the submitter killed between `sbatch` and writing

@@ -249,15 +249,7 @@ impl Core {
             }
             Command::Status { queue, jobs } => {
                 tokio::spawn(async move {
-                    let ids: Vec<crate::batch::JobId> = jobs
-                        .iter()
-                        .map(|j| crate::batch::JobId(j.clone()))
-                        .collect();
-                    let result = sched
-                        .status(&ids)
-                        .await
-                        .map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect())
-                        .map_err(|e| e.to_string());
+                    let result = sched.states(&jobs).await;
                     let _ = me.send(CoreMsg::Alloc(AllocMsg::Status {
                         queue,
                         asked: jobs,
@@ -267,11 +259,7 @@ impl Core {
             }
             Command::Cancel { queue, jobs } => {
                 tokio::spawn(async move {
-                    let ids: Vec<crate::batch::JobId> = jobs
-                        .iter()
-                        .map(|j| crate::batch::JobId(j.clone()))
-                        .collect();
-                    if let Err(e) = sched.cancel(&ids).await {
+                    if let Err(e) = sched.cancel_all(&jobs).await {
                         tracing::warn!("allocation queue {queue}: cancelling {jobs:?}: {e}");
                     }
                 });
