@@ -154,7 +154,7 @@ impl Job {
                     "rsync with remote `{}` ({}) failed: {}{}",
                     self.name,
                     self.endpoint(),
-                    meaning(out.code),
+                    meaning(out.code, &out.stderr),
                     if tail.is_empty() {
                         String::new()
                     } else {
@@ -301,10 +301,16 @@ fn expand(p: &str) -> String {
 /// line never starts so).
 const FILE_LINE: &str = "moved: ";
 
-/// What rsync's exit status means, for the step's error.
-fn meaning(code: Option<i32>) -> String {
+/// What rsync's exit status means, for the step's error. ssh's own
+/// `ssh: connect to host` line decides first: whether rsync then exits 255
+/// (ssh's status) or 12 (the stream closed under it) is a race.
+fn meaning(code: Option<i32>, stderr: &str) -> String {
+    let ssh_failed = stderr
+        .lines()
+        .any(|l| l.starts_with("ssh: connect to host") || l.starts_with("Host key verification"));
     match code {
         None => "killed by a signal".into(),
+        Some(c) if c != 0 && ssh_failed => meaning(Some(255), ""),
         Some(255) => {
             "ssh could not connect (host unreachable or refused, host key unknown or changed, \
              or the key was not accepted)"
@@ -788,6 +794,18 @@ mod tests {
         );
         assert_eq!(blake(&far.join("big.bin")), blake3::hash(&data));
         assert!(!partial.exists());
+    }
+
+    /// ssh's refusal is named whichever of ssh (255) or rsync's stream
+    /// (12) reports it first.
+    #[test]
+    fn a_refused_connection_is_named_whatever_status_rsync_exits_with() {
+        let refused = "ssh: connect to host 127.0.0.1 port 9: Connection refused\n\
+                       rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n";
+        for code in [12, 255] {
+            assert!(meaning(Some(code), refused).starts_with("ssh could not connect"));
+        }
+        assert!(meaning(Some(12), "rsync: read error\n").starts_with("the connection broke"));
     }
 
     #[test]
