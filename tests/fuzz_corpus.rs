@@ -395,6 +395,8 @@ mod seeds {
                 walltime_end_us: Some(1_780_000_000_000_000),
                 batch_job: Some("4242".into()),
                 reservation: None,
+                site: None,
+                preemptable: false,
                 prefetch: 1,
                 version: "0.1.0".into(),
             },

@@ -32,6 +32,14 @@ pub struct PilotInfo {
     /// `realtime` steps and take other work only when idle.
     #[serde(default)]
     pub reservation: Option<String>,
+    /// The site whose scheduler runs the pilot's job (job scripts say it):
+    /// placement reads it, and job ids are matched at that site.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The pilot's job may be preempted: losing it costs its steps nothing,
+    /// and they are placed at another site first.
+    #[serde(default)]
+    pub preemptable: bool,
     pub prefetch: u32,
     pub version: String,
 }

@@ -233,6 +233,12 @@ pub struct Target {
     pub directives: Vec<String>,
     #[serde(default)]
     pub scratch: Option<String>,
+    /// Jobs in this queue may be killed at any time to make room (Polaris
+    /// `preemptable`, a Slurm preemptible QOS): job scripts are marked
+    /// rerunnable, and a preempted pilot's steps go back without counting
+    /// against them, placed at another site first.
+    #[serde(default)]
+    pub preemptable: bool,
 }
 
 impl Target {
@@ -306,6 +312,9 @@ pub struct EffectiveTarget {
     pub directives: Vec<String>,
     pub scratch: Option<String>,
     pub pilot: PilotLaunch,
+    /// See [`Target::preemptable`].
+    #[serde(default)]
+    pub preemptable: bool,
 }
 
 impl EffectiveTarget {
@@ -645,6 +654,7 @@ impl SiteConfig {
             directives: t.directives,
             scratch: t.scratch.or_else(|| self.scratch.clone()),
             pilot: self.pilot.clone(),
+            preemptable: t.preemptable,
         })
     }
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::queue::{describe, job_info, no_queue, plural, Command, Demand, Job, Phase, Queue};
+use super::route::Routes;
 use super::{JobInfo, LogEntry, QueueInfo, QueueSpec};
 use crate::batch::JobState;
 
@@ -49,8 +50,16 @@ pub struct Manager {
     /// their queues submit and poll nothing, and their share of the
     /// demand goes to other sites' queues.
     offline: BTreeMap<String, String>,
+    /// How much later than another queue's expected start a queue's waiting
+    /// jobs may be before that queue submits for the same work (see
+    /// [`super::route`]).
+    patience_us: i64,
     changes: Changes,
 }
+
+/// The default patience: a pilot job queued two minutes longer than
+/// another queue's next would take.
+pub const DEFAULT_PATIENCE_S: f64 = 120.0;
 
 impl Manager {
     pub fn new(poll_interval_s: f64) -> Self {
@@ -61,8 +70,15 @@ impl Manager {
             by_job: BTreeMap::new(),
             by_pilot: BTreeMap::new(),
             offline: BTreeMap::new(),
+            patience_us: (DEFAULT_PATIENCE_S * 1e6) as i64,
             changes: Changes::default(),
         }
+    }
+
+    /// Sets the patience (see [`super::route`]).
+    pub fn with_patience(mut self, patience_s: f64) -> Self {
+        self.patience_us = (patience_s * 1e6) as i64;
+        self
     }
 
     /// Rebuilds from the store; jobs not ended wait for their pilots to
@@ -148,6 +164,7 @@ impl Manager {
                 next_number: 1,
                 jobs: BTreeMap::new(),
                 submitting: Vec::new(),
+                routed: BTreeMap::new(),
                 polling: false,
             },
         );
@@ -218,21 +235,40 @@ impl Manager {
     }
 
     /// What to submit and poll now, given the work nothing could take.
+    /// Queues serving the same targets share the work, offered first to
+    /// the one expected to start soonest ([`super::route`]).
     pub fn plan(&mut self, now: i64, demand: &BTreeMap<String, Demand>) -> Vec<Command> {
         let mut cmds = Vec::new();
-        // Nodes wanted per set of demand targets, shared by queues serving
-        // the same targets in id order.
+        let ids: Vec<u64> = self
+            .queues
+            .values()
+            .filter(|q| !self.offline.contains_key(&q.spec.target.site))
+            .map(|q| q.id)
+            .collect();
+        let routes = Routes::new(&self.queues, &ids, now, self.patience_us, |q| {
+            q.paused.is_none()
+                && now >= q.next_submit_us
+                && q.in_window(now)
+                && q.active_jobs() < q.spec.max_jobs
+        });
+        // Nodes wanted per set of demand targets (in the first queue's
+        // nodes), less what queues on time already wait for.
         let mut remaining: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-        let ids: Vec<u64> = self.queues.keys().copied().collect();
-        for id in ids {
-            let q = self.queues.get_mut(&id).expect("queue id from keys");
-            if self.offline.contains_key(&q.spec.target.site) {
-                continue;
+        for id in &routes.order {
+            let q = &self.queues[id];
+            let left = remaining
+                .entry(q.spec.demand_targets())
+                .or_insert(q.wanted_nodes(demand) as i64);
+            if !routes.stalled(q) {
+                *left -= q.waiting_nodes() as i64;
             }
-            let key = q.spec.demand_targets();
-            let wanted = q.wanted_nodes(demand) as i64;
-            let left = remaining.entry(key).or_insert(wanted);
-            *left -= q.waiting_nodes() as i64;
+        }
+        for &id in &routes.order {
+            let reason = routes.reason(&self.queues, &self.queues[&id]);
+            let q = self.queues.get_mut(&id).expect("queue id from keys");
+            let left = remaining
+                .get_mut(&q.spec.demand_targets())
+                .expect("every queue's key");
             let warm_deficit = match &q.spec.reservation {
                 Some(r) if q.in_window(now) => r.warm as i64 - q.active_nodes() as i64,
                 _ => 0,
@@ -278,6 +314,9 @@ impl Manager {
                     let number = q.next_number;
                     q.next_number += 1;
                     q.submitting.push((number, nodes));
+                    if let Some(r) = &reason {
+                        q.routed.insert(number, r.clone());
+                    }
                     self.changes.queues.insert(id);
                     *left -= nodes as i64;
                     warm_left -= nodes as i64;
@@ -341,6 +380,7 @@ impl Manager {
             return;
         };
         let (_, nodes) = q.submitting.remove(pos);
+        let routed = q.routed.remove(&number);
         self.changes.queues.insert(queue);
         match result {
             Ok(job_id) => {
@@ -358,6 +398,7 @@ impl Manager {
                         started_us: None,
                         ended_us: None,
                         reason: None,
+                        routed: routed.clone(),
                         ever_connected: false,
                         pilots: BTreeSet::new(),
                         status_errors: 0,
@@ -371,8 +412,9 @@ impl Manager {
                     now,
                     "info",
                     format!(
-                        "submitted job {job_id} (#{number}, {nodes} node{})",
-                        plural(nodes)
+                        "submitted job {job_id} (#{number}, {nodes} node{}){}",
+                        plural(nodes),
+                        routed.map(|r| format!("; {r}")).unwrap_or_default()
                     ),
                 );
             }
@@ -404,9 +446,16 @@ impl Manager {
     }
 
     /// A pilot connected; if it runs in one of our jobs, that job has started.
-    /// Returns the queue it belongs to.
-    pub fn pilot_connected(&mut self, pilot: u64, batch_job: &str, now: i64) -> Option<u64> {
-        let (qid, job_id) = self.find_job(batch_job)?;
+    /// Returns the queue it belongs to. `site`, when the pilot says it,
+    /// keeps equal job ids of two sites' schedulers apart.
+    pub fn pilot_connected(
+        &mut self,
+        pilot: u64,
+        site: Option<&str>,
+        batch_job: &str,
+        now: i64,
+    ) -> Option<u64> {
+        let (qid, job_id) = self.find_job(site, batch_job)?;
         let q = self.queues.get_mut(&qid)?;
         let j = q.jobs.get_mut(&job_id)?;
         j.pilots.insert(pilot);
@@ -438,6 +487,13 @@ impl Manager {
             );
         }
         Some(qid)
+    }
+
+    /// Why pilot `pilot`'s job was submitted where it was, when another
+    /// queue could have taken the work.
+    pub fn routed(&self, pilot: u64) -> Option<&str> {
+        let (q, j) = self.by_pilot.get(&pilot)?;
+        self.queues.get(q)?.jobs.get(j)?.routed.as_deref()
     }
 
     /// A pilot left or was lost; when a job has no pilot left, it has ended.
@@ -572,14 +628,20 @@ impl Manager {
         );
     }
 
-    /// Matches a pilot's `SLURM_JOB_ID`/`PBS_JOBID` to a job: PBS ids may
-    /// carry a longer server suffix than `qsub` printed.
-    fn find_job(&self, batch_job: &str) -> Option<(u64, String)> {
-        if let Some(q) = self.by_job.get(batch_job) {
+    /// Matches a pilot's `SLURM_JOB_ID`/`PBS_JOBID` to a job of a queue at
+    /// `site` (any site when the pilot does not say): PBS ids may carry a
+    /// longer server suffix than `qsub` printed.
+    fn find_job(&self, site: Option<&str>, batch_job: &str) -> Option<(u64, String)> {
+        let at = |q: &Queue| site.is_none_or(|s| q.spec.target.site == s);
+        if let Some(q) = self
+            .by_job
+            .get(batch_job)
+            .filter(|q| self.queues.get(q).is_some_and(at))
+        {
             return Some((*q, batch_job.to_string()));
         }
         let head = batch_job.split('.').next().unwrap_or(batch_job);
-        for q in self.queues.values() {
+        for q in self.queues.values().filter(|q| at(q)) {
             for j in q.jobs.values() {
                 if j.job_id == batch_job || j.job_id.split('.').next() == Some(head) {
                     return Some((q.id, j.job_id.clone()));
@@ -709,12 +771,12 @@ mod tests {
         // Two queued jobs cover two of the three nodes; the backlog is full.
         assert!(submits(&m.plan(3, &demand("cpu", 10, 1))).is_empty());
         // The first starts: one queued, one backlog slot free, one node still wanted.
-        assert_eq!(m.pilot_connected(7, "101", 4), Some(q));
+        assert_eq!(m.pilot_connected(7, None, "101", 4), Some(q));
         assert_eq!(submits(&m.plan(5, &demand("cpu", 10, 1))), vec![(3, 1)]);
         m.submitted(q, 3, "/a/3", Ok("103".into()), 6);
         // max_jobs 3 reached: no more, however much waits.
-        m.pilot_connected(8, "102", 7);
-        m.pilot_connected(9, "103", 7);
+        m.pilot_connected(8, None, "102", 7);
+        m.pilot_connected(9, None, "103", 7);
         assert!(submits(&m.plan(8, &demand("cpu", 100, 1))).is_empty());
         let info = &m.info(20)[0];
         assert_eq!((info.queued_jobs, info.running_jobs), (0, 3));
@@ -836,7 +898,12 @@ mod tests {
         m.submitted(q, 1, "/a", Ok("349710.polaris-pbs-01".into()), 0);
         // PBS_JOBID carries the full server name.
         assert_eq!(
-            m.pilot_connected(3, "349710.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov", S),
+            m.pilot_connected(
+                3,
+                None,
+                "349710.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov",
+                S
+            ),
             Some(q)
         );
         // A running job with its pilot connected is not polled for a long time.
@@ -904,8 +971,8 @@ mod tests {
         m.submitted(q, 2, "/r2", Ok("2".into()), 1500 * S);
         assert!(submits(&m.plan(1501 * S, &BTreeMap::new())).is_empty());
         // Work for `cpu` does not grow a reservation queue; `realtime` work does.
-        m.pilot_connected(1, "1", 1502 * S);
-        m.pilot_connected(2, "2", 1502 * S);
+        m.pilot_connected(1, None, "1", 1502 * S);
+        m.pilot_connected(2, None, "2", 1502 * S);
         assert!(submits(&m.plan(1503 * S, &demand("cpu", 40, 1))).is_empty());
         assert_eq!(
             submits(&m.plan(1504 * S, &demand("realtime", 40, 1))).len(),
@@ -948,9 +1015,62 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(m.job(q, "42").unwrap()).unwrap()).unwrap();
         let mut m2 = Manager::new(60.0);
         m2.restore(vec![queue], vec![(q, job)]);
-        assert_eq!(m2.pilot_connected(5, "42", 10), Some(q));
+        assert_eq!(m2.pilot_connected(5, None, "42", 10), Some(q));
         assert_eq!(m2.queue(q).unwrap().next_number, 2);
         // A new queue gets a fresh id.
         assert_eq!(m2.add(spec("cpu"), 11), q + 1);
+    }
+
+    fn at_site(target: &str, site: &str) -> QueueSpec {
+        let mut s = spec(target);
+        s.target.site = site.into();
+        s
+    }
+
+    fn submitted_at(cmds: &[Command]) -> Vec<u64> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Submit { queue, .. } => Some(*queue),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Two sites' queues for one target: work goes to the one expected to
+    /// start soonest; a queued job later than the other's expected start
+    /// by more than the patience stops holding the work back, and the
+    /// submission says why, naming both.
+    #[test]
+    fn work_goes_to_the_queue_expected_to_start_soonest() {
+        let mut m = Manager::new(60.0).with_patience(10.0);
+        let a = m.add(at_site("cpu", "alpha"), 0);
+        let b = m.add(at_site("cpu", "beta"), 0);
+        let d = demand("cpu", 1, 1);
+        // Nothing measured at either: the first queue, once.
+        assert_eq!(submitted_at(&m.plan(0, &d)), vec![a]);
+        m.submitted(a, 1, "/a", Ok("11".into()), 0);
+        // alpha's job waits; within the patience nothing more is asked.
+        assert!(submitted_at(&m.plan(5 * S, &d)).is_empty());
+        // Later than beta's next (expected now) by more than 10 s: beta too.
+        assert_eq!(submitted_at(&m.plan(11 * S, &d)), vec![b]);
+        m.take_changes();
+        m.submitted(b, 1, "/b", Ok("11".into()), 11 * S);
+        let log = m.take_changes().log;
+        let line = &log.iter().find(|e| e.queue == b).unwrap().message;
+        assert!(
+            line.contains("routed to queue 2 at beta: expected start now (no job queued, no start measured yet)")
+                && line.contains("queue 1 at alpha: 11.00 s (job 11 queued 11.00 s, none started yet)"),
+            "{line}"
+        );
+        // beta's job is on time: nothing more while it waits.
+        assert!(submitted_at(&m.plan(12 * S, &d)).is_empty());
+        // Its pilot says its site: the same job id at alpha is not it.
+        assert_eq!(m.pilot_connected(7, Some("beta"), "11", 13 * S), Some(b));
+        assert_eq!(m.job(a, "11").unwrap().phase, Phase::Queued);
+        assert!(m.job(b, "11").unwrap().routed.is_some());
+        // New work: beta starts in 2 s as measured, alpha's job is late.
+        let e = m.queues[&b].expected_start(20 * S);
+        assert_eq!(e.us, 2 * S, "{e:?}");
+        assert_eq!(submitted_at(&m.plan(20 * S, &demand("cpu", 2, 1))), vec![b]);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod manager;
 pub mod queue;
+mod route;
 
 use serde::{Deserialize, Serialize};
 

@@ -75,6 +75,10 @@ pub struct Job {
     pub started_us: Option<i64>,
     pub ended_us: Option<i64>,
     pub reason: Option<String>,
+    /// Why the manager chose this queue for the work, when another queue
+    /// could have taken it (see [`super::route`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<String>,
     /// A pilot of this job connected at least once.
     pub ever_connected: bool,
     #[serde(skip)]
@@ -101,6 +105,9 @@ pub struct Queue {
     /// Submissions under way: (number, nodes).
     #[serde(skip)]
     pub(super) submitting: Vec<(u32, u32)>,
+    /// Why submissions under way were routed here, by number.
+    #[serde(skip)]
+    pub(super) routed: BTreeMap<u32, String>,
     #[serde(skip)]
     pub(super) polling: bool,
 }

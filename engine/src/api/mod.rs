@@ -111,6 +111,10 @@ states! {
         /// Handed back by a draining pilot, or never received; a new
         /// attempt follows.
         Returned = "returned",
+        /// Its pilot's job was preempted (a preemptable queue): a new
+        /// attempt follows, placed at another site first, costing the step
+        /// nothing.
+        Preempted = "preempted",
         /// The run was retried: this attempt no longer counts.
         Superseded = "superseded",
     }

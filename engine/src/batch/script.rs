@@ -134,6 +134,7 @@ impl JobRequest {
             setup => t.setup,
             launcher => t.launcher,
             span_job => t.pilot_per == PilotPer::Job,
+            rerunnable => t.preemptable,
             pilot => self.pilot_line(&reservation),
         })?;
         Ok(out)
@@ -178,6 +179,11 @@ impl JobRequest {
         if let Some(r) = reservation {
             a.push("--reservation".to_string());
             a.push(shell_quote(r));
+        }
+        a.push("--site".to_string());
+        a.push(shell_quote(&self.target.site));
+        if self.target.preemptable {
+            a.push("--preemptable".to_string());
         }
         if self.target.pilot_per == PilotPer::Job {
             a.push("--span-job".to_string());

@@ -68,6 +68,8 @@ impl Local {
                 walltime: None,
                 walltime_end: None,
                 reservation: None,
+                site: None,
+                preemptable: false,
                 gpu_env: None,
                 drain_margin: Duration::from_secs(60),
                 server_lost_timeout: Duration::from_secs(60),

@@ -41,6 +41,14 @@ pub struct PilotArgs {
     /// The reservation the pilot's job runs in (default: SLURM_JOB_RESERVATION).
     #[arg(long)]
     reservation: Option<String>,
+    /// The site this pilot runs at (job scripts pass it; default: the
+    /// server's own).
+    #[arg(long)]
+    site: Option<String>,
+    /// The pilot's job may be preempted at any time (job scripts of a
+    /// `preemptable` target pass it).
+    #[arg(long)]
+    preemptable: bool,
     /// The variable that restricts a task to its GPUs: CUDA_VISIBLE_DEVICES
     /// (NVIDIA), ROCR_VISIBLE_DEVICES (AMD), ZE_AFFINITY_MASK (Intel).
     #[arg(long)]
@@ -127,6 +135,8 @@ impl PilotArgs {
             walltime: self.walltime,
             walltime_end: self.walltime_end,
             reservation: self.reservation,
+            site: self.site,
+            preemptable: self.preemptable,
             gpu_env: self.gpu_env,
             drain_margin: self.drain_margin,
             server_lost_timeout: self.server_lost_timeout,

@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// squeue/qstat (pilots report start and end themselves).
     #[arg(long, default_value = "60s", value_parser = duration)]
     alloc_poll: Duration,
+    /// How much later than another queue's expected start a queue's queued
+    /// pilot job may be before that other queue submits for the same work.
+    #[arg(long, default_value = "2m", value_parser = duration)]
+    alloc_patience: Duration,
     /// A name or address clients and pilots use for this server, put in
     /// the certificate generated on first start (repeatable; localhost,
     /// 127.0.0.1, ::1 and the host name are always in it).
@@ -84,6 +88,7 @@ impl ServerArgs {
             heartbeat: self.heartbeat,
             advertise_url: self.advertise_url,
             alloc_poll: self.alloc_poll,
+            alloc_patience: self.alloc_patience,
             tls: match (self.no_tls, self.tls_cert, self.tls_key) {
                 (true, _, _) => crate::tls::ServerTls::Off,
                 (false, Some(cert), Some(key)) => crate::tls::ServerTls::Files { cert, key },

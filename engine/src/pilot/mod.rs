@@ -69,6 +69,10 @@ pub struct PilotOptions {
     pub walltime_end: Option<i64>,
     /// The reservation this pilot's job runs in.
     pub reservation: Option<String>,
+    /// The site this pilot runs at, when not the server's own.
+    pub site: Option<String>,
+    /// The pilot's job may be preempted.
+    pub preemptable: bool,
     /// The variable that gives a task its GPUs (default `CUDA_VISIBLE_DEVICES`).
     pub gpu_env: Option<String>,
     /// Stop taking work this long before the walltime ends.
@@ -188,6 +192,8 @@ pub async fn run(opts: PilotOptions) -> anyhow::Result<()> {
         walltime_end_us: job::walltime_end_us(opts.walltime, opts.walltime_end, started),
         reservation: opts.reservation.clone().or_else(job::reservation),
         batch_job: job::batch_job(),
+        site: opts.site.clone(),
+        preemptable: opts.preemptable,
         prefetch: opts.prefetch.unwrap_or(DEFAULT_PREFETCH),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };

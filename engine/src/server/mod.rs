@@ -43,6 +43,8 @@ pub struct ServerOptions {
     pub advertise_url: Option<String>,
     /// How often the allocation manager polls jobs nobody reports on.
     pub alloc_poll: Duration,
+    /// See [`crate::alloc::Manager::with_patience`].
+    pub alloc_patience: Duration,
     /// HTTPS and WSS with the generated certificate unless told otherwise.
     pub tls: crate::tls::ServerTls,
 }
@@ -61,6 +63,7 @@ impl ServerOptions {
             heartbeat: Duration::from_secs(2),
             advertise_url: None,
             alloc_poll: Duration::from_secs(60),
+            alloc_patience: Duration::from_secs_f64(crate::alloc::manager::DEFAULT_PATIENCE_S),
             tls: crate::tls::ServerTls::default(),
         }
     }
@@ -166,6 +169,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         site: opts.site.clone(),
         alloc: AllocConfig {
             poll_interval: opts.alloc_poll,
+            patience: opts.alloc_patience,
             dir: home.join("alloc"),
             exe: std::env::current_exe()
                 .map(|p| p.display().to_string())

@@ -19,6 +19,8 @@ use crate::util::now_us;
 pub struct AllocConfig {
     /// Jobs nobody reports on are polled this often.
     pub poll_interval: Duration,
+    /// See [`crate::alloc::Manager::with_patience`].
+    pub patience: Duration,
     /// One directory per job: script, output, job id.
     pub dir: PathBuf,
     /// The `beamflow` executable pilots run, unless the site names one.

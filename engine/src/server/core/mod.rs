@@ -146,6 +146,8 @@ struct Attempt {
     state: AttemptState,
     pilot: Option<PilotId>,
     spec: TaskSpec,
+    /// Placed at another site first (see [`runs::Step::avoid_site`]).
+    avoid_site: Option<String>,
 }
 
 /// Ready attempts are queued per (target, resource request): one look at the
@@ -206,6 +208,7 @@ impl Core {
         let snap = store.read(store::snapshot)?;
         let sources: HashMap<_, _> = store.read(store::flow_sources)?.into_iter().collect();
         let cfg_poll = cfg.alloc.poll_interval.as_secs_f64();
+        let cfg_patience = cfg.alloc.patience.as_secs_f64();
         let mut core = Core {
             cfg,
             store,
@@ -225,7 +228,7 @@ impl Core {
             batch: Batch::default(),
             outbox: HashMap::new(),
             updated_runs: HashSet::new(),
-            alloc: crate::alloc::Manager::new(cfg_poll),
+            alloc: crate::alloc::Manager::new(cfg_poll).with_patience(cfg_patience),
             sites: sites::Sites::default(),
         };
         alloc::restore(&mut core)?;

@@ -17,6 +17,8 @@ use crate::util::now_us;
 
 pub(super) struct Pilot {
     pub info: PilotInfo,
+    /// The site it runs at: the one it names, else the server's own.
+    pub site: String,
     pub conn: u64,
     /// `None` while the pilot is disconnected.
     pub tx: Option<mpsc::UnboundedSender<Vec<ToPilot>>>,
@@ -33,14 +35,17 @@ pub(super) struct Pilot {
 
 impl Pilot {
     /// A pilot holding nothing yet; `tx` is `None` while it is disconnected.
+    /// `own_site`: where a pilot that names no site runs.
     pub fn new(
         info: PilotInfo,
         conn: u64,
         tx: Option<mpsc::UnboundedSender<Vec<ToPilot>>>,
+        own_site: &str,
     ) -> Self {
         Pilot {
             disconnected_at: tx.is_none().then(Instant::now),
             cap: Capacity::new(info.resources),
+            site: site_of(&info, own_site),
             info,
             conn,
             tx,
@@ -107,6 +112,14 @@ impl Pilot {
     }
 }
 
+/// The site a pilot runs at: the one it names, else the server's own.
+fn site_of(info: &PilotInfo, own_site: &str) -> String {
+    info.site
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| own_site.to_string())
+}
+
 impl Core {
     /// After a restart: the pilots that were connected are disconnected
     /// now, and have the pilot timeout to come back under their ids with
@@ -118,7 +131,8 @@ impl Core {
                 continue;
             }
             let id = PilotId(row.id);
-            self.pilots.insert(id, Pilot::new(row.info, 0, None));
+            let p = Pilot::new(row.info, 0, None, &self.cfg.site.name);
+            self.pilots.insert(id, p);
             if row.state != PilotState::Disconnected {
                 self.batch.ops.push(Op::PilotState {
                     id,
@@ -161,6 +175,7 @@ impl Core {
                     running.len()
                 );
                 p.cap = Capacity::new(info.resources);
+                p.site = site_of(&info, &self.cfg.site.name);
                 p.info = info;
                 p.conn = conn;
                 p.tx = Some(tx.clone());
@@ -197,8 +212,8 @@ impl Core {
                 if let Some(old) = pilot_id {
                     tracing::info!("pilot {old} ({name}) is unknown or was declared lost; registered as pilot {id}");
                 }
-                self.pilots
-                    .insert(id, Pilot::new(info, conn, Some(tx.clone())));
+                let p = Pilot::new(info, conn, Some(tx.clone()), &self.cfg.site.name);
+                self.pilots.insert(id, p);
             }
         }
         // Attempts the pilot runs that are no longer its own: stop them.
@@ -225,7 +240,8 @@ impl Core {
         });
         self.event(None, None, Some(id), "pilot_connected", None);
         if let Some(job) = self.pilots.get(&id).and_then(|p| p.info.batch_job.clone()) {
-            self.alloc.pilot_connected(id.0, &job, now);
+            let site = self.pilots.get(&id).and_then(|p| p.info.site.clone());
+            self.alloc.pilot_connected(id.0, site.as_deref(), &job, now);
         }
         let welcome = ToPilot::Welcome {
             pilot_id: id.0,
@@ -342,9 +358,17 @@ impl Core {
         self.event(None, None, Some(pilot), kind, Some(why.to_string()));
         let mut held = p.held();
         held.sort_unstable();
+        // A preemptable queue's pilot goes when the scheduler wants its
+        // nodes: whatever it ran did nothing wrong.
+        let preempted = p.info.preemptable;
         let reason = format!(
-            "pilot {pilot} {}: {why}",
-            if lost { "lost" } else { "left" }
+            "pilot {pilot} at {} {}: {why}",
+            p.site,
+            match (preempted, lost) {
+                (true, _) => "preempted (a preemptable queue)",
+                (false, true) => "lost",
+                (false, false) => "left",
+            }
         );
         for a in held {
             let Some(att) = self.attempts.remove(&a) else {
@@ -354,7 +378,9 @@ impl Core {
             // a step that kills its pilot at once never says it started.
             let was_running = att.state == AttemptState::Running || p.in_capacity.contains_key(&a);
             self.requests.remove(&a);
-            if self.runs.contains_key(&att.run) {
+            if self.runs.contains_key(&att.run) && preempted {
+                self.attempt_preempted(att, a, &p.site, &reason);
+            } else if self.runs.contains_key(&att.run) {
                 self.attempt_lost(att, a, was_running, &reason);
             } else {
                 self.batch.ops.push(Op::AttemptState {

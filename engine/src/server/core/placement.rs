@@ -20,8 +20,9 @@ use crate::store::Op;
 use crate::util::{fmt_secs, now_us};
 
 /// How well a pilot suits an attempt, compared lexicographically (lower is
-/// better): on the wrong side of a reservation, nothing free now, load.
-type Preference = (u8, u8, usize);
+/// better): at the site where the step's last pilot was preempted, on the
+/// wrong side of a reservation, nothing free now, load.
+type Preference = (u8, u8, u8, usize);
 
 /// What a pilot says to an attempt of one shape now.
 enum Verdict {
@@ -39,6 +40,8 @@ struct Want<'a> {
     req: &'a ResourceRequest,
     timeout_s: Option<f64>,
     cpu_fallback: bool,
+    /// Placed at another site first (its last pilot there was preempted).
+    avoid_site: Option<&'a str>,
 }
 
 impl Core {
@@ -47,6 +50,7 @@ impl Core {
             return;
         }
         let now = now_us();
+        let multi_site = self.multi_site();
         let mut shapes: Vec<Shape> = self.ready.keys().cloned().collect();
         shapes.sort_by_key(|s| self.ready[s].front());
         for shape in shapes {
@@ -60,10 +64,11 @@ impl Core {
                     self.ready.get_mut(&shape).map(|q| q.pop_front());
                     continue;
                 }
-                let want = self.want(&shape, a.spec.timeout_s);
+                let want = self.want(&shape, a);
                 let Some((pid, fit)) = self.best_pilot(&want, now) else {
                     break;
                 };
+                let placed = multi_site.then(|| self.placed(&want, pid, fit.is_some(), now));
                 self.ready.get_mut(&shape).map(|q| q.pop_front());
                 let p = self.pilots.get_mut(&pid).expect("chosen pilot");
                 match fit {
@@ -84,22 +89,70 @@ impl Core {
                     .or_default()
                     .tasks
                     .push(a.spec.clone());
+                if placed.is_some() {
+                    self.event(Some(run), Some(aid), Some(pid), "placed", placed);
+                }
                 self.mark_running(run);
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
     }
 
-    fn want<'a>(&self, (target, req): &'a Shape, timeout_s: Option<f64>) -> Want<'a> {
+    fn want<'a>(&self, (target, req): &'a Shape, a: &'a super::Attempt) -> Want<'a> {
         let cpu_fallback = target == "gpu"
             && req.variants.iter().any(|v| v.gpus == 0)
             && !self.pilots.values().any(|p| p.is_up() && p.serves(target));
         Want {
             target,
             req,
-            timeout_s,
+            timeout_s: a.spec.timeout_s,
             cpu_fallback,
+            avoid_site: a.avoid_site.as_deref(),
         }
+    }
+
+    /// Whether pilots of more than one site are in play: only then does
+    /// each placement say where and why (an event per dispatch).
+    fn multi_site(&self) -> bool {
+        !self.sites.is_empty() || {
+            let mut sites = self.pilots.values().map(|p| p.site.as_str());
+            let first = sites.next();
+            sites.any(|s| Some(s) != first)
+        }
+    }
+
+    /// Where an attempt goes and why, against the other sites' pilots
+    /// (`beamflow runs show` prints it).
+    fn placed(&self, want: &Want, pid: PilotId, free_now: bool, now: i64) -> String {
+        let p = &self.pilots[&pid];
+        let how = match (free_now, p.load()) {
+            (true, 0) => "a warm idle pilot",
+            (true, _) => "free resources now on a busy pilot",
+            (false, _) => "its prefetch queue, to start when resources free up",
+        };
+        let mut out = format!("site {} (pilot {pid} {}): {how}", p.site, p.info.name);
+        if let Some(r) = self.alloc.routed(pid.0) {
+            out += &format!("; its job was {r}");
+        }
+        if let Some(s) = want.avoid_site {
+            out += &format!("; the step's last pilot, at {s}, was preempted");
+        }
+        let mut others: std::collections::BTreeMap<&str, String> = Default::default();
+        for (oid, o) in &self.pilots {
+            if *oid == pid || o.site == p.site {
+                continue;
+            }
+            let why = match verdict(o, want, now) {
+                Verdict::Takes(Some(_), _) => "could take it now".to_string(),
+                Verdict::Takes(None, _) => "could prefetch it".to_string(),
+                Verdict::No(why) => why,
+            };
+            others.entry(o.site.as_str()).or_insert(why);
+        }
+        for (site, why) in others {
+            out += &format!("; site {site}: {why}");
+        }
+        out
     }
 
     /// The pilot an attempt goes to now, with the variant that fits its
@@ -131,7 +184,7 @@ impl Core {
                 let mut pilots = Vec::new();
                 let mut waiting = None;
                 if a.state == AttemptState::Ready {
-                    let want = self.want(&shape, a.spec.timeout_s);
+                    let want = self.want(&shape, a);
                     let mut ids: Vec<&PilotId> = self.pilots.keys().collect();
                     ids.sort();
                     for pid in ids {
@@ -268,6 +321,7 @@ fn verdict(p: &Pilot, want: &Want, now: i64) -> Verdict {
     // Realtime prefers reservation pilots, other work the rest; then a
     // pilot with free resources, then the least loaded.
     let pref = (
+        u8::from(want.avoid_site == Some(p.site.as_str())),
         u8::from(reserved != realtime),
         u8::from(fit.is_none()),
         p.load(),

@@ -208,6 +208,26 @@ impl Core {
         }
     }
 
+    /// An attempt of a live run whose preemptable pilot at `site` went:
+    /// back to the queue, costing the step neither a try nor a crash, and
+    /// placed at another site first.
+    pub(super) fn attempt_preempted(
+        &mut self,
+        a: Attempt,
+        attempt: AttemptId,
+        site: &str,
+        why: &str,
+    ) {
+        if let Some(st) = self
+            .runs
+            .get_mut(&a.run)
+            .and_then(|r| r.steps.get_mut(a.step))
+        {
+            st.avoid_site = Some(site.to_string());
+        }
+        self.requeue_removed(a, attempt, AttemptState::Preempted, why);
+    }
+
     /// Counts a pilot's death while it ran this attempt against the step;
     /// returns the step's count.
     fn crashed(&mut self, a: &Attempt) -> u32 {

@@ -51,6 +51,9 @@ pub(super) struct Step {
     pub crashes: u32,
     pub outputs: Value,
     pub current: Option<AttemptId>,
+    /// The site where a pilot holding this step was preempted: its next
+    /// attempt is placed elsewhere first.
+    pub avoid_site: Option<String>,
 }
 
 impl Step {
@@ -62,6 +65,7 @@ impl Step {
             crashes: 0,
             outputs: Value::Null,
             current: None,
+            avoid_site: None,
         }
     }
 }
@@ -353,6 +357,7 @@ impl Core {
         match rendered {
             Ok(Some(p)) => {
                 st.current = Some(attempt);
+                let avoid_site = st.avoid_site.clone();
                 let spec = self.task_spec(run_id, i, attempt, number, p);
                 self.requests.insert(attempt, shape.1.clone());
                 self.attempts.insert(
@@ -363,6 +368,7 @@ impl Core {
                         state: AttemptState::Ready,
                         pilot: None,
                         spec,
+                        avoid_site,
                     },
                 );
                 self.ready.entry(shape).or_default().push(rank);
@@ -660,6 +666,7 @@ impl Core {
                 },
                 pilot,
                 spec,
+                avoid_site: None,
             },
         );
         match pilot {
@@ -678,10 +685,12 @@ impl Core {
                         walltime_end_us: None,
                         batch_job: None,
                         reservation: None,
+                        site: None,
+                        preemptable: false,
                         prefetch: 0,
                         version: String::new(),
                     };
-                    super::Pilot::new(info, 0, None)
+                    super::Pilot::new(info, 0, None, "")
                 });
                 pilot.charge(aid, Charge::NONE);
             }

@@ -72,6 +72,11 @@ pub(super) struct Sites {
 }
 
 impl Sites {
+    /// No site is run by an agent.
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// Whether an agent runs `site` (connected or not).
     pub(super) fn by_agent(&self, site: &str) -> bool {
         self.by_name.contains_key(site)

@@ -71,6 +71,7 @@ impl Harness {
             site: SiteConfig::local(),
             alloc: AllocConfig {
                 poll_interval: Duration::from_secs(60),
+                patience: Duration::from_secs(120),
                 dir: dir.path().join("alloc"),
                 exe: "beamflow".into(),
                 url: "http://127.0.0.1:1".into(),
@@ -136,6 +137,8 @@ impl Harness {
             walltime_end_us: None,
             batch_job: None,
             reservation: None,
+            site: None,
+            preemptable: false,
             prefetch,
             version: String::new(),
         };

@@ -148,7 +148,10 @@ pub(super) fn svg(d: &RunDetail, now: i64) -> String {
                 // Not a success: the action ended with its pilot, or was stopped.
                 (
                     Kind::Running,
-                    AttemptState::Lost | AttemptState::Cancelled | AttemptState::Returned,
+                    AttemptState::Lost
+                    | AttemptState::Cancelled
+                    | AttemptState::Returned
+                    | AttemptState::Preempted,
                 ) => "seg-stopped",
                 _ => k.class(),
             };
