@@ -363,6 +363,23 @@ pub async fn show_run(c: &Client, id: u64, out: Out) -> anyhow::Result<()> {
                 w.step, w.reason, r.id
             );
         }
+        // Where each step went and why, when pilots of several sites served.
+        let placed: Vec<&EventRow> = s.events.iter().filter(|e| e.kind == "placed").collect();
+        if !placed.is_empty() {
+            text += "\nplaced:";
+            for e in placed {
+                let step = s
+                    .attempts
+                    .iter()
+                    .find(|a| Some(a.id) == e.attempt_id)
+                    .map_or("?", |a| a.step.as_str());
+                text += &format!(
+                    "\n  {step} (attempt {}): {}",
+                    e.attempt_id.unwrap_or(0),
+                    e.detail.as_deref().unwrap_or("")
+                );
+            }
+        }
         let failed: Vec<_> = s.attempts.iter().filter(|a| a.error.is_some()).collect();
         if !failed.is_empty() {
             text += "\nattempts with errors:";
