@@ -21,6 +21,8 @@ struct Harness {
     core: Core,
     store: Store,
     next_conn: u64,
+    /// The site (and whether preemptable) the next pilots say they run at.
+    at: Option<(String, bool)>,
     _dir: tempfile::TempDir,
     _me: mpsc::UnboundedReceiver<CoreMsg>,
 }
@@ -86,6 +88,7 @@ impl Harness {
             core,
             store,
             next_conn: 1,
+            at: None,
             _dir: dir,
             _me: me_rx,
         }
@@ -137,8 +140,8 @@ impl Harness {
             walltime_end_us: None,
             batch_job: None,
             reservation: None,
-            site: None,
-            preemptable: false,
+            site: self.at.as_ref().map(|a| a.0.clone()),
+            preemptable: self.at.as_ref().is_some_and(|a| a.1),
             prefetch,
             version: String::new(),
         };
@@ -317,6 +320,62 @@ async fn a_pilot_lost_mid_task_has_its_task_requeued_without_using_a_try() {
     assert!(lost.error.as_deref().unwrap().contains("did not reconnect"));
     assert_eq!(d.attempts[1].state, AttemptState::Succeeded);
     assert!(!h.core.pilots.contains_key(&first.id));
+}
+
+/// A preemptable pilot's running step goes back as `preempted`, costing
+/// neither a try nor a crash, and its next attempt prefers another site's
+/// pilot over an idle one at the same site; each placement says where.
+#[tokio::test]
+async fn a_preempted_pilots_step_is_placed_at_another_site_first_for_free() {
+    let mut h = Harness::new();
+    let f = h.register(&one_step("once", "", ""));
+    let run = h.submit(&f);
+    h.at = Some(("alpha".into(), true));
+    let mut doomed = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let t = doomed.tasks().pop().expect("dispatched");
+    h.say(
+        &doomed,
+        vec![FromPilot::Started {
+            attempt: t.attempt,
+            at_us: 1,
+        }],
+    );
+    h.commit().await;
+    // Another pilot at alpha first (better placed by load and id), then one at beta.
+    let mut same = h.pilot(1, &["cpu"], 0).await;
+    h.at = Some(("beta".into(), false));
+    let mut other = h.pilot(1, &["cpu"], 0).await;
+    h.say(
+        &doomed,
+        vec![FromPilot::Bye {
+            reason: "terminated".into(),
+        }],
+    );
+    h.commit().await;
+    assert!(same.tasks().is_empty(), "not at the site that preempted it");
+    let again = other.tasks().pop().expect("placed at beta");
+    let st = &h.core.runs[&run].steps[0];
+    assert_eq!((st.failures, st.crashes), (0, 0));
+    h.result(&other, &again, Outcome::Succeeded);
+    h.commit().await;
+    let d = h.run_row(run);
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert_eq!(d.attempts[0].state, AttemptState::Preempted);
+    assert!(!d.attempts[0].counts_retry);
+    let placed: Vec<&str> = d
+        .events
+        .iter()
+        .filter(|e| e.kind == "placed")
+        .filter_map(|e| e.detail.as_deref())
+        .collect();
+    let last = placed.last().expect("a placed event");
+    assert!(
+        last.starts_with("site beta (pilot ")
+            && last.contains("a warm idle pilot")
+            && last.contains("the step's last pilot, at alpha, was preempted"),
+        "{placed:?}"
+    );
 }
 
 #[tokio::test]
