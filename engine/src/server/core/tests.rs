@@ -166,6 +166,17 @@ impl Harness {
         self.core.pilot_msgs(p.id, p.conn, msgs);
     }
 
+    /// The pilot says it started `t`.
+    fn started(&mut self, p: &FakePilot, t: &TaskSpec) {
+        self.say(
+            p,
+            vec![FromPilot::Started {
+                attempt: t.attempt,
+                at_us: 1,
+            }],
+        );
+    }
+
     fn result(&mut self, p: &FakePilot, t: &TaskSpec, outcome: Outcome) {
         let r = TaskResult {
             attempt: t.attempt,
@@ -284,13 +295,7 @@ async fn a_pilot_lost_mid_task_has_its_task_requeued_without_using_a_try() {
     let mut first = h.pilot(1, &["cpu"], 0).await;
     h.commit().await;
     let t = first.tasks().pop().expect("dispatched to the first pilot");
-    h.say(
-        &first,
-        vec![FromPilot::Started {
-            attempt: t.attempt,
-            at_us: 1,
-        }],
-    );
+    h.started(&first, &t);
     h.commit().await;
     // A second pilot with room is there, but the attempt stays with the
     // first while it may come back.
@@ -334,13 +339,7 @@ async fn a_preempted_pilots_step_is_placed_at_another_site_first_for_free() {
     let mut doomed = h.pilot(1, &["cpu"], 0).await;
     h.commit().await;
     let t = doomed.tasks().pop().expect("dispatched");
-    h.say(
-        &doomed,
-        vec![FromPilot::Started {
-            attempt: t.attempt,
-            at_us: 1,
-        }],
-    );
+    h.started(&doomed, &t);
     h.commit().await;
     // Another pilot at alpha first (better placed by load and id), then one at beta.
     let mut same = h.pilot(1, &["cpu"], 0).await;
@@ -389,13 +388,7 @@ async fn a_cancel_racing_a_result_keeps_the_run_cancelled() {
     let mut p = h.pilot(1, &["cpu"], 0).await;
     h.commit().await;
     let t = p.tasks().pop().expect("step a dispatched");
-    h.say(
-        &p,
-        vec![FromPilot::Started {
-            attempt: t.attempt,
-            at_us: 1,
-        }],
-    );
+    h.started(&p, &t);
     // The user cancels; in the same drain, before the cancel reached the
     // pilot, its result arrives.
     let msg = h.core.cancel(run).unwrap();
