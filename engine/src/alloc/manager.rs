@@ -264,7 +264,6 @@ impl Manager {
             }
         }
         for &id in &routes.order {
-            let reason = routes.reason(&self.queues, &self.queues[&id]);
             let q = self.queues.get_mut(&id).expect("queue id from keys");
             let left = remaining
                 .get_mut(&q.spec.demand_targets())
@@ -314,9 +313,6 @@ impl Manager {
                     let number = q.next_number;
                     q.next_number += 1;
                     q.submitting.push((number, nodes));
-                    if let Some(r) = &reason {
-                        q.routed.insert(number, r.clone());
-                    }
                     self.changes.queues.insert(id);
                     *left -= nodes as i64;
                     warm_left -= nodes as i64;
@@ -356,6 +352,19 @@ impl Manager {
                         queue: id,
                         jobs: due,
                     });
+                }
+            }
+        }
+        // Why each submitting queue got the work, said once per queue.
+        let mut reasons: BTreeMap<u64, Option<String>> = BTreeMap::new();
+        for c in &cmds {
+            if let Command::Submit { queue, number, .. } = c {
+                let r = reasons
+                    .entry(*queue)
+                    .or_insert_with(|| routes.reason(&self.queues, &self.queues[queue]))
+                    .clone();
+                if let (Some(r), Some(q)) = (r, self.queues.get_mut(queue)) {
+                    q.routed.insert(*number, r);
                 }
             }
         }
