@@ -201,6 +201,41 @@ fn perlmutter_script_follows_nersc_conventions() {
     assert!(directives(&cpu, "#SBATCH").contains(&"#SBATCH -C cpu"));
 }
 
+/// A preemptable target's job may be rerun by the scheduler, and its
+/// pilot knows it is preemptable (its tasks then go back for free).
+#[test]
+fn preemptable_targets_are_rerunnable_and_their_pilots_say_so() {
+    let pbs = script("polaris", "backfill", 1, None);
+    golden("polaris-backfill.pbs", &pbs);
+    parses(&pbs);
+    let d = directives(&pbs, "#PBS");
+    assert!(
+        d.contains(&"#PBS -q preemptable") && d.contains(&"#PBS -r y"),
+        "{pbs}"
+    );
+    assert!(pbs.contains(" --preemptable"), "{pbs}");
+    let slurm = script("perlmutter", "preempt", 1, None);
+    golden("perlmutter-preempt.sbatch", &slurm);
+    parses(&slurm);
+    let d = directives(&slurm, "#SBATCH");
+    assert!(
+        d.contains(&"#SBATCH -q preempt") && d.contains(&"#SBATCH --requeue"),
+        "{slurm}"
+    );
+    assert!(slurm.contains(" --preemptable"), "{slurm}");
+    // Other targets are neither.
+    let gpu = script("perlmutter", "gpu", 1, None);
+    assert!(
+        !gpu.contains("--requeue") && !gpu.contains("--preemptable"),
+        "{gpu}"
+    );
+    let gpu = script("polaris", "gpu", 1, None);
+    assert!(
+        !gpu.contains("-r y") && !gpu.contains("--preemptable"),
+        "{gpu}"
+    );
+}
+
 #[test]
 fn frontier_script_follows_olcf_conventions() {
     let s = script("frontier", "gpu", 4, Some("beamtime"));

@@ -84,16 +84,20 @@ pub struct TransferPolicy {
     pub remotes: BTreeMap<String, Remote>,
 }
 
-/// A far end reached over SSH with rsync. Credentials live here, in the
-/// facility's site config, or in the user's SSH agent — never in a flow.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A far end: another facility's data-transfer node reached over SSH with
+/// rsync, or its Globus collection. Credentials live here, in the
+/// facility's site config (a key or token *file*), or in the user's SSH
+/// agent — never in a flow, the store or a log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Remote {
-    /// The backend: `rsync` (over SSH), the facility-standard fallback.
+    /// The backend: `rsync` (over SSH, the default: the facility-standard
+    /// fallback) or `globus` (Globus Transfer through its REST API).
     #[serde(default)]
     pub backend: RemoteBackend,
-    /// The far end's data-transfer host.
-    pub host: String,
+    /// rsync: the far end's data-transfer host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -113,6 +117,26 @@ pub struct Remote {
     /// Bandwidth cap, KiB/s (rsync's --bwlimit), to share a link.
     #[serde(default)]
     pub bwlimit_kib: Option<u64>,
+    /// globus: the far end's collection (endpoint) id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// globus: this site's own collection id, the near end of each task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_endpoint: Option<String>,
+    /// globus: the local directory this site's collection is rooted at
+    /// (default `/`): with `/eagle`, the local path `/eagle/x` is `/x` to
+    /// Globus. Collections rarely expose the whole filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_collection_root: Option<String>,
+    /// globus: a file (mode 0600) holding a Transfer API access token. It
+    /// is read when a transfer starts, so a renewed token needs no restart,
+    /// and its content is never stored, sent to pilots or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// globus: the Transfer API's base URL (default
+    /// `https://transfer.api.globus.org/v0.10`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,6 +144,92 @@ pub struct Remote {
 pub enum RemoteBackend {
     #[default]
     Rsync,
+    Globus,
+}
+
+impl Remote {
+    /// What is wrong with this remote's keys for its backend, as
+    /// (key, problem) pairs: each backend's required keys present, the
+    /// other backend's absent (a `host` on a Globus remote is a mistake
+    /// worth naming, not something to ignore).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let rsync_keys = [
+            ("host", self.host.is_some()),
+            ("user", self.user.is_some()),
+            ("port", self.port.is_some()),
+            ("identity", self.identity.is_some()),
+            ("known_hosts", self.known_hosts.is_some()),
+            ("bwlimit_kib", self.bwlimit_kib.is_some()),
+        ];
+        let globus_keys = [
+            ("endpoint", self.endpoint.is_some()),
+            ("local_endpoint", self.local_endpoint.is_some()),
+            (
+                "local_collection_root",
+                self.local_collection_root.is_some(),
+            ),
+            ("token_file", self.token_file.is_some()),
+            ("api_url", self.api_url.is_some()),
+        ];
+        let (name, required, foreign): (&str, &[&'static str], &[(&'static str, bool)]) =
+            match self.backend {
+                RemoteBackend::Rsync => ("rsync", &["host"], &globus_keys),
+                RemoteBackend::Globus => (
+                    "globus",
+                    &["endpoint", "local_endpoint", "token_file"],
+                    &rsync_keys,
+                ),
+            };
+        let given = |k: &str| {
+            rsync_keys
+                .iter()
+                .chain(globus_keys.iter())
+                .any(|(key, set)| *key == k && *set)
+        };
+        for k in required {
+            if !given(k) {
+                out.push((*k, format!("required for backend = \"{name}\"")));
+            }
+        }
+        for (k, set) in foreign.iter() {
+            if *set {
+                out.push((*k, format!("not a key of backend = \"{name}\"")));
+            }
+        }
+        for (k, v) in [
+            ("endpoint", &self.endpoint),
+            ("local_endpoint", &self.local_endpoint),
+        ] {
+            if let Some(id) = v {
+                if !is_uuid(id) {
+                    out.push((
+                        k,
+                        format!("`{id}` is not a Globus collection id (a UUID, as the Globus web app shows it)"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &self.local_collection_root {
+            if !r.starts_with('/') {
+                out.push((
+                    "local_collection_root",
+                    format!("`{r}` must be an absolute path"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 impl TransferPolicy {
@@ -451,6 +561,11 @@ impl SiteConfig {
         if let Some(d) = &self.pilot.drain_margin {
             if let Err(e) = crate::units::parse_duration(d) {
                 bad(Some("pilot".into()), "drain_margin", e);
+            }
+        }
+        for (name, r) in &self.transfer.remotes {
+            for (key, message) in r.problems() {
+                bad(Some(format!("transfer.remotes.{name}")), key, message);
             }
         }
         for (name, t) in &self.targets {
@@ -868,6 +983,59 @@ mod tests {
         let text = "name = \"x\"\nscheduler = \"slurm\"\n[targets.cpu]\nwalltime = \"1h\"\nnodes = 4\nmax_nodes = 2\n";
         let e = SiteConfig::parse(text, "x.toml").unwrap_err().to_string();
         assert_eq!(e, "x.toml:5: targets.cpu.nodes: 4 is more than max_nodes 2");
+    }
+
+    /// Each transfer backend's keys: the required ones named when absent,
+    /// the other backend's named when present, ids and roots checked.
+    #[test]
+    fn remotes_are_checked_for_their_backend() {
+        let parse = |remote: &str| {
+            let text = format!("name = \"x\"\n\n[transfer.remotes.aps]\n{remote}");
+            SiteConfig::parse(&text, "x.toml").map_err(|e| e.to_string())
+        };
+        let ok = parse(
+            "backend = \"globus\"\nendpoint = \"0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f\"\n\
+             local_endpoint = \"6F1C1A52-1B2D-4C3E-9F4A-0A1B2C3D4E5F\"\n\
+             token_file = \"~/.beamflow/globus-token\"\nlocal_collection_root = \"/eagle\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.transfer.remotes["aps"].backend, RemoteBackend::Globus);
+        assert_eq!(
+            parse("user = \"s8id\"\n").unwrap_err(),
+            "x.toml:3: transfer.remotes.aps.host: required for backend = \"rsync\""
+        );
+        assert_eq!(
+            parse("host = \"dtn\"\ntoken_file = \"t\"\n").unwrap_err(),
+            "x.toml:5: transfer.remotes.aps.token_file: not a key of backend = \"rsync\""
+        );
+        let e =
+            parse("backend = \"globus\"\nhost = \"dtn\"\nendpoint = \"aps#dtn\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "x.toml:3: transfer.remotes.aps.local_endpoint: required for backend = \"globus\" \
+             (and 3 more problems)"
+        );
+        let e = parse(
+            "backend = \"globus\"\nendpoint = \"aps#dtn\"\n\
+             local_endpoint = \"0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f\"\ntoken_file = \"t\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "x.toml:5: transfer.remotes.aps.endpoint: `aps#dtn` is not a Globus collection id"
+            ),
+            "{e}"
+        );
+        let e = parse(
+            "backend = \"globus\"\nendpoint = \"0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f\"\n\
+             local_endpoint = \"0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f\"\ntoken_file = \"t\"\n\
+             local_collection_root = \"eagle\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "x.toml:8: transfer.remotes.aps.local_collection_root: `eagle` must be an absolute path"
+        );
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! final name (they are written to `NAME.part` and renamed).
 //!
 //! A `src` or `dst` written `NAME:/path` lives at remote NAME of the site's
-//! `[transfer.remotes]`, and is moved by [`rsync`] over SSH instead.
+//! `[transfer.remotes]` ([`far`]), and is moved by that remote's backend
+//! instead: [`rsync`] over SSH or [`globus`] through Globus Transfer.
 
+mod far;
+mod globus;
 mod rsync;
 
 use std::fs::File;
@@ -16,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{Cancel, Failure};
 use crate::protocol::TaskSpec;
-use crate::site::TransferPolicy;
+use crate::site::{RemoteBackend, TransferPolicy};
 
 pub async fn run(
     spec: &TaskSpec,
@@ -48,9 +51,14 @@ pub async fn run(
         .unwrap_or(true);
     let roots = policy.roots();
     let cancel = cancel.clone();
-    let job = rsync::Job::plan(&srcs, &dst, policy)?;
+    let job = far::Job::plan(&srcs, &dst, policy)?;
+    if let Some(job) = &job {
+        if job.remote.backend == RemoteBackend::Globus {
+            return job.globus(verify, &roots, &cancel).await;
+        }
+    }
     tokio::task::spawn_blocking(move || match job {
-        Some(job) => job.run(verify, &roots, &cancel),
+        Some(job) => job.rsync(verify, &roots, &cancel),
         None => {
             let srcs: Vec<PathBuf> = srcs.iter().map(PathBuf::from).collect();
             copy_all(&srcs, Path::new(&dst), verify, &roots, &cancel)

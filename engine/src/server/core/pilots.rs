@@ -243,11 +243,19 @@ impl Core {
             let site = self.pilots.get(&id).and_then(|p| p.info.site.clone());
             self.alloc.pilot_connected(id.0, site.as_deref(), &job, now);
         }
+        // A pilot at a site an agent runs moves data by that site's rules
+        // (its roots, its remotes), not by the server's own.
+        let transfer = self
+            .pilots
+            .get(&id)
+            .and_then(|p| p.info.site.as_deref())
+            .and_then(|site| self.sites.config(site))
+            .map_or_else(|| self.cfg.site.transfer.clone(), |c| c.transfer.clone());
         let welcome = ToPilot::Welcome {
             pilot_id: id.0,
             server_uid: String::new(),
             heartbeat_s: self.cfg.heartbeat.as_secs_f64(),
-            transfer: self.cfg.site.transfer.clone(),
+            transfer,
         };
         self.batch.effects.push(Box::new(move || {
             let _ = tx.send(vec![welcome]);

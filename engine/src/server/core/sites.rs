@@ -77,6 +77,11 @@ impl Sites {
         self.by_name.is_empty()
     }
 
+    /// The config an agent sent for `site`, if an agent runs it.
+    pub(super) fn config(&self, site: &str) -> Option<&SiteConfig> {
+        self.by_name.get(site).map(|s| &s.stored.config)
+    }
+
     /// Whether an agent runs `site` (connected or not).
     pub(super) fn by_agent(&self, site: &str) -> bool {
         self.by_name.contains_key(site)

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::runs::StepState;
-use super::{AllocConfig, Core, CoreConfig, CoreMsg};
+use super::{AgentMsg, AllocConfig, Core, CoreConfig, CoreMsg};
 use crate::api::{AttemptId, AttemptState, PilotId, PilotState, RunId, RunState};
 use crate::protocol::{FromPilot, Outcome, PilotInfo, TaskResult, TaskSpec, ToPilot};
 use crate::resources::Resources;
@@ -33,6 +33,8 @@ struct FakePilot {
     id: PilotId,
     conn: u64,
     rx: mpsc::UnboundedReceiver<Vec<ToPilot>>,
+    /// The welcome it was sent.
+    welcome: ToPilot,
     /// Received with the welcome, not yet looked at.
     unread: Vec<ToPilot>,
 }
@@ -145,21 +147,24 @@ impl Harness {
             prefetch,
             version: String::new(),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let (id_tx, id_rx) = oneshot::channel();
         self.core.hello(conn, None, info, vec![], tx, id_tx);
         self.commit().await;
         let id = id_rx.await.unwrap();
-        let mut p = FakePilot {
+        let mut first = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            first.extend(batch);
+        }
+        assert!(matches!(first.first(), Some(ToPilot::Welcome { .. })));
+        let unread = first.split_off(1);
+        FakePilot {
             id,
             conn,
             rx,
-            unread: vec![],
-        };
-        let mut first = p.inbox();
-        assert!(matches!(first.first(), Some(ToPilot::Welcome { .. })));
-        p.unread = first.split_off(1);
-        p
+            welcome: first.remove(0),
+            unread,
+        }
     }
 
     fn say(&mut self, p: &FakePilot, msgs: Vec<FromPilot>) {
@@ -330,6 +335,42 @@ async fn a_pilot_lost_mid_task_has_its_task_requeued_without_using_a_try() {
 /// A preemptable pilot's running step goes back as `preempted`, costing
 /// neither a try nor a crash, and its next attempt prefers another site's
 /// pilot over an idle one at the same site; each placement says where.
+/// A pilot at a site an agent runs is welcomed with that site's transfer
+/// rules (its allowed roots and remotes), a pilot of the server's own site
+/// with the server's.
+#[tokio::test]
+async fn a_pilot_at_an_agents_site_moves_data_by_that_sites_rules() {
+    let mut h = Harness::new();
+    let beta = SiteConfig::parse(
+        "name = \"beta\"\nscheduler = \"slurm\"\n\n[transfer]\nallowed_roots = [\"/beta/scratch\"]\n",
+        "beta.toml",
+    )
+    .unwrap();
+    let (tx, _agent) = mpsc::unbounded_channel();
+    let (ok_tx, ok_rx) = oneshot::channel();
+    h.core.agent_msg(AgentMsg::Hello {
+        conn: 900,
+        host: "login-beta".into(),
+        version: String::new(),
+        site: Box::new(beta),
+        tx,
+        reply: ok_tx,
+    });
+    h.commit().await;
+    ok_rx.await.unwrap().unwrap();
+    h.at = Some(("beta".into(), false));
+    let at_beta = h.pilot(1, &["cpu"], 0).await;
+    h.at = None;
+    let here = h.pilot(1, &["cpu"], 0).await;
+    let roots = |p: &FakePilot| match &p.welcome {
+        ToPilot::Welcome { transfer, .. } => transfer.allowed_roots.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(roots(&at_beta), ["/beta/scratch"]);
+    assert_eq!(roots(&here), h.core.cfg.site.transfer.allowed_roots);
+    assert_ne!(roots(&here), roots(&at_beta));
+}
+
 #[tokio::test]
 async fn a_preempted_pilots_step_is_placed_at_another_site_first_for_free() {
     let mut h = Harness::new();
