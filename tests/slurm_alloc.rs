@@ -3,7 +3,11 @@
 //! a burst of runs completes on them, idle pilots leave, `scancel` loses
 //! nothing and uses no retry, and a reservation made with `scontrol create
 //! reservation` gets its warm pilot and the realtime steps, and a pilot
-//! holding a 3-node job starts steps across its nodes with srun.
+//! holding a 3-node job starts steps across its nodes with srun. With a
+//! second site behind an agent: a far site's scheduler run by the agent
+//! (killed mid-submission, nothing submitted twice), work routed away from
+//! a site whose job is held, and a preempted pilot's step finished at the
+//! other site without a retry.
 //!
 //! The tests share one small cluster, so they take turns.
 
@@ -52,6 +56,12 @@ impl Drop for Server {
 }
 
 fn server() -> Server {
+    server_with(&root().join("site-configs/local-slurm.toml"), &[], None)
+}
+
+/// A server for site config `site`, with `extra` server flags and `path`
+/// as its PATH (wrappers before the scheduler's commands) when given.
+fn server_with(site: &Path, extra: &[&str], path: Option<&str>) -> Server {
     slurm::cluster();
     let tmp = tempfile::Builder::new()
         .prefix("beamflow-slurm-alloc-")
@@ -69,7 +79,7 @@ fn server() -> Server {
             "127.0.0.1:0",
         ])
         .arg("--site")
-        .arg(root().join("site-configs/local-slurm.toml"))
+        .arg(site)
         .args([
             "--alloc-poll",
             "2s",
@@ -78,6 +88,8 @@ fn server() -> Server {
             "--heartbeat",
             "1s",
         ])
+        .args(extra)
+        .envs(path.map(|p| ("PATH", p)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -966,4 +978,232 @@ fn an_agent_runs_a_far_sites_scheduler_and_one_killed_mid_submission_submits_not
     });
     // The agent's job directories are under the server's home: its drop
     // cancels them.
+}
+
+/// A directory holding an `sbatch` that submits its jobs held (`--hold`)
+/// while `flag` exists — a job that waits and never starts, as on a queue
+/// full of others' work; the PATH that puts it first.
+fn holding_sbatch(dir: &Path, flag: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let sbatch = dir.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        format!(
+            "#!/bin/sh\nif [ -e {f} ]; then exec /usr/bin/sbatch --hold \"$@\"; fi\nexec /usr/bin/sbatch \"$@\"\n",
+            f = flag.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+impl Server {
+    /// A cpu queue at the agent's site `far-slurm`, one job at a time.
+    fn add_far_queue(&self, idle_timeout: &str) -> String {
+        self.cli_ok(&[
+            "alloc",
+            "add",
+            "--site",
+            "far-slurm",
+            "--target",
+            "cpu",
+            "--max-jobs",
+            "1",
+            "--backlog",
+            "1",
+            "--idle-timeout",
+            idle_timeout,
+        ])
+    }
+}
+
+/// The last `placed` event of a run: where its step went and why.
+fn placed(d: &RunDetail) -> String {
+    d.events
+        .iter()
+        .filter(|e| e.kind == "placed")
+        .filter_map(|e| e.detail.clone())
+        .next_back()
+        .unwrap_or_else(|| panic!("no placed event: {:#?}", d.events))
+}
+
+/// The pilots that queue `id`'s jobs brought.
+fn pilots_of(qs: &[QueueInfo], id: u64) -> Vec<u64> {
+    qs.iter()
+        .filter(|q| q.id == id)
+        .flat_map(|q| q.jobs.iter().flat_map(|j| j.pilots.clone()))
+        .collect()
+}
+
+/// Two sites serve `cpu`: the server's own (local-slurm), whose job waits
+/// held in the scheduler, and far-slurm behind an agent, idle. The step is
+/// offered to local-slurm first (nothing measured yet), and once its job
+/// has waited longer than the patience (3 s) the far site submits too and
+/// gets it; the allocation log and `runs show` say why. The next step goes
+/// straight to the far site's warm pilot.
+#[test]
+fn with_one_sites_job_held_the_work_goes_to_the_idle_site_and_says_why() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = tempfile::tempdir().unwrap();
+    let flag = bin.path().join("hold");
+    std::fs::write(&flag, "").unwrap();
+    let path = holding_sbatch(bin.path(), &flag);
+    let s = server_with(
+        &root().join("site-configs/local-slurm.toml"),
+        &["--alloc-patience", "3s"],
+        Some(&path),
+    );
+    s.register("burst", BURST);
+    let files = s.agent_files();
+    let agent = s.agent(&files, &std::env::var("PATH").unwrap(), 1);
+    s.wait_agent(true, &agent.log);
+    s.add_cpu_queue("30s");
+    s.add_far_queue("30s");
+    rt().block_on(async {
+        let ids = submit(&s.client, "burst", vec![json!({ "n": 1 })]).await;
+        let runs = wait_runs(&s, &ids, 90).await;
+        let d = &runs[0];
+        assert_eq!(d.run.state, "succeeded", "{:#?}\n{}", d.attempts, s.log());
+        let qs = queues(&s.client).await;
+        let held = &qs.iter().find(|q| q.id == 1).unwrap().jobs;
+        assert!(
+            !held.is_empty() && held.iter().all(|j| j.pilots.is_empty()),
+            "local-slurm was offered the work first and its job never started: {qs:#?}"
+        );
+        let far = pilots_of(&qs, 2);
+        let ran = d.attempts.iter().find(|a| a.state == "succeeded").unwrap();
+        assert!(
+            far.contains(&ran.pilot_id.unwrap()),
+            "ran on pilot {:?}, far-slurm's are {far:?}",
+            ran.pilot_id
+        );
+        let log = s.log();
+        assert!(
+            log.contains("routed to queue 2 at far-slurm")
+                && log.contains("queue 1 at local-slurm")
+                && log.contains("none started yet"),
+            "{log}"
+        );
+        let why = placed(d);
+        assert!(why.starts_with("site far-slurm (pilot "), "{why}");
+        let shown = s.cli_ok(&["runs", "show", &ids[0].to_string()]);
+        assert!(
+            shown.contains("placed") && shown.contains("site far-slurm"),
+            "{shown}"
+        );
+
+        let more = submit(&s.client, "burst", vec![json!({ "n": 2 })]).await;
+        let runs = wait_runs(&s, &more, 30).await;
+        let d = &runs[0];
+        assert_eq!(d.run.state, "succeeded");
+        let ran = d.attempts.iter().find(|a| a.state == "succeeded").unwrap();
+        assert!(far.contains(&ran.pilot_id.unwrap()), "{:#?}", d.attempts);
+        let why = placed(d);
+        assert!(
+            why.starts_with("site far-slurm (pilot ") && why.contains("a warm idle pilot"),
+            "{why}"
+        );
+    });
+    drop(agent);
+}
+
+/// A step running on a preemptable target's pilot at local-slurm when the
+/// scheduler kills the job (scancel): the attempt is recorded `preempted`,
+/// uses no retry, and the step finishes on far-slurm's pilot, whose
+/// placement says the last one was preempted.
+#[test]
+fn a_preempted_pilots_step_finishes_at_the_other_site_without_a_retry() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("local-slurm.toml");
+    let text = std::fs::read_to_string(root().join("site-configs/local-slurm.toml")).unwrap();
+    assert!(text.contains("[targets.cpu]\n"));
+    std::fs::write(
+        &site,
+        text.replace("[targets.cpu]\n", "[targets.cpu]\npreemptable = true\n"),
+    )
+    .unwrap();
+    let s = server_with(&site, &["--alloc-patience", "3s"], None);
+    s.register(
+        "long",
+        r#"
+name = "long"
+version = 1
+[[steps]]
+name = "work"
+action = "shell"
+on = "cpu"
+timeout = "2m"
+[steps.params]
+script = 'sleep 6; echo done'
+"#,
+    );
+    let files = s.agent_files();
+    let agent = s.agent(&files, &std::env::var("PATH").unwrap(), 1);
+    s.wait_agent(true, &agent.log);
+    // The queue's target is read from the preemptable config.
+    s.cli_ok(&[
+        "alloc",
+        "add",
+        "--site",
+        site.to_str().unwrap(),
+        "--target",
+        "cpu",
+        "--max-jobs",
+        "1",
+        "--backlog",
+        "1",
+        "--idle-timeout",
+        "30s",
+    ]);
+    rt().block_on(async {
+        let ids = submit(&s.client, "long", vec![json!({})]).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            let d = detail(&s.client, ids[0]).await;
+            if let Some(a) = d.attempts.iter().find(|a| a.state == "running") {
+                break a.pilot_id.unwrap();
+            }
+            assert!(Instant::now() < deadline, "never running:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Only now may the far site take work.
+        s.add_far_queue("30s");
+        let qs = queues(&s.client).await;
+        let victim = qs[0]
+            .jobs
+            .iter()
+            .find(|j| j.pilots.contains(&first))
+            .map(|j| j.job_id.clone())
+            .unwrap_or_else(|| panic!("no job of pilot {first}: {qs:#?}"));
+        assert!(Command::new("scancel")
+            .arg(&victim)
+            .status()
+            .unwrap()
+            .success());
+        let runs = wait_runs(&s, &ids, 90).await;
+        let d = &runs[0];
+        assert_eq!(d.run.state, "succeeded", "{:#?}\n{}", d.attempts, s.log());
+        assert_eq!(d.attempts[0].state, "preempted", "{:#?}", d.attempts);
+        assert!(
+            d.attempts.iter().all(|a| !a.counts_retry),
+            "a retry was used: {:#?}",
+            d.attempts
+        );
+        let far = pilots_of(&queues(&s.client).await, 2);
+        let ran = d.attempts.iter().find(|a| a.state == "succeeded").unwrap();
+        assert!(
+            far.contains(&ran.pilot_id.unwrap()),
+            "finished on pilot {:?}, far-slurm's are {far:?}",
+            ran.pilot_id
+        );
+        let why = placed(d);
+        assert!(
+            why.starts_with("site far-slurm (pilot ")
+                && why.contains("at local-slurm, was preempted"),
+            "{why}"
+        );
+    });
+    drop(agent);
 }

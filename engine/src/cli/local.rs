@@ -44,46 +44,63 @@ impl Local {
         })
         .await?;
         let client = Client::pinned(&srv.url, &srv.token, srv.trust.clone());
-        let mut pilots = Vec::new();
-        for i in 0..o.pilots {
-            let opts = PilotOptions {
-                url: srv.url.clone(),
-                trust: srv.trust.clone(),
-                token: srv.token.clone(),
-                token_file: None,
-                name: Some(format!("local-{i}")),
-                cpus: o.cpus,
-                gpus: None,
-                memory_mb: None,
-                // On one machine there is nowhere else to run: the local
-                // pilots serve every target, and a `gpu` step without a GPU
-                // here takes its CPU variant.
-                targets: Some(
-                    ["cpu", "gpu", "edge", "realtime"]
-                        .map(String::from)
-                        .to_vec(),
-                ),
-                prefetch: o.prefetch,
-                idle_timeout: None,
-                walltime: None,
-                walltime_end: None,
-                reservation: None,
-                site: None,
-                preemptable: false,
-                gpu_env: None,
-                drain_margin: Duration::from_secs(60),
-                server_lost_timeout: Duration::from_secs(60),
-                nodes: Default::default(),
-            };
-            pilots.push(tokio::spawn(crate::pilot::run(opts)));
-        }
-        Ok(Local {
+        let mut local = Local {
             client,
             home,
             server: srv,
-            pilots,
+            pilots: Vec::new(),
             _tmp: tmp,
-        })
+        };
+        for i in 0..o.pilots {
+            let opts = local.pilot_options(&format!("local-{i}"), o.cpus, o.prefetch, None);
+            local.spawn_pilot(opts);
+        }
+        Ok(local)
+    }
+
+    /// An in-process pilot of this server named `name`, at `site` (the
+    /// server's own when `None`).
+    pub fn pilot_options(
+        &self,
+        name: &str,
+        cpus: Option<u32>,
+        prefetch: Option<u32>,
+        site: Option<String>,
+    ) -> PilotOptions {
+        PilotOptions {
+            url: self.server.url.clone(),
+            trust: self.server.trust.clone(),
+            token: self.server.token.clone(),
+            token_file: None,
+            name: Some(name.to_string()),
+            cpus,
+            gpus: None,
+            memory_mb: None,
+            // On one machine there is nowhere else to run: the local
+            // pilots serve every target, and a `gpu` step without a GPU
+            // here takes its CPU variant.
+            targets: Some(
+                ["cpu", "gpu", "edge", "realtime"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            prefetch,
+            idle_timeout: None,
+            walltime: None,
+            walltime_end: None,
+            reservation: None,
+            site,
+            preemptable: false,
+            gpu_env: None,
+            drain_margin: Duration::from_secs(60),
+            server_lost_timeout: Duration::from_secs(60),
+            nodes: Default::default(),
+        }
+    }
+
+    /// Starts a pilot in this process; it stops with [`Local::stop`].
+    pub fn spawn_pilot(&mut self, opts: PilotOptions) {
+        self.pilots.push(tokio::spawn(crate::pilot::run(opts)));
     }
 
     pub fn store(&self) -> &crate::store::Store {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::alloc::{QueueInfo, QueueSpec};
 use crate::cli::local::{Local, LocalOptions};
 use crate::site::SiteConfig;
-use crate::store::Durability;
+use crate::store::{Durability, RunDetail};
 
 #[derive(clap::Args)]
 pub struct AllocBench {
@@ -37,7 +37,7 @@ pub struct AllocBench {
 
 const FLOW: &str = "name = \"bench-alloc\"\nversion = 1\n[[steps]]\nname = \"true\"\naction = \"shell\"\non = \"TARGET\"\nparams = { argv = [\"true\"] }\n";
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -90,7 +90,7 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
     let mut warm = Vec::new();
     for i in 0..b.cold.max(1) {
         wait_no_jobs(&local).await?;
-        let ready_to_started = one_run(&local).await?;
+        let ready_to_started = one_run(&local, "bench-alloc").await?.0;
         let q: Vec<QueueInfo> = local.client.get("/api/alloc").await?;
         let job = q[0]
             .jobs
@@ -104,7 +104,7 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
         tracing::info!("cold sample {i}: {ready_to_started:.0} ms");
         if i == 0 {
             for _ in 0..b.warm {
-                warm.push(one_run(&local).await?);
+                warm.push(one_run(&local, "bench-alloc").await?.0);
             }
         }
     }
@@ -125,12 +125,10 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
     Ok(out)
 }
 
-/// Submits one run, waits for it, returns its step's ready → started in ms.
-async fn one_run(local: &Local) -> anyhow::Result<f64> {
-    let ids = local
-        .client
-        .submit("bench-alloc", None, vec![json!({})])
-        .await?;
+/// Submits one run of `flow`, waits for it, returns its step's ready →
+/// started in ms and the run.
+pub(super) async fn one_run(local: &Local, flow: &str) -> anyhow::Result<(f64, RunDetail)> {
+    let ids = local.client.submit(flow, None, vec![json!({})]).await?;
     local
         .client
         .wait(&ids, false, Some(Duration::from_secs(120)))
@@ -145,7 +143,8 @@ async fn one_run(local: &Local) -> anyhow::Result<f64> {
         .iter()
         .find(|a| a.state == "succeeded")
         .ok_or_else(|| anyhow::anyhow!("run {id} did not succeed: {:?}", d.run.error))?;
-    Ok((a.started_us.unwrap_or(0) - a.ready_us.unwrap_or(0)) as f64 / 1e3)
+    let ms = (a.started_us.unwrap_or(0) - a.ready_us.unwrap_or(0)) as f64 / 1e3;
+    Ok((ms, d))
 }
 
 fn latest_ready(local: &Local) -> anyhow::Result<i64> {

@@ -10,7 +10,7 @@
 //!
 //! The single benches with their reference comparisons: [`engine`] (the
 //! engine's own cost), [`alloc`] (waiting for a pilot the batch scheduler
-//! starts), [`store`] (the database at a million tasks), and [`xpcs`],
+//! starts), [`sites`] (placing a step at another site), [`store`] (the database at a million tasks), and [`xpcs`],
 //! [`hedm`], [`ptycho`], [`braggnn`].
 
 pub mod alloc;
@@ -22,6 +22,7 @@ pub mod hedm;
 pub mod machine;
 pub mod ptycho;
 pub mod roofline;
+pub mod sites;
 pub mod store;
 pub mod suite;
 pub mod xpcs;
@@ -73,6 +74,9 @@ enum BenchCmd {
     /// How long a task waits for a pilot submitted through the site's
     /// batch scheduler, cold and warm.
     Alloc(alloc::AllocBench),
+    /// Ready → started on warm pilots when the step is placed at another
+    /// site, against a single site.
+    Sites(sites::SitesBench),
 }
 
 #[derive(Args)]
@@ -137,6 +141,7 @@ impl BenchArgs {
             }
             BenchCmd::Store(b) => out.report(&tokio::task::spawn_blocking(move || b.run()).await??),
             BenchCmd::Alloc(b) => out.report(&b.run().await?),
+            BenchCmd::Sites(b) => out.report(&b.run().await?),
         }
         Ok(ExitCode::SUCCESS)
     }
