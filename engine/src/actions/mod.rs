@@ -5,7 +5,7 @@
 mod kernel;
 mod publish;
 mod shell;
-mod transfer;
+pub(crate) mod transfer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

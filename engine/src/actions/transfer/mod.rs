@@ -9,6 +9,7 @@
 
 mod far;
 mod globus;
+pub(crate) mod loopback;
 mod rsync;
 
 use std::fs::File;
@@ -49,6 +50,18 @@ pub async fn run(
         .get("verify")
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
+    copy(srcs, dst, verify, policy, cancel).await
+}
+
+/// Moves `srcs` to `dst` by the backend their places call for (local,
+/// rsync or Globus), every path checked against the roots of its end.
+pub(crate) async fn copy(
+    srcs: Vec<String>,
+    dst: String,
+    verify: bool,
+    policy: &TransferPolicy,
+    cancel: &Cancel,
+) -> Result<Value, Failure> {
     let roots = policy.roots();
     let cancel = cancel.clone();
     let job = far::Job::plan(&srcs, &dst, policy)?;

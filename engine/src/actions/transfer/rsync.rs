@@ -336,94 +336,7 @@ mod tests {
         }
     }
 
-    /// Debian's sshd on a loopback port, with a host key and a user key
-    /// made for the test; stopped when dropped.
-    struct Sshd {
-        dir: tempfile::TempDir,
-        port: u16,
-        child: std::process::Child,
-    }
-
-    impl Sshd {
-        fn start() -> Sshd {
-            let sshd = Path::new("/usr/sbin/sshd");
-            assert!(
-                sshd.exists(),
-                "/usr/sbin/sshd is missing: scripts/setup.sh installs openssh-server"
-            );
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path();
-            for key in ["host", "user"] {
-                let ok = Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(d.join(key))
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "ssh-keygen failed");
-            }
-            std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n\
-                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PidFile {d}/sshd.pid\nLogLevel ERROR\n",
-                d = d.display()
-            );
-            std::fs::write(d.join("sshd_config"), config).unwrap();
-            // Privilege separation wants its directory when sshd runs as root.
-            let _ = std::fs::create_dir_all("/run/sshd");
-            let child = Command::new(sshd)
-                .args(["-D", "-e", "-f"])
-                .arg(d.join("sshd_config"))
-                .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
-                .spawn()
-                .unwrap();
-            let host_key = std::fs::read_to_string(d.join("host.pub")).unwrap();
-            let mut parts = host_key.split_whitespace();
-            let (kind, key) = (parts.next().unwrap(), parts.next().unwrap());
-            std::fs::write(
-                d.join("known_hosts"),
-                format!("[127.0.0.1]:{port} {kind} {key}\n"),
-            )
-            .unwrap();
-            let until = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < until,
-                    "sshd did not start: {}",
-                    std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Sshd { port, child, dir }
-        }
-
-        /// A remote for this sshd, its roots `roots`.
-        fn remote(&self, roots: &[&Path]) -> Remote {
-            let d = self.dir.path();
-            Remote {
-                host: Some("127.0.0.1".into()),
-                port: Some(self.port),
-                identity: Some(d.join("user").display().to_string()),
-                known_hosts: Some(d.join("known_hosts").display().to_string()),
-                roots: roots.iter().map(|r| r.display().to_string()).collect(),
-                ..Remote::default()
-            }
-        }
-    }
-
-    impl Drop for Sshd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use super::super::loopback::Sshd;
 
     fn with(remote: Remote) -> TransferPolicy {
         let mut p = TransferPolicy::default();
@@ -447,7 +360,7 @@ mod tests {
     /// end nobody listens on fail naming them.
     #[test]
     fn pushes_and_pulls_a_tree_over_ssh_on_loopback() {
-        let sshd = Sshd::start();
+        let sshd = Sshd::start().unwrap();
         let t = tempfile::tempdir().unwrap();
         let (src, far) = (t.path().join("beamline/scan"), t.path().join("far"));
         std::fs::create_dir_all(src.join("sub")).unwrap();
@@ -513,7 +426,7 @@ mod tests {
     /// bytes and ends with the file intact.
     #[test]
     fn a_transfer_killed_mid_file_resumes_from_its_partial() {
-        let sshd = Sshd::start();
+        let sshd = Sshd::start().unwrap();
         let t = tempfile::tempdir().unwrap();
         let (src, far) = (t.path().join("big.bin"), t.path().join("far"));
         let mut data = vec![0u8; 32 << 20];

@@ -10,7 +10,8 @@
 //!
 //! The single benches with their reference comparisons: [`engine`] (the
 //! engine's own cost), [`alloc`] (waiting for a pilot the batch scheduler
-//! starts), [`sites`] (placing a step at another site), [`store`] (the database at a million tasks), and [`xpcs`],
+//! starts), [`sites`] (placing a step at another site), [`transfer`] (rsync
+//! stage-in against plain rsync), [`store`] (the database at a million tasks), and [`xpcs`],
 //! [`hedm`], [`ptycho`], [`braggnn`].
 
 pub mod alloc;
@@ -25,6 +26,7 @@ pub mod roofline;
 pub mod sites;
 pub mod store;
 pub mod suite;
+pub mod transfer;
 pub mod xpcs;
 
 use std::path::PathBuf;
@@ -77,6 +79,9 @@ enum BenchCmd {
     /// Ready → started on warm pilots when the step is placed at another
     /// site, against a single site.
     Sites(sites::SitesBench),
+    /// Stage-in throughput of the rsync transfer backend against plain
+    /// rsync, over SSH on loopback.
+    Transfer(transfer::TransferBench),
 }
 
 #[derive(Args)]
@@ -142,6 +147,7 @@ impl BenchArgs {
             BenchCmd::Store(b) => out.report(&tokio::task::spawn_blocking(move || b.run()).await??),
             BenchCmd::Alloc(b) => out.report(&b.run().await?),
             BenchCmd::Sites(b) => out.report(&b.run().await?),
+            BenchCmd::Transfer(b) => out.report(&b.run().await?),
         }
         Ok(ExitCode::SUCCESS)
     }
