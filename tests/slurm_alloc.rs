@@ -1207,3 +1207,160 @@ script = 'sleep 6; echo done'
     });
     drop(agent);
 }
+
+const XPCS_FAR: &str = r#"
+name = "xpcs-far"
+version = 1
+[input.raw]
+type = "string"
+[input.meta]
+type = "string"
+[input.qmap]
+type = "string"
+[input.dest]
+type = "string"
+
+[[steps]]
+name = "multitau"
+action = "kernel"
+kernel = "xpcs.multitau"
+on = "cpu"
+timeout = "5m"
+[steps.stage]
+raw = "beamline:{{ input.raw }}"
+meta = "beamline:{{ input.meta }}"
+qmap = "beamline:{{ input.qmap }}"
+[steps.params]
+raw = "{{ staged.raw }}"
+meta = "{{ staged.meta }}"
+qmap = "{{ staged.qmap }}"
+out = "{{ task.dir }}/results"
+overwrite = true
+no_plots = true
+
+[[steps]]
+name = "return"
+action = "transfer"
+on = "cpu"
+after = ["multitau"]
+params = { src = "{{ steps.multitau.outputs.results }}", dst = "beamline:{{ input.dest }}/" }
+"#;
+
+/// The beamline's data at its own DTN (sshd on loopback, its root the
+/// "beamline" directory); the compute at far-slurm behind an agent, whose
+/// site config names the beamline as an rsync remote. The XPCS step's
+/// inputs are staged into its task directory on the far site's pilot
+/// (checked by content), correlated there — the same g2 fits as a
+/// correlation of the original files — and the results go back to the
+/// beamline byte for byte.
+#[test]
+fn an_xpcs_run_stages_its_inputs_from_the_beamline_to_the_far_site_and_returns_its_results() {
+    use beamflow_kernels::synthetic::xpcs::{write_dataset, SpeckleConfig};
+    use beamflow_kernels::xpcs::pipeline::{self, Mode, Options};
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let sshd = beamflow::actions::transfer::loopback::Sshd::start().unwrap();
+    let beamline = tempfile::Builder::new()
+        .prefix("beamflow-beamline-")
+        .tempdir()
+        .unwrap();
+    let data = beamline.path().join("8idi/2026-3");
+    let cfg = SpeckleConfig {
+        size: 64,
+        frames: 256,
+        ..Default::default()
+    };
+    let files = write_dataset(&cfg, &data, "S01", |_| {}).unwrap();
+    let dest = beamline.path().join("8idi/results");
+
+    let s = server();
+    s.register("xpcs-far", XPCS_FAR);
+    let files_at = s.agent_files();
+    // The far site reaches the beamline over SSH.
+    let remote = sshd.remote(&[beamline.path()]);
+    let mut site = std::fs::read_to_string(&files_at.0).unwrap();
+    site.push_str(&format!(
+        "\n[transfer.remotes.beamline]\nhost = \"127.0.0.1\"\nport = {}\nidentity = \"{}\"\nknown_hosts = \"{}\"\nroots = [\"{}\"]\n",
+        remote.port.unwrap(),
+        remote.identity.unwrap(),
+        remote.known_hosts.unwrap(),
+        beamline.path().display()
+    ));
+    std::fs::write(&files_at.0, site).unwrap();
+    let agent = s.agent(&files_at, &std::env::var("PATH").unwrap(), 1);
+    s.wait_agent(true, &agent.log);
+    s.add_far_queue("5s");
+    rt().block_on(async {
+        let ids = submit(
+            &s.client,
+            "xpcs-far",
+            vec![json!({
+                "raw": files.raw.display().to_string(),
+                "meta": files.metadata.display().to_string(),
+                "qmap": files.qmap.display().to_string(),
+                "dest": dest.display().to_string(),
+            })],
+        )
+        .await;
+        let runs = wait_runs(&s, &ids, 180).await;
+        let d = &runs[0];
+        assert_eq!(d.run.state, "succeeded", "{:#?}\n{}", d.attempts, s.log());
+        let far = pilots_of(&queues(&s.client).await, 1);
+        let step = |name: &str| {
+            d.attempts
+                .iter()
+                .find(|a| a.step == name && a.state == "succeeded")
+                .unwrap_or_else(|| panic!("{name}: {:#?}", d.attempts))
+        };
+        let mt = step("multitau");
+        assert!(far.contains(&mt.pilot_id.unwrap()), "{mt:#?}");
+        let out = mt.outputs.as_ref().unwrap();
+        for (name, original) in [
+            ("raw", &files.raw),
+            ("meta", &files.metadata),
+            ("qmap", &files.qmap),
+        ] {
+            let st = &out["staged"][name];
+            assert_eq!(
+                (st["backend"].as_str(), st["remote"].as_str()),
+                (Some("rsync"), Some("beamline")),
+                "{st}"
+            );
+            let local = PathBuf::from(st["path"].as_str().unwrap());
+            assert!(local.starts_with(&d.run.dir), "{}", local.display());
+            assert_eq!(
+                blake3::hash(&std::fs::read(&local).unwrap()),
+                blake3::hash(&std::fs::read(original).unwrap()),
+                "{name} arrived changed"
+            );
+            assert_eq!(
+                st["bytes"].as_u64(),
+                Some(std::fs::metadata(original).unwrap().len())
+            );
+        }
+        // The same fits as correlating the beamline's own files.
+        let here = tempfile::tempdir().unwrap();
+        let mut opts = Options::new(&files.raw, &files.qmap, here.path(), Mode::Multitau);
+        opts.meta = Some(files.metadata.clone());
+        opts.plots = false;
+        let want = pipeline::run(&opts, &mut |_| true).unwrap().summary;
+        let gamma: Vec<f64> = serde_json::from_value(out["gamma"].clone()).unwrap();
+        let expect: Vec<f64> = want.fits.iter().map(|f| f.gamma).collect();
+        assert_eq!(gamma.len(), expect.len());
+        for (g, e) in gamma.iter().zip(&expect) {
+            assert!((g - e).abs() <= 1e-9 * e.abs(), "gamma {g} vs {e}");
+        }
+        // The results came back to the beamline, byte for byte.
+        let results = PathBuf::from(out["results"].as_str().unwrap());
+        let back = dest.join(results.file_name().unwrap());
+        assert_eq!(
+            blake3::hash(&std::fs::read(&back).unwrap()),
+            blake3::hash(&std::fs::read(&results).unwrap()),
+        );
+        let ret = step("return").outputs.as_ref().unwrap();
+        assert_eq!(
+            (ret["backend"].as_str(), ret["direction"].as_str()),
+            (Some("rsync"), Some("push"))
+        );
+    });
+    drop(agent);
+}

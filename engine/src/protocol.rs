@@ -123,6 +123,39 @@ pub struct TaskSpec {
     /// or an earlier attempt's pilot died while running it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub isolate: bool,
+    /// Inputs to copy into the task directory before the action starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage: Vec<Stage>,
+}
+
+/// One input a pilot stages: `src` (a path, or `REMOTE:/path` at another
+/// facility) copied into the directory `into` by the transfer backend its
+/// place calls for, under the pilot's site's transfer rules.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stage {
+    pub name: String,
+    pub src: String,
+    pub into: String,
+}
+
+impl Stage {
+    /// Where the copy lands: `into` and the source's last path component.
+    pub fn path(&self) -> String {
+        let remote = self.src.split_once(':').filter(|(n, _)| {
+            !n.is_empty()
+                && !self.src.starts_with(['/', '.', '~'])
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+        let path = remote.map_or(self.src.as_str(), |(_, p)| p);
+        let name = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.name);
+        format!("{}{name}", self.into)
+    }
 }
 
 /// How an attempt ended.

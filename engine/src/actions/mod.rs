@@ -5,7 +5,7 @@
 mod kernel;
 mod publish;
 mod shell;
-pub(crate) mod transfer;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,12 +111,19 @@ pub async fn execute(
         ))),
         Ok(()) => {
             let fut = async {
-                match spec.action {
+                let staged = stage_in(spec, policy, cancel).await?;
+                let out = match spec.action {
                     ActionKind::Shell => shell::run(spec, grant, cancel).await,
                     ActionKind::Transfer => transfer::run(spec, policy, cancel).await,
                     ActionKind::Publish => publish::run(spec).await,
                     ActionKind::Kernel => kernel::run(spec, grant, cancel).await,
-                }
+                };
+                out.map(|mut out| {
+                    if let (Some(staged), Some(o)) = (staged, out.as_object_mut()) {
+                        o.insert("staged".into(), staged);
+                    }
+                    out
+                })
             };
             match spec.timeout_s {
                 None => fut.await,
@@ -167,6 +174,45 @@ pub async fn execute(
         started_us: started,
         finished_us: finished,
     }
+}
+
+/// Copies the step's staged inputs (see [`TaskSpec::stage`]) before its
+/// action starts, each by the backend its place calls for and checked by
+/// content; what each move took, by name (`None` when nothing is staged).
+async fn stage_in(
+    spec: &TaskSpec,
+    policy: &TransferPolicy,
+    cancel: &Cancel,
+) -> Result<Option<Value>, Failure> {
+    if spec.stage.is_empty() {
+        return Ok(None);
+    }
+    let mut out = serde_json::Map::new();
+    for st in &spec.stage {
+        let t = std::time::Instant::now();
+        let r = transfer::copy(vec![st.src.clone()], st.into.clone(), true, policy, cancel)
+            .await
+            .map_err(|f| match f {
+                Failure::Failed { error, .. } => {
+                    Failure::msg(format!("staging `{}` from {}: {error}", st.name, st.src))
+                }
+                cancelled => cancelled,
+            })?;
+        out.insert(
+            st.name.clone(),
+            serde_json::json!({
+                "src": st.src,
+                "path": st.path(),
+                "backend": r.get("backend").cloned().unwrap_or_else(|| "local".into()),
+                "remote": r.get("remote").cloned().unwrap_or(Value::Null),
+                "bytes": r.get("bytes").cloned().unwrap_or(Value::Null),
+                "copied": r.get("copied").cloned().unwrap_or(Value::Null),
+                "skipped": r.get("skipped").cloned().unwrap_or(Value::Null),
+                "seconds": t.elapsed().as_secs_f64(),
+            }),
+        );
+    }
+    Ok(Some(Value::Object(out)))
 }
 
 /// A string parameter, or a clear error naming it.

@@ -147,6 +147,15 @@ pub(super) fn check_templates(
         template::collect_strings(&s.params, &format!("{key}.params"), &mut |path, text| {
             strings.push((path.to_string(), text.to_string(), pspan.clone()));
         });
+        if let Some(st) = &rs.get_ref().stage {
+            for (name, src) in st.get_ref() {
+                strings.push((
+                    format!("{key}.stage.{name}"),
+                    src.get_ref().clone(),
+                    src.span(),
+                ));
+            }
+        }
         if let Some(w) = &rs.get_ref().when {
             // `when` is an expression, not a template: braces around it
             // would otherwise read as a (malformed) object literal.
@@ -178,7 +187,15 @@ pub(super) fn check_templates(
                 }
             };
             for var in vars {
-                if let Err(msg) = check_variable(&var, &inputs, &before, spec, site) {
+                let checked = if path.contains(".stage.") && var.split('.').next() == Some("staged")
+                {
+                    Err(format!(
+                        "`{var}`: a stage path is rendered before anything is staged"
+                    ))
+                } else {
+                    check_variable(&var, &inputs, &before, spec, s, site)
+                };
+                if let Err(msg) = checked {
                     let needle = var.split('.').next_back().unwrap_or(&var);
                     let span = cx.find(span.clone(), needle);
                     cx.err(span, path.clone(), msg);
@@ -193,6 +210,7 @@ fn check_variable(
     inputs: &HashSet<&str>,
     before: &HashSet<String>,
     spec: &FlowSpec,
+    spec_step: &crate::flow::StepSpec,
     site: Option<&SiteConfig>,
 ) -> Result<(), String> {
     let parts: Vec<&str> = var.split('.').collect();
@@ -206,6 +224,23 @@ fn check_variable(
             None | Some(&"id") | Some(&"dir") | Some(&"flow") => Ok(()),
             Some(n) => Err(format!(
                 "`{var}`: unknown run variable `{n}` (known: id, dir, flow)"
+            )),
+        },
+        "staged" => match parts.get(1) {
+            None => Ok(()),
+            Some(n) if spec_step.stage.contains_key(*n) => Ok(()),
+            Some(n) => Err(format!(
+                "`{var}`: this step stages no `{n}` (its [stage] table has: {})",
+                if spec_step.stage.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    spec_step
+                        .stage
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             )),
         },
         "task" => match parts.get(1) {

@@ -136,6 +136,8 @@ pub(super) struct RawStep {
     pub(super) priority: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) isolate: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) stage: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
 }
 
 /// `retries = 3` or `retries = { count = 3, backoff = "5s" }`. Read by

@@ -1,5 +1,7 @@
 //! The validated, serialisable form of a flow.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -179,6 +181,12 @@ pub struct StepSpec {
     /// ending the pilot and everything else it runs. Costs a process start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub isolate: bool,
+    /// Inputs the pilot copies into the task directory before the action
+    /// starts, by name: each a template for a path, `REMOTE:/path` for data
+    /// at another facility (the pilot's site config says how to reach it).
+    /// The step's params see the local copies as `staged.NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage: BTreeMap<String, String>,
 }
 
 impl StepSpec {

@@ -312,9 +312,30 @@ pub(super) fn build_step(
             "only kernel steps run in the pilot's process; other actions need no isolation",
         );
     }
+    let mut stage = std::collections::BTreeMap::new();
+    if let Some(st) = &s.stage {
+        for (name, src) in st.get_ref() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                cx.err(
+                    st.span(),
+                    format!("{key}.stage.{name}"),
+                    format!("`{name}` is not an identifier (letters, digits and _)"),
+                );
+            }
+            if src.get_ref().trim().is_empty() {
+                cx.err(
+                    src.span(),
+                    format!("{key}.stage.{name}"),
+                    "an empty path: write the file or directory to copy, REMOTE:/path for another facility's",
+                );
+            }
+            stage.insert(name.clone(), src.get_ref().clone());
+        }
+    }
     StepSpec {
         priority,
         isolate,
+        stage,
         name: s.name.get_ref().clone(),
         action,
         kernel,

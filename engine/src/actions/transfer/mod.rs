@@ -9,7 +9,7 @@
 
 mod far;
 mod globus;
-pub(crate) mod loopback;
+pub mod loopback;
 mod rsync;
 
 use std::fs::File;

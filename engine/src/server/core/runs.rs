@@ -12,8 +12,8 @@ use super::{ApiError, Attempt, Core, RetryDue, Shape};
 use crate::api::{
     AttemptId, AttemptRow, AttemptState, PilotId, Registered, RunId, RunRow, RunState, RunUpdate,
 };
-use crate::flow::{self, ActionKind, FlowSpec};
-use crate::protocol::{PilotInfo, TaskSpec};
+use crate::flow::{self, ActionKind, FlowSpec, StepSpec};
+use crate::protocol::{PilotInfo, Stage, TaskSpec};
 use crate::resources::capacity::Charge;
 use crate::resources::Resources;
 use crate::store::{self, NewAttempt, Op};
@@ -256,7 +256,18 @@ impl Core {
     ) -> TaskSpec {
         let run = &self.runs[&run_id];
         let s = &run.flow.steps[step];
+        // Rendered again from the same context as when the step started
+        // (its templates see only inputs and finished steps' outputs), so
+        // a resumed attempt stages the same files.
+        let stage = if s.stage.is_empty() {
+            Vec::new()
+        } else {
+            let tdir = task_dir(&run.dir, &s.name, number);
+            let ctx = self.template_ctx(run, attempt, number, &tdir);
+            staging(s, &ctx, &tdir).unwrap_or_default()
+        };
         TaskSpec {
+            stage,
             attempt: attempt.0,
             run: run_id.0,
             flow: run.flow.name.clone(),
@@ -305,10 +316,20 @@ impl Core {
         let spec = &run.flow.steps[i];
         let number = run.steps[i].attempts + 1;
         let tdir = task_dir(&run.dir, &spec.name, number);
-        let ctx = self.template_ctx(run, attempt, number, &tdir);
-        let when = match &spec.when {
-            Some(w) => flow::template::eval_bool(w, &ctx).map_err(|e| format!("when: {e}")),
-            None => Ok(true),
+        let mut ctx = self.template_ctx(run, attempt, number, &tdir);
+        let staged = staging(spec, &ctx, &tdir).map(|stages| {
+            let paths: Map<String, Value> = stages
+                .iter()
+                .map(|st| (st.name.clone(), json!(st.path())))
+                .collect();
+            ctx["staged"] = Value::Object(paths);
+        });
+        let when = match (&spec.when, staged) {
+            (_, Err(e)) => Err(e),
+            (Some(w), Ok(())) => {
+                flow::template::eval_bool(w, &ctx).map_err(|e| format!("when: {e}"))
+            }
+            (None, Ok(())) => Ok(true),
         };
         let rendered = when.and_then(|go| {
             if go {
@@ -696,4 +717,24 @@ impl Core {
             }
         }
     }
+}
+
+/// The inputs step `spec` stages, rendered in `ctx`: each copied into
+/// `TASK_DIR/staged/NAME/`.
+fn staging(spec: &StepSpec, ctx: &Value, task_dir: &str) -> Result<Vec<Stage>, String> {
+    spec.stage
+        .iter()
+        .map(|(name, src)| {
+            let src = match flow::template::render(&json!(src), ctx) {
+                Ok(Value::String(s)) => s,
+                Ok(other) => other.to_string(),
+                Err(e) => return Err(format!("stage.{name}: {e}")),
+            };
+            Ok(Stage {
+                name: name.clone(),
+                into: format!("{task_dir}/staged/{name}/"),
+                src,
+            })
+        })
+        .collect()
 }
