@@ -1361,6 +1361,40 @@ fn an_xpcs_run_stages_its_inputs_from_the_beamline_to_the_far_site_and_returns_i
             (ret["backend"].as_str(), ret["direction"].as_str()),
             (Some("rsync"), Some("push"))
         );
+        // The timing table sums the moves by site pair.
+        let shown: Value =
+            serde_json::from_str(&s.cli_ok(&["--json", "runs", "show", &ids[0].to_string()]))
+                .unwrap();
+        let moved = &shown["timing"]["moved"];
+        let staged_bytes: u64 = [&files.raw, &files.metadata, &files.qmap]
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert_eq!(
+            (
+                &moved[0]["from"],
+                &moved[0]["to"],
+                &moved[0]["moves"],
+                &moved[0]["bytes"]
+            ),
+            (
+                &json!("beamline"),
+                &json!("far-slurm"),
+                &json!(3),
+                &json!(staged_bytes)
+            ),
+            "{moved}"
+        );
+        assert_eq!(
+            (&moved[1]["from"], &moved[1]["to"], &moved[1]["moves"]),
+            (&json!("far-slurm"), &json!("beamline"), &json!(1)),
+            "{moved}"
+        );
+        let text = s.cli_ok(&["runs", "show", &ids[0].to_string()]);
+        assert!(
+            text.contains("moved from") && text.contains("beamline"),
+            "{text}"
+        );
     });
     drop(agent);
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::render::table;
 use super::Ctx;
 use crate::report::flow::{FlowReport, Spread};
-use crate::report::{RunTiming, StepTiming};
+use crate::report::{RunTiming, SitePair, StepTiming};
 use crate::util::fmt_secs;
 
 #[derive(Args)]
@@ -110,6 +110,27 @@ fn pct(part: f64, total: f64) -> String {
     } else {
         "-".into()
     }
+}
+
+/// Data moved between places in a run, by site pair.
+pub fn moved_table(pairs: &[SitePair]) -> Table {
+    let mut table = table(&["moved from", "to", "moves", "bytes", "seconds", "MB/s"]);
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for p in pairs {
+        table.add_row(vec![
+            Cell::new(&p.from),
+            Cell::new(&p.to),
+            right(p.moves.to_string()),
+            right(p.bytes.to_string()),
+            right(fmt_secs(p.seconds)),
+            right(if p.seconds > 0.0 {
+                format!("{:.1}", p.bytes as f64 / p.seconds / 1e6)
+            } else {
+                "-".into()
+            }),
+        ]);
+    }
+    table
 }
 
 /// Table 1 of the Patterns paper for one run.

@@ -357,6 +357,9 @@ pub async fn show_run(c: &Client, id: u64, out: Out) -> anyhow::Result<()> {
             text += &format!("error: {e}\n");
         }
         text += &timing_table(s.timing).to_string();
+        if !s.timing.moved.is_empty() {
+            text += &format!("\n{}", super::report::moved_table(&s.timing.moved));
+        }
         for w in &s.waiting {
             text += &format!(
                 "\nstep {} is {} (beamflow runs explain {})",

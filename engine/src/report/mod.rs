@@ -62,6 +62,84 @@ pub struct RunTiming {
     pub total_s: f64,
     /// The engine's overhead as a share of the wall time.
     pub overhead_pct: f64,
+    /// Data moved between places, by (from, to): transfer steps with a
+    /// remote end and staged inputs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<SitePair>,
+}
+
+/// What moved from one place to another in a run: a remote (`aps`) or the
+/// site of the pilot that moved it (`this site` where one site served).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SitePair {
+    pub from: String,
+    pub to: String,
+    /// Transfer steps and staged inputs that went this way.
+    pub moves: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// The pilot's site for attempt `a`, as its `placed` event names it.
+fn site_of(d: &RunDetail, a: &AttemptRow) -> String {
+    d.events
+        .iter()
+        .filter(|e| e.kind == "placed" && e.attempt_id == Some(a.id))
+        .filter_map(|e| {
+            e.detail
+                .as_deref()?
+                .strip_prefix("site ")?
+                .split(' ')
+                .next()
+        })
+        .next_back()
+        .map_or_else(|| "this site".to_string(), String::from)
+}
+
+/// Every move of the run's succeeded attempts, summed by site pair.
+fn moved(d: &RunDetail) -> Vec<SitePair> {
+    let mut pairs: Vec<SitePair> = Vec::new();
+    let mut add = |from: String, to: String, bytes: u64, seconds: f64| match pairs
+        .iter_mut()
+        .find(|p| p.from == from && p.to == to)
+    {
+        Some(p) => {
+            p.moves += 1;
+            p.bytes += bytes;
+            p.seconds += seconds;
+        }
+        None => pairs.push(SitePair {
+            from,
+            to,
+            moves: 1,
+            bytes,
+            seconds,
+        }),
+    };
+    for a in d.attempts.iter().filter(|a| a.state == "succeeded") {
+        let Some(out) = &a.outputs else { continue };
+        let here = || site_of(d, a);
+        let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        if a.action == "transfer" {
+            if let Some(remote) = out["remote"].as_str() {
+                let (from, to) = match out["direction"].as_str() {
+                    Some("push") => (here(), remote.to_string()),
+                    _ => (remote.to_string(), here()),
+                };
+                let seconds = out["seconds"]
+                    .as_f64()
+                    .unwrap_or_else(|| secs(a.started_us, a.finished_us));
+                add(from, to, num(out, "bytes") as u64, seconds);
+            }
+        }
+        if let Some(staged) = out["staged"].as_object() {
+            for st in staged.values() {
+                let from = st["remote"].as_str().map_or_else(here, String::from);
+                add(from, here(), num(st, "bytes") as u64, num(st, "seconds"));
+            }
+        }
+    }
+    pairs
 }
 
 fn secs(a: Option<i64>, b: Option<i64>) -> f64 {
@@ -156,6 +234,7 @@ pub fn timing(d: &RunDetail) -> RunTiming {
         } else {
             0.0
         },
+        moved: moved(d),
     }
 }
 
