@@ -6,8 +6,10 @@
 //! holding a 3-node job starts steps across its nodes with srun. With a
 //! second site behind an agent: a far site's scheduler run by the agent
 //! (killed mid-submission, nothing submitted twice), work routed away from
-//! a site whose job is held, and a preempted pilot's step finished at the
-//! other site without a retry.
+//! a site whose job is held, a preempted pilot's step finished at the
+//! other site without a retry, pilots reaching the server through the
+//! agent's relay, and an XPCS run staged from a loopback "beamline" DTN to
+//! the far site and its results returned.
 //!
 //! The tests share one small cluster, so they take turns.
 
@@ -801,6 +803,16 @@ impl Server {
     }
 
     fn agent(&self, files: &(PathBuf, PathBuf, PathBuf), path: &str, n: u32) -> Agent {
+        self.agent_with(files, path, n, &[])
+    }
+
+    fn agent_with(
+        &self,
+        files: &(PathBuf, PathBuf, PathBuf),
+        path: &str,
+        n: u32,
+        extra: &[&str],
+    ) -> Agent {
         let log = self.home.join(format!("far/agent-{n}.log"));
         let child = Command::new(BIN)
             .args(["--home", self.home.join("far").to_str().unwrap(), "agent"])
@@ -813,6 +825,7 @@ impl Server {
             .arg(&files.2)
             .arg("--server-cert")
             .arg(self.home.join("tls/cert.pem"))
+            .args(extra)
             .env("PATH", path)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -1396,5 +1409,46 @@ fn an_xpcs_run_stages_its_inputs_from_the_beamline_to_the_far_site_and_returns_i
             "{text}"
         );
     });
+    drop(agent);
+}
+
+/// Compute nodes that cannot reach the server reach it through the agent:
+/// with `--relay`, the far site's job scripts point their pilots at the
+/// agent's relay, and the run completes over it.
+#[test]
+fn pilots_at_an_agents_site_reach_the_server_through_its_relay() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    s.register("burst", BURST);
+    let files = s.agent_files();
+    let relay = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent = s.agent_with(
+        &files,
+        &std::env::var("PATH").unwrap(),
+        1,
+        &["--relay", &relay.to_string()],
+    );
+    s.wait_agent(true, &agent.log);
+    s.add_far_queue("3s");
+    rt().block_on(async {
+        let ids = submit(&s.client, "burst", vec![json!({ "n": 1 })]).await;
+        let runs = wait_runs(&s, &ids, 90).await;
+        assert_eq!(
+            runs[0].run.state,
+            "succeeded",
+            "{:#?}\n{}",
+            runs[0].attempts,
+            s.log()
+        );
+    });
+    // The pilot was told the relay's address, not the server's.
+    let dir = s.home.join("far/agent/far-slurm/1/1");
+    let script = std::fs::read_to_string(dir.join("job.sh")).unwrap();
+    let url = format!("--url https://{relay} ");
+    assert!(script.contains(&url), "{url} not in\n{script}");
+    assert!(!script.contains(&format!("--url {} ", s.client.url)));
     drop(agent);
 }
