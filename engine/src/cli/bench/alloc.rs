@@ -33,6 +33,17 @@ pub struct AllocBench {
     /// Runs on the warm pilot.
     #[arg(long, default_value_t = 20)]
     pub warm: usize,
+    /// Also measure time-to-result while the target's pilot jobs are
+    /// killed (`scancel`/`qdel`, as a preemption does) this often, e.g.
+    /// `15s`; the target is then run as preemptable.
+    #[arg(long)]
+    pub preempt_every: Option<String>,
+    /// Runs in each time-to-result phase (with and without preemption).
+    #[arg(long, default_value_t = 6)]
+    pub preempt_runs: usize,
+    /// Seconds each of those runs' one step works.
+    #[arg(long, default_value_t = 4.0)]
+    pub step_s: f64,
 }
 
 const FLOW: &str = "name = \"bench-alloc\"\nversion = 1\n[[steps]]\nname = \"true\"\naction = \"shell\"\non = \"TARGET\"\nparams = { argv = [\"true\"] }\n";
@@ -54,7 +65,16 @@ impl AllocBench {
 async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
     let path = crate::site::find(&b.site)?;
     let site = SiteConfig::load(&path)?;
-    let target = site.effective(&b.target)?;
+    let mut target = site.effective(&b.target)?;
+    let preempt_every = b
+        .preempt_every
+        .as_deref()
+        .map(crate::units::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--preempt-every: {e}"))?;
+    if preempt_every.is_some() {
+        target.preemptable = true;
+    }
     let local = Local::start(LocalOptions {
         home: None,
         pilots: 0,
@@ -67,6 +87,12 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
     let flow = FLOW.replace("TARGET", &b.target);
     let f = local.home.join("bench-alloc.toml");
     std::fs::write(&f, flow)?;
+    local.client.register(&f).await?;
+    let work = WORK
+        .replace("TARGET", &b.target)
+        .replace("SECONDS", &b.step_s.to_string());
+    let f = local.home.join("bench-alloc-work.toml");
+    std::fs::write(&f, work)?;
     local.client.register(&f).await?;
     let spec = QueueSpec {
         target,
@@ -108,6 +134,25 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
             }
         }
     }
+    let mut preemption = Value::Null;
+    if let Some(every) = preempt_every {
+        let scheduler = crate::batch::Scheduler::for_site(site.scheduler)
+            .ok_or_else(|| anyhow::anyhow!("site {} has no batch scheduler", site.name))?;
+        let calm = time_to_result(&local, b.preempt_runs, None).await?;
+        let rough = time_to_result(
+            &local,
+            b.preempt_runs,
+            Some((Duration::from_secs_f64(every), scheduler)),
+        )
+        .await?;
+        preemption = json!({
+            "every_s": every,
+            "runs": b.preempt_runs,
+            "step_s": b.step_s,
+            "without": calm,
+            "with": rough,
+        });
+    }
     let out = json!({
         "site": b.site,
         "target": b.target,
@@ -118,11 +163,93 @@ async fn alloc(b: AllocBench) -> anyhow::Result<Value> {
         "warm_ready_to_started_ms": warm,
         "warm_p50_ms": median(warm.clone()),
         "warm_max_ms": warm.iter().cloned().fold(f64::NAN, f64::max),
+        "preemption": preemption,
     });
     // Let the pilot leave on its own, so no job outlives the benchmark.
     wait_no_jobs(&local).await?;
     local.stop().await?;
     Ok(out)
+}
+
+const WORK: &str = "name = \"bench-alloc-work\"\nversion = 1\n[[steps]]\nname = \"work\"\naction = \"shell\"\non = \"TARGET\"\nparams = { argv = [\"sleep\", \"SECONDS\"] }\n";
+
+/// Submits `n` runs of one working step at once and waits for them all;
+/// with `preempt`, the queue's running pilot job is killed every
+/// interval meanwhile. Time to result per run (created → finished),
+/// makespan, how many attempts were preempted and retries used.
+async fn time_to_result(
+    local: &Local,
+    n: usize,
+    preempt: Option<(Duration, crate::batch::Scheduler)>,
+) -> anyhow::Result<Value> {
+    let t = Instant::now();
+    let ids = local
+        .client
+        .submit("bench-alloc-work", None, vec![json!({}); n])
+        .await?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = preempt.map(|(every, scheduler)| {
+        let client = local.client.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut killed = 0u32;
+            loop {
+                tokio::time::sleep(every).await;
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return killed;
+                }
+                let Ok(q) = client.queues().await else {
+                    continue;
+                };
+                let running: Vec<String> = q
+                    .iter()
+                    .flat_map(|q| &q.jobs)
+                    .filter(|j| j.state == "running")
+                    .map(|j| j.job_id.clone())
+                    .take(1)
+                    .collect();
+                if !running.is_empty() && scheduler.cancel_all(&running).await.is_ok() {
+                    killed += 1;
+                    tracing::info!("preempted job {}", running[0]);
+                }
+            }
+        })
+    });
+    let waited = local
+        .client
+        .wait(&ids, false, Some(Duration::from_secs(600)))
+        .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let makespan = t.elapsed().as_secs_f64();
+    let killed = match killer {
+        Some(k) => k.await.unwrap_or(0),
+        None => 0,
+    };
+    waited?;
+    let (mut ttr, mut preempted, mut retries) = (Vec::new(), 0, 0);
+    for &id in &ids {
+        let d = local
+            .store()
+            .read(move |c| crate::store::run(c, id))?
+            .ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
+        anyhow::ensure!(
+            d.run.state == "succeeded",
+            "run {id} ended {}: {:?}",
+            d.run.state,
+            d.run.error
+        );
+        ttr.push((d.run.finished_us.unwrap_or(0) - d.run.created_us) as f64 / 1e6);
+        preempted += d.attempts.iter().filter(|a| a.state == "preempted").count();
+        retries += d.attempts.iter().filter(|a| a.counts_retry).count();
+    }
+    Ok(json!({
+        "time_to_result_s": ttr,
+        "time_to_result_p50_s": median(ttr.clone()),
+        "makespan_s": makespan,
+        "jobs_killed": killed,
+        "attempts_preempted": preempted,
+        "retries_used": retries,
+    }))
 }
 
 /// Submits one run of `flow`, waits for it, returns its step's ready →
