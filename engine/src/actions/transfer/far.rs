@@ -100,6 +100,22 @@ impl Job {
         }))
     }
 
+    /// The destination as the step reports it: `REMOTE:/path` for a push.
+    pub(super) fn shown_dst(&self) -> String {
+        match self.direction {
+            Direction::Push => format!("{}:{}", self.name, self.dst),
+            Direction::Pull => self.dst.clone(),
+        }
+    }
+
+    /// `push` or `pull`, as the step reports it.
+    pub(super) fn direction_name(&self) -> &'static str {
+        match self.direction {
+            Direction::Push => "push",
+            Direction::Pull => "pull",
+        }
+    }
+
     /// Checks every path at both ends before anything moves: local ones
     /// against this site's roots (sources must exist), far ones against
     /// the remote's.

@@ -116,19 +116,15 @@ impl Job {
         let task = api.follow(&task_id, cancel).await?;
         let files = api.moved_files(&task_id, self).await?;
         let n = |k: &str| task[k].as_u64().unwrap_or(0);
-        let dst = match self.direction {
-            Direction::Push => format!("{}:{}", self.name, self.dst),
-            Direction::Pull => self.dst.clone(),
-        };
         Ok(json!({
-            "dst": dst,
+            "dst": self.shown_dst(),
             "files": files,
             "bytes": n("bytes_transferred"),
             "copied": n("files_transferred"),
             "skipped": n("files_skipped"),
             "backend": "globus",
             "remote": self.name,
-            "direction": match self.direction { Direction::Push => "push", Direction::Pull => "pull" },
+            "direction": self.direction_name(),
             "task_id": task_id,
             "bytes_checksummed": n("bytes_checksummed"),
             "faults": n("faults"),

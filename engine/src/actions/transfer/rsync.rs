@@ -61,19 +61,15 @@ impl Job {
             .filter_map(|l| l.strip_prefix(FILE_LINE))
             .filter(|n| !n.ends_with('/'))
             .collect();
-        let dst = match self.direction {
-            Direction::Push => format!("{}:{}", self.name, self.dst),
-            Direction::Pull => self.dst.clone(),
-        };
         Ok(json!({
-            "dst": dst,
+            "dst": self.shown_dst(),
             "files": files,
             "bytes": stats.total_size,
             "copied": stats.transferred,
             "skipped": stats.regular.saturating_sub(stats.transferred),
             "backend": "rsync",
             "remote": self.name,
-            "direction": match self.direction { Direction::Push => "push", Direction::Pull => "pull" },
+            "direction": self.direction_name(),
             "literal_bytes": stats.literal,
             "matched_bytes": stats.matched,
             "seconds": seconds,

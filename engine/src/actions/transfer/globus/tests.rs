@@ -169,6 +169,18 @@ impl Mock {
         }
     }
 
+    /// Pushes the file `x.h5` of the collection root (written here) to
+    /// the beamline, as `verify`s default does.
+    async fn push_x(&self) -> Result<Value, Failure> {
+        write(&self.root().join("x.h5"), b"x");
+        self.job(
+            &[self.root().join("x.h5").display().to_string()],
+            "aps:/gdata/8idi/",
+        )
+        .globus_paced(true, &[], &Cancel::default(), fast())
+        .await
+    }
+
     fn job(&self, srcs: &[String], dst: &str) -> Job {
         let mut p = TransferPolicy::default();
         p.remotes.insert("aps".into(), self.remote());
@@ -425,14 +437,7 @@ async fn a_task_that_needs_a_person_is_cancelled_and_fails_saying_why() {
         &format!("GET /task/{TASK}/event_list"),
         &[(200, "event_list_errors")],
     );
-    let e = error(
-        m.job(
-            &[m.root().join("x.h5").display().to_string()],
-            "aps:/gdata/8idi/",
-        )
-        .globus_paced(true, &[], &Cancel::default(), fast())
-        .await,
-    );
+    let e = error(m.push_x().await);
     assert!(e.contains("stopped (CREDENTIAL_EXPIRED)"), "{e}");
     assert!(e.contains("cancelled, so a retry starts afresh"), "{e}");
     assert_eq!(m.seen(&format!("POST /task/{TASK}/cancel")).len(), 1);
@@ -487,14 +492,7 @@ async fn a_refused_token_is_named_by_its_file_never_by_its_content() {
     let m = Mock::start().await;
     write(&m.root().join("x.h5"), b"x");
     m.on("GET /submission_id", &[(401, "error_authentication")]);
-    let e = error(
-        m.job(
-            &[m.root().join("x.h5").display().to_string()],
-            "aps:/gdata/8idi/",
-        )
-        .globus_paced(true, &[], &Cancel::default(), fast())
-        .await,
-    );
+    let e = error(m.push_x().await);
     assert!(
         e.contains("Globus Transfer (remote `aps`): GET /submission_id: 401 AuthenticationFailed: Token is not active (request Zp3kLm9Qa)"),
         "{e}"
@@ -515,14 +513,7 @@ async fn passing_errors_are_tried_again_far_side_errors_are_not() {
     m.on_wait("GET /submission_id", 429, "error_rate_limit", 0);
     m.on("GET /submission_id", &[(200, "submission_id")]);
     m.on("POST /transfer", &[(502, "error_external")]);
-    let e = error(
-        m.job(
-            &[m.root().join("x.h5").display().to_string()],
-            "aps:/gdata/8idi/",
-        )
-        .globus_paced(true, &[], &Cancel::default(), fast())
-        .await,
-    );
+    let e = error(m.push_x().await);
     assert_eq!(m.seen("GET /submission_id").len(), 2);
     assert_eq!(m.seen("POST /transfer").len(), 1);
     assert!(
@@ -533,14 +524,7 @@ async fn passing_errors_are_tried_again_far_side_errors_are_not() {
     let m = Mock::start().await;
     write(&m.root().join("x.h5"), b"x");
     m.on("GET /submission_id", &[(503, "error_unavailable")]);
-    let e = error(
-        m.job(
-            &[m.root().join("x.h5").display().to_string()],
-            "aps:/gdata/8idi/",
-        )
-        .globus_paced(true, &[], &Cancel::default(), fast())
-        .await,
-    );
+    let e = error(m.push_x().await);
     assert!(e.contains("503 ServiceUnavailable"), "{e}");
     assert!(e.ends_with("4 tries"), "{e}");
     assert_eq!(m.seen("GET /submission_id").len(), 4);
