@@ -139,15 +139,24 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Where the copy lands: `into` and the source's last path component.
-    pub fn path(&self) -> String {
-        let remote = self.src.split_once(':').filter(|(n, _)| {
+    /// `src` as (remote, path) when it is `REMOTE:/path`.
+    fn split(&self) -> Option<(&str, &str)> {
+        self.src.split_once(':').filter(|(n, _)| {
             !n.is_empty()
                 && !self.src.starts_with(['/', '.', '~'])
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        });
-        let path = remote.map_or(self.src.as_str(), |(_, p)| p);
+        })
+    }
+
+    /// The remote the input is staged from; `None` for a local path.
+    pub fn remote(&self) -> Option<&str> {
+        self.split().map(|(r, _)| r)
+    }
+
+    /// Where the copy lands: `into` and the source's last path component.
+    pub fn path(&self) -> String {
+        let path = self.split().map_or(self.src.as_str(), |(_, p)| p);
         let name = path
             .trim_end_matches('/')
             .rsplit('/')

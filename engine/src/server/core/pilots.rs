@@ -31,6 +31,9 @@ pub(super) struct Pilot {
     pub in_capacity: HashMap<AttemptId, Charge>,
     /// Attempts sent ahead of free resources, in the order the pilot will start them.
     pub prefetched: VecDeque<AttemptId>,
+    /// The transfer remotes its site's rules (sent in its welcome) name:
+    /// a step staging from any other remote cannot get its data there.
+    pub remotes: Vec<String>,
 }
 
 impl Pilot {
@@ -53,6 +56,7 @@ impl Pilot {
             draining: false,
             in_capacity: HashMap::new(),
             prefetched: VecDeque::new(),
+            remotes: Vec::new(),
         }
     }
 
@@ -251,6 +255,9 @@ impl Core {
             .and_then(|p| p.info.site.as_deref())
             .and_then(|site| self.sites.config(site))
             .map_or_else(|| self.cfg.site.transfer.clone(), |c| c.transfer.clone());
+        if let Some(p) = self.pilots.get_mut(&id) {
+            p.remotes = transfer.remotes.keys().cloned().collect();
+        }
         let welcome = ToPilot::Welcome {
             pilot_id: id.0,
             server_uid: String::new(),

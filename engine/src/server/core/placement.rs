@@ -42,6 +42,9 @@ struct Want<'a> {
     cpu_fallback: bool,
     /// Placed at another site first (its last pilot there was preempted).
     avoid_site: Option<&'a str>,
+    /// The remotes its staged inputs come from: only pilots whose site
+    /// reaches them can get the data.
+    remotes: Vec<&'a str>,
 }
 
 impl Core {
@@ -108,6 +111,7 @@ impl Core {
             timeout_s: a.spec.timeout_s,
             cpu_fallback,
             avoid_site: a.avoid_site.as_deref(),
+            remotes: a.spec.stage.iter().filter_map(|s| s.remote()).collect(),
         }
     }
 
@@ -289,6 +293,16 @@ fn verdict(p: &Pilot, want: &Want, now: i64) -> Verdict {
                 fmt_secs(want.timeout_s.unwrap_or(0.0))
             ));
         }
+    }
+    if let Some(r) = want
+        .remotes
+        .iter()
+        .find(|r| !p.remotes.iter().any(|m| m == *r))
+    {
+        return Verdict::No(format!(
+            "its site {} declares no transfer remote `{r}`, which the step stages from",
+            p.site
+        ));
     }
     if !p.could_ever_run(want.req) {
         return Verdict::No(format!(

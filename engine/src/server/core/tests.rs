@@ -167,6 +167,28 @@ impl Harness {
         }
     }
 
+    /// A site run by an agent, its config `toml`; the agent's end of the
+    /// link (keep it, or the agent counts as gone).
+    async fn agent_site(
+        &mut self,
+        toml: &str,
+    ) -> mpsc::UnboundedReceiver<crate::agent::wire::ToAgent> {
+        let site = SiteConfig::parse(toml, "agent-site.toml").unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ok_tx, ok_rx) = oneshot::channel();
+        self.core.agent_msg(AgentMsg::Hello {
+            conn: 900 + self.next_conn,
+            host: "login".into(),
+            version: String::new(),
+            site: Box::new(site),
+            tx,
+            reply: ok_tx,
+        });
+        self.commit().await;
+        ok_rx.await.unwrap().unwrap();
+        rx
+    }
+
     fn say(&mut self, p: &FakePilot, msgs: Vec<FromPilot>) {
         self.core.pilot_msgs(p.id, p.conn, msgs);
     }
@@ -341,23 +363,9 @@ async fn a_pilot_lost_mid_task_has_its_task_requeued_without_using_a_try() {
 #[tokio::test]
 async fn a_pilot_at_an_agents_site_moves_data_by_that_sites_rules() {
     let mut h = Harness::new();
-    let beta = SiteConfig::parse(
-        "name = \"beta\"\nscheduler = \"slurm\"\n\n[transfer]\nallowed_roots = [\"/beta/scratch\"]\n",
-        "beta.toml",
-    )
-    .unwrap();
-    let (tx, _agent) = mpsc::unbounded_channel();
-    let (ok_tx, ok_rx) = oneshot::channel();
-    h.core.agent_msg(AgentMsg::Hello {
-        conn: 900,
-        host: "login-beta".into(),
-        version: String::new(),
-        site: Box::new(beta),
-        tx,
-        reply: ok_tx,
-    });
-    h.commit().await;
-    ok_rx.await.unwrap().unwrap();
+    let _agent = h
+        .agent_site("name = \"beta\"\nscheduler = \"slurm\"\n\n[transfer]\nallowed_roots = [\"/beta/scratch\"]\n")
+        .await;
     h.at = Some(("beta".into(), false));
     let at_beta = h.pilot(1, &["cpu"], 0).await;
     h.at = None;
@@ -369,6 +377,47 @@ async fn a_pilot_at_an_agents_site_moves_data_by_that_sites_rules() {
     assert_eq!(roots(&at_beta), ["/beta/scratch"]);
     assert_eq!(roots(&here), h.core.cfg.site.transfer.allowed_roots);
     assert_ne!(roots(&here), roots(&at_beta));
+}
+
+/// A step that stages from remote `aps` waits while only pilots of a site
+/// without that remote are connected (explain says why), and goes to the
+/// first pilot of a site that declares it.
+#[tokio::test]
+async fn a_step_staging_from_a_remote_goes_only_to_a_site_that_reaches_it() {
+    let mut h = Harness::new();
+    let f = h.register(&one_step(
+        "staged",
+        "",
+        "stage = { raw = \"aps:/gdata/8idi/x.h5\" }",
+    ));
+    let _agent = h
+        .agent_site("name = \"beta\"\nscheduler = \"slurm\"\n\n[transfer.remotes.aps]\nhost = \"dtn.aps\"\n")
+        .await;
+    let mut here = h.pilot(1, &["cpu"], 0).await;
+    let run = h.submit(&f);
+    h.commit().await;
+    assert!(
+        here.tasks().is_empty(),
+        "the server's own site has no remote aps"
+    );
+    let why: Vec<String> = h
+        .core
+        .explain(run)
+        .into_iter()
+        .flat_map(|s| s.pilots.into_iter().map(|p| p.why))
+        .collect();
+    assert!(
+        why.iter()
+            .any(|w| w.contains("its site local declares no transfer remote `aps`")),
+        "{why:?}"
+    );
+    h.at = Some(("beta".into(), false));
+    let mut there = h.pilot(1, &["cpu"], 0).await;
+    h.commit().await;
+    let t = there.tasks().pop().expect("placed at beta");
+    assert_eq!(t.stage[0].remote(), Some("aps"));
+    assert_eq!(t.stage[0].path(), format!("{}/staged/raw/x.h5", t.task_dir));
+    assert!(here.tasks().is_empty());
 }
 
 #[tokio::test]
