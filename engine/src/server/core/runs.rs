@@ -253,19 +253,10 @@ impl Core {
         attempt: AttemptId,
         number: u32,
         params: Value,
+        stage: Vec<Stage>,
     ) -> TaskSpec {
         let run = &self.runs[&run_id];
         let s = &run.flow.steps[step];
-        // Rendered again from the same context as when the step started
-        // (its templates see only inputs and finished steps' outputs), so
-        // a resumed attempt stages the same files.
-        let stage = if s.stage.is_empty() {
-            Vec::new()
-        } else {
-            let tdir = task_dir(&run.dir, &s.name, number);
-            let ctx = self.template_ctx(run, attempt, number, &tdir);
-            staging(s, &ctx, &tdir).unwrap_or_default()
-        };
         TaskSpec {
             stage,
             attempt: attempt.0,
@@ -317,19 +308,20 @@ impl Core {
         let number = run.steps[i].attempts + 1;
         let tdir = task_dir(&run.dir, &spec.name, number);
         let mut ctx = self.template_ctx(run, attempt, number, &tdir);
-        let staged = staging(spec, &ctx, &tdir).map(|stages| {
+        let staged = staging(spec, &ctx, &tdir);
+        if let Ok(stages) = &staged {
             let paths: Map<String, Value> = stages
                 .iter()
                 .map(|st| (st.name.clone(), json!(st.path())))
                 .collect();
             ctx["staged"] = Value::Object(paths);
-        });
-        let when = match (&spec.when, staged) {
-            (_, Err(e)) => Err(e),
-            (Some(w), Ok(())) => {
+        }
+        let when = match (&spec.when, &staged) {
+            (_, Err(e)) => Err(e.clone()),
+            (Some(w), Ok(_)) => {
                 flow::template::eval_bool(w, &ctx).map_err(|e| format!("when: {e}"))
             }
-            (None, Ok(())) => Ok(true),
+            (None, Ok(_)) => Ok(true),
         };
         let rendered = when.and_then(|go| {
             if go {
@@ -379,7 +371,8 @@ impl Core {
             Ok(Some(p)) => {
                 st.current = Some(attempt);
                 let avoid_site = st.avoid_site.clone();
-                let spec = self.task_spec(run_id, i, attempt, number, p);
+                let stage = staged.unwrap_or_default();
+                let spec = self.task_spec(run_id, i, attempt, number, p, stage);
                 self.requests.insert(attempt, shape.1.clone());
                 self.attempts.insert(
                     attempt,
@@ -659,12 +652,25 @@ impl Core {
     /// or its grace runs out).
     fn resume_attempt(&mut self, run: RunId, flow: &FlowSpec, created_us: i64, a: AttemptRow) {
         let aid = AttemptId(a.id);
+        // Rendered again from the same context as when the step started
+        // (inputs and finished steps' outputs only), so a resumed attempt
+        // stages the same files.
+        let step = &flow.steps[a.step_index];
+        let stage = if step.stage.is_empty() {
+            Vec::new()
+        } else {
+            let r = &self.runs[&run];
+            let tdir = task_dir(&r.dir, &step.name, a.number);
+            let ctx = self.template_ctx(r, aid, a.number, &tdir);
+            staging(step, &ctx, &tdir).unwrap_or_default()
+        };
         let spec = self.task_spec(
             run,
             a.step_index,
             aid,
             a.number,
             a.params.clone().unwrap_or(Value::Null),
+            stage,
         );
         let shape: Shape = (
             flow.steps[a.step_index].on.clone(),
